@@ -1,0 +1,20 @@
+"""Which components a monitor runs, in start order (stopped in reverse)."""
+
+from __future__ import annotations
+
+from labotel.component import Component
+from labotel.config import Settings
+
+
+def default_components(settings: Settings) -> list[Component]:
+    from labotel.runtime.aio import AsyncioCollector
+    from labotel.runtime.gc import GCCollector
+    from labotel.runtime.heap import HeapCollector
+    from labotel.runtime.process import ProcessCollector
+    from labotel.runtime.threads import ThreadCollector
+
+    components: list[Component] = []
+    if settings.runtime_metrics:
+        components += [ProcessCollector(), HeapCollector(), GCCollector(), ThreadCollector(),
+                       AsyncioCollector()]
+    return components

@@ -1,0 +1,1 @@
+"""Detectors that explain problems; every one reports through ``detection.Reporter``."""

@@ -1,0 +1,1 @@
+"""Runtime collectors: observable OpenTelemetry instruments, one module per concern."""

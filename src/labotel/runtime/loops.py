@@ -1,0 +1,109 @@
+"""Find every running asyncio event loop, including loops started after ``start()``.
+
+``BaseEventLoop.run_forever`` is wrapped so a loop announces itself when it starts
+running; loops already running when labotel starts are found once by looking at each
+thread's frames for a ``run_forever`` in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+
+from labotel.patching import Patcher
+
+log = logging.getLogger("labotel")
+LoopListener = Callable[[asyncio.AbstractEventLoop], None]
+
+_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+_listeners: list[LoopListener] = []
+_lock = threading.Lock()
+_patcher = Patcher()
+
+
+def running_loops() -> list[asyncio.AbstractEventLoop]:
+    """Loops that are running now (closed and stopped ones are dropped)."""
+    with _lock:
+        loops = list(_loops)
+    return [loop for loop in loops if loop.is_running() and not loop.is_closed()]
+
+
+def add_listener(listener: LoopListener) -> None:
+    """Call ``listener(loop)`` on each running loop now and on every loop that starts later.
+
+    The listener runs in the loop's own thread for loops that start later, and via
+    ``call_soon_threadsafe`` for loops already running.
+    """
+    with _lock:
+        _listeners.append(listener)
+        loops = list(_loops)
+    for loop in loops:
+        if loop.is_running() and not loop.is_closed():
+            loop.call_soon_threadsafe(_notify_one, listener, loop)
+
+
+def remove_listener(listener: LoopListener) -> None:
+    with _lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+
+def _notify_one(listener: LoopListener, loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        listener(loop)
+    except Exception:  # a failing listener must not break the app's loop
+        log.exception("labotel: event-loop listener %r failed", listener)
+
+
+def register(loop: asyncio.AbstractEventLoop) -> None:
+    """Announce a running loop (called from its own thread)."""
+    with _lock:
+        if loop in _loops:
+            return
+        _loops.add(loop)
+        listeners = list(_listeners)
+    for listener in listeners:
+        _notify_one(listener, loop)
+
+
+def install() -> None:
+    if _patcher:
+        return
+    original = asyncio.BaseEventLoop.run_forever
+
+    def run_forever(self: asyncio.BaseEventLoop) -> None:
+        self.call_soon(register, self)
+        return original(self)
+
+    run_forever.__wrapped__ = original  # type: ignore[attr-defined]
+    _patcher.replace(asyncio.BaseEventLoop, "run_forever", run_forever)
+    for loop in _find_running_loops():
+        with _lock:
+            known = loop in _loops
+        if not known:
+            loop.call_soon_threadsafe(register, loop)
+
+
+def uninstall() -> None:
+    _patcher.undo()
+    with _lock:
+        _listeners.clear()
+        _loops.clear()
+
+
+def _find_running_loops() -> list[asyncio.AbstractEventLoop]:
+    """Loops in a ``run_forever`` call on some thread right now (one-off frame scan)."""
+    found = []
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            if frame.f_code.co_name == "run_forever":
+                candidate = frame.f_locals.get("self")
+                if isinstance(candidate, asyncio.AbstractEventLoop) and candidate.is_running():
+                    found.append(candidate)
+                    break
+            frame = frame.f_back
+    return found

@@ -1,0 +1,117 @@
+"""Where threads and asyncio tasks were created: a few frames, captured cheaply.
+
+Thread creation is ``Thread.start()`` (the analogue of Go's ``go`` statement); task
+creation is the loop's task factory. Frames inside threading, asyncio, concurrent.futures
+and labotel itself are skipped so the site names the application line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from labotel.patching import Patcher
+
+Frame = tuple[str, int, str]  # (filename, lineno, function)
+
+_SKIP_DIRS = tuple(
+    os.path.dirname(mod.__file__) + os.sep
+    for mod in (asyncio, sys.modules["labotel"])
+) + (os.path.dirname(threading.__file__) + os.sep + "threading.py",
+     os.path.dirname(threading.__file__) + os.sep + "concurrent" + os.sep)
+MAX_FRAMES = 6
+
+_task_origins: weakref.WeakKeyDictionary[asyncio.Future, tuple[Frame, ...]] = (
+    weakref.WeakKeyDictionary())
+_patcher = Patcher()
+_loop_patcher_lock = threading.Lock()
+_patched_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def capture(skip: int = 1, limit: int = MAX_FRAMES) -> tuple[Frame, ...]:
+    """The caller's stack, innermost first, without library frames."""
+    frame = sys._getframe(skip)
+    frames: list[Frame] = []
+    while frame is not None and len(frames) < limit:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(_SKIP_DIRS):
+            frames.append((filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    return tuple(frames)
+
+
+def site(frames: tuple[Frame, ...] | None) -> str:
+    """``file:line`` of the innermost frame, or ``unknown``."""
+    if not frames:
+        return "unknown"
+    filename, lineno, _ = frames[0]
+    return f"{filename}:{lineno}"
+
+
+def thread_origin(thread: threading.Thread) -> tuple[Frame, ...] | None:
+    return getattr(thread, "_labotel_origin", None)
+
+
+def task_origin(task: asyncio.Future) -> tuple[Frame, ...] | None:
+    return _task_origins.get(task)
+
+
+def install() -> None:
+    """Record creation sites of threads started and tasks created from now on."""
+    if _patcher:
+        return
+    original_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        try:
+            self._labotel_origin = capture(2)
+        except Exception:  # a thread subclass with __slots__: no origin, still starts
+            pass
+        original_start(self)
+
+    start.__wrapped__ = original_start  # type: ignore[attr-defined]
+    _patcher.replace(threading.Thread, "start", start)
+
+
+def uninstall() -> None:
+    _patcher.undo()
+    with _loop_patcher_lock:
+        for loop in list(_patched_loops):
+            factory = loop.get_task_factory()
+            if getattr(factory, "_labotel_previous", _MISSING) is not _MISSING:
+                loop.set_task_factory(factory._labotel_previous)
+        _patched_loops.clear()
+
+
+_MISSING = object()
+
+
+def track_loop_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Wrap ``loop``'s task factory (keeping any the app set) to record task origins."""
+    with _loop_patcher_lock:
+        if loop in _patched_loops or loop.is_closed():
+            return
+        previous = loop.get_task_factory()
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future:
+            if previous is not None:
+                task = previous(loop, coro, **kwargs)
+            else:
+                task = asyncio.Task(coro, loop=loop, **kwargs)
+            try:
+                _task_origins[task] = capture(2)
+            except TypeError:  # not weak-referenceable: no origin
+                pass
+            return task
+
+        factory._labotel_previous = previous  # type: ignore[attr-defined]
+        loop.set_task_factory(factory)
+        _patched_loops.add(loop)
+
+
+TaskFactory = Callable[..., asyncio.Future]

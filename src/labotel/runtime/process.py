@@ -1,0 +1,138 @@
+"""Process-level metrics from psutil: CPU, memory, OS threads, file descriptors, context
+switches. One ``oneshot()`` snapshot serves every instrument of a collection cycle."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import psutil
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from labotel.component import Component, guarded_callback
+
+SNAPSHOT_TTL = 0.2  # seconds: one collection cycle reuses one /proc read
+
+
+class ProcessSnapshot:
+    """A cached psutil reading of this process; re-created after fork (new pid)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._process: psutil.Process | None = None
+        self._taken = 0.0
+        self._values: dict[str, Any] = {}
+        self._cpu_count = _available_cpus()
+        self._last_cpu: tuple[float, float, float] | None = None
+
+    def get(self) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            if os.getpid() != self._pid:
+                self._pid = os.getpid()
+                self._process = psutil.Process(self._pid)
+                self._values = {}
+                self._last_cpu = None
+            if self._values and now - self._taken < SNAPSHOT_TTL:
+                return self._values
+            process = self._process
+            assert process is not None
+            with process.oneshot():
+                values = {
+                    "cpu": process.cpu_times(),
+                    "memory": process.memory_info(),
+                    "threads": process.num_threads(),
+                    "ctx": process.num_ctx_switches(),
+                    "fds": process.num_fds() if hasattr(process, "num_fds") else None,
+                }
+            values["utilization"] = self._utilization(process, values["cpu"])
+            self._values, self._taken = values, now
+            return values
+
+    def _utilization(self, process: psutil.Process, cpu: Any) -> tuple[float, float]:
+        """(user, system) share of the available CPUs since the previous reading.
+
+        The first reading is measured since the process started, so the very first
+        export is already a real figure (not 0).
+        """
+        wall = time.time()
+        if self._last_cpu is None:
+            previous = (process.create_time(), 0.0, 0.0)
+        else:
+            previous = self._last_cpu
+        self._last_cpu = (wall, cpu.user, cpu.system)
+        elapsed = max(wall - previous[0], 1e-6) * self._cpu_count
+        return (max(cpu.user - previous[1], 0.0) / elapsed,
+                max(cpu.system - previous[2], 0.0) / elapsed)
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class ProcessCollector(Component):
+    name = "runtime.process"
+
+    def start(self, monitor: Any) -> None:
+        self.snapshot = ProcessSnapshot()
+        meter = monitor.meter
+
+        def guard(callback):
+            return [guarded_callback(monitor, self.name, callback)]
+
+        meter.create_observable_counter(
+            "process.cpu.time", guard(self._cpu_time), unit="s",
+            description="Total CPU seconds broken down by mode")
+        meter.create_observable_gauge(
+            "process.cpu.utilization", guard(self._cpu_utilization), unit="1",
+            description="CPU time since the previous reading divided by elapsed time x CPUs")
+        meter.create_observable_up_down_counter(
+            "process.memory.usage", guard(self._rss), unit="By",
+            description="Resident set size")
+        meter.create_observable_up_down_counter(
+            "process.memory.virtual", guard(self._vms), unit="By",
+            description="Virtual memory size")
+        meter.create_observable_up_down_counter(
+            "process.thread.count", guard(self._threads), unit="{thread}",
+            description="OS threads of the process (Python and native)")
+        meter.create_observable_up_down_counter(
+            "process.unix.file_descriptor.count", guard(self._fds), unit="{file_descriptor}",
+            description="Open file descriptors")
+        meter.create_observable_counter(
+            "process.context_switches", guard(self._ctx), unit="{context_switch}",
+            description="Context switches, voluntary and involuntary")
+
+    def _cpu_time(self, _: CallbackOptions):
+        cpu = self.snapshot.get()["cpu"]
+        yield Observation(cpu.user, {"cpu.mode": "user"})
+        yield Observation(cpu.system, {"cpu.mode": "system"})
+
+    def _cpu_utilization(self, _: CallbackOptions):
+        user, system = self.snapshot.get()["utilization"]
+        yield Observation(user, {"cpu.mode": "user"})
+        yield Observation(system, {"cpu.mode": "system"})
+
+    def _rss(self, _: CallbackOptions):
+        yield Observation(self.snapshot.get()["memory"].rss)
+
+    def _vms(self, _: CallbackOptions):
+        yield Observation(self.snapshot.get()["memory"].vms)
+
+    def _threads(self, _: CallbackOptions):
+        yield Observation(self.snapshot.get()["threads"])
+
+    def _fds(self, _: CallbackOptions):
+        fds = self.snapshot.get()["fds"]
+        if fds is not None:
+            yield Observation(fds)
+
+    def _ctx(self, _: CallbackOptions):
+        ctx = self.snapshot.get()["ctx"]
+        yield Observation(ctx.voluntary, {"process.context_switch.type": "voluntary"})
+        yield Observation(ctx.involuntary, {"process.context_switch.type": "involuntary"})

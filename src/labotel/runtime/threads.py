@@ -1,0 +1,54 @@
+"""Python threads (daemon or not) and where each was started."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from labotel.component import Component, guarded_callback
+from labotel.runtime import origins
+
+
+class ThreadCollector(Component):
+    name = "runtime.threads"
+
+    def start(self, monitor: Any) -> None:
+        monitor.meter.create_observable_up_down_counter(
+            "labotel.python.threads", [guarded_callback(monitor, self.name, self._count)],
+            unit="{thread}", description="Live Python threads, by daemon flag")
+
+    def _count(self, _: CallbackOptions):
+        daemon = regular = 0
+        for thread in threading.enumerate():
+            if thread.daemon:
+                daemon += 1
+            else:
+                regular += 1
+        yield Observation(regular, {"thread.daemon": False})
+        yield Observation(daemon, {"thread.daemon": True})
+
+
+def thread_view(stacks: bool = False) -> list[dict[str, Any]]:
+    """Every live Python thread: name, ids, daemon flag, creation site, optional stack."""
+    frames = sys._current_frames() if stacks else {}
+    result = []
+    for thread in threading.enumerate():
+        origin = origins.thread_origin(thread)
+        entry: dict[str, Any] = {
+            "name": thread.name,
+            "ident": thread.ident,
+            "native_id": thread.native_id,
+            "daemon": thread.daemon,
+            "alive": thread.is_alive(),
+            "created_at": origins.site(origin) if origin else None,
+            "creation_stack": [f"{f}:{ln} in {fn}" for f, ln, fn in origin] if origin else [],
+        }
+        if stacks and thread.ident in frames:
+            entry["stack"] = [f"{fs.filename}:{fs.lineno} in {fs.name}"
+                              for fs in reversed(traceback.extract_stack(frames[thread.ident]))]
+        result.append(entry)
+    return result

@@ -1,0 +1,144 @@
+"""Framework-free request/response types and the router every transport shares."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qs
+
+log = logging.getLogger("labotel")
+
+
+@dataclasses.dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes = b""
+
+    @classmethod
+    def build(cls, method: str, path: str, query_string: str, headers: Mapping[str, str],
+              body: bytes = b"") -> Request:
+        return cls(method.upper(), path or "/", parse_qs(query_string, keep_blank_values=True),
+                   {k.lower(): v for k, v in headers.items()}, body)
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    def int_arg(self, name: str, default: int, minimum: int | None = None,
+                maximum: int | None = None) -> int:
+        """An integer query parameter; HTTPError 400 naming it when malformed or out of range."""
+        raw = self.arg(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise HTTPError(400, f"invalid value for {name}: {raw!r} is not an integer") from None
+        if minimum is not None and value < minimum:
+            raise HTTPError(400, f"invalid value for {name}: {value} is below {minimum}")
+        if maximum is not None and value > maximum:
+            raise HTTPError(400, f"invalid value for {name}: {value} exceeds the maximum {maximum}")
+        return value
+
+
+@dataclasses.dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def header_items(self) -> list[tuple[str, str]]:
+        items = [("Content-Type", self.content_type), ("Content-Length", str(len(self.body)))]
+        items.extend(self.headers.items())
+        return items
+
+
+class HTTPError(Exception):
+    """Raised by a handler to answer ``status`` with a plain-text ``message``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    body = json.dumps(data, indent=2, default=str).encode() + b"\n"
+    return Response(status, body, "application/json")
+
+
+def text_response(text: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, text.encode(), "text/plain; charset=utf-8", headers or {})
+
+
+Handler = Callable[[Request], Response]
+UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+
+
+class Router:
+    """Exact-path and prefix routes, bearer-token check, errors turned into responses."""
+
+    def __init__(self, token: str | None = None, on_error: Callable[[str], None] | None = None):
+        self._exact: dict[str, tuple[Handler, tuple[str, ...]]] = {}
+        self._prefixes: list[tuple[str, Handler, tuple[str, ...]]] = []
+        self._token = token
+        self._on_error = on_error
+
+    def add(self, path: str, handler: Handler, *, prefix: bool = False,
+            methods: tuple[str, ...] = ("GET", "HEAD")) -> None:
+        if prefix:
+            self._prefixes.append((path, handler, methods))
+            self._prefixes.sort(key=lambda item: -len(item[0]))
+        else:
+            self._exact[path] = (handler, methods)
+
+    def paths(self) -> list[str]:
+        return sorted(self._exact) + sorted(p + "*" for p, _, _ in self._prefixes)
+
+    def handle(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            handler, methods = self._find(request.path)
+            if request.method not in methods:
+                raise HTTPError(405, f"method {request.method} not allowed on {request.path}",
+                                {"Allow": ", ".join(methods)})
+            response = handler(request)
+        except HTTPError as error:
+            response = text_response(error.message + "\n", error.status, error.headers)
+        except Exception:
+            log.exception("labotel: debug route %s failed", request.path)
+            if self._on_error:
+                self._on_error("server")
+            response = text_response("internal error in labotel debug route\n", 500)
+        if request.method == "HEAD":
+            response = dataclasses.replace(response, body=b"",
+                                           headers={**response.headers,
+                                                    "Content-Length": str(len(response.body))})
+        return response
+
+    def _authorize(self, request: Request) -> None:
+        if not self._token or request.path in UNAUTHENTICATED_PATHS:
+            return
+        supplied = request.headers.get("authorization", "")
+        scheme, _, credential = supplied.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                credential.strip().encode(), self._token.encode()):
+            raise HTTPError(401, "missing or wrong bearer token (set Authorization: Bearer ...)",
+                            {"WWW-Authenticate": 'Bearer realm="labotel"'})
+
+    def _find(self, path: str) -> tuple[Handler, tuple[str, ...]]:
+        if path in self._exact:
+            return self._exact[path]
+        for prefix, handler, methods in self._prefixes:
+            if path.startswith(prefix):
+                return handler, methods
+        raise HTTPError(404, f"no such labotel endpoint: {path}")
