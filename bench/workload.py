@@ -1,0 +1,91 @@
+"""The mixed workload every overhead benchmark runs: allocation and GC churn, threads
+handing work through queues, and plain function calls. Deterministic amount of work."""
+
+from __future__ import annotations
+
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+
+def _churn(rounds: int) -> int:
+    """Allocate short-lived containers, some in reference cycles, so the GC runs."""
+    total = 0
+    for i in range(rounds):
+        node = {"id": i, "tags": [str(i), "x" * (i % 32)], "payload": list(range(i % 50))}
+        node["self"] = node  # a cycle: only the collector frees it
+        total += len(node["payload"])
+    return total
+
+
+def _calls(n: int) -> int:
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    acc = 0
+    for i in range(n):
+        acc = add(acc, i) & 0xFFFF
+    return acc
+
+
+def _pipeline(items: int, workers: int = 4) -> int:
+    """Producer -> worker threads -> consumer over queue.Queue."""
+    inbox: queue.Queue = queue.Queue(maxsize=256)
+    outbox: queue.Queue = queue.Queue()
+    lock = threading.Lock()
+    processed = [0]
+
+    def worker() -> None:
+        while True:
+            item = inbox.get()
+            if item is None:
+                return
+            with lock:
+                processed[0] += 1
+            outbox.put(_calls(50) + item)
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for i in range(items):
+        inbox.put(i)
+    for _ in threads:
+        inbox.put(None)
+    for thread in threads:
+        thread.join()
+    return processed[0] + outbox.qsize()
+
+
+def mixed_workload(scale: int = 1) -> None:
+    """About 0.5 s of work at scale=1 on one core."""
+    for _ in range(scale):
+        _churn(40_000)
+        _calls(300_000)
+        _pipeline(4_000)
+
+
+def timed(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def interleaved_ratio(baseline: Callable[[], float], treatment: Callable[[], float],
+                      rounds: int = 7) -> tuple[float, float, float]:
+    """Median of per-round ratios treatment/baseline, run alternately to cancel drift.
+
+    Returns (median ratio, median baseline seconds, median treatment seconds).
+    """
+    ratios, base_times, treat_times = [], [], []
+    for round_number in range(rounds):
+        if round_number % 2:
+            t, b = treatment(), baseline()
+        else:
+            b, t = baseline(), treatment()
+        base_times.append(b)
+        treat_times.append(t)
+        ratios.append(t / b)
+    return (statistics.median(ratios), statistics.median(base_times),
+            statistics.median(treat_times))
