@@ -61,9 +61,9 @@ def _pipeline(items: int, workers: int = 4) -> int:
 def mixed_workload(scale: int = 1) -> None:
     """About 0.5 s of work at scale=1 on one core."""
     for _ in range(scale):
-        _churn(40_000)
-        _calls(300_000)
-        _pipeline(4_000)
+        _churn(150_000)
+        _calls(1_500_000)
+        _pipeline(15_000)
 
 
 def timed(function: Callable[[], object]) -> float:
