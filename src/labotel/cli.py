@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the LabEnd demo service")
     demo.add_argument("--address", default="127.0.0.1:8080", help="host:port to serve on")
     demo.add_argument("--database", default=None, help="SQLite file (default: a temp file)")
+    demo.add_argument("--traffic", type=float, default=2.0,
+                      help="orders per second the demo sends itself (0: none)")
 
     webhook = commands.add_parser("alerts-webhook",
                                   help="receive Alertmanager webhooks and print them")
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from labotel.demo.app import run
 
-        return run(args.address, args.database)
+        return run(args.address, args.database, args.traffic)
     if args.command == "alerts-webhook":
         from labotel.alerting.webhook import run as run_webhook
 

@@ -1,0 +1,121 @@
+"""Switches that provoke each problem labotel detects, on demand.
+
+Each fault runs in its own thread until switched off (the leaks keep what they leaked:
+that is what a leak is; restarting the demo frees it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import labotel
+
+FAULTS = {
+    "race": "two threads update a shared price cache without a lock",
+    "memory-leak": "an audit log that keeps ~1 MB/s of request payloads forever",
+    "thread-leak": "a consumer thread per request that waits forever on an event",
+    "task-leak": "an asyncio task per request on the relay loop that never finishes",
+    "cpu-burn": "a thread computing prices in a hot loop",
+}
+
+audit_log: list[bytes] = []  # the memory leak keeps its payloads here
+_never = threading.Event()  # leaked threads wait on this forever
+
+
+def _record_audit_entry() -> None:
+    audit_log.append(bytes(100_000))  # the leaking line: 10 of these per second
+
+
+def _stuck_consumer() -> None:
+    _never.wait()
+
+
+def _price_of(item: int) -> float:
+    total = 0.0
+    for i in range(20_000):
+        total += (item * i) % 7 / 3.0
+    return total
+
+
+class Faults:
+    def __init__(self, loop_source: Callable[[], asyncio.AbstractEventLoop | None]):
+        self._loop_source = loop_source
+        self._stops: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.price_cache = labotel.shared({}, "price_cache")
+
+    def state(self) -> dict[str, dict]:
+        with self._lock:
+            return {name: {"enabled": name in self._stops, "what": what}
+                    for name, what in FAULTS.items()}
+
+    def enable(self, name: str) -> None:
+        if name not in FAULTS:
+            raise KeyError(name)
+        with self._lock:
+            if name in self._stops:
+                return
+            stop = self._stops[name] = threading.Event()
+        targets = {"race": self._race, "memory-leak": self._memory_leak,
+                   "thread-leak": self._thread_leak, "task-leak": self._task_leak,
+                   "cpu-burn": self._cpu_burn}
+        threading.Thread(target=targets[name], args=(stop,), name=f"fault-{name}",
+                         daemon=True).start()
+
+    def disable(self, name: str) -> None:
+        if name not in FAULTS:
+            raise KeyError(name)
+        with self._lock:
+            stop = self._stops.pop(name, None)
+        if stop is not None:
+            stop.set()
+
+    def disable_all(self) -> None:
+        for name in list(self._stops):
+            self.disable(name)
+
+    # -- the faults ----------------------------------------------------------------
+    def _race(self, stop: threading.Event) -> None:
+        def update_prices(offset: int) -> None:
+            while not stop.is_set():
+                for item in range(8):
+                    current = self.price_cache.get(item, 0.0)  # read ...
+                    self.price_cache[item] = current + offset  # ... then write, no lock
+                time.sleep(0.05)
+
+        workers = [threading.Thread(target=update_prices, args=(n,), name=f"price-updater-{n}",
+                                    daemon=True) for n in (1, 2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    def _memory_leak(self, stop: threading.Event) -> None:
+        while not stop.wait(0.1):
+            _record_audit_entry()
+
+    def _thread_leak(self, stop: threading.Event) -> None:
+        while not stop.wait(0.1):
+            threading.Thread(target=_stuck_consumer, name="order-consumer", daemon=True).start()
+
+    def _task_leak(self, stop: threading.Event) -> None:
+        async def wait_for_ack(ack: asyncio.Future) -> None:
+            await ack  # nobody ever acknowledges
+
+        def spawn() -> None:
+            asyncio.get_running_loop().create_task(
+                wait_for_ack(asyncio.get_running_loop().create_future()))
+
+        while not stop.wait(0.1):
+            loop = self._loop_source()
+            if loop is not None and loop.is_running():
+                loop.call_soon_threadsafe(spawn)
+
+    def _cpu_burn(self, stop: threading.Event) -> None:
+        item = 0
+        while not stop.is_set():
+            _price_of(item)
+            item += 1
