@@ -1,0 +1,1 @@
+"""Alert delivery helpers: the Alertmanager webhook receiver behind ``labotel alerts-webhook``."""
