@@ -30,6 +30,7 @@ from labotel.config import Settings
 
 log = logging.getLogger("labotel")
 INSTRUMENTATION_SCOPE = "labotel"
+FLUSH_TIMEOUT_MILLIS = 5_000
 
 
 @dataclasses.dataclass
@@ -39,16 +40,28 @@ class Providers:
     owns_meter_provider: bool
     owns_tracer_provider: bool
     resource: Resource | None
+    # labotel's Prometheus reader on an app-owned MeterProvider that had none (see below)
+    prometheus_reader: MetricReader | None = None
 
     def shutdown(self) -> None:
         """Flush and shut down what labotel created; leave the app's providers alone."""
+        if self.prometheus_reader is not None:
+            try:
+                self.meter_provider.remove_metric_reader(self.prometheus_reader)
+            except Exception:
+                log.exception("labotel: removing its Prometheus reader failed")
+            self.prometheus_reader = None
         for owned, provider in ((self.owns_tracer_provider, self.tracer_provider),
                                 (self.owns_meter_provider, self.meter_provider)):
             if not owned:
                 continue
             try:
-                provider.force_flush()
-                provider.shutdown()
+                # bounded: an unreachable collector must not hang the app's exit
+                provider.force_flush(FLUSH_TIMEOUT_MILLIS)
+                if isinstance(provider, MeterProvider):
+                    provider.shutdown(timeout_millis=FLUSH_TIMEOUT_MILLIS)
+                else:
+                    provider.shutdown()
             except Exception:
                 log.exception("labotel: shutting down %s failed", type(provider).__name__)
 
@@ -82,8 +95,11 @@ def build_resource(settings: Settings) -> Resource:
 
 def build_providers(settings: Settings) -> Providers:
     resource = None
+    prometheus_reader = None
     if global_meter_provider_set():
         meter_provider, owns_meter = metrics.get_meter_provider(), False
+        if settings.admin_address or "prometheus" in settings.metrics_exporters():
+            prometheus_reader = _attach_prometheus_reader(meter_provider)
     else:
         resource = build_resource(settings)
         meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(settings))
@@ -96,7 +112,90 @@ def build_providers(settings: Settings) -> Providers:
         for exporter in _span_exporters(settings):
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         owns_tracer = True
-    return Providers(meter_provider, tracer_provider, owns_meter, owns_tracer, resource)
+    providers = Providers(meter_provider, tracer_provider, owns_meter, owns_tracer, resource,
+                          prometheus_reader)
+    if not (owns_meter and owns_tracer):
+        _add_missing_identity(providers)
+    return providers
+
+
+def _attach_prometheus_reader(meter_provider: metrics.MeterProvider) -> MetricReader | None:
+    """Make an app-owned SDK MeterProvider visible on the debug server's ``/metrics``.
+
+    The debug server serves the default prometheus_client registry. If the app (or the
+    ``opentelemetry-instrument`` configurator) already has a PrometheusMetricReader, its
+    collector is in that registry and serves on its own port too (9464): adding a second
+    reader would duplicate every series, so labotel adds one only when there is none
+    (``OTEL_METRICS_EXPORTER=otlp``) and never opens a Prometheus port of its own.
+    """
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    add = getattr(meter_provider, "add_metric_reader", None)
+    readers = getattr(meter_provider, "_all_metric_readers", None)
+    if add is None or readers is None:  # not the SDK, or an SDK without add_metric_reader
+        return None
+    if any(isinstance(reader, PrometheusMetricReader) for reader in readers):
+        return None
+    reader = PrometheusMetricReader()
+    add(reader)
+    return reader
+
+
+# -- process identity: fork copies the parent's Resource ---------------------------------
+def process_identity(parent_pid: int | None = None) -> dict[str, object]:
+    """The attributes that tell one process (and one forked worker) from another."""
+    identity: dict[str, object] = {"service.instance.id": str(uuid.uuid4()),
+                                   "process.pid": os.getpid()}
+    if parent_pid is not None:
+        identity["process.parent_pid"] = parent_pid
+    return identity
+
+
+def refresh_after_fork(providers: Providers, parent_pid: int) -> None:
+    """Give a forked child its own pid and ``service.instance.id`` on every SDK provider.
+
+    Without this every gunicorn worker reports the parent's Resource and their series
+    collide in the backend. The SDK re-runs only its process-dependent resource detectors
+    after fork; its ``_update_resource`` (the hook it uses for exactly that) also updates
+    the tracers already handed out, so the app's own instrumentation follows too.
+    """
+    _update_resources(providers, process_identity(parent_pid))
+
+
+def _add_missing_identity(providers: Providers) -> None:
+    """A reused provider without pid/instance id gets labotel's (an explicit one is kept)."""
+    resource = _resource_of(providers.meter_provider) or _resource_of(providers.tracer_provider)
+    if resource is None:
+        return
+    identity = process_identity()
+    missing = {k: v for k, v in identity.items() if k not in resource.attributes}
+    if missing:
+        _update_resources(providers, missing)
+
+
+def _update_resources(providers: Providers, attributes: dict[str, object]) -> None:
+    from opentelemetry import _logs
+
+    update = Resource(attributes)
+    targets = [providers.meter_provider, providers.tracer_provider, _logs.get_logger_provider()]
+    for provider in targets:
+        updater = getattr(provider, "_update_resource", None)
+        if updater is None:  # an API no-op/proxy provider, or an older SDK
+            continue
+        try:
+            updater(update)
+        except Exception:
+            log.exception("labotel: updating the Resource of %s failed", type(provider).__name__)
+    if providers.resource is not None:
+        providers.resource = providers.resource.merge(update)
+
+
+def _resource_of(provider: object) -> Resource | None:
+    resource = getattr(provider, "resource", None)  # TracerProvider
+    if resource is None:
+        config = getattr(provider, "_sdk_config", None)  # MeterProvider
+        resource = getattr(config, "resource", None)
+    return resource if isinstance(resource, Resource) else None
 
 
 def _metric_readers(settings: Settings) -> list[MetricReader]:

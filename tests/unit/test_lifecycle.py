@@ -1,0 +1,90 @@
+"""start()/shutdown(): idempotence, undoing every patch and thread, provider reuse, export."""
+
+import asyncio
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import labotel
+from labotel.detect.detection import Detection
+from tests.otlp_receiver import OTLPReceiver
+
+
+def labotel_threads():
+    return [t.name for t in threading.enumerate() if t.name.startswith("labotel")]
+
+
+def test_start_is_idempotent_and_shutdown_undoes_everything():
+    original_start = threading.Thread.start
+    original_run_forever = asyncio.BaseEventLoop.run_forever
+    callbacks = list(gc.callbacks)
+    first = labotel.start(admin_address="127.0.0.1:0")
+    assert labotel.start() is first
+    assert threading.Thread.start is not original_start
+    assert asyncio.BaseEventLoop.run_forever is not original_run_forever
+    assert labotel_threads()
+    labotel.shutdown()
+    assert threading.Thread.start is original_start
+    assert asyncio.BaseEventLoop.run_forever is original_run_forever
+    assert gc.callbacks == callbacks
+    assert labotel_threads() == []
+    labotel.shutdown()  # a second shutdown is harmless
+    second = labotel.start(admin_address="127.0.0.1:0")
+    assert second is not first and second.admin_url
+
+
+def test_bad_option_raises_and_leaves_nothing_running():
+    try:
+        labotel.start(admin_address="127.0.0.1:0", thread_limit="lots")
+    except ValueError as error:
+        assert "thread_limit" in str(error)
+    else:
+        raise AssertionError("expected ValueError")
+    assert labotel.monitor.current() is None
+    assert labotel_threads() == []
+
+
+def test_otlp_export_is_one_environment_variable_away(monkeypatch):
+    with OTLPReceiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        monitor = labotel.start(admin_address="", metric_export_interval=0.5)
+        monitor.reporter.report(Detection(kind="memory_leak", summary="heap grows 1 MB/s",
+                                          attributes={"labotel.leak.site": "app.py:3"}))
+        receiver.wait(lambda r: {"process.cpu.time", "labotel.detections"} <= r.metric_names())
+        names = receiver.metric_names()
+        assert {"process.cpu.time", "cpython.gc.collections", "labotel.detections"} <= names
+        labotel.shutdown()  # flushes the span
+        spans = receiver.spans()
+        assert [s.name for s in spans] == ["labotel.memory_leak"]
+        attributes = {a.key: a.value.string_value for a in spans[0].attributes}
+        assert attributes["labotel.leak.site"] == "app.py:3"
+
+
+def test_existing_global_providers_are_reused_not_replaced():
+    script = textwrap.dedent("""
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        reader = InMemoryMetricReader()
+        mp = MeterProvider(metric_readers=[reader]); metrics.set_meter_provider(mp)
+        tp = TracerProvider(); trace.set_tracer_provider(tp)
+        import labotel
+        m = labotel.start(admin_address="")
+        assert m.providers.meter_provider is mp and not m.providers.owns_meter_provider
+        assert m.providers.tracer_provider is tp and not m.providers.owns_tracer_provider
+        names = {x.name for rm in reader.get_metrics_data().resource_metrics
+                 for sm in rm.scope_metrics for x in sm.metrics}
+        assert "process.memory.usage" in names, names
+        labotel.shutdown()
+        assert metrics.get_meter_provider() is mp  # the app's provider still works
+        print("reused")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "LABOTEL_ADMIN_ADDRESS": ""})
+    assert result.returncode == 0, result.stderr
+    assert "reused" in result.stdout

@@ -1,0 +1,112 @@
+import logging
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from labotel.detect.detection import Detection, Reporter, Stack
+
+
+def make_reporter(buffer_size=256):
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    reporter = Reporter(tracer_provider.get_tracer("t"), meter_provider.get_meter("t"),
+                        buffer_size)
+    return reporter, spans, reader
+
+
+def counter_values(reader, name):
+    values = {}
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        values[tuple(sorted(point.attributes.items()))] = point.value
+    return values
+
+
+def race(location="app.py:10"):
+    return Detection(
+        kind="race_condition", summary=f"race on cache at {location}",
+        message=f"RACE CONDITION DETECTED\nResource: cache\n{location}",
+        attributes={"labotel.race.resource": "cache", "code.lineno": 10,
+                    "labotel.race.threads": ["a", "b"]},
+        stacks=[Stack("worker-1", (("app.py", 10, "write"), ("app.py", 3, "main"))),
+                Stack("worker-2", (("app.py", 12, "read"),))],
+        fingerprint=("cache", location))
+
+
+def test_detection_becomes_span_counter_log_and_buffer_entry(caplog):
+    reporter, spans, reader = make_reporter()
+    with caplog.at_level(logging.WARNING, logger="labotel"):
+        assert reporter.report(race()) is True
+    [span] = spans.get_finished_spans()
+    assert span.name == "labotel.race_condition"
+    assert span.attributes["labotel.race.resource"] == "cache"
+    assert span.attributes["code.lineno"] == 10
+    assert list(span.attributes["labotel.race.threads"]) == ["a", "b"]
+    assert [e.attributes["thread.name"] for e in span.events] == ["worker-1", "worker-2"]
+    assert "write (app.py:10)" in span.events[0].attributes["exception.stacktrace"]
+    assert counter_values(reader, "labotel.detections") == {
+        (("labotel.detection.kind", "race_condition"),): 1}
+    [record] = [r for r in caplog.records if r.name == "labotel"]
+    assert record.levelno == logging.WARNING
+    assert "RACE CONDITION DETECTED" in record.getMessage()
+    [stored] = reporter.detections()
+    assert stored.to_dict()["stacks"][0]["frames"][0] == {
+        "file": "app.py", "line": 10, "function": "write"}
+
+
+def test_identical_detections_are_reported_once_with_a_count():
+    reporter, spans, reader = make_reporter()
+    assert reporter.report(race()) is True
+    assert reporter.report(race()) is False
+    assert reporter.report(race()) is False
+    assert reporter.report(race("app.py:99")) is True
+    assert len(spans.get_finished_spans()) == 2
+    counts = sorted(d.count for d in reporter.detections())
+    assert counts == [1, 3]
+    assert counter_values(reader, "labotel.detections")[
+        (("labotel.detection.kind", "race_condition"),)] == 2
+
+
+def test_buffer_is_bounded_and_filtered_by_kind_newest_first():
+    reporter, _, _ = make_reporter(buffer_size=3)
+    for n in range(5):
+        reporter.report(race(f"app.py:{n}"))
+    reporter.report(Detection(kind="memory_leak", summary="leak", fingerprint=("x",)))
+    assert [d.kind for d in reporter.detections()] == [
+        "memory_leak", "race_condition", "race_condition"]
+    assert [d.summary for d in reporter.detections("race_condition")] == [
+        "race on cache at app.py:4", "race on cache at app.py:3"]
+
+
+def test_component_failure_is_logged_once_and_counted(caplog):
+    reporter, _, reader = make_reporter()
+    with caplog.at_level(logging.ERROR, logger="labotel"):
+        for _ in range(3):
+            try:
+                raise RuntimeError("boom")
+            except RuntimeError:
+                reporter.component_failed("runtime.gc")
+    assert len([r for r in caplog.records if "runtime.gc" in r.getMessage()]) == 1
+    assert counter_values(reader, "labotel.internal.errors") == {
+        (("labotel.component", "runtime.gc"),): 3}
+
+
+def test_a_broken_exporter_never_reaches_the_caller():
+    class Broken:
+        def start_span(self, *args, **kwargs):
+            raise RuntimeError("exporter down")
+
+    reporter, _, reader = make_reporter()
+    reporter._tracer = Broken()
+    assert reporter.report(race()) is False
+    assert counter_values(reader, "labotel.internal.errors") == {
+        (("labotel.component", "reporter"),): 1}
