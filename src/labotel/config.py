@@ -84,6 +84,11 @@ class Settings:
         20.0, "seconds tracemalloc runs to name the growing allocation sites", minimum=0.1)
     thread_limit: int = _option(1000, "live threads reported as a leak", minimum=1)
     task_limit: int = _option(1000, "live asyncio tasks reported as a leak", minimum=1)
+    # --- pre-fork servers (gunicorn, multiprocessing) -----------------------------------
+    admin_worker_ports: int = _option(
+        64, "a forked worker serves the debug server on the first free port of the next N "
+        "after admin_address's port (the parent keeps that port); 0: none in workers",
+        minimum=0)
 
     @classmethod
     def load(cls, options: Mapping[str, Any] | None = None,

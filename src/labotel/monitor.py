@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -11,7 +12,7 @@ from typing import Any
 from labotel import sdk
 from labotel.component import Component
 from labotel.components import default_components
-from labotel.config import Settings
+from labotel.config import Settings, parse_address
 from labotel.detect.detection import Reporter
 from labotel.runtime import loops, origins
 from labotel.server import admin
@@ -94,17 +95,50 @@ class Monitor:
         self.providers.shutdown()
 
     def after_fork_in_child(self) -> None:
-        """Threads do not survive fork: restart the ones labotel owns in the child.
+        """Make a forked child (gunicorn worker, multiprocessing) a process of its own.
 
-        The child does not inherit the parent's debug server (its socket belongs to the
-        parent); see the "Zero-code setup" section of the README for pre-fork servers.
+        It gets its own pid and ``service.instance.id`` on every provider, restarts the
+        threads labotel's components own (threads do not survive fork), and serves the
+        debug server on the first free port after the parent's (README: "Zero-code setup").
         """
-        self.server = None
+        parent_pid, self._started_pid = self._started_pid, os.getpid()
+        if self.server is not None:
+            self.server.abandon()
+            self.server = None
+        try:
+            sdk.refresh_after_fork(self.providers, parent_pid)
+        except Exception:
+            self.reporter.component_failed("fork.resource")
         for component in self.components:
             try:
                 component.after_fork_in_child()
             except Exception:
                 self.reporter.component_failed(component.name)
+        if self.settings.admin_address and self.settings.admin_worker_ports:
+            self._start_worker_server()
+
+    def _start_worker_server(self) -> None:
+        """Bind the first free port of ``port+1 .. port+admin_worker_ports`` (``:0`` stays 0)."""
+        host, port = parse_address(self.settings.admin_address)
+        span = self.settings.admin_worker_ports
+        candidates = [0] if port == 0 else range(port + 1, min(port + 1 + span, 65536))
+        bracketed = f"[{host}]" if ":" in host else host
+        for candidate in candidates:
+            try:
+                server = DebugServer(f"{bracketed}:{candidate}", self.router)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    continue
+                log.error("labotel: worker %d: debug server failed: %s", os.getpid(), error)
+                self.reporter.component_failed("server")
+                return
+            server.start()
+            self.server = server
+            log.info("labotel: worker %d: debug server on %s", os.getpid(), server.url)
+            return
+        log.error("labotel: worker %d: no free debug-server port in %s+1..+%d; it reports "
+                  "through the exporters only", os.getpid(), self.settings.admin_address, span)
+        self.reporter.component_failed("server")
 
     # -- accessors used by routes and components -----------------------------------
     @property
@@ -186,9 +220,15 @@ def _safe_stop(monitor: Monitor) -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # a parent thread may have held it at fork time
     monitor = _current
-    if monitor is not None and monitor.running:
+    if monitor is None or not monitor.running:
+        return
+    try:
         monitor.after_fork_in_child()
+    except Exception:  # never break the child (a gunicorn worker) because of labotel
+        log.exception("labotel: setting up the forked child %d failed", os.getpid())
 
 
 if hasattr(os, "register_at_fork"):

@@ -104,6 +104,13 @@ class DebugServer:
     def start(self) -> None:
         self._thread.start()
 
+    def abandon(self) -> None:
+        """In a forked child: close the child's copy of the parent's listening socket.
+
+        The serving thread stayed in the parent; the child must not hold the port open.
+        """
+        self._server.socket.close()
+
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
