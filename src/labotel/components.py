@@ -7,6 +7,7 @@ from labotel.config import Settings
 
 
 def default_components(settings: Settings) -> list[Component]:
+    from labotel.profile.component import ProfilingComponent
     from labotel.runtime.aio import AsyncioCollector
     from labotel.runtime.gc import GCCollector
     from labotel.runtime.heap import HeapCollector
@@ -17,4 +18,10 @@ def default_components(settings: Settings) -> list[Component]:
     if settings.runtime_metrics:
         components += [ProcessCollector(), HeapCollector(), GCCollector(), ThreadCollector(),
                        AsyncioCollector()]
+    components.append(ProfilingComponent())
+    if settings.leak_detection:
+        from labotel.detect.memory import MemoryLeakDetector
+        from labotel.detect.threads import ConcurrencyLeakDetector
+
+        components += [MemoryLeakDetector(), ConcurrencyLeakDetector()]
     return components

@@ -1,0 +1,1 @@
+"""Go-compatible profiles: CPU and wall samplers, tracemalloc heap, thread/task stacks."""

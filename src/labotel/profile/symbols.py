@@ -1,0 +1,137 @@
+"""Go-style names for Python functions, pseudo addresses, and the reverse lookup.
+
+A function is named ``module.qualname`` (``myapp.orders.Service.create``), the way Go
+names ``main.worker``. Frames known only by file and line (tracemalloc records no
+function) are named by parsing the file once and finding the enclosing ``def``.
+A code object's address is its ``id()``; ``resolve`` maps an address handed out in a
+profile back to its function for ``/debug/pprof/symbol``.
+"""
+
+from __future__ import annotations
+
+import ast
+import bisect
+import linecache
+import os
+import sys
+import threading
+import weakref
+from types import CodeType
+
+_lock = threading.Lock()
+_modules_by_file: dict[str, str] = {}
+_modules_seen = 0
+_addresses: weakref.WeakValueDictionary[int, CodeType] = weakref.WeakValueDictionary()
+_line_tables: dict[str, tuple[float | None, list[tuple[int, int, str]]]] = {}
+_MAX_PARSED_FILES = 2048
+
+
+def module_for_file(filename: str) -> str | None:
+    """The imported module whose source is ``filename`` (``__main__`` for the script)."""
+    global _modules_seen
+    if filename.startswith("<frozen ") and filename.endswith(">"):
+        return filename[len("<frozen "):-1]
+    key = os.path.normcase(filename)
+    name = _modules_by_file.get(key)
+    if name is None and len(sys.modules) != _modules_seen:
+        with _lock:
+            _modules_seen = len(sys.modules)
+            for module_name, module in list(sys.modules.items()):
+                path = getattr(module, "__file__", None)
+                if isinstance(path, str):
+                    _modules_by_file.setdefault(os.path.normcase(path), module_name)
+        name = _modules_by_file.get(key)
+    return name
+
+
+def qualify(filename: str, qualname: str) -> str:
+    module = module_for_file(filename)
+    return f"{module}.{qualname}" if module else qualname
+
+
+def code_name(code: CodeType) -> str:
+    return qualify(code.co_filename, getattr(code, "co_qualname", code.co_name))
+
+
+def code_address(code: CodeType) -> int:
+    """The pseudo entry address of ``code`` (remembered for ``resolve``)."""
+    address = id(code)
+    if address not in _addresses:
+        _addresses[address] = code
+    return address
+
+
+def resolve(address: int) -> str | None:
+    """``module.qualname`` of the code object whose bytecode spans ``address``."""
+    starts = sorted(_addresses.keys())
+    position = bisect.bisect_right(starts, address) - 1
+    if position < 0:
+        return None
+    code = _addresses.get(starts[position])
+    if code is None or address >= starts[position] + max(len(code.co_code), 1):
+        return None
+    return code_name(code)
+
+
+def line_function(filename: str, lineno: int) -> tuple[str, int]:
+    """(qualified name, first line) of the innermost function around ``filename:lineno``.
+
+    Module-level code is ``<module>``; an unreadable file gives ``?``.
+    """
+    ranges = _definitions(filename)
+    if ranges is None:
+        return "?", 0
+    best: tuple[int, int, str] | None = None
+    for start, end, qualname in ranges:
+        if start <= lineno <= end and (best is None or start >= best[0]):
+            best = (start, end, qualname)
+    if best is None:
+        return qualify(filename, "<module>"), 1
+    return qualify(filename, best[2]), best[0]
+
+
+def _source_file(filename: str) -> str:
+    """Frozen stdlib modules (``<frozen abc>``) still ship their source: read that."""
+    if filename.startswith("<frozen ") and filename.endswith(">"):
+        module = sys.modules.get(filename[len("<frozen "):-1])
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str):
+            return path
+    return filename
+
+
+def _definitions(filename: str) -> list[tuple[int, int, str]] | None:
+    filename = _source_file(filename)
+    try:
+        mtime: float | None = os.stat(filename).st_mtime
+    except OSError:
+        mtime = None
+    cached = _line_tables.get(filename)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    source = "".join(linecache.getlines(filename))
+    if not source:
+        return None
+    try:
+        tree = ast.parse(source, filename)
+    except (SyntaxError, ValueError):
+        return None
+    ranges: list[tuple[int, int, str]] = []
+    _collect(tree, "", ranges)
+    if len(_line_tables) >= _MAX_PARSED_FILES:
+        _line_tables.clear()
+    _line_tables[filename] = (mtime, ranges)
+    return ranges
+
+
+def _collect(node: ast.AST, prefix: str, out: list[tuple[int, int, str]]) -> None:
+    """(first line, last line, qualname) of every def/class, qualnames as CPython builds them."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            qualname = prefix + child.name
+            first = min([child.lineno] + [d.lineno for d in child.decorator_list])
+            out.append((first, child.end_lineno or child.lineno, qualname))
+            inner = qualname + ("." if isinstance(child, ast.ClassDef) else ".<locals>.")
+            _collect(child, inner, out)
+        else:
+            _collect(child, prefix, out)
