@@ -102,7 +102,8 @@ def build_providers(settings: Settings) -> Providers:
             prometheus_reader = _attach_prometheus_reader(meter_provider)
     else:
         resource = build_resource(settings)
-        meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(settings))
+        meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(settings),
+                                       exemplar_filter=_exemplar_filter())
         owns_meter = True
     if global_tracer_provider_set():
         tracer_provider, owns_tracer = trace.get_tracer_provider(), False
@@ -198,6 +199,20 @@ def _resource_of(provider: object) -> Resource | None:
     return resource if isinstance(resource, Resource) else None
 
 
+def _exemplar_filter():
+    """Exemplars only when asked for: runtime metrics have no trace to point at, and
+    sampling them costs every collection (OTEL_METRICS_EXEMPLAR_FILTER still wins)."""
+    from opentelemetry.sdk.metrics import (
+        AlwaysOffExemplarFilter,
+        AlwaysOnExemplarFilter,
+        TraceBasedExemplarFilter,
+    )
+
+    chosen = os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "always_off").strip().lower()
+    return {"always_on": AlwaysOnExemplarFilter, "trace_based": TraceBasedExemplarFilter}.get(
+        chosen, AlwaysOffExemplarFilter)()
+
+
 def _metric_readers(settings: Settings) -> list[MetricReader]:
     readers: list[MetricReader] = []
     interval_ms = settings.metric_export_interval * 1000
@@ -205,7 +220,9 @@ def _metric_readers(settings: Settings) -> list[MetricReader]:
         if name == "prometheus":
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
-            readers.append(PrometheusMetricReader())
+            # no otel_scope_* labels: a third of the labels on every series, and of the
+            # exposition cost per scrape, for information target_info already carries
+            readers.append(PrometheusMetricReader(scope_info_enabled=False))
         elif name == "otlp":
             readers.append(PeriodicExportingMetricReader(
                 _otlp_exporter(settings, "metrics"), export_interval_millis=interval_ms))

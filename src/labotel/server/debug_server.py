@@ -46,6 +46,7 @@ def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "labotel"
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # keep-alive scrapes: no 40 ms delayed-ACK stall
 
         def _serve(self) -> None:
             parts = urlsplit(self.path)
