@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                                   help="receive Alertmanager webhooks and print them")
     webhook.add_argument("--address", default="127.0.0.1:5001", help="host:port to serve on")
 
-    commands.add_parser("config", help="print every option with its default")
+    config = commands.add_parser("config", help="print every option with its default")
+    config.add_argument("--markdown", action="store_true", help="as the README's table")
 
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -32,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_webhook(args.address)
     if args.command == "config":
-        from labotel.config import describe
+        from labotel.config import describe, markdown_table
 
+        if args.markdown:
+            print(markdown_table())
+            return 0
         for env, default, doc in describe():
             print(f"{env:40} {default:20} {doc}")
         return 0

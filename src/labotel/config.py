@@ -70,6 +70,11 @@ class Settings:
     race_max_resources: int = _option(
         100_000, "resources whose shadow state is kept (least recently used forgotten)",
         minimum=1)
+    race_max_threads: int = _option(
+        1024, "exited threads whose accesses are still checked (oldest exit forgotten first)",
+        minimum=1)
+    race_stack_depth: int = _option(
+        8, "frames kept per recorded access for the race report's stack traces", minimum=1)
     # --- leak detection --------------------------------------------------------------
     leak_detection: bool = _option(True, "run the memory/thread/task leak detectors")
     leak_sample_interval: float = _option(
@@ -84,6 +89,9 @@ class Settings:
         20.0, "seconds tracemalloc runs to name the growing allocation sites", minimum=0.1)
     thread_limit: int = _option(1000, "live threads reported as a leak", minimum=1)
     task_limit: int = _option(1000, "live asyncio tasks reported as a leak", minimum=1)
+    leak_min_growth: int = _option(
+        10, "members a thread/task group (same creation line) must gain within leak_window "
+        "before it can be reported as a leak", minimum=1)
     # --- pre-fork servers (gunicorn, multiprocessing) -----------------------------------
     admin_worker_ports: int = _option(
         64, "a forked worker serves the debug server on the first free port of the next N "
@@ -196,3 +204,16 @@ def describe() -> list[tuple[str, str, str]]:
     """(env var, default, meaning) for every option: the README's configuration table."""
     return [(f"LABOTEL_{f.name.upper()}", repr(f.default), f.metadata["doc"])
             for f in dataclasses.fields(Settings)]
+
+
+def markdown_table() -> str:
+    """The configuration table as Markdown (``labotel config --markdown``)."""
+    lines = ["| option / environment variable | default | meaning |", "|---|---|---|"]
+    for field in dataclasses.fields(Settings):
+        doc = field.metadata["doc"]
+        otel = field.metadata["otel_env"]
+        if otel:
+            doc += f" (also `{otel}`)"
+        lines.append(f"| `{field.name}` / `LABOTEL_{field.name.upper()}` | "
+                     f"`{field.default!r}` | {doc} |")
+    return "\n".join(lines)
