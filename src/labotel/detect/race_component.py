@@ -1,0 +1,60 @@
+"""The race detector as a labotel component: patches, detector and ``/admin/monitoring/races``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from labotel.component import Component
+from labotel.detect import races, sync, vectorclock
+from labotel.server.http import Request, Response, json_response
+
+if TYPE_CHECKING:
+    from labotel.monitor import Monitor
+
+
+class RaceDetection(Component):
+    name = "detect.races"
+
+    def __init__(self) -> None:
+        self.detector: races.Detector | None = None
+
+    def start(self, monitor: Monitor) -> None:
+        settings = monitor.settings
+        reporter = monitor.reporter
+
+        def failed() -> None:
+            reporter.component_failed(self.name)
+
+        vectorclock.configure(settings.race_max_threads)
+        self.detector = races.Detector(reporter, failed,
+                                       max_resources=settings.race_max_resources,
+                                       stack_depth=settings.race_stack_depth)
+        sync.install(failed)
+        races.activate(self.detector)
+        monitor.router.add("/admin/monitoring/races", self._view(monitor))
+
+    def _view(self, monitor: Monitor):
+        def races_view(request: Request) -> Response:
+            limit = request.int_arg("limit", 100, minimum=1, maximum=10_000)
+            reports = monitor.reporter.detections("race_condition")[:limit]
+            detector = self.detector
+            return json_response({
+                "enabled": detector is not None,
+                "stats": detector.stats() if detector is not None else {},
+                "count": len(reports),
+                "races": [report.to_dict() for report in reports],
+            })
+
+        return races_view
+
+    def stop(self) -> None:
+        races.activate(None)
+        sync.uninstall()
+        self.detector = None
+
+    def after_fork_in_child(self) -> None:
+        vectorclock.reinit_after_fork()
+        sync.reinit_after_fork()
+        if self.detector is not None:
+            self.detector.reinit_after_fork()
+

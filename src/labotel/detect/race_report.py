@@ -1,0 +1,96 @@
+"""Turns a conflict found in shadow memory into a ``race_condition`` Detection."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from labotel.detect.detection import Detection, Stack
+from labotel.detect.shadow import CLOCK, FRAMES, LOCATION, STATE, TID, WHEN, WRITE, Access
+
+PREVIOUS = "labotel.race.previous."
+
+
+def _where(access: Access) -> tuple[str, int | None, str]:
+    """(file, line, function) of an access; an explicit ``location`` wins over the frame."""
+    frames = access[FRAMES]
+    function = frames[0][0].co_qualname if frames else "?"
+    location = access[LOCATION]
+    if location is not None:
+        path, sep, line = str(location).rpartition(":")
+        if sep and line.isdigit():
+            return path, int(line), function
+        return str(location), None, function
+    if not frames:
+        return "?", None, function
+    code, line = frames[0]
+    return code.co_filename, line, function
+
+
+def _site(where: tuple[str, int | None, str]) -> str:
+    path, line, _ = where
+    return f"{path}:{line}" if line is not None else path
+
+
+def _kind(access: Access) -> str:
+    return "write" if access[WRITE] else "read"
+
+
+def _stack(label: str, access: Access) -> Stack:
+    frames = tuple((code.co_filename, line, code.co_qualname) for code, line in access[FRAMES])
+    state = access[STATE]
+    return Stack(f"{label} {_kind(access)} by thread {state.tid} ({state.name})", frames)
+
+
+def build(resource: Any, previous: Access, current: Access) -> Detection:
+    name = str(resource)
+    now_where, before_where = _where(current), _where(previous)
+    now_state, before_state = current[STATE], previous[STATE]
+    elapsed = max(0.0, current[WHEN] - previous[WHEN])
+    attributes: dict[str, Any] = {
+        "labotel.race.resource": name,
+        "labotel.race.elapsed_seconds": round(elapsed, 6),
+        "code.filepath": now_where[0],
+        "code.lineno": now_where[1],
+        "code.function": now_where[2],
+        "labotel.race.write": bool(current[WRITE]),
+        "thread.id": current[TID],
+        "thread.name": now_state.name,
+        PREVIOUS + "code.filepath": before_where[0],
+        PREVIOUS + "code.lineno": before_where[1],
+        PREVIOUS + "code.function": before_where[2],
+        PREVIOUS + "write": bool(previous[WRITE]),
+        PREVIOUS + "thread.id": previous[TID],
+        PREVIOUS + "thread.name": before_state.name,
+        "labotel.race.epochs": (f"{previous[TID]}@{previous[CLOCK]} vs "
+                                f"{current[TID]}@{current[CLOCK]}"),
+    }
+    now_site, before_site = _site(now_where), _site(before_where)
+    summary = (f"race on {name}: {_kind(current)} at {now_site} (thread {now_state.name}) "
+               f"unordered with {_kind(previous)} at {before_site} (thread {before_state.name})")
+    message = "\n".join([
+        "RACE CONDITION DETECTED",
+        "",
+        f"Resource: {name}",
+        f"Thread 1: id {current[TID]} ({now_state.name}), Location: {now_site} in "
+        f"{now_where[2]}, Write: {str(bool(current[WRITE])).lower()}",
+        f"Thread 2: id {previous[TID]} ({before_state.name}), Location: {before_site} in "
+        f"{before_where[2]}, Write: {str(bool(previous[WRITE])).lower()}",
+        f"The accesses are {elapsed:.3f} s apart and no lock, condition, semaphore, event, "
+        "barrier, queue, future or thread start/join orders them.",
+        "",
+        "ACTION REQUIRED:",
+        f"1. Guard every access to {name!r} with the same lock, or hand the data over "
+        "through a queue/future instead of sharing it.",
+        "2. Read both stack traces below (also on the labotel.race_condition span).",
+        "3. Review the concurrent code at both locations.",
+        "4. Re-run the stress tests with LABOTEL_RACE_DETECTION=1.",
+        "",
+        *(line for stack in (_stack("Current", current), _stack("Previous", previous))
+          for line in (stack.name + ":", stack.format())),
+    ])
+    fingerprint = tuple(sorted((now_site, before_site)))
+    return Detection(
+        kind="race_condition", summary=summary, attributes=attributes,
+        stacks=(_stack("current", current), _stack("previous", previous)),
+        message=message, fingerprint=fingerprint, time=time.time())
