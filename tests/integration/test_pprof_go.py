@@ -1,0 +1,148 @@
+"""The real ``go tool pprof`` against a live labotel: it fetches, parses and reports every
+binary profile, prints our error messages, and Go's own tabwriter agrees with our text."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+
+import pytest
+
+import labotel
+from tests.unit.test_pprof_support import (
+    allocate_blocks,
+    blocked_in_known_function,
+    get,
+    hot_spin,
+    running,
+    start,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("go") is None,
+                                reason="`go` is not installed (Debian package golang-go)")
+SPIN = "tests.unit.test_pprof_support.hot_spin"
+BLOCKED = "tests.unit.test_pprof_support.blocked_in_known_function"
+ALLOCATE = "tests.unit.test_pprof_support.allocate_blocks"
+
+
+@pytest.fixture
+def pprof_env(tmp_path):
+    env = dict(os.environ, PPROF_TMPDIR=str(tmp_path), HOME=os.environ.get("HOME", str(tmp_path)))
+    env.pop("DISPLAY", None)
+    return env
+
+
+@pytest.fixture
+def base():
+    monitor = start(heap_profiling=True, profile_max_seconds=30)
+    yield monitor.admin_url + "/debug/pprof/"
+    labotel.shutdown()
+
+
+def pprof(env, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["go", "tool", "pprof", *args], env=env, capture_output=True,
+                            text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def fetch_and_read(env, tmp_path, url: str, name: str) -> dict[str, str]:
+    """pprof fetches ``url`` itself, saves it, then -top/-traces/-raw must all succeed."""
+    saved = tmp_path / f"{name}.pb.gz"
+    pprof(env, "-proto", "-output", str(saved), url)
+    return {view: pprof(env, f"-{view}", str(saved)).stdout for view in ("top", "traces", "raw")}
+
+
+def top_rows(report: str) -> list[tuple[float, str]]:
+    """(flat value, function) rows of ``pprof -top`` in order."""
+    rows = []
+    for line in report.splitlines():
+        match = re.match(r"\s*([\d.]+)(\w*)\s+[\d.]+%\s+[\d.]+%\s+[\d.]+\w*\s+[\d.]+%\s+(.+)$",
+                         line)
+        if match:
+            rows.append((float(match.group(1)), match.group(3).strip()))
+    return rows
+
+
+def test_cpu_profile_top_is_the_hot_function(base, pprof_env, tmp_path):
+    with running(hot_spin, name="spinner"), running(blocked_in_known_function, name="idle"):
+        views = fetch_and_read(pprof_env, tmp_path, base + "profile?seconds=2", "cpu")
+    assert "Type: cpu" in views["top"]
+    assert top_rows(views["top"])[0][1] == SPIN
+    assert BLOCKED not in views["top"] + views["traces"]
+    assert "thread:[spinner-0]" in views["raw"] or "thread:  spinner-0" in views["traces"]
+    assert "samples/count cpu/nanoseconds" in views["raw"]
+    assert "[FN][FL][LN]" in views["raw"]  # one mapping, fully symbolized
+
+
+def test_wall_profile_shows_the_blocked_function(base, pprof_env, tmp_path):
+    with running(blocked_in_known_function, name="idle"):
+        views = fetch_and_read(pprof_env, tmp_path, base + "wall?seconds=1", "wall")
+    assert "Type: wall" in views["top"]
+    assert BLOCKED in views["traces"]
+
+
+def test_heap_profile_is_dominated_by_the_allocating_function(base, pprof_env, tmp_path):
+    keep: list = []
+    allocate_blocks(keep, 3000)
+    views = fetch_and_read(pprof_env, tmp_path, base + "heap", "heap")
+    assert "Type: inuse_space" in views["top"]
+    assert ALLOCATE in views["traces"]
+    assert top_rows(views["top"])[0][1] == ALLOCATE
+    inuse_objects = pprof(pprof_env, "-top", "-sample_index=inuse_objects",
+                          str(tmp_path / "heap.pb.gz")).stdout
+    assert "Type: inuse_objects" in inuse_objects
+
+
+def test_heap_window_delta_names_the_allocating_function(pprof_env, tmp_path):
+    monitor = start()  # heap profiling off: the window starts and stops tracemalloc
+    try:
+        keep: list = []
+        timer = threading.Timer(0.5, allocate_blocks, (keep, 3000))
+        timer.start()
+        views = fetch_and_read(pprof_env, tmp_path,
+                               monitor.admin_url + "/debug/pprof/heap?seconds=2", "delta")
+        timer.join()
+    finally:
+        labotel.shutdown()
+    assert top_rows(views["top"])[0][1] == ALLOCATE
+
+
+def test_goroutine_and_threadcreate_profiles(base, pprof_env, tmp_path):
+    with running(blocked_in_known_function, name="waiter", count=2):
+        goroutine = fetch_and_read(pprof_env, tmp_path, base + "goroutine", "goroutine")
+        created = fetch_and_read(pprof_env, tmp_path, base + "threadcreate", "threadcreate")
+    assert "Type: goroutine" in goroutine["top"]
+    assert BLOCKED in goroutine["traces"] and "waiter-1" in goroutine["traces"]
+    assert "Type: threadcreate" in created["top"]
+    assert "tests.unit.test_pprof_support.running" in created["traces"]
+
+
+@pytest.mark.parametrize("path, message", [
+    ("profile?seconds=abc", 'invalid value for "seconds" - must be a positive integer'),
+    ("nonesuch", "Unknown profile"),
+])
+def test_pprof_prints_our_error_messages(base, pprof_env, path, message):
+    result = pprof(pprof_env, "-top", base + path, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_debug_text_matches_gos_tabwriter(base, tmp_path):
+    with running(blocked_in_known_function, name="waiter", count=2):
+        ours = get(base + "goroutine?debug=1").text
+    heap_text = get(base + "heap?debug=1").text
+    program = tmp_path / "tabwriter.go"
+    program.write_text(
+        "package main\n\nimport (\n\t\"bufio\"\n\t\"os\"\n\t\"text/tabwriter\"\n)\n\n"
+        "func main() {\n\ttw := tabwriter.NewWriter(os.Stdout, 1, 8, 1, '\\t', 0)\n"
+        "\tbufio.NewReader(os.Stdin).WriteTo(tw)\n\ttw.Flush()\n}\n")
+    for text in (ours, heap_text):
+        cells = re.sub(r"\t+", "\t", text)  # our cells never contain tabs: undo the padding
+        go = subprocess.run(["go", "run", str(program)], input=cells, capture_output=True,
+                            text=True, timeout=120, check=True)
+        assert go.stdout == text

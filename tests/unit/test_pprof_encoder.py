@@ -1,0 +1,102 @@
+"""The profile.proto builder, Go-style names and the legacy text layout, without a server."""
+
+import gzip
+import sys
+
+from labotel.profile import pprof, symbols, text
+
+
+def where_am_i(builder=None):
+    frame = sys._getframe()
+    return builder.frame_stack(frame) if builder else frame
+
+
+class Outer:
+    def method(self):
+        def inner():
+            return sys._getframe()
+        return inner()
+
+
+def test_profile_round_trips_with_interned_strings_and_one_symbolized_mapping():
+    builder = pprof.ProfileBuilder([("samples", "count"), ("cpu", "nanoseconds")],
+                                   ("cpu", "nanoseconds"), 10_000_000)
+    stacks = [where_am_i(builder) for _ in range(2)]
+    assert stacks[0] == stacks[1]  # interned: the same ids the second time
+    stack = stacks[0]
+    assert len(builder.locations) == len(set(stack))
+    builder.add(stack, [1, 10], (("thread", "main"),))
+    builder.add(stack, [2, 20], (("thread", "main"),))
+    builder.add(stack, [5, 50], (("thread", "other"),))
+    data = builder.encode()
+    assert data[:2] == b"\x1f\x8b"
+    profile = pprof.decode(data)
+    strings = list(profile.string_table)
+    assert strings[0] == "" and len(strings) == len(set(strings))
+    assert [(strings[t.type], strings[t.unit]) for t in profile.sample_type] == [
+        ("samples", "count"), ("cpu", "nanoseconds")]
+    assert profile.period == 10_000_000 and strings[profile.period_type.type] == "cpu"
+    (mapping,) = profile.mapping
+    assert mapping.has_functions and mapping.has_filenames and mapping.has_line_numbers
+    values = sorted(list(s.value) for s in profile.sample)
+    assert values == [[3, 30], [5, 50]]  # aggregated per (stack, labels)
+    leaf = profile.location[profile.sample[0].location_id[0] - 1]
+    function = profile.function[leaf.line[0].function_id - 1]
+    assert strings[function.name] == f"{__name__}.where_am_i"
+    assert strings[function.filename] == __file__
+    assert leaf.line[0].line == where_am_i.__code__.co_firstlineno + 2
+    assert function.start_line == where_am_i.__code__.co_firstlineno
+
+
+def test_encoding_is_protobufs_own_wire_format():
+    builder = pprof.ProfileBuilder([("goroutine", "count")], ("goroutine", "count"), 1)
+    builder.add((builder.line_location(__file__, 1, "f"),), [7])
+    raw = gzip.decompress(builder.encode())
+    assert pprof.decode(raw).SerializeToString() == raw
+
+
+def test_delta_subtracts_earlier_samples_and_drops_zeros():
+    builder = pprof.ProfileBuilder([("x", "count")], ("x", "count"), 1)
+    a = (builder.line_location(__file__, 10),)
+    b = (builder.line_location(__file__, 20),)
+    builder.add(a, [3])
+    builder.add(b, [2])
+    before, builder.samples = builder.samples, {}
+    builder.add(a, [3])
+    builder.add(b, [5])
+    builder.subtract(before)
+    assert builder.samples == {(b, ()): [3]}
+
+
+def test_names_follow_go_style_module_qualname():
+    frame = Outer().method()
+    assert symbols.code_name(frame.f_code) == f"{__name__}.Outer.method.<locals>.inner"
+    line = Outer.method.__code__.co_firstlineno + 2
+    assert symbols.line_function(__file__, line) == (
+        f"{__name__}.Outer.method.<locals>.inner", line - 1)
+    assert symbols.line_function(__file__, 1) == (f"{__name__}.<module>", 1)
+    assert symbols.line_function("/no/such/file.py", 3) == ("?", 0)
+
+
+def test_frozen_modules_are_named_from_their_shipped_source():
+    import abc
+
+    line = abc.ABCMeta.__subclasscheck__.__code__.co_firstlineno + 1
+    if abc.ABCMeta.__subclasscheck__.__code__.co_filename.startswith("<frozen"):
+        assert symbols.line_function("<frozen abc>", line)[0] == "abc.ABCMeta.__subclasscheck__"
+
+
+def test_symbol_resolution_maps_pseudo_pcs_back_to_functions():
+    code = where_am_i.__code__
+    address = symbols.code_address(code)
+    assert symbols.resolve(address + 4) == f"{__name__}.where_am_i"
+    assert symbols.resolve(1) is None
+
+
+def test_tabwrite_aligns_columns_per_block_with_tabs():
+    lines = ["1 @ 0x1 0x2", "#\t0x1\tshort+0x1\tf.py:1", "#\t0x22\tmuch_longer_name+0x2\tg.py:2",
+             "", "2 @ 0x3", "#\t0x3\tx+0x0\th.py:3", ""]
+    out = text.tabwrite(lines).split("\n")
+    assert out[1] == "#\t0x1\tshort+0x1\t\tf.py:1"
+    assert out[2] == "#\t0x22\tmuch_longer_name+0x2\tg.py:2"
+    assert out[5] == "#\t0x3\tx+0x0\th.py:3"  # a new block after the blank line

@@ -1,0 +1,278 @@
+"""What the profiles say: CPU goes to the busy function, heap to the allocating one,
+goroutine dumps show blocked threads and suspended asyncio tasks where they wait."""
+
+import asyncio
+import gc
+import threading
+import tracemalloc
+
+import pytest
+
+import labotel
+from tests.unit.test_pprof_support import (
+    allocate_blocks,
+    blocked_in_known_function,
+    decode,
+    function_names,
+    get,
+    hot_spin,
+    running,
+    sample_types,
+    start,
+    top_function,
+)
+
+SPIN = f"{hot_spin.__module__}.hot_spin"
+BLOCKED = f"{blocked_in_known_function.__module__}.blocked_in_known_function"
+ALLOCATE = f"{allocate_blocks.__module__}.allocate_blocks"
+
+
+@pytest.fixture
+def url():
+    monitor = start(profile_rate_hz=100)
+    yield monitor.admin_url + "/debug/pprof/"
+    labotel.shutdown()
+
+
+def labelled_threads(profile, function: str) -> set[str]:
+    """Thread names of samples whose stack contains ``function``."""
+    names = {f.id: profile.string_table[f.name] for f in profile.function}
+    functions = {loc.id: names[loc.line[0].function_id] for loc in profile.location}
+    found = set()
+    for sample in profile.sample:
+        if any(functions[i] == function for i in sample.location_id):
+            found |= {profile.string_table[label.str] for label in sample.label
+                      if profile.string_table[label.key] == "thread"}
+    return found
+
+
+def test_cpu_profile_charges_the_busy_thread_and_not_the_blocked_one(url):
+    with running(hot_spin, name="spinner"), running(blocked_in_known_function, name="idle"):
+        profile = decode(get(url + "profile?seconds=2").body)
+    assert sample_types(profile) == [("samples", "count"), ("cpu", "nanoseconds")]
+    assert profile.period == 10_000_000 and profile.duration_nanos >= 1_900_000_000
+    assert top_function(profile) == SPIN
+    assert labelled_threads(profile, SPIN) == {"spinner-0"}
+    assert BLOCKED not in function_names(profile)  # blocked: no CPU, no samples
+    total_cpu = sum(s.value[1] for s in profile.sample)
+    assert all(s.value[1] == s.value[0] * profile.period for s in profile.sample)
+    # One spinning thread on a shared box: most of 2 s, never more than the wall time.
+    assert 0.5e9 < total_cpu <= 2.2e9
+
+
+def test_wall_profile_includes_blocked_threads(url):
+    with running(blocked_in_known_function, name="idle", count=2):
+        profile = decode(get(url + "wall?seconds=1").body)
+    assert sample_types(profile) == [("samples", "count"), ("wall", "nanoseconds")]
+    assert labelled_threads(profile, BLOCKED) == {"idle-0", "idle-1"}
+    per_thread = sum(s.value[1] for s in profile.sample
+                     if any(profile.string_table[lb.str] == "idle-0" for lb in s.label))
+    assert 0.8e9 < per_thread < 1.5e9  # about one second of wall time per thread
+
+
+def test_heap_without_tracing_explains_how_to_enable_it(url):
+    assert not tracemalloc.is_tracing()
+    reply = get(url + "heap")
+    assert reply.status == 400 and reply.headers["X-Go-Pprof"] == "1"
+    assert "LABOTEL_HEAP_PROFILING=1" in reply.text and "heap_profiling=True" in reply.text
+    assert "?seconds=" in reply.text
+    assert not tracemalloc.is_tracing()
+
+
+def test_heap_window_traces_then_stops_and_names_the_allocator(url):
+    keep: list = []
+    done = threading.Event()
+
+    def allocate_during_window():
+        gate.wait()
+        allocate_blocks(keep)
+        done.set()
+
+    gate = threading.Event()
+    worker = threading.Thread(target=allocate_during_window)
+    worker.start()
+    replies: list = []
+    request = threading.Thread(target=lambda: replies.append(get(url + "heap?seconds=2")))
+    request.start()
+    while not tracemalloc.is_tracing():
+        pass
+    gate.set()
+    request.join(10)
+    worker.join(5)
+    reply = replies[0]
+    assert reply.status == 200 and done.is_set()
+    assert reply.headers["Content-Disposition"] == 'attachment; filename="heap-delta"'
+    assert not tracemalloc.is_tracing()  # started for the window, stopped after it
+    profile = decode(reply.body)
+    assert sample_types(profile) == [("inuse_objects", "count"), ("inuse_space", "bytes")]
+    assert profile.string_table[profile.default_sample_type] == "inuse_space"
+    assert top_function(profile) == ALLOCATE
+    ours = sum(s.value[1] for s in profile.sample)
+    assert ours >= 2000 * 1024
+
+
+def test_heap_profiling_option_traces_from_start_and_gc_param_collects():
+    monitor = start(heap_profiling=True, heap_profile_frames=8)
+    try:
+        assert tracemalloc.is_tracing() and tracemalloc.get_traceback_limit() == 8
+        keep: list = []
+        allocate_blocks(keep, 500)
+        url = monitor.admin_url + "/debug/pprof/heap"
+        reply = get(url)
+        assert reply.headers["Content-Disposition"] == 'attachment; filename="heap"'
+        assert ALLOCATE in function_names(decode(reply.body))
+        text = get(url + "?debug=1").text
+        assert text.startswith("heap profile: ") and "@ heap/2" in text
+        assert f"\t{ALLOCATE}+0x0\t" in text and "# TracedMemory = " in text
+        gc.disable()
+        try:
+            make_cyclic_garbage()
+            assert "make_cyclic_garbage" in get(url + "?debug=1").text
+            assert "make_cyclic_garbage" not in get(url + "?debug=1&gc=1").text
+        finally:
+            gc.enable()
+    finally:
+        labotel.shutdown()
+    assert not tracemalloc.is_tracing()  # the lease labotel took is returned
+
+
+def make_cyclic_garbage():
+    for _ in range(200):
+        node = {"payload": bytearray(512)}
+        node["self"] = node
+
+
+def test_heap_window_leaves_an_application_tracer_running(url):
+    tracemalloc.start()
+    try:
+        assert get(url + "heap?seconds=1").status == 200
+        assert tracemalloc.is_tracing()
+    finally:
+        tracemalloc.stop()
+
+
+def test_goroutine_profile_has_blocked_threads_folded_and_dumped(url):
+    with running(blocked_in_known_function, name="waiter", count=3):
+        profile = decode(get(url + "goroutine").body)
+        folded = get(url + "goroutine?debug=1").text
+        dump = get(url + "goroutine?debug=2").text
+    assert sample_types(profile) == [("goroutine", "count")]
+    assert labelled_names(profile, BLOCKED) == {"waiter-0", "waiter-1", "waiter-2"}
+    assert folded.startswith("goroutine profile: total ")
+    records = folded.split("\n", 1)[1].split("\n\n")  # after the header line
+    record = next(block for block in records if BLOCKED in block)
+    assert record.startswith("3 @ 0x")  # three identical stacks folded into one record
+    assert '# labels: {"kind":"thread"}' in record
+    assert f"\t{BLOCKED}+0x" in record and __file__.replace("profiles", "support") in record
+    block = next(b for b in dump.split("\n\n") if 'thread "waiter-1"' in b)
+    header, *lines = block.splitlines()
+    assert header.startswith("goroutine ") and header.endswith("]:")
+    assert "[sleeping, " in header and ", daemon]" in header  # the kernel's thread state
+    assert f"{BLOCKED}(...)" in lines
+    assert lines[-2].startswith("created by tests.unit.test_pprof_support.running")
+
+
+def labelled_names(profile, function: str) -> set[str]:
+    names = {f.id: profile.string_table[f.name] for f in profile.function}
+    functions = {loc.id: names[loc.line[0].function_id] for loc in profile.location}
+    found = set()
+    for sample in profile.sample:
+        if any(functions[i] == function for i in sample.location_id):
+            found |= {profile.string_table[lb.str] for lb in sample.label
+                      if profile.string_table[lb.key] == "name"}
+    return found
+
+
+async def inner_sleeper():
+    await asyncio.sleep(30)
+
+
+async def outer_waiter():
+    await inner_sleeper()
+
+
+def test_goroutine_dump_walks_suspended_task_coroutine_chains(url):
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True, name="loop-thread")
+    thread.start()
+    ready.wait(5)
+    task = asyncio.run_coroutine_threadsafe(_spawn(loop), loop).result(5)
+    try:
+        dump = get(url + "goroutine?debug=2").text
+        profile = decode(get(url + "goroutine").body)
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    block = next(b for b in dump.split("\n\n") if 'task "sleepy"' in b)
+    header, *lines = block.splitlines()
+    assert "[awaiting Future, task \"sleepy\"]:" in header
+    functions = [line for line in lines if line.endswith("(...)")]
+    assert functions == ["asyncio.tasks.sleep(...)", f"{__name__}.inner_sleeper(...)",
+                         f"{__name__}.outer_waiter(...)"]  # innermost first
+    assert lines[-2] == f"created by {__name__}._spawn"
+    assert labelled_names(profile, f"{__name__}.inner_sleeper") == {"sleepy"}
+
+
+async def _spawn(loop):
+    await asyncio.sleep(0.05)  # let labotel notice the loop and wrap its task factory
+    task = loop.create_task(outer_waiter(), name="sleepy")
+    await asyncio.sleep(0.05)
+    return task
+
+
+def spawn_from_known_site(release: threading.Event) -> threading.Thread:
+    thread = threading.Thread(target=release.wait, name="spawned", daemon=True)
+    thread.start()
+    return thread
+
+
+def test_threadcreate_names_where_threads_were_started(url):
+    release = threading.Event()
+    thread = spawn_from_known_site(release)
+    try:
+        profile = decode(get(url + "threadcreate").body)
+        text = get(url + "threadcreate?debug=1").text
+    finally:
+        release.set()
+        thread.join(5)
+    assert sample_types(profile) == [("threadcreate", "count")]
+    assert labelled_names(profile, f"{__name__}.spawn_from_known_site") == {"spawned"}
+    assert text.startswith("threadcreate profile: total ")
+    assert "(main thread)" in text
+
+
+def test_goroutine_delta_counts_threads_started_during_the_window(url):
+    release = threading.Event()
+    started: list = []
+
+    def start_two_later():
+        release.wait(0.3)
+        started.extend(spawn_from_known_site(release) for _ in range(2))
+
+    helper = threading.Thread(target=start_two_later)
+    helper.start()
+    try:
+        reply = get(url + "goroutine?seconds=1")
+    finally:
+        release.set()
+        helper.join(5)
+        for thread in started:
+            thread.join(5)
+    assert reply.headers["Content-Disposition"] == 'attachment; filename="goroutine-delta"'
+    profile = decode(reply.body)
+    names = {f.id: profile.string_table[f.name] for f in profile.function}
+    functions = {loc.id: names[loc.line[0].function_id] for loc in profile.location}
+    gained = [s for s in profile.sample
+              if functions[s.location_id[-1]] == "threading.Thread._bootstrap"
+              and any(profile.string_table[lb.str] == "spawned" for lb in s.label)]
+    assert sum(s.value[0] for s in gained) == 2
+    assert profile.duration_nanos >= 1_000_000_000
