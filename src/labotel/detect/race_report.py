@@ -42,6 +42,18 @@ def _stack(label: str, access: Access) -> Stack:
     return Stack(f"{label} {_kind(access)} by thread {state.tid} ({state.name})", frames)
 
 
+def fingerprint(previous: Access, current: Access) -> tuple:
+    """What makes two races "the same": the pair of locations, in either order."""
+    return tuple(sorted((_site(_where(current)), _site(_where(previous)))))
+
+
+def repeat(resource: Any, key: tuple) -> Detection:
+    """A cheap stand-in for a race already reported: the reporter only counts it."""
+    return Detection(kind="race_condition", summary=f"race on {resource} at {' / '.join(key)}",
+                     attributes={"labotel.race.resource": str(resource)},
+                     fingerprint=key, time=time.time())
+
+
 def build(resource: Any, previous: Access, current: Access) -> Detection:
     name = str(resource)
     now_where, before_where = _where(current), _where(previous)
@@ -66,6 +78,7 @@ def build(resource: Any, previous: Access, current: Access) -> Detection:
                                 f"{current[TID]}@{current[CLOCK]}"),
     }
     now_site, before_site = _site(now_where), _site(before_where)
+    fingerprint = tuple(sorted((now_site, before_site)))
     summary = (f"race on {name}: {_kind(current)} at {now_site} (thread {now_state.name}) "
                f"unordered with {_kind(previous)} at {before_site} (thread {before_state.name})")
     message = "\n".join([
@@ -89,7 +102,6 @@ def build(resource: Any, previous: Access, current: Access) -> Detection:
         *(line for stack in (_stack("Current", current), _stack("Previous", previous))
           for line in (stack.name + ":", stack.format())),
     ])
-    fingerprint = tuple(sorted((now_site, before_site)))
     return Detection(
         kind="race_condition", summary=summary, attributes=attributes,
         stacks=(_stack("current", current), _stack("previous", previous)),

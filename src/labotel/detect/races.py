@@ -21,6 +21,9 @@ from labotel.detect.detection import Reporter
 from labotel.detect.shadow import ShadowMemory
 
 _detector: Detector | None = None
+# Fingerprints we know the reporter holds (it keeps MAX_FINGERPRINTS, more, and refreshes
+# an entry on every repeat), so a repeat can be reported without building the full text.
+RECENT_REPORTS = 1000
 
 
 class Detector:
@@ -36,6 +39,7 @@ class Detector:
         self.max_tokens = max_resources
         self.mu = _thread.allocate_lock()  # raw: instrumented locks call into us
         self.races_seen = 0
+        self.recent: collections.OrderedDict[tuple, None] = collections.OrderedDict()
 
     def access(self, resource: Any, write: bool, frame: FrameType | None,
                location: str | None) -> None:
@@ -55,7 +59,17 @@ class Detector:
         try:
             for resource, previous, current in conflicts:
                 self.races_seen += 1
-                self.reporter.report(race_report.build(resource, previous, current))
+                key = race_report.fingerprint(previous, current)
+                with self.mu:
+                    known = key in self.recent
+                    self.recent[key] = None
+                    self.recent.move_to_end(key)
+                    if len(self.recent) > RECENT_REPORTS:
+                        self.recent.popitem(last=False)
+                if known:  # already reported: skip building stacks and text
+                    self.reporter.report(race_report.repeat(resource, key))
+                else:
+                    self.reporter.report(race_report.build(resource, previous, current))
         finally:
             state.busy = False
 
