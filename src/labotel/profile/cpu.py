@@ -91,6 +91,7 @@ class Sampler:
                 self._running = False
                 if self._thread.ident is not None:
                     self._thread.join()
+                self.builder.duration_ns = time.time_ns() - self.builder.start_ns
                 for (name, stack), values in self._counts.items():
                     self.builder.add(stack, values, (("thread", name),))
         return self.builder

@@ -102,6 +102,7 @@ class ProfileBuilder:
         self.period = period
         self.default_sample_type = default_sample_type
         self.start_ns = time.time_ns()
+        self.duration_ns: int | None = None  # set when sampling ends; else "until encoded"
         self.locations: list[LocationInfo] = []
         self._function_ids: dict[Any, int] = {}
         self._functions: list[tuple[str, str, int]] = []  # (name, filename, start line)
@@ -204,6 +205,8 @@ class ProfileBuilder:
         profile.period_type.unit = index(self.period_type[1])
         profile.period = self.period
         profile.time_nanos = self.start_ns
+        if duration_ns is None:
+            duration_ns = self.duration_ns
         profile.duration_nanos = (time.time_ns() - self.start_ns if duration_ns is None
                                   else duration_ns)
         if self.default_sample_type:
