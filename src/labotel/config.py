@@ -75,6 +75,9 @@ class Settings:
         minimum=1)
     race_stack_depth: int = _option(
         8, "frames kept per recorded access for the race report's stack traces", minimum=1)
+    race_adopt_locks: bool = _option(
+        True, "at start, wrap plain module-level locks of the application's own modules "
+        "(created before start) so the race detector sees them")
     # --- leak detection --------------------------------------------------------------
     leak_detection: bool = _option(True, "run the memory/thread/task leak detectors")
     leak_sample_interval: float = _option(

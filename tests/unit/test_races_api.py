@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import json
 import logging
 import os
@@ -21,6 +22,26 @@ from labotel.config import Settings
 from labotel.detect import races, sync, vectorclock
 from labotel.runtime import origins
 from tests.unit.race_support import races_on, run_all, spawn, start_detector, wait_until
+
+_MODULE_LOCK = threading.Lock()  # created at import time, before any start()
+
+
+def bump_under_module_lock() -> None:
+    with _MODULE_LOCK:
+        labotel.record_access("module-locked", write=True)
+
+
+@pytest.mark.parametrize("adopt", [True, False])
+def test_module_level_lock_created_before_start(adopt):
+    start_detector(race_adopt_locks=adopt)
+    run_all(bump_under_module_lock, bump_under_module_lock)
+    if adopt:
+        assert not races_on("module-locked")
+        assert isinstance(_MODULE_LOCK, sync.InstrumentedLock)
+    else:  # invisible to the detector: the correctly locked program looks racy
+        assert races_on("module-locked")
+    labotel.shutdown()
+    assert type(_MODULE_LOCK) is type(_thread.allocate_lock())
 
 
 def racy_pair(resource: str) -> None:

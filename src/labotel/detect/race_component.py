@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from labotel.component import Component
 from labotel.detect import races, sync, vectorclock
+from labotel.detect.adopt import LockAdopter
 from labotel.server.http import Request, Response, json_response
 
 if TYPE_CHECKING:
@@ -17,6 +18,8 @@ class RaceDetection(Component):
 
     def __init__(self) -> None:
         self.detector: races.Detector | None = None
+        self.adopter = LockAdopter()
+        self.adopted_locks = 0
 
     def start(self, monitor: Monitor) -> None:
         settings = monitor.settings
@@ -29,7 +32,13 @@ class RaceDetection(Component):
         self.detector = races.Detector(reporter, failed,
                                        max_resources=settings.race_max_resources,
                                        stack_depth=settings.race_stack_depth)
-        sync.install(failed)
+        try:
+            sync.install(failed)
+            if settings.race_adopt_locks:
+                self.adopted_locks = self.adopter.adopt()
+        except BaseException:
+            self.stop()  # a half-done start must not leave patches behind
+            raise
         races.activate(self.detector)
         monitor.router.add("/admin/monitoring/races", self._view(monitor))
 
@@ -40,7 +49,8 @@ class RaceDetection(Component):
             detector = self.detector
             return json_response({
                 "enabled": detector is not None,
-                "stats": detector.stats() if detector is not None else {},
+                "stats": {**detector.stats(), "adopted_module_locks": self.adopted_locks}
+                if detector is not None else {},
                 "count": len(reports),
                 "races": [report.to_dict() for report in reports],
             })
@@ -49,6 +59,7 @@ class RaceDetection(Component):
 
     def stop(self) -> None:
         races.activate(None)
+        self.adopter.undo()
         sync.uninstall()
         self.detector = None
 

@@ -1,0 +1,76 @@
+"""Adopt the module-level locks an application created before ``labotel.start()``.
+
+``_lock = threading.Lock()`` at import time is the most common way to guard a module's
+state, and it predates ``start()``, so it is a plain lock that the detector cannot see:
+every access it guards would look like a race. At ``start()`` each such global in the
+application's own modules (not the standard library, not site-packages, not labotel) is
+rebound to an instrumented wrapper around *the same* lock object, so code that resolves
+the name at call time (``with _lock:``) is seen, and anyone still holding the bare object
+keeps mutual exclusion with it. ``undo()`` puts the bare locks back (unless the module
+rebound the name meanwhile).
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import site
+import sys
+import sysconfig
+from types import ModuleType
+from typing import Any
+
+from labotel.detect.sync import InstrumentedLock, InstrumentedRLock
+
+_LOCK_TYPE = type(_thread.allocate_lock())
+_RLOCK_TYPE = type(_thread.RLock())
+
+
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except AttributeError:  # some virtualenv builds of site lack these
+        pass
+    dirs.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # labotel itself
+    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs if d)
+
+
+def is_application_module(module: ModuleType, library_dirs: tuple[str, ...]) -> bool:
+    filename = getattr(module, "__file__", None)
+    if not filename:
+        return False
+    return not os.path.realpath(filename).startswith(library_dirs)
+
+
+class LockAdopter:
+    def __init__(self) -> None:
+        self._adopted: list[tuple[ModuleType, str, Any, InstrumentedLock]] = []
+
+    def adopt(self) -> int:
+        """Wrap module-global plain locks of application modules; returns how many."""
+        library_dirs = _library_dirs()
+        for module in list(sys.modules.values()):
+            if module is None or not is_application_module(module, library_dirs):
+                continue
+            namespace = vars(module)
+            for name, value in list(namespace.items()):
+                kind = type(value)
+                if kind is _LOCK_TYPE:
+                    wrapper: InstrumentedLock = InstrumentedLock(value)
+                elif kind is _RLOCK_TYPE:
+                    wrapper = InstrumentedRLock(value)
+                else:
+                    continue
+                namespace[name] = wrapper
+                self._adopted.append((module, name, value, wrapper))
+        return len(self._adopted)
+
+    def undo(self) -> None:
+        while self._adopted:
+            module, name, original, wrapper = self._adopted.pop()
+            namespace = vars(module)
+            if namespace.get(name) is wrapper:
+                namespace[name] = original
