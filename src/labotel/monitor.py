@@ -219,9 +219,20 @@ def _safe_stop(monitor: Monitor) -> None:
         log.debug("labotel: cleanup after a failed start raised", exc_info=True)
 
 
+def _before_fork() -> None:
+    monitor = _current
+    if monitor is not None and monitor.running:
+        sdk.hold_collection_for_fork(monitor.providers)
+
+
+def _after_fork_in_parent() -> None:
+    sdk.release_collection_after_fork()
+
+
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.RLock()  # a parent thread may have held it at fork time
+    sdk.release_collection_after_fork()
     monitor = _current
     if monitor is None or not monitor.running:
         return
@@ -232,4 +243,5 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)

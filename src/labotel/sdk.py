@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
 import uuid
 
 from opentelemetry import metrics, trace
@@ -152,6 +153,66 @@ def process_identity(parent_pid: int | None = None) -> dict[str, object]:
     return identity
 
 
+# Held across fork so no metric collection is half-done in the child (the SDK holds this
+# lock while it runs every observable callback; a copy locked at fork stays locked forever).
+_held_for_fork: list = []
+FORK_QUIESCE_SECONDS = 5.0
+
+
+def hold_collection_for_fork(providers: Providers) -> None:
+    consumer = getattr(providers.meter_provider, "_measurement_consumer", None)
+    lock = getattr(consumer, "_lock", None)
+    if lock is not None and lock.acquire(timeout=FORK_QUIESCE_SECONDS):
+        _held_for_fork.append(lock)
+
+
+def release_collection_after_fork() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
+def _reset_export_locks(meter_provider: metrics.MeterProvider) -> None:
+    """Unlock readers whose export was in flight in the parent at fork time.
+
+    The SDK's PeriodicExportingMetricReader restarts its thread after fork but keeps its
+    export lock (opentelemetry-python#3307): held by a parent export at fork time, it
+    would block the child's exports, and its shutdown at exit, forever. An export can take
+    seconds, so it is reset in the child rather than waited for before fork.
+    """
+    for reader in list(getattr(meter_provider, "_all_metric_readers", ())):
+        if hasattr(reader, "_export_lock"):
+            reader._export_lock = threading.Lock()
+
+
+# gRPC channels inherited through fork, kept referenced so the child never finalizes
+# (and so locks) a channel whose internal locks a parent thread may have held at fork.
+_inherited_channels: list = []
+
+
+def _fresh_grpc_channels(providers: Providers) -> None:
+    """Give each OTLP/gRPC exporter a channel of the child's own.
+
+    gRPC channels do not survive fork: an RPC in flight in the parent at fork time leaves
+    the channel's locks held in the child, whose exports (and exit) then hang. The
+    exporter's own reconnect hook, ``_initialize_channel_and_stub``, opens a new channel.
+    """
+    exporters = [getattr(reader, "_exporter", None)
+                 for reader in list(getattr(providers.meter_provider, "_all_metric_readers", ()))]
+    active = getattr(providers.tracer_provider, "_active_span_processor", None)
+    for processor in getattr(active, "_span_processors", ()):
+        exporters.append(getattr(processor, "span_exporter", None))
+    for exporter in exporters:
+        reconnect = getattr(exporter, "_initialize_channel_and_stub", None)
+        if reconnect is None:
+            continue
+        _inherited_channels.append(getattr(exporter, "_channel", None))
+        try:
+            reconnect()
+        except Exception:
+            log.exception("labotel: reopening the gRPC channel of %s failed",
+                          type(exporter).__name__)
+
+
 def refresh_after_fork(providers: Providers, parent_pid: int) -> None:
     """Give a forked child its own pid and ``service.instance.id`` on every SDK provider.
 
@@ -160,6 +221,8 @@ def refresh_after_fork(providers: Providers, parent_pid: int) -> None:
     after fork; its ``_update_resource`` (the hook it uses for exactly that) also updates
     the tracers already handed out, so the app's own instrumentation follows too.
     """
+    _reset_export_locks(providers.meter_provider)
+    _fresh_grpc_channels(providers)
     _update_resources(providers, process_identity(parent_pid))
 
 
