@@ -57,13 +57,15 @@ def code_address(code: CodeType) -> int:
     """The pseudo entry address of ``code`` (remembered for ``resolve``)."""
     address = id(code)
     if address not in _addresses:
-        _addresses[address] = code
+        with _lock:
+            _addresses[address] = code
     return address
 
 
 def resolve(address: int) -> str | None:
     """``module.qualname`` of the code object whose bytecode spans ``address``."""
-    starts = sorted(_addresses.keys())
+    with _lock:  # a sampler thread may be adding addresses meanwhile
+        starts = sorted(_addresses.keys())
     position = bisect.bisect_right(starts, address) - 1
     if position < 0:
         return None
