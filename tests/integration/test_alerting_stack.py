@@ -49,7 +49,7 @@ def test_race_alert_fires_and_reaches_the_critical_receiver(stack):
     assert firing and firing[0]["state"] == "firing"
     in_alertmanager = stack.alertmanager_alerts(alertname="LabotelRaceDetected", job="provoker")
     assert [r["name"] for r in in_alertmanager[0]["receivers"]] == ["team-critical"]
-    printed = stack.webhook._out.getvalue()
+    printed = stack.webhook.out.getvalue()
     assert "[FIRING] LabotelRaceDetected (severity critical) via team-critical" in printed
 
 

@@ -17,7 +17,6 @@ from tests.unit.webhook_payloads import alert, notification
 def server():
     out = io.StringIO()
     started = WebhookServer("127.0.0.1:0", keep=3, out=out).start()
-    started.out = out
     yield started
     started.stop()
 

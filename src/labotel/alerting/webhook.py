@@ -78,7 +78,7 @@ class WebhookServer:
     def __init__(self, address: str = "127.0.0.1:5001", keep: int = DEFAULT_KEEP,
                  out: TextIO | None = None):
         self.store = AlertStore(keep)
-        self._out = out
+        self.out = out  # where alerts are printed (None: stdout)
         self._print_lock = threading.Lock()
         router = Router()
         router.add("/alerts", self._alerts, methods=("GET", "HEAD", "POST"))
@@ -109,7 +109,7 @@ class WebhookServer:
         return json_response({"received": len(notification.alerts)})
 
     def _print(self, notification: Notification) -> None:
-        out = self._out or sys.stdout
+        out = self.out or sys.stdout
         blocks = [format_alert(alert, notification.receiver) for alert in notification.alerts]
         if notification.truncated_alerts:
             blocks.append(f"(+{notification.truncated_alerts} alerts truncated by Alertmanager)")
