@@ -171,17 +171,22 @@ def release_collection_after_fork() -> None:
         _held_for_fork.pop().release()
 
 
-def _reset_export_locks(meter_provider: metrics.MeterProvider) -> None:
-    """Unlock readers whose export was in flight in the parent at fork time.
+def _reset_readers(meter_provider: metrics.MeterProvider) -> None:
+    """Undo reader state that fork copied from the parent.
 
-    The SDK's PeriodicExportingMetricReader restarts its thread after fork but keeps its
-    export lock (opentelemetry-python#3307): held by a parent export at fork time, it
-    would block the child's exports, and its shutdown at exit, forever. An export can take
-    seconds, so it is reset in the child rather than waited for before fork.
+    - The SDK's PeriodicExportingMetricReader restarts its thread after fork but keeps its
+      export lock (opentelemetry-python#3307): held by a parent export at fork time, it
+      would block the child's exports, and its shutdown at exit, forever. An export can
+      take seconds, so it is reset in the child rather than waited for before fork.
+    - The Prometheus reader caches ``target_info`` (the Resource) at its first scrape;
+      a child forked after one would keep serving the parent's pid and instance id.
     """
     for reader in list(getattr(meter_provider, "_all_metric_readers", ())):
         if hasattr(reader, "_export_lock"):
             reader._export_lock = threading.Lock()
+        collector = getattr(reader, "_collector", None)
+        if hasattr(collector, "_target_info"):
+            collector._target_info = None
 
 
 # gRPC channels inherited through fork, kept referenced so the child never finalizes
@@ -221,7 +226,7 @@ def refresh_after_fork(providers: Providers, parent_pid: int) -> None:
     after fork; its ``_update_resource`` (the hook it uses for exactly that) also updates
     the tracers already handed out, so the app's own instrumentation follows too.
     """
-    _reset_export_locks(providers.meter_provider)
+    _reset_readers(providers.meter_provider)
     _fresh_grpc_channels(providers)
     _update_resources(providers, process_identity(parent_pid))
 

@@ -1,0 +1,160 @@
+"""The fork path of ``labotel.start()``: a forked child (``os.fork``, multiprocessing's fork
+context) reports its own process, over its own debug server on the next free port."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import threading
+import urllib.request
+
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import labotel
+from tests.integration.zero_code_support import free_port_run
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def read(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def report(port: int) -> dict:
+    """What the process serving ``port`` says about itself."""
+    base = f"http://127.0.0.1:{port}"
+    goroutines = json.loads(read(base + "/admin/monitoring/goroutines"))
+    info, threads = {}, None
+    for family in text_string_to_metric_families(read(base + "/metrics")):
+        if family.name == "target_info":
+            info = family.samples[0].labels
+        if family.name == "process_thread_count":
+            (threads,) = [s.value for s in family.samples  # labotel owns this provider
+                          if s.labels.get("otel_scope_name", "labotel") == "labotel"]
+    return {"pid": goroutines["pid"], "target_info": info, "thread_count": threads,
+            "thread_names": [t["name"] for t in goroutines["threads"]["items"]],
+            "os_threads": psutil.Process().num_threads()}
+
+
+def child_probe(port: int) -> dict:
+    """Runs in the child: its own view plus what its labotel monitor holds."""
+    monitor = labotel.monitor.current()
+    own = report(port)
+    own["self_pid"] = os.getpid()
+    own["server_url"] = monitor.admin_url
+    return own
+
+
+def fork_and_probe(port: int) -> dict:
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 0
+        try:
+            payload = json.dumps(child_probe(port)).encode()
+        except BaseException as error:  # report it to the parent instead
+            payload, code = json.dumps({"error": repr(error)}).encode(), 1
+        try:
+            os.write(writer, payload)
+        finally:
+            os._exit(code)
+    os.close(writer)
+    chunks = []
+    while chunk := os.read(reader, 65536):
+        chunks.append(chunk)
+    os.close(reader)
+    _, status = os.waitpid(pid, 0)
+    result = json.loads(b"".join(chunks))
+    assert os.waitstatus_to_exitcode(status) == 0, result
+    result["forked_pid"] = pid
+    return result
+
+
+def queue_probe(port: int, results) -> None:
+    results.put(child_probe(port))
+
+
+@pytest.fixture
+def busy_parent():
+    """Six sleeping threads in the parent: a child that reports its own figures shows
+    far fewer threads than the parent it was forked from."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=stop.wait, name=f"parent-only-{n}") for n in range(6)]
+    for thread in threads:
+        thread.start()
+    yield
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+
+def check_child(child: dict, parent: dict, port: int) -> None:
+    assert child["pid"] == child["self_pid"] != parent["pid"]
+    info = child["target_info"]
+    assert info["process_pid"] == str(child["self_pid"])
+    assert info["process_parent_pid"] == str(parent["pid"])
+    assert info["service_instance_id"] != parent["target_info"]["service_instance_id"]
+    assert info["service_name"] == parent["target_info"]["service_name"] == "fork-test"
+    assert child["server_url"] == f"http://127.0.0.1:{port}"
+    assert "labotel-debug-server" in child["thread_names"]
+    assert not any(name.startswith("parent-only") for name in child["thread_names"])
+    # the runtime collectors read the child's /proc entry, not the parent's
+    assert abs(child["thread_count"] - child["os_threads"]) <= 2
+    assert child["thread_count"] <= parent["thread_count"] - 5
+
+
+def test_forked_child_reports_its_own_process(busy_parent):
+    base = free_port_run(3)
+    labotel.start(admin_address=f"127.0.0.1:{base}", service_name="fork-test")
+    parent = report(base)
+    assert parent["pid"] == os.getpid()
+
+    first = fork_and_probe(base + 1)
+    assert first["self_pid"] == first["forked_pid"]
+    check_child(first, parent, base + 1)
+    # the child closed only its copy of the listening socket: the parent still serves
+    assert report(base)["target_info"] == parent["target_info"]
+    # a second child takes the same worker port once the first has exited
+    second = fork_and_probe(base + 1)
+    check_child(second, parent, base + 1)
+    assert second["target_info"]["service_instance_id"] != first["target_info"][
+        "service_instance_id"]
+
+
+def test_multiprocessing_fork_child_reports_its_own_process(busy_parent):
+    base = free_port_run(3)
+    labotel.start(admin_address=f"127.0.0.1:{base}", service_name="fork-test")
+    parent = report(base)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    process = context.Process(target=queue_probe, args=(base + 1, results))
+    process.start()
+    child = results.get(timeout=30)
+    process.join(30)
+    assert process.exitcode == 0
+    assert child["self_pid"] == process.pid
+    check_child(child, parent, base + 1)
+
+
+def test_worker_server_can_be_turned_off():
+    base = free_port_run(2)
+    labotel.start(admin_address=f"127.0.0.1:{base}", admin_worker_ports=0)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    process = context.Process(
+        target=lambda: results.put(labotel.monitor.current().admin_url))
+    process.start()
+    assert results.get(timeout=30) is None
+    process.join(30)
+    assert process.exitcode == 0
+    with pytest.raises(OSError):
+        read(f"http://127.0.0.1:{base + 1}/healthz")
+
+
+def test_worker_port_setting_is_validated():
+    with pytest.raises(ValueError, match="admin_worker_ports"):
+        labotel.start(admin_address="127.0.0.1:0", admin_worker_ports=-1)
