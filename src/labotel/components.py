@@ -18,14 +18,14 @@ def default_components(settings: Settings) -> list[Component]:
     if settings.runtime_metrics:
         components += [ProcessCollector(), HeapCollector(), GCCollector(), ThreadCollector(),
                        AsyncioCollector()]
-    if settings.race_detection:
-        from labotel.detect.race_component import RaceDetection
-
-        components.append(RaceDetection())
     components.append(ProfilingComponent())
     if settings.leak_detection:
         from labotel.detect.memory import MemoryLeakDetector
         from labotel.detect.threads import ConcurrencyLeakDetector
 
         components += [MemoryLeakDetector(), ConcurrencyLeakDetector()]
+    if settings.race_detection:  # last: the other components' own locks stay plain
+        from labotel.detect.race_component import RaceDetection
+
+        components.append(RaceDetection())
     return components
