@@ -5,6 +5,7 @@ alerts with the project's routing to the webhook receiver and to a real SMTP ser
 from __future__ import annotations
 
 import re
+import urllib.request
 
 import pytest
 import yaml
@@ -128,3 +129,15 @@ def test_every_series_the_rules_use_is_scraped(stack):
         wait_for(lambda: not missing(), 30, "every rule series")
     except AssertionError:
         pytest.fail(f"series used by the rules but absent from Prometheus: {missing()}")
+
+
+def test_runbook_endpoints_answer_on_a_labotel_process(stack):
+    """Every `$APP/...` URL docs/runbooks.md tells an on-call person to open works."""
+    runbooks = (alerting_stack.ROOT / "docs" / "runbooks.md").read_text()
+    paths = sorted(set(re.findall(r"\$APP(/[^\s\"'`)]+)", runbooks)))
+    assert len(paths) >= 10
+    for path in paths:
+        path = re.sub(r"seconds=\d+", "seconds=1", path)  # same endpoint, shorter capture
+        with urllib.request.urlopen(f"{stack.provoker_url}{path}", timeout=30) as response:
+            assert response.status == 200, path
+            assert response.read(), path
