@@ -5,6 +5,7 @@ their accesses seconds apart."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import queue
 import socket
@@ -576,6 +577,68 @@ def test_tasks_running_concurrently_race():
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(task, range(2)))
     assert_race("pool-shared")
+
+
+# --- asyncio meets threads ------------------------------------------------------------
+
+def test_run_in_executor_result_is_race_free():
+    async def main():
+        loop = asyncio.get_running_loop()
+        write("executor-data")
+
+        def blocking():
+            read("executor-data")
+            write("executor-data")
+
+        await loop.run_in_executor(None, blocking)  # the result comes back via the loop
+        read("executor-data")
+
+    asyncio.run(main())
+    assert_no_race("executor-data")
+
+
+def test_run_coroutine_threadsafe_is_race_free():
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        async def on_loop():
+            read("loop-data")  # ordered by call_soon_threadsafe, not by any lock
+
+        def from_thread():
+            write("loop-data")
+            asyncio.run_coroutine_threadsafe(on_loop(), loop).result()
+            write("loop-data")
+
+        await loop.run_in_executor(None, from_thread)
+
+    asyncio.run(main())
+    assert_no_race("loop-data")
+
+
+def test_thread_writing_after_scheduling_a_coroutine_races():
+    async def main():
+        loop = asyncio.get_running_loop()
+        scheduled = []
+
+        read_done = []
+
+        async def on_loop():
+            while not scheduled:
+                await asyncio.sleep(0.001)
+            read("loop-late")
+            read_done.append(True)
+
+        def from_thread():
+            future = asyncio.run_coroutine_threadsafe(on_loop(), loop)
+            write("loop-late")  # after the hand-over
+            scheduled.append(True)
+            wait_until(read_done)  # (future.result() would synchronise: wait until read)
+            future.result()
+
+        await loop.run_in_executor(None, from_thread)
+
+    asyncio.run(main())
+    assert_race("loop-late")
 
 
 # --- synchronization labotel cannot see: annotations -----------------------------------

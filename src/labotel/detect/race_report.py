@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -36,8 +37,12 @@ def _kind(access: Access) -> str:
     return "write" if access[WRITE] else "read"
 
 
+_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
 def _stack(label: str, access: Access) -> Stack:
-    frames = tuple((code.co_filename, line, code.co_qualname) for code, line in access[FRAMES])
+    frames = tuple((code.co_filename, line, code.co_qualname) for code, line in access[FRAMES]
+                   if not code.co_filename.startswith(_OWN_DIR))  # our wrappers are noise
     state = access[STATE]
     return Stack(f"{label} {_kind(access)} by thread {state.tid} ({state.name})", frames)
 

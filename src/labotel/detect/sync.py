@@ -9,7 +9,9 @@ them, publishes the releasing thread's clock and joins it on acquire. On top of 
 - ``Event.set`` -> ``wait()``/``is_set()`` returning True (``is_set`` takes no lock);
 - ``queue.SimpleQueue`` (C code) is replaced by a subclass: ``put`` -> ``get``;
 - ``queue.Queue.put`` -> ``get`` and ``ThreadPoolExecutor`` submit -> task also for
-  queues/executors created before ``start()``.
+  queues/executors created before ``start()``;
+- ``loop.call_soon_threadsafe`` -> the callback on the loop's thread (which is how
+  ``run_coroutine_threadsafe`` and ``await loop.run_in_executor(...)`` hand over).
 
 A failing hook is counted and logged once through ``on_failure``; the lock operation itself
 always goes ahead. ``uninstall()`` undoes the patches (newest first); objects created
@@ -19,6 +21,7 @@ while installed keep working as plain primitives.
 from __future__ import annotations
 
 import _thread
+import asyncio
 import queue
 import threading
 from collections.abc import Callable
@@ -209,6 +212,7 @@ def install(on_failure: Callable[[], None]) -> None:
     _patch_event(replace)
     _patch_queues(replace)
     _patch_executor(replace)
+    _patch_asyncio(replace)
     _on = True
 
 
@@ -318,6 +322,38 @@ def _patch_executor(replace: Callable[..., Any]) -> None:
 
     replace(work_item, "__init__", __init__)
     replace(work_item, "run", run)
+
+
+class _AfterSnapshot:
+    """A loop callback that first orders the loop's thread after the scheduling thread."""
+
+    __slots__ = ("callback", "snapshot")
+
+    def __init__(self, callback: Callable[..., Any], snapshot: tuple):
+        self.callback = callback
+        self.snapshot = snapshot
+
+    def __call__(self, *args: Any) -> Any:
+        _join(self.snapshot)
+        return self.callback(*args)
+
+    def __repr__(self) -> str:  # asyncio debug mode prints callbacks
+        return repr(self.callback)
+
+
+def _patch_asyncio(replace: Callable[..., Any]) -> None:
+    loop_class = asyncio.BaseEventLoop
+    previous = loop_class.call_soon_threadsafe
+
+    def call_soon_threadsafe(self: Any, callback: Callable[..., Any], *args: Any,
+                             context: Any = None) -> Any:
+        if _on:
+            snapshot = _publish()
+            if snapshot is not None:
+                callback = _AfterSnapshot(callback, snapshot)
+        return previous(self, callback, *args, context=context)
+
+    replace(loop_class, "call_soon_threadsafe", call_soon_threadsafe)
 
 
 def reinit_after_fork() -> None:
