@@ -488,6 +488,34 @@ def test_touching_an_item_after_put_is_a_race(kind):
     assert_race(resource)
 
 
+@pytest.mark.parametrize("before_start", [False, True])
+def test_queue_join_after_task_done_is_race_free(before_start):
+    if before_start:
+        labotel.shutdown()
+    work = queue.Queue()
+    if before_start:
+        start_detector()
+    resource = f"task-done-{before_start}"
+
+    def consumer():
+        while True:
+            item = work.get()
+            if item is None:
+                work.task_done()
+                return
+            write(resource)  # results written by the consumer...
+            work.task_done()
+
+    thread = spawn(consumer)
+    work.put(1)
+    work.put(2)
+    work.join()  # ...are visible once join() returns
+    read(resource)
+    work.put(None)
+    thread.join()
+    assert_no_race(resource)
+
+
 def test_queue_created_before_start_still_orders_put_and_get():
     labotel.shutdown()
     early = queue.Queue()

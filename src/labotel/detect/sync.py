@@ -8,8 +8,8 @@ them, publishes the releasing thread's clock and joins it on acquire. On top of 
 - ``Thread.start`` / ``join`` / ``is_alive() == False`` (also ``Timer``): fork and join;
 - ``Event.set`` -> ``wait()``/``is_set()`` returning True (``is_set`` takes no lock);
 - ``queue.SimpleQueue`` (C code) is replaced by a subclass: ``put`` -> ``get``;
-- ``queue.Queue.put`` -> ``get`` and ``ThreadPoolExecutor`` submit -> task also for
-  queues/executors created before ``start()``;
+- ``queue.Queue.put`` -> ``get``, ``task_done`` -> ``join`` and ``ThreadPoolExecutor``
+  submit -> task also for queues/executors created before ``start()``;
 - ``loop.call_soon_threadsafe`` -> the callback on the loop's thread (which is how
   ``run_coroutine_threadsafe`` and ``await loop.run_in_executor(...)`` hand over).
 
@@ -157,20 +157,20 @@ def _join(snapshot: tuple | None) -> None:
         _failed()
 
 
-def _release_into(holder: Any) -> None:
+def _release_into(holder: Any, attribute: str = "_labotel_clock") -> None:
     if _on:
         try:
             state = _state()
             if state is not None:
-                attach(holder).release(state)
+                attach(holder, attribute).release(state)
         except Exception:
             _failed()
 
 
-def _acquire_from(holder: Any) -> None:
+def _acquire_from(holder: Any, attribute: str = "_labotel_clock") -> None:
     if _on:
         try:
-            clock = holder.__dict__.get("_labotel_clock")
+            clock = holder.__dict__.get(attribute)
             state = _state() if clock is not None else None
             if state is not None:
                 clock.acquire(state)
@@ -299,8 +299,23 @@ def _patch_queues(replace: Callable[..., Any]) -> None:
             _acquire_from(self)
         return item
 
+    previous_task_done = queue.Queue.task_done
+    previous_join = queue.Queue.join
+
+    def task_done(self: queue.Queue) -> None:
+        if type(self.mutex) is not InstrumentedLock:
+            _release_into(self, "_labotel_done_clock")
+        previous_task_done(self)
+
+    def join(self: queue.Queue) -> None:
+        previous_join(self)
+        if type(self.mutex) is not InstrumentedLock:
+            _acquire_from(self, "_labotel_done_clock")
+
     replace(queue.Queue, "put", put)
     replace(queue.Queue, "get", get)
+    replace(queue.Queue, "task_done", task_done)
+    replace(queue.Queue, "join", join)
     replace(queue, "SimpleQueue", InstrumentedSimpleQueue)
 
 
