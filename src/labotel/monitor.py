@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from labotel import sdk
 from labotel.component import Component
 from labotel.components import default_components
@@ -70,6 +72,12 @@ class Monitor:
             self.server.start()
         except OSError as error:
             self.server = None
+            if (error.errno == errno.EADDRINUSE and self.settings.admin_worker_ports
+                    and _parent_listens_on(parse_address(self.settings.admin_address)[1])):
+                # a spawned worker (multiprocessing spawn/forkserver, a re-exec'd server)
+                # of a labotel process: the same port scheme as a forked one
+                self._start_worker_server()
+                return
             log.error("labotel: debug server could not listen on %s (%s); metrics still "
                       "flow through the configured exporters", self.settings.admin_address, error)
             self.reporter.component_failed("server")
@@ -174,6 +182,16 @@ class Monitor:
     def process_snapshot(self) -> dict[str, Any] | None:
         collector = self.component("runtime.process")
         return collector.snapshot.get() if collector else None
+
+
+def _parent_listens_on(port: int) -> bool:
+    try:
+        parent = psutil.Process(os.getppid())
+        connections = getattr(parent, "net_connections", None) or parent.connections
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in connections(kind="inet"))
+    except (psutil.Error, OSError):
+        return False
 
 
 _lock = threading.RLock()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import socket
 import threading
 import urllib.request
 
@@ -158,3 +159,37 @@ def test_worker_server_can_be_turned_off():
 def test_worker_port_setting_is_validated():
     with pytest.raises(ValueError, match="admin_worker_ports"):
         labotel.start(admin_address="127.0.0.1:0", admin_worker_ports=-1)
+
+
+def spawn_probe(base: int, results) -> None:
+    """A spawned child starts labotel itself (as the launcher's sitecustomize would)."""
+    monitor = labotel.start(admin_address=f"127.0.0.1:{base}", service_name="fork-test")
+    try:
+        results.put({"admin_url": monitor.admin_url, "report": report(base + 1)})
+    finally:
+        labotel.shutdown()
+
+
+def test_spawned_child_of_a_labotel_process_takes_the_next_port():
+    base = free_port_run(3)
+    labotel.start(admin_address=f"127.0.0.1:{base}", service_name="fork-test")
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=spawn_probe, args=(base, results))
+    process.start()
+    child = results.get(timeout=60)
+    process.join(30)
+    assert process.exitcode == 0
+    assert child["admin_url"] == f"http://127.0.0.1:{base + 1}"
+    assert child["report"]["pid"] == process.pid
+    assert child["report"]["target_info"]["process_pid"] == str(process.pid)
+    assert report(base)["pid"] == os.getpid()
+
+
+def test_port_taken_by_a_stranger_is_not_worked_around():
+    base = free_port_run(2)
+    with socket.socket() as stranger:  # not our parent: labotel must not move aside
+        stranger.bind(("127.0.0.1", base))
+        stranger.listen()
+        monitor = labotel.start(admin_address=f"127.0.0.1:{base}")
+        assert monitor.server is None
