@@ -14,6 +14,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections import defaultdict
+from threading import Lock as ImportedLock  # bound by name before any start()
 
 import pytest
 
@@ -24,6 +25,21 @@ from labotel.runtime import origins
 from tests.unit.race_support import races_on, run_all, spawn, start_detector, wait_until
 
 _MODULE_LOCK = threading.Lock()  # created at import time, before any start()
+
+
+def test_lock_factory_imported_by_name_is_rebound():
+    start_detector()
+    lock = ImportedLock()
+    assert isinstance(lock, sync.InstrumentedLock)
+
+    def bump():
+        with lock:
+            labotel.record_access("imported-lock", write=True)
+
+    run_all(bump, bump)
+    assert not races_on("imported-lock")
+    labotel.shutdown()
+    assert ImportedLock is _thread.allocate_lock
 
 
 def bump_under_module_lock() -> None:

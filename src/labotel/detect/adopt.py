@@ -6,8 +6,10 @@ every access it guards would look like a race. At ``start()`` each such global i
 application's own modules (not the standard library, not site-packages, not labotel) is
 rebound to an instrumented wrapper around *the same* lock object, so code that resolves
 the name at call time (``with _lock:``) is seen, and anyone still holding the bare object
-keeps mutual exclusion with it. ``undo()`` puts the bare locks back (unless the module
-rebound the name meanwhile).
+keeps mutual exclusion with it. Names bound to the factories themselves
+(``from threading import Lock``, ``from queue import SimpleQueue``) are rebound to the
+instrumented classes, so what those modules create from now on is seen. ``undo()`` puts
+the originals back (unless the module rebound the name meanwhile).
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ import sysconfig
 from types import ModuleType
 from typing import Any
 
-from labotel.detect.sync import InstrumentedLock, InstrumentedRLock
+from labotel.detect.sync import (
+    ORIGINAL_FACTORIES,
+    InstrumentedLock,
+    InstrumentedRLock,
+    InstrumentedSimpleQueue,
+)
 
 _LOCK_TYPE = type(_thread.allocate_lock())
 _RLOCK_TYPE = type(_thread.RLock())
@@ -47,11 +54,16 @@ def is_application_module(module: ModuleType, library_dirs: tuple[str, ...]) -> 
 
 class LockAdopter:
     def __init__(self) -> None:
-        self._adopted: list[tuple[ModuleType, str, Any, InstrumentedLock]] = []
+        self._adopted: list[tuple[ModuleType, str, Any, Any]] = []
 
     def adopt(self) -> int:
-        """Wrap module-global plain locks of application modules; returns how many."""
+        """Wrap module-global plain locks of application modules, and rebind the lock and
+        SimpleQueue factories they imported by name; returns how many globals changed."""
         library_dirs = _library_dirs()
+        replacements = {id(ORIGINAL_FACTORIES["Lock"]): InstrumentedLock,
+                        id(ORIGINAL_FACTORIES["RLock"]): InstrumentedRLock,
+                        id(ORIGINAL_FACTORIES["SimpleQueue"]): InstrumentedSimpleQueue}
+        originals = {id(value) for value in ORIGINAL_FACTORIES.values()}
         for module in list(sys.modules.values()):
             if module is None or not is_application_module(module, library_dirs):
                 continue
@@ -59,9 +71,11 @@ class LockAdopter:
             for name, value in list(namespace.items()):
                 kind = type(value)
                 if kind is _LOCK_TYPE:
-                    wrapper: InstrumentedLock = InstrumentedLock(value)
+                    wrapper: Any = InstrumentedLock(value)
                 elif kind is _RLOCK_TYPE:
                     wrapper = InstrumentedRLock(value)
+                elif id(value) in originals:  # `from threading import Lock` and the like
+                    wrapper = replacements[id(value)]
                 else:
                     continue
                 namespace[name] = wrapper

@@ -24,6 +24,7 @@ from labotel.detect.vectorclock import ThreadState, forgotten
 TID, CLOCK, STATE, WRITE, LOCATION, FRAMES, WHEN = range(7)
 Access = tuple  # (tid, clock, ThreadState, write, explicit location | None, frames, monotonic)
 Conflict = tuple  # (resource, previous Access, current Access)
+_monotonic = time.monotonic
 
 
 class Shadow:
@@ -76,18 +77,22 @@ class ShadowMemory:
             if last_write is not None and last_write[TID] == tid and last_write[CLOCK] == clock:
                 return None  # same epoch: already checked
             current = (tid, clock, state, True, location, capture(frame, self.stack_depth),
-                       time.monotonic())
+                       _monotonic())
             conflicts = None
-            if last_write is not None and not state.ordered(last_write[TID], last_write[CLOCK]):
+            vc = state.vc
+            # "ordered before us" inlined: same thread, or our clock has seen that epoch.
+            if (last_write is not None and last_write[TID] != tid
+                    and vc.get(last_write[TID], 0) < last_write[CLOCK]):
                 conflicts = self._conflict(conflicts, resource, last_write, current)
             if shadow.reads is not None:
                 for read in shadow.reads.values():
-                    if not state.ordered(read[TID], read[CLOCK]):
+                    if read[TID] != tid and vc.get(read[TID], 0) < read[CLOCK]:
                         conflicts = self._conflict(conflicts, resource, read, current)
                 shadow.reads = None
-            elif shadow.read is not None and not state.ordered(shadow.read[TID],
-                                                               shadow.read[CLOCK]):
-                conflicts = self._conflict(conflicts, resource, shadow.read, current)
+            else:
+                read = shadow.read
+                if read is not None and read[TID] != tid and vc.get(read[TID], 0) < read[CLOCK]:
+                    conflicts = self._conflict(conflicts, resource, read, current)
             shadow.read = None  # every earlier read is now ordered before, or reported
             shadow.write = current
             return conflicts
@@ -100,9 +105,10 @@ class ShadowMemory:
             if mine is not None and mine[CLOCK] == clock:
                 return None
         current = (tid, clock, state, False, location, capture(frame, self.stack_depth),
-                   time.monotonic())
+                   _monotonic())
         conflicts = None
-        if last_write is not None and not state.ordered(last_write[TID], last_write[CLOCK]):
+        if (last_write is not None and last_write[TID] != tid
+                and state.vc.get(last_write[TID], 0) < last_write[CLOCK]):
             conflicts = self._conflict(conflicts, resource, last_write, current)
         if reads is not None:
             reads[tid] = current

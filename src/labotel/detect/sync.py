@@ -42,6 +42,10 @@ _on_failure: Callable[[], None] = _ignore_failure
 _patcher = Patcher()
 _allocate_lock = _thread.allocate_lock
 _RawRLock = _thread.RLock
+# What install() replaces, as the application may have imported them by name
+# (``from threading import Lock``): adopt.py rebinds those names too.
+ORIGINAL_FACTORIES = {"Lock": threading.Lock, "RLock": threading.RLock,
+                      "SimpleQueue": queue.SimpleQueue}
 
 
 def _failed() -> None:
