@@ -44,5 +44,18 @@ def apply_launcher_flags(environ: MutableMapping[str, str]) -> dict[str, str]:
     return applied
 
 
-__all__ = ["LAUNCHER_VARIABLES", "VARIABLES", "apply_launcher_flags", *VARIABLES,
-           *LAUNCHER_VARIABLES]
+def launcher_table() -> str:
+    """The README's Markdown table: variable, launcher flag, default."""
+    lines = ["| environment variable | `opentelemetry-instrument` flag | default |",
+             "|---|---|---|"]
+    for field in dataclasses.fields(Settings):
+        lines.append(f"| `LABOTEL_{field.name.upper()}` | `--labotel_{field.name}` | "
+                     f"`{field.default!r}` |")
+    return "\n".join(lines)
+
+
+__all__ = ["LAUNCHER_VARIABLES", "VARIABLES", "apply_launcher_flags", "launcher_table",
+           *VARIABLES, *LAUNCHER_VARIABLES]
+
+if __name__ == "__main__":
+    print(launcher_table())
