@@ -1,0 +1,353 @@
+"""Memory-leak detector: a cheap trend watch that turns on attribution only when needed.
+
+Always on: every ``leak_sample_interval`` seconds a background thread reads resident
+memory (RSS) and the C-allocator heap (``runtime.heap``), just after a full garbage
+collection when that fits in a small CPU budget. A leak is *suspected* when either series
+has grown steadily (``detect.trend``) at ``memory_leak_min_rate`` bytes/s or faster over at
+least half of ``leak_window``.
+
+While suspected: tracemalloc runs for ``leak_attribution_seconds``, then the growing
+allocation sites and object types are named and tracemalloc is stopped. The leak is
+*reported* only if memory kept growing during attribution too; otherwise the suspicion is
+cleared (a cache that finished filling, one big allocation) and judged afresh.
+
+Growth that no Python allocation site explains (native memory) is reported only after a
+second attribution in a row finds the same.
+
+Second trigger: resident memory above ``memory_limit_bytes`` is reported at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import threading
+import time
+import tracemalloc
+from collections import deque
+from typing import Any
+
+import psutil
+
+from labotel.component import Component
+from labotel.detect.attribution import Attribution, AttributionResult, format_bytes
+from labotel.detect.census import take_census, type_name
+from labotel.detect.detection import Detection
+from labotel.detect.periodic import PeriodicThread
+from labotel.detect.trend import Trend, trend
+from labotel.runtime.heap import malloc_in_use, small_object_blocks
+
+GC_BUDGET = 0.005  # share of wall time the sampler may spend in gc.collect()
+MIN_POINTS = 5  # samples needed before any verdict
+CONFIRM_POINTS = 3  # samples during attribution needed to confirm
+COOLDOWN_WINDOWS = 5  # after a report, windows to wait before attributing again
+LIMIT_REARM = 0.9  # the limit is reported again after memory fell below 90% of it
+SERIES = ("rss", "heap")
+SERIES_LABEL = {"rss": "resident memory (RSS)", "heap": "C-allocator heap (malloc in use)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorySample:
+    time: float  # time.monotonic()
+    rss: int
+    heap: int | None  # malloc in use; None without glibc
+    small_blocks: int  # pymalloc blocks (objects <= 512 B)
+    after_gc: bool
+
+    def value(self, series: str) -> int | None:
+        return self.rss if series == "rss" else self.heap
+
+
+@dataclasses.dataclass
+class Suspicion:
+    since: float
+    series: str
+    trend: Trend
+
+
+class MemoryLeakDetector(Component):
+    name = "detect.memory"
+
+    def start(self, monitor: Any) -> None:
+        settings = monitor.settings
+        self.monitor = monitor
+        self.interval = settings.leak_sample_interval
+        self.window = settings.leak_window
+        self.min_rate = settings.memory_leak_min_rate
+        self.limit = settings.memory_limit_bytes
+        self.attribution_seconds = settings.leak_attribution_seconds
+        self._lock = threading.Lock()
+        self._reset()
+        self._sampler = PeriodicThread("labotel-memory-leak", self.interval, self.tick,
+                                       self._failed)
+        monitor.add_view("heap", self.view)
+        self._sampler.start()
+
+    def _reset(self) -> None:
+        self._process = psutil.Process(os.getpid())
+        self.samples: deque[MemorySample] = deque()
+        self.state = "watching"  # watching | attributing | cooldown
+        self.suspicion: Suspicion | None = None
+        self._attribution: Attribution | None = None
+        self.last_attribution: dict[str, Any] | None = None
+        self._last_attribution_at = 0.0
+        self._evidence_since = time.monotonic()
+        self._cooldown_until = 0.0
+        self._limit_armed = True
+        self._unexplained = False
+        self._gc_cost = 0.0
+        self._last_collect = float("-inf")
+        self.reports = 0
+
+    def stop(self) -> None:
+        self._sampler.stop()
+        with self._lock:
+            if self._attribution is not None:
+                self._attribution.abandon()
+                self._attribution = None
+
+    def after_fork_in_child(self) -> None:
+        # The child's memory is its own story: start judging afresh. The heap profiler
+        # (started before us) has already dropped tracemalloc leases held at fork time.
+        if self._attribution is not None:
+            self._attribution.forget()
+        self._lock = threading.Lock()
+        self._reset()
+        self._sampler.restart_after_fork()
+
+    def _failed(self) -> None:
+        self.monitor.reporter.component_failed(self.name)
+
+    # -- sampling ----------------------------------------------------------------------
+    def take_sample(self) -> MemorySample:
+        now = time.monotonic()
+        after_gc = self._maybe_collect(now)
+        overhead = tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
+        heap = malloc_in_use()
+        return MemorySample(
+            time=now, rss=self._process.memory_info().rss - overhead,
+            heap=None if heap is None else heap - overhead,
+            small_blocks=small_object_blocks(), after_gc=after_gc)
+
+    def _maybe_collect(self, now: float) -> bool:
+        """A full collection first, so garbage cycles are not mistaken for growth — but
+        only as often as ``GC_BUDGET`` allows for what the last collection cost."""
+        if not gc.isenabled():  # the application turned GC off on purpose
+            return False
+        if now - self._last_collect < self._gc_cost / GC_BUDGET:
+            return False
+        began = time.perf_counter()
+        gc.collect()
+        self._gc_cost = time.perf_counter() - began
+        self._last_collect = now
+        return True
+
+    def tick(self) -> None:
+        sample = self.take_sample()
+        with self._lock:
+            self.samples.append(sample)
+            while self.samples and self.samples[0].time < sample.time - self.window:
+                self.samples.popleft()
+        self._check_limit(sample)
+        if self.state == "attributing":
+            assert self.suspicion is not None and self._attribution is not None
+            if sample.time - self.suspicion.since >= self.attribution_seconds:
+                self._finish_attribution(sample.time)
+            elif self._attribution.due(sample.time):
+                self._attribution.observe()
+            return
+        if self.state == "cooldown":
+            if sample.time < self._cooldown_until:
+                return
+            self.state = "watching"
+        suspicion = self.judge(sample.time)
+        if suspicion is not None:
+            self._begin_attribution(suspicion)
+
+    # -- decisions ---------------------------------------------------------------------
+    def trends(self, since: float) -> dict[str, Trend]:
+        with self._lock:
+            samples = [s for s in self.samples if s.time >= since]
+        result = {}
+        for series in SERIES:
+            points = [(s.time, s.value(series)) for s in samples if s.value(series) is not None]
+            if len(points) >= 2:
+                result[series] = trend([t for t, _ in points], [v for _, v in points])
+        return result
+
+    def judge(self, now: float) -> Suspicion | None:
+        """The series growing fastest, if one has grown steadily for half a window."""
+        since = max(self._evidence_since, now - self.window)
+        growing = [
+            (found.slope, series, found) for series, found in self.trends(since).items()
+            if found.points >= MIN_POINTS and found.span >= self.window / 2
+            and found.growing(self.min_rate)]
+        if not growing:
+            return None
+        _, series, found = max(growing)
+        return Suspicion(since=now, series=series, trend=found)
+
+    def _begin_attribution(self, suspicion: Suspicion) -> None:
+        attribution = Attribution(self.attribution_seconds)
+        attribution.begin()
+        with self._lock:
+            self._attribution, self.suspicion, self.state = attribution, suspicion, "attributing"
+
+    def _finish_attribution(self, now: float) -> None:
+        suspicion, attribution = self.suspicion, self._attribution
+        assert suspicion is not None and attribution is not None
+        try:
+            result = attribution.finish()
+        finally:
+            with self._lock:
+                self._attribution = None
+        during = self.trends(suspicion.since).get(suspicion.series)
+        overall = self.trends(max(self._evidence_since, now - self.window)).get(suspicion.series)
+        grew = (during is not None and during.points >= CONFIRM_POINTS
+                and during.slope >= self.min_rate / 2 and during.rise > 0
+                and overall is not None and overall.growing(self.min_rate))
+        # Growth no Python allocation site explains (a C extension, or allocator high-water
+        # marks moving under churn) must be seen by two attributions in a row.
+        native_again = grew and not result.sites and self._unexplained
+        confirmed = grew and (bool(result.sites) or native_again)
+        self._unexplained = grew and not result.sites and not native_again
+        if confirmed:
+            outcome = "reported"
+        elif self._unexplained:
+            outcome = "unexplained: memory grew but no Python site did; attributing again"
+        else:
+            outcome = "cleared: growth did not continue"
+        self.last_attribution = {"outcome": outcome, "series": suspicion.series,
+                                 **result.as_dict()}
+        self._last_attribution_at = now
+        with self._lock:
+            self.suspicion = None
+            if confirmed:
+                self.state, self._cooldown_until = "cooldown", now + COOLDOWN_WINDOWS * self.window
+                self._evidence_since = now
+            elif self._unexplained:
+                self.state = "watching"  # the same evidence may raise the next suspicion
+            else:
+                # Judge only fresh samples from here: the ramp that raised the suspicion
+                # (a filling cache, one big allocation) has been looked at already.
+                self.state, self._evidence_since = "watching", suspicion.since
+        if confirmed:
+            assert overall is not None
+            self.reports += 1
+            self.monitor.reporter.report(self._leak_detection(suspicion.series, overall, result))
+
+    def _check_limit(self, sample: MemorySample) -> None:
+        if sample.rss < self.limit * LIMIT_REARM:
+            self._limit_armed = True
+        if sample.rss < self.limit or not self._limit_armed:
+            return
+        self._limit_armed = False
+        self.reports += 1
+        self.monitor.reporter.report(self._limit_detection(sample))
+
+    # -- reports -----------------------------------------------------------------------
+    def _leak_detection(self, series: str, found: Trend,
+                        result: AttributionResult) -> Detection:
+        last = self.samples[-1]
+        top = result.sites[0] if result.sites else None
+        site = top.site if top else "unknown"
+        rate = f"{format_bytes(found.slope)}/s"
+        where = (f"biggest growing allocation site {top.describe()}" if top else
+                 "no Python allocation site grew (native memory: a C extension or library)")
+        lines = [
+            f"Memory leak in pid {os.getpid()}: {SERIES_LABEL[series]} grew steadily at "
+            f"{rate} (Theil-Sen slope) over the last {found.span:.0f} s, and kept growing "
+            f"while allocations were traced for {result.seconds:.0f} s.",
+            f"Now: RSS {format_bytes(last.rss)}, C heap "
+            f"{format_bytes(last.heap) if last.heap is not None else 'n/a'}, "
+            f"{last.small_blocks} small objects; limit {format_bytes(self.limit)}.",
+        ]
+        if result.sites:
+            lines.append(f"Allocation sites that grew (+{format_bytes(result.traced_growth)} "
+                         "traced in total):")
+            for number, growth in enumerate(result.sites, 1):
+                lines.append(f"  {number}. {growth.describe()}")
+                lines += [f"       {src}  ({f}:{ln})" for f, ln, src in growth.frames[:4]]
+        else:
+            lines.append(f"{where}.")
+        if result.types:
+            lines.append("Object types that grew: " + ", ".join(
+                f"{name} +{n}" for name, n in result.types))
+        if result.containers:
+            lines.append("Containers that grew:")
+            lines += [f"  {c.describe()}" for c in result.containers]
+        attributes: dict[str, Any] = {
+            "labotel.leak.trigger": "trend",
+            "labotel.leak.site": site,
+            "labotel.leak.series": series,
+            "labotel.leak.growth_rate": found.slope,
+            "labotel.leak.size": last.rss,
+            "labotel.leak.heap_size": last.heap,
+            "labotel.leak.window": found.span,
+            "labotel.leak.traced_growth": result.traced_growth,
+            "labotel.leak.sites": [g.describe() for g in result.sites],
+            "labotel.leak.types": [f"{name} +{n}" for name, n in result.types],
+            "labotel.leak.containers": [c.describe() for c in result.containers],
+        }
+        if top:
+            attributes["code.filepath"], _, lineno = top.site.rpartition(":")
+            attributes["code.lineno"] = int(lineno)
+        return Detection(
+            kind="memory_leak",
+            summary=f"memory leak: {SERIES_LABEL[series]} growing {rate}; {where}",
+            message="\n".join(lines), attributes=attributes,
+            stacks=[g.stack() for g in result.sites], fingerprint=(site,))
+
+    def _limit_detection(self, sample: MemorySample) -> Detection:
+        census = take_census(top=3)
+        types = [(type_name(kind), n) for kind, n in census.types.most_common(5)]
+        largest = [f"{type_name(type(c))} with {n} items" for c, n in census.largest]
+        census.release()
+        current = self.trends(sample.time - self.window).get("rss")
+        rate = current.slope if current else 0.0
+        summary = (f"memory limit: resident memory {format_bytes(sample.rss)} passed "
+                   f"memory_limit_bytes={format_bytes(self.limit)}")
+        message = (f"{summary} in pid {os.getpid()} (trend {format_bytes(rate)}/s over the "
+                   f"last {current.span if current else 0:.0f} s). Most numerous objects: "
+                   + ", ".join(f"{name} {n}" for name, n in types)
+                   + ". Largest containers: " + ", ".join(largest)
+                   + ". A steady leak is named by line once its trend is confirmed; "
+                   "/debug/pprof/heap?seconds=30 shows where memory is allocated now.")
+        return Detection(
+            kind="memory_leak", summary=summary, message=message,
+            attributes={"labotel.leak.trigger": "limit", "labotel.leak.site": "unknown",
+                        "labotel.leak.size": sample.rss, "labotel.leak.heap_size": sample.heap,
+                        "labotel.leak.limit": self.limit, "labotel.leak.growth_rate": rate,
+                        "labotel.leak.types": [f"{name} {n}" for name, n in types],
+                        "labotel.leak.containers": largest},
+            fingerprint=("memory_limit",))
+
+    # -- admin view --------------------------------------------------------------------
+    def view(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._lock:
+            samples = list(self.samples)
+            suspicion = self.suspicion
+            state = self.state
+        trends = self.trends(max(self._evidence_since, now - self.window))
+        last = self.last_attribution
+        return {"memory_leak": {
+            "state": state,
+            "options": {"leak_sample_interval": self.interval, "leak_window": self.window,
+                        "memory_leak_min_rate": self.min_rate,
+                        "memory_limit_bytes": self.limit,
+                        "leak_attribution_seconds": self.attribution_seconds},
+            "trend": {series: {**t.as_dict(), "growing": t.growing(self.min_rate)}
+                      for series, t in trends.items()},
+            "suspicion": None if suspicion is None else {
+                "series": suspicion.series, "seconds_ago": round(now - suspicion.since, 3),
+                "slope_bytes_per_second": suspicion.trend.slope},
+            "last_attribution": None if last is None else {
+                **last, "finished_seconds_ago": round(now - self._last_attribution_at, 3)},
+            "gc_collect_seconds": round(self._gc_cost, 6),
+            "reports": self.reports,
+            "samples": [{"seconds_ago": round(now - s.time, 3), "rss_bytes": s.rss,
+                         "heap_bytes": s.heap, "small_objects": s.small_blocks,
+                         "after_gc": s.after_gc} for s in samples],
+        }}

@@ -1,0 +1,58 @@
+"""A daemon thread that calls one function every ``interval`` seconds until stopped.
+
+The leak detectors sample on their own timer (nothing else would call them while the
+application leaks quietly). A failure inside the function is handed to ``on_error`` and
+the thread keeps ticking, so one bad sample never ends the detection for good.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class PeriodicThread:
+    def __init__(self, name: str, interval: float, function: Callable[[], None],
+                 on_error: Callable[[], None]):
+        self.name = name
+        self.interval = interval
+        self._function = function
+        self._on_error = on_error
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def restart_after_fork(self) -> None:
+        """The parent's thread does not exist in a forked child: start a new one."""
+        self._thread = None
+        self.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        stop = self._stop
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            try:
+                self._function()
+            except Exception:
+                self._on_error()
+            # Fixed-rate ticks; after a long pause (a big GC, a suspended VM) skip ahead
+            # instead of firing a burst of catch-up samples.
+            next_tick += self.interval
+            if next_tick < time.monotonic():
+                next_tick = time.monotonic() + self.interval
+            stop.wait(max(next_tick - time.monotonic(), 0.0))
