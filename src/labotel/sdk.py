@@ -16,7 +16,7 @@ import sys
 import threading
 import uuid
 
-from opentelemetry import metrics, trace
+from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -243,8 +243,6 @@ def _add_missing_identity(providers: Providers) -> None:
 
 
 def _update_resources(providers: Providers, attributes: dict[str, object]) -> None:
-    from opentelemetry import _logs
-
     update = Resource(attributes)
     targets = [providers.meter_provider, providers.tracer_provider, _logs.get_logger_provider()]
     for provider in targets:
