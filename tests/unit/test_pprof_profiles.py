@@ -4,6 +4,7 @@ goroutine dumps show blocked threads and suspended asyncio tasks where they wait
 import asyncio
 import gc
 import threading
+import time
 import tracemalloc
 
 import pytest
@@ -56,8 +57,8 @@ def test_cpu_profile_charges_the_busy_thread_and_not_the_blocked_one(url):
     assert BLOCKED not in function_names(profile)  # blocked: no CPU, no samples
     total_cpu = sum(s.value[1] for s in profile.sample)
     assert all(s.value[1] == s.value[0] * profile.period for s in profile.sample)
-    # One spinning thread on a shared box: most of 2 s, never more than the wall time.
-    assert 0.5e9 < total_cpu <= 2.2e9
+    # One spinning thread on a shared box: a good part of 2 s, never more than the wall time.
+    assert 0.2e9 < total_cpu <= 2.1e9
 
 
 def test_wall_profile_includes_blocked_threads(url):
@@ -94,8 +95,9 @@ def test_heap_window_traces_then_stops_and_names_the_allocator(url):
     replies: list = []
     request = threading.Thread(target=lambda: replies.append(get(url + "heap?seconds=2")))
     request.start()
-    while not tracemalloc.is_tracing():
-        pass
+    deadline = time.monotonic() + 10
+    while not tracemalloc.is_tracing() and time.monotonic() < deadline:
+        time.sleep(0.001)
     gate.set()
     request.join(10)
     worker.join(5)
