@@ -79,9 +79,12 @@ def test_gunicorn_workers_are_each_seen(tmp_path, preload):
             assert len({info["service_instance_id"] for info in infos}) == 3
             assert all(info["process_parent_pid"] == str(master.pid) for info in infos[1:])
 
-            for view in worker_views:  # the worker's own threads run
+            master_threads = {t["name"] for t in master_view["threads"]["items"]
+                              if t["name"].startswith(("labotel-", "Otel"))}
+            assert {"labotel-debug-server", "OtelPeriodicExportingMetricReader"} <= master_threads
+            for view in worker_views:  # the worker's own background threads run
                 names = {thread["name"] for thread in view["threads"]["items"]}
-                assert {"labotel-debug-server", "OtelPeriodicExportingMetricReader"} <= names
+                assert master_threads <= names, (master_threads, names)
 
             def pushed_by_workers():
                 pushed = {int(resource["process.pid"]): resource["service.instance.id"]

@@ -101,7 +101,10 @@ def check_child(child: dict, parent: dict, port: int) -> None:
     assert info["service_instance_id"] != parent["target_info"]["service_instance_id"]
     assert info["service_name"] == parent["target_info"]["service_name"] == "fork-test"
     assert child["server_url"] == f"http://127.0.0.1:{port}"
-    assert "labotel-debug-server" in child["thread_names"]
+    # every background thread labotel runs in the parent runs again in the child
+    labotel_threads = {n for n in parent["thread_names"] if n.startswith("labotel-")}
+    assert "labotel-debug-server" in labotel_threads
+    assert labotel_threads <= set(child["thread_names"])
     assert not any(name.startswith("parent-only") for name in child["thread_names"])
     # the runtime collectors read the child's /proc entry, not the parent's
     assert abs(child["thread_count"] - child["os_threads"]) <= 2
