@@ -27,12 +27,12 @@ MB = 1024 * 1024
 FAST = {"leak_sample_interval": 0.25, "leak_window": 3.0, "leak_attribution_seconds": 3.0}
 
 
-def source_line(marker: str) -> str:
-    """``file:line`` of the line in this file that carries ``marker``."""
-    with open(__file__) as source:
+def source_line(marker: str, path: str = __file__) -> str:
+    """``file:line`` of the line in ``path`` that carries ``marker``."""
+    with open(path) as source:
         for number, text in enumerate(source, 1):
             if text.rstrip().endswith(marker) and "def " not in text:
-                return f"{__file__}:{number}"
+                return f"{path}:{number}"
     raise AssertionError(marker)
 
 

@@ -38,7 +38,8 @@ from labotel.runtime import aio, origins
 
 Frame = tuple[str, int, str]  # (filename, lineno, function)
 
-MIN_POINTS = 4  # samples (3 intervals) before a group can be a leak
+MIN_POINTS = 5  # samples (4 intervals: 20 s by default) before a group can be a leak;
+# members that finish within that time are never mistaken for leaked ones
 MAX_DEPARTED_SHARE = 0.1  # a leaking group loses at most 10% of what it gains
 MIN_STUCK_SHARE = 0.8  # share of the group's older members found at the same place
 STACK_FRAMES = 12
