@@ -26,6 +26,7 @@ from typing import Any
 from labotel.profile.pprof import ProfileBuilder
 
 CPU, WALL = "cpu", "wall"
+_registered_threads: dict[int, threading.Thread] = getattr(threading, "_active", {})
 
 
 def thread_cpu_clock(thread: threading.Thread) -> int | None:
@@ -44,10 +45,11 @@ def thread_cpu_clock(thread: threading.Thread) -> int | None:
 
 
 class _ThreadState:
-    __slots__ = ("name", "clock", "cpu_ns", "residual", "frame", "lasti", "stack")
+    __slots__ = ("name", "native_id", "clock", "cpu_ns", "residual", "frame", "lasti", "stack")
 
-    def __init__(self, name: str, clock: int | None, cpu_ns: int):
+    def __init__(self, name: str, native_id: int | None, clock: int | None, cpu_ns: int):
         self.name = name
+        self.native_id = native_id
         self.clock = clock
         self.cpu_ns = cpu_ns
         self.residual = 0
@@ -74,10 +76,6 @@ class Sampler:
                                         daemon=True)
         self._stop_lock = threading.Lock()
         self._stopped = False
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def start(self) -> None:
         self._refresh_threads(at_start=True)
@@ -132,12 +130,13 @@ class Sampler:
             if ident is None:
                 continue
             state = self._threads.get(ident)
-            if state is None:
+            native_id = getattr(thread, "native_id", None)
+            if state is None or state.native_id != native_id:  # new, or a reused ident
                 clock = thread_cpu_clock(thread) if self.mode == CPU else None
                 # A thread already running when the profile starts is charged only for
                 # CPU it uses from now on; one born later is charged from its birth.
                 started = self._read_clock(clock) if clock is not None and at_start else 0
-                self._threads[ident] = _ThreadState(thread.name, clock, started or 0)
+                self._threads[ident] = _ThreadState(thread.name, native_id, clock, started or 0)
             else:
                 state.name = thread.name
 
@@ -157,11 +156,13 @@ class Sampler:
 
     def _state(self, ident: int) -> _ThreadState:
         state = self._threads.get(ident)
-        if state is None:
+        # A thread that is still starting has frames before threading registers it: look
+        # again once it is registered, so short-lived threads are not missed.
+        if state is None or (state.native_id is None and ident in _registered_threads):
             self._refresh_threads()
             state = self._threads.get(ident)
             if state is None:  # a thread not created through threading
-                state = self._threads[ident] = _ThreadState(f"thread-{ident}", None, 0)
+                state = self._threads[ident] = _ThreadState(f"thread-{ident}", None, None, 0)
         return state
 
     def _tick_cpu(self, _elapsed_ns: int) -> None:
@@ -175,7 +176,8 @@ class Sampler:
             if state.clock is None:
                 continue
             cpu_ns = self._read_clock(state.clock)
-            if cpu_ns is None:  # exited between the two reads
+            if cpu_ns is None:  # exited, or its ident now belongs to a newer thread
+                del self._threads[ident]
                 continue
             used = cpu_ns - state.cpu_ns + state.residual
             state.cpu_ns = cpu_ns
