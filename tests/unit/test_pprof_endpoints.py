@@ -8,7 +8,7 @@ import time
 import pytest
 
 import labotel
-from tests.unit.test_pprof_support import decode, get, start
+from tests.unit.test_pprof_support import decode, get, start, wait_for_thread
 
 
 @pytest.fixture
@@ -124,10 +124,7 @@ def test_second_concurrent_cpu_profile_gets_gos_error_and_nothing_deadlocks(url)
     first: list = []
     worker = threading.Thread(target=lambda: first.append(get(url + "profile?seconds=2")))
     worker.start()
-    deadline = time.monotonic() + 5
-    while not any(t.name == "labotel-cpu-profiler" for t in threading.enumerate()):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for_thread("labotel-cpu-profiler")
     second = get(url + "profile?seconds=1")
     assert_go_error(second, 500, "Could not enable CPU profiling: cpu profiling already in use")
     wall = get(url + "wall?seconds=1")  # another kind may run alongside
@@ -152,9 +149,7 @@ def test_shutdown_ends_a_running_profile_and_its_sampler():
         get(monitor.admin_url + "/debug/pprof/profile?seconds=60")))
     started = time.monotonic()
     request.start()
-    while not any(t.name == "labotel-cpu-profiler" for t in threading.enumerate()):
-        assert time.monotonic() - started < 5
-        time.sleep(0.01)
+    wait_for_thread("labotel-cpu-profiler")
     labotel.shutdown()
     request.join(10)
     assert not request.is_alive() and time.monotonic() - started < 15

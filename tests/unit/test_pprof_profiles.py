@@ -21,6 +21,7 @@ from tests.unit.test_pprof_support import (
     sample_types,
     start,
     top_function,
+    wait_for_thread,
 )
 
 SPIN = f"{hot_spin.__module__}.hot_spin"
@@ -278,3 +279,35 @@ def test_goroutine_delta_counts_threads_started_during_the_window(url):
               and any(profile.string_table[lb.str] == "spawned" for lb in s.label)]
     assert sum(s.value[0] for s in gained) == 2
     assert profile.duration_nanos >= 1_000_000_000
+
+
+def burn_cpu(seconds: float, used: dict, name: str) -> None:
+    """Spin until this thread has used ``seconds`` of its own CPU, then exit."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        sum(range(1000))
+    used[name] = time.thread_time()
+
+
+def test_cpu_samples_match_each_short_lived_threads_own_cpu_clock(url):
+    used: dict = {}
+    replies: list = []
+    request = threading.Thread(target=lambda: replies.append(get(url + "profile?seconds=2")))
+    request.start()
+    wait_for_thread("labotel-cpu-profiler")
+    burners = [threading.Thread(target=burn_cpu, args=(0.25, used, f"burner-{i}"),
+                                name=f"burner-{i}") for i in range(2)]
+    for thread in burners:  # born during the profile, gone before it ends
+        thread.start()
+    for thread in burners:
+        thread.join()
+    request.join(10)
+    profile = decode(replies[0].body)
+    per_thread: dict = {}
+    for sample in profile.sample:
+        (name,) = [profile.string_table[lb.str] for lb in sample.label]
+        per_thread[name] = per_thread.get(name, 0) + sample.value[1] / 1e9
+    for name, seconds in used.items():
+        # Ground truth: the thread's own CPU clock. The profile can only miss the part
+        # used after the last tick before the thread exited.
+        assert seconds - 0.08 <= per_thread.get(name, 0) <= seconds + 0.01, (name, per_thread)

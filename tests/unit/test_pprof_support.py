@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -64,6 +65,14 @@ def sample_types(profile) -> list[tuple[str, str]]:
 def decode(body: bytes):
     assert body[:2] == b"\x1f\x8b", "profiles are gzip-compressed"
     return pprof.decode(body)
+
+
+def wait_for_thread(name: str, timeout: float = 10) -> None:
+    """Block until a thread called ``name`` runs (a sampler has started)."""
+    deadline = time.monotonic() + timeout
+    while not any(t.name == name for t in threading.enumerate()):
+        assert time.monotonic() < deadline, f"no thread {name!r} after {timeout} s"
+        time.sleep(0.001)
 
 
 # -- workloads with known names ------------------------------------------------------------
