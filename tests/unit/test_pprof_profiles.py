@@ -3,6 +3,8 @@ goroutine dumps show blocked threads and suspended asyncio tasks where they wait
 
 import asyncio
 import gc
+import os
+import sys
 import threading
 import time
 import tracemalloc
@@ -311,3 +313,39 @@ def test_cpu_samples_match_each_short_lived_threads_own_cpu_clock(url):
         # Ground truth: the thread's own CPU clock. The profile can only miss the part
         # used after the last tick before the thread exited.
         assert seconds - 0.08 <= per_thread.get(name, 0) <= seconds + 0.01, (name, per_thread)
+
+
+def test_a_running_task_is_read_from_its_threads_live_frames():
+    from labotel.profile import stacks
+
+    async def leaf():
+        return stacks.task_frames(asyncio.current_task(), sys._getframe())
+
+    async def root():
+        return await leaf()
+
+    frames = asyncio.run(root())
+    assert [f.f_code.co_name for f in frames] == ["leaf", "root"]  # nothing of the loop
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_can_profile_while_the_parent_is_profiling(url):
+    monitor = labotel.monitor.current()
+    replies: list = []
+    request = threading.Thread(target=lambda: replies.append(get(url + "profile?seconds=1")))
+    request.start()
+    wait_for_thread("labotel-cpu-profiler")
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's sampler and request did not come along
+        code = 1
+        try:
+            slot = monitor.component("profile").cpu
+            sampler = slot.begin(100, lambda: None)
+            slot.end(sampler)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    request.join(10)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert replies[0].status == 200
