@@ -8,7 +8,13 @@ import time
 import pytest
 
 import labotel
-from tests.unit.test_pprof_support import decode, get, start, wait_for_thread
+from tests.unit.test_pprof_support import (
+    decode,
+    get,
+    location_functions,
+    start,
+    wait_for_thread,
+)
 
 
 @pytest.fixture
@@ -109,8 +115,8 @@ def test_symbol_answers_num_symbols_and_resolves_profile_addresses(url):
     reply = get(url + "symbol")
     assert reply.status == 200 and reply.text == "num_symbols: 1\n"
     profile = decode(get(url + "goroutine").body)
-    names = {f.id: profile.string_table[f.name] for f in profile.function}
-    by_address = {loc.address: names[loc.line[0].function_id] for loc in profile.location}
+    functions = location_functions(profile)
+    by_address = {loc.address: functions[loc.id] for loc in profile.location}
     wanted = [a for a, n in by_address.items() if n.startswith("labotel.profile.")][:2]
     assert wanted
     query = "+".join(hex(a) for a in wanted)

@@ -19,6 +19,8 @@ from tests.unit.test_pprof_support import (
     function_names,
     get,
     hot_spin,
+    label_values,
+    location_functions,
     running,
     sample_types,
     start,
@@ -39,15 +41,11 @@ def url():
 
 
 def labelled_threads(profile, function: str) -> set[str]:
-    """Thread names of samples whose stack contains ``function``."""
-    names = {f.id: profile.string_table[f.name] for f in profile.function}
-    functions = {loc.id: names[loc.line[0].function_id] for loc in profile.location}
-    found = set()
-    for sample in profile.sample:
-        if any(functions[i] == function for i in sample.location_id):
-            found |= {profile.string_table[label.str] for label in sample.label
-                      if profile.string_table[label.key] == "thread"}
-    return found
+    return label_values(profile, function, "thread")
+
+
+def labelled_names(profile, function: str) -> set[str]:
+    return label_values(profile, function, "name")
 
 
 def test_cpu_profile_charges_the_busy_thread_and_not_the_blocked_one(url):
@@ -177,17 +175,6 @@ def test_goroutine_profile_has_blocked_threads_folded_and_dumped(url):
     assert lines[-2].startswith("created by tests.unit.test_pprof_support.running")
 
 
-def labelled_names(profile, function: str) -> set[str]:
-    names = {f.id: profile.string_table[f.name] for f in profile.function}
-    functions = {loc.id: names[loc.line[0].function_id] for loc in profile.location}
-    found = set()
-    for sample in profile.sample:
-        if any(functions[i] == function for i in sample.location_id):
-            found |= {profile.string_table[lb.str] for lb in sample.label
-                      if profile.string_table[lb.key] == "name"}
-    return found
-
-
 async def inner_sleeper():
     await asyncio.sleep(30)
 
@@ -274,8 +261,7 @@ def test_goroutine_delta_counts_threads_started_during_the_window(url):
             thread.join(5)
     assert reply.headers["Content-Disposition"] == 'attachment; filename="goroutine-delta"'
     profile = decode(reply.body)
-    names = {f.id: profile.string_table[f.name] for f in profile.function}
-    functions = {loc.id: names[loc.line[0].function_id] for loc in profile.location}
+    functions = location_functions(profile)
     gained = [s for s in profile.sample
               if functions[s.location_id[-1]] == "threading.Thread._bootstrap"
               and any(profile.string_table[lb.str] == "spawned" for lb in s.label)]

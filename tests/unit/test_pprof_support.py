@@ -46,10 +46,26 @@ def function_names(profile) -> set[str]:
     return {profile.string_table[f.name] for f in profile.function}
 
 
+def location_functions(profile) -> dict[int, str]:
+    """Location id -> function name."""
+    names = {f.id: profile.string_table[f.name] for f in profile.function}
+    return {loc.id: names[loc.line[0].function_id] for loc in profile.location}
+
+
+def label_values(profile, function: str, key: str) -> set[str]:
+    """Values of label ``key`` on samples whose stack contains ``function``."""
+    functions = location_functions(profile)
+    found = set()
+    for sample in profile.sample:
+        if any(functions[i] == function for i in sample.location_id):
+            found |= {profile.string_table[label.str] for label in sample.label
+                      if profile.string_table[label.key] == key}
+    return found
+
+
 def top_function(profile, value_index: int = -1) -> str:
     """The function with the most flat (self) value, as ``pprof -top`` ranks them."""
-    names = {f.id: profile.string_table[f.name] for f in profile.function}
-    functions = {loc.id: names[loc.line[0].function_id] for loc in profile.location}
+    functions = location_functions(profile)
     flat: dict[str, int] = {}
     for sample in profile.sample:
         leaf = functions[sample.location_id[0]]
