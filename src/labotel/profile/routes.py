@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from labotel.profile import cpu, heap, stacks, symbols
+from labotel.profile.pprof import ProfileBuilder
 from labotel.runtime import aio
 from labotel.server.http import HTTPError, Request, Response
 
@@ -231,7 +232,8 @@ class PprofRoutes:
     def threadcreate(self, request: Request) -> Response:
         return self._count_profile(request, "threadcreate", stacks.threadcreate)
 
-    def _goroutines(self, builder) -> list[stacks.Goroutine]:
+    @staticmethod
+    def _goroutines(builder: ProfileBuilder) -> list[stacks.Goroutine]:
         goroutines = stacks.collect(builder)
         stacks.add_samples(builder, goroutines)
         return goroutines
@@ -252,8 +254,8 @@ class PprofRoutes:
             builder.subtract(before)
             return binary(f"{name}-delta", builder.encode(time.monotonic_ns() - started))
         goroutines = fill(builder)
-        if debug >= 2 and name == "goroutine":
-            return plain(stacks.dump_text(builder, goroutines))  # type: ignore[arg-type]
+        if debug >= 2 and isinstance(goroutines, list):  # only goroutine has a full dump
+            return plain(stacks.dump_text(builder, goroutines))
         if debug:
             return plain(stacks.count_text(name, builder, ("kind",) if name == "goroutine"
                                            else ()))
