@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
+import urllib.error
 
 import pytest
 
@@ -150,35 +150,28 @@ def test_debug_text_matches_gos_tabwriter(base, tmp_path):
         assert go.stdout == text
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_flame_graph_in_pprofs_web_ui_shows_the_hot_function(base, pprof_env, tmp_path):
     saved = tmp_path / "cpu.pb.gz"
     with running(hot_spin, name="spinner"):
         pprof(pprof_env, "-proto", "-output", str(saved), base + "profile?seconds=1")
-    port = free_port()  # pprof prints ":0" literally, so pick the port ourselves
-    server = subprocess.Popen(["go", "tool", "pprof", f"-http=127.0.0.1:{port}", "-no_browser",
-                               str(saved)], env=pprof_env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    # The README's command: an empty port makes pprof pick a free one and print it.
+    server = subprocess.Popen(["go", "tool", "pprof", "-http=127.0.0.1:", "-no_browser",
+                               str(saved)], env=pprof_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
+        banner = server.stdout.readline()
+        assert banner.startswith("Serving web UI on http://127.0.0.1:"), banner
+        ui = banner.split()[-1]
+        assert not ui.endswith(":0")
+        deadline = time.monotonic() + 30
         while True:
-            reply = get(f"http://127.0.0.1:{port}/ui/flamegraph", timeout=5) \
-                if _listening(port) else None
-            if reply is not None and reply.status == 200:
+            try:
+                reply = get(ui + "/ui/flamegraph", timeout=5)
                 break
-            assert time.monotonic() < deadline and server.poll() is None, "pprof web UI down"
-            time.sleep(0.2)
-        assert SPIN in reply.text
+            except urllib.error.URLError:  # printed the banner before listening
+                assert time.monotonic() < deadline, "pprof's web UI never answered"
+                time.sleep(0.2)
+        assert reply.status == 200 and SPIN in reply.text
     finally:
         server.terminate()
         server.wait(10)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
