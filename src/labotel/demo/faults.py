@@ -23,6 +23,7 @@ FAULTS = {
 
 audit_log: list[bytes] = []  # the memory leak keeps its payloads here
 _never = threading.Event()  # leaked threads wait on this forever
+pending_acks: list[asyncio.Future] = []  # the task leak's waiters hang off these
 
 
 def _record_audit_entry() -> None:
@@ -106,8 +107,10 @@ class Faults:
             await ack  # nobody ever acknowledges
 
         def spawn() -> None:
-            asyncio.get_running_loop().create_task(
-                wait_for_ack(asyncio.get_running_loop().create_future()))
+            loop = asyncio.get_running_loop()
+            ack = loop.create_future()
+            pending_acks.append(ack)  # kept "until acknowledged": forever
+            loop.create_task(wait_for_ack(ack))
 
         while not stop.wait(0.1):
             loop = self._loop_source()

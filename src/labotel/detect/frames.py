@@ -7,6 +7,8 @@ import os
 import sysconfig
 from collections.abc import Sequence
 
+from labotel.runtime.origins import APPLICATION_DIRS
+
 _LIBRARY_DIRS = tuple(sorted({
     os.path.normpath(path) + os.sep
     for key in ("stdlib", "platstdlib")
@@ -15,6 +17,8 @@ _LIBRARY_DIRS = tuple(sorted({
 
 
 def is_library(filename: str) -> bool:
+    if filename.startswith(APPLICATION_DIRS):
+        return False
     return filename.startswith(_LIBRARY_DIRS) or filename.startswith("<")
 
 

@@ -24,6 +24,10 @@ _SKIP_DIRS = tuple(
     for mod in (asyncio, sys.modules["labotel"])
 ) + (os.path.dirname(threading.__file__) + os.sep + "threading.py",
      os.path.dirname(threading.__file__) + os.sep + "concurrent" + os.sep)
+# The demo service lives inside the package but is application code: its lines are the
+# ones a report should name.
+APPLICATION_DIRS = (os.path.join(os.path.dirname(sys.modules["labotel"].__file__), "demo")
+                     + os.sep,)
 MAX_FRAMES = 6
 
 _task_origins: weakref.WeakKeyDictionary[asyncio.Future, tuple[Frame, ...]] = (
@@ -39,7 +43,7 @@ def capture(skip: int = 1, limit: int = MAX_FRAMES) -> tuple[Frame, ...]:
     frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         filename = frame.f_code.co_filename
-        if not filename.startswith(_SKIP_DIRS):
+        if not filename.startswith(_SKIP_DIRS) or filename.startswith(APPLICATION_DIRS):
             frames.append((filename, frame.f_lineno, frame.f_code.co_name))
         frame = frame.f_back
     return tuple(frames)
