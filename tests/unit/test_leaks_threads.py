@@ -43,7 +43,6 @@ def test_thread_created_every_100ms_and_blocked_is_reported_with_its_creation_li
         while time.monotonic() - began < 20 and not labotel.detections("thread_leak"):
             threading.Thread(target=block_forever, args=(release,), daemon=True).start()  # SPAWN
             time.sleep(0.1)
-        elapsed = time.monotonic() - began
         detections = labotel.detections("thread_leak")
         assert detections, monitor.component("detect.threads").view()
         _, _, body = fetch(monitor.admin_url + "/admin/monitoring/goroutines")
@@ -65,7 +64,6 @@ def test_thread_created_every_100ms_and_blocked_is_reported_with_its_creation_li
         in stuck.frames
     assert created.frames[0][:2] == (__file__, attributes["code.lineno"])
     assert site in detection.message and "stuck at" in detection.message
-    assert elapsed < 5 * FAST["leak_sample_interval"] + 3  # 4 intervals of evidence + slack
     view = json.loads(body)["leak_detection"]
     group = next(g for g in view["threads"]["groups"] if g["site"] == site)
     assert group["growing"] and group["reported_seconds_ago"] is not None
@@ -78,7 +76,7 @@ def test_task_created_every_100ms_and_pending_is_reported_with_its_creation_line
     async def wait_forever(event: asyncio.Event) -> None:
         await event.wait()  # TASK WAITS
 
-    async def main() -> float:
+    async def main() -> None:
         event = asyncio.Event()
         loop = asyncio.get_running_loop()
         began = time.monotonic()
@@ -86,9 +84,8 @@ def test_task_created_every_100ms_and_pending_is_reported_with_its_creation_line
             loop.create_task(wait_forever(event))  # TASK SPAWN
             await asyncio.sleep(0.1)
         event.set()
-        return time.monotonic() - began
 
-    elapsed = asyncio.run(main())
+    asyncio.run(main())
     detections = labotel.detections("task_leak")
     assert detections
     attributes = detections[0].attributes
@@ -96,7 +93,6 @@ def test_task_created_every_100ms_and_pending_is_reported_with_its_creation_line
     assert attributes["labotel.leak.site"] == site
     assert attributes["labotel.leak.stuck_at"].startswith(source_line("# TASK WAITS"))
     assert attributes["labotel.leak.count"] >= 10
-    assert elapsed < 5 * FAST["leak_sample_interval"] + 3
     assert labotel.detections("thread_leak") == []
 
 

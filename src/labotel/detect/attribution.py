@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import linecache
 import operator
 import os
@@ -35,6 +36,7 @@ from labotel.detect.census import (
 from labotel.detect.detection import Stack
 from labotel.detect.frames import application_frame
 from labotel.profile import heap as tracer
+from labotel.runtime.origins import APPLICATION_DIRS
 
 FRAMES = 10  # deep enough to walk out of stdlib helpers to the application line
 TOP_SITES = 5
@@ -121,6 +123,8 @@ class Attribution:
     def observe(self) -> None:
         """One observation of every site's traced size and of object counts by type."""
         self._last_observed = time.monotonic()
+        if gc.isenabled():
+            gc.collect()  # uncollected cycles pile up between collections: not a leak
         self._types.append(count_types())  # before the snapshot: its objects stay out
         if self._census is not None:
             self._census.observe()
@@ -190,7 +194,8 @@ def site_sizes(snapshot: tracemalloc.Snapshot) -> dict[str, SiteGrowth]:
     for traceback, traces in by_traceback.items():
         size, count = sum(map(_SIZE, traces)), len(traces)
         # tracemalloc stores frames innermost first
-        if any(filename.startswith(_OWN_DIRS) for filename, _ in traceback):
+        if any(filename.startswith(_OWN_DIRS) and not filename.startswith(APPLICATION_DIRS)
+               for filename, _ in traceback):
             continue  # labotel's own allocations (this sampler, the census) are not the app's
         frames = tuple((filename, lineno, "") for filename, lineno in traceback)
         index = application_frame(frames)
@@ -234,9 +239,9 @@ def steady_types(counts: list[Counter[type]]) -> list[tuple[str, int]]:
     if len(counts) < 2:
         return []
     grown = [(type_name(kind), n - counts[0].get(kind, 0)) for kind, n in counts[-1].items()
-             if not kind.__module__.startswith("labotel.")
-             and steady([c.get(kind, 0) for c in counts])]
-    return sorted(grown, key=lambda pair: pair[1], reverse=True)
+             if steady([c.get(kind, 0) for c in counts])]
+    return sorted(((name, n) for name, n in grown if not name.startswith("labotel.")),
+                  key=lambda pair: pair[1], reverse=True)
 
 
 def _source(filename: str, lineno: int) -> str:

@@ -21,12 +21,20 @@ from typing import Any
 
 TOP_CONTAINERS = 100  # containers remembered per census
 ITEM_SAMPLE = 1000  # newest items looked at in a container that grew
-_SIZED = (list, dict, set, collections.deque)
+# Containers measured with len(): only where len() is the built-in one, so the census never
+# runs application code (a subclass's __len__, a labotel.shared() proxy) from our thread.
+_BUILTIN_LEN = frozenset({list.__len__, dict.__len__, set.__len__, collections.deque.__len__})
 
 
 def type_name(kind: type) -> str:
-    module = kind.__module__
-    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    # Some extension types expose a descriptor, not a string, as __module__/__qualname__.
+    module = vars(kind).get("__module__", getattr(kind, "__module__", None))
+    qualname = getattr(kind, "__qualname__", None)
+    if not isinstance(qualname, str):
+        qualname = getattr(kind, "__name__", "?")
+    if not isinstance(module, str) or module == "builtins":
+        return qualname
+    return f"{module}.{qualname}"
 
 
 @dataclasses.dataclass
@@ -61,7 +69,8 @@ def take_census(top: int = TOP_CONTAINERS) -> Census:
     objects = gc.get_objects()
     try:
         counts = Counter(map(type, objects))
-        largest = heapq.nlargest(top, (o for o in objects if isinstance(o, _SIZED)), key=len)
+        sized = (o for o in objects if getattr(type(o), "__len__", None) in _BUILTIN_LEN)
+        largest = heapq.nlargest(top, sized, key=len)
     finally:
         del objects
     return Census(counts, [(o, [len(o)]) for o in largest])
