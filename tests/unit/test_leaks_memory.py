@@ -8,6 +8,8 @@ default windows.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import json
 import logging
@@ -121,6 +123,48 @@ def test_steady_leak_is_reported_with_its_line_and_tracemalloc_is_off_again():
     assert view["options"]["leak_window"] == 3.0
     for thread in threads + [leaking]:
         thread.join(5)
+
+
+def test_native_growth_is_reported_after_two_attributions_without_a_site():
+    """Memory malloc'ed outside Python's allocators (as a C extension would) grows RSS and
+    the C heap, but no Python line: reported only once a second attribution agrees."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    monitor = start()
+    detector = monitor.component("detect.memory")
+    stop = threading.Event()
+    blocks: list[int] = []
+
+    def native_leak(stop: threading.Event) -> None:
+        while not stop.is_set():
+            block = libc.malloc(100 * 1024)  # ~1 MB/s, invisible to tracemalloc
+            ctypes.memset(block, 1, 100 * 1024)
+            blocks.append(block)
+            time.sleep(0.1)
+
+    stop, threads = run_in_background((native_leak,))
+    outcomes = []
+    try:
+        def reported() -> bool:
+            last = detector.last_attribution
+            if last and (not outcomes or outcomes[-1] is not last):
+                outcomes.append(last)
+            return bool(labotel.detections("memory_leak"))
+
+        assert wait_for(reported, 60), detector.view()
+    finally:
+        stop.set()
+    detection = labotel.detections("memory_leak")[0]
+    assert detection.attributes["labotel.leak.site"] == "unknown"
+    assert "no Python allocation site grew enough" in detection.message
+    assert outcomes[0]["outcome"].startswith("unexplained")
+    assert not tracemalloc.is_tracing()
+    for thread in threads:
+        thread.join(5)
+    libc.free.argtypes = [ctypes.c_void_p]
+    for block in blocks:
+        libc.free(block)
 
 
 def test_tracemalloc_already_running_is_left_running():

@@ -116,6 +116,10 @@ class Attribution:
         if not self.started_tracemalloc:  # already tracing: now is a real baseline
             self.observe()
 
+    def done(self, now: float) -> bool:
+        """Time is up and there are enough observations to tell a ramp from noise."""
+        return now - self.began >= self.seconds and len(self._observed) >= 2
+
     def due(self, now: float) -> bool:
         """Observations are spread over the attribution time, whatever the sample rate."""
         return now - self._last_observed >= self.seconds / OBSERVATIONS * 0.9

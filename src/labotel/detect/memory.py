@@ -41,6 +41,7 @@ from labotel.runtime.heap import malloc_in_use, small_object_blocks
 GC_BUDGET = 0.005  # share of wall time the sampler may spend in gc.collect()
 MIN_POINTS = 5  # samples needed before any verdict
 CONFIRM_POINTS = 3  # samples during attribution needed to confirm
+EXPLAINED_SHARE = 0.1  # traced growth / memory growth below which the leak is native
 COOLDOWN_WINDOWS = 5  # after a report, windows to wait before attributing again
 LIMIT_REARM = 0.9  # the limit is reported again after memory fell below 90% of it
 SERIES = ("rss", "heap")
@@ -152,7 +153,7 @@ class MemoryLeakDetector(Component):
         self._check_limit(sample)
         if self.state == "attributing":
             assert self.suspicion is not None and self._attribution is not None
-            if sample.time - self.suspicion.since >= self.attribution_seconds:
+            if self._attribution.done(sample.time):
                 self._finish_attribution(sample.time)
             elif self._attribution.due(sample.time):
                 self._attribution.observe()
@@ -207,11 +208,14 @@ class MemoryLeakDetector(Component):
         grew = (during is not None and during.points >= CONFIRM_POINTS
                 and during.slope >= self.min_rate / 2 and during.rise > 0
                 and overall is not None and overall.growing(self.min_rate))
-        # Growth no Python allocation site explains (a C extension, or allocator high-water
-        # marks moving under churn) must be seen by two attributions in a row.
-        native_again = grew and not result.sites and self._unexplained
-        confirmed = grew and (bool(result.sites) or native_again)
-        self._unexplained = grew and not result.sites and not native_again
+        # Growth the steadily growing Python sites do not explain (a C extension, or
+        # allocator high-water marks moving under churn) must be seen by two attributions
+        # in a row.
+        explained = during is not None and result.traced_growth >= (
+            EXPLAINED_SHARE * during.slope * result.seconds)
+        native_again = grew and not explained and self._unexplained
+        confirmed = grew and (explained or native_again)
+        self._unexplained = grew and not explained and not native_again
         if confirmed:
             outcome = "reported"
         elif self._unexplained:
@@ -235,7 +239,8 @@ class MemoryLeakDetector(Component):
         if confirmed:
             assert overall is not None
             self.reports += 1
-            self.monitor.reporter.report(self._leak_detection(suspicion.series, overall, result))
+            self.monitor.reporter.report(
+                self._leak_detection(suspicion.series, overall, result, explained))
 
     def _check_limit(self, sample: MemorySample) -> None:
         if sample.rss < self.limit * LIMIT_REARM:
@@ -247,14 +252,15 @@ class MemoryLeakDetector(Component):
         self.monitor.reporter.report(self._limit_detection(sample))
 
     # -- reports -----------------------------------------------------------------------
-    def _leak_detection(self, series: str, found: Trend,
-                        result: AttributionResult) -> Detection:
+    def _leak_detection(self, series: str, found: Trend, result: AttributionResult,
+                        explained: bool) -> Detection:
         last = self.samples[-1]
-        top = result.sites[0] if result.sites else None
+        top = result.sites[0] if result.sites and explained else None
         site = top.site if top else "unknown"
         rate = f"{format_bytes(found.slope)}/s"
         where = (f"biggest growing allocation site {top.describe()}" if top else
-                 "no Python allocation site grew (native memory: a C extension or library)")
+                 "no Python allocation site grew enough to explain it (native memory: a C "
+                 "extension or library)")
         lines = [
             f"Memory leak in pid {os.getpid()}: {SERIES_LABEL[series]} grew steadily at "
             f"{rate} (Theil-Sen slope) over the last {found.span:.0f} s, and kept growing "
@@ -263,14 +269,14 @@ class MemoryLeakDetector(Component):
             f"{format_bytes(last.heap) if last.heap is not None else 'n/a'}, "
             f"{last.small_blocks} small objects; limit {format_bytes(self.limit)}.",
         ]
+        if not top:
+            lines.append(f"{where}.")
         if result.sites:
             lines.append(f"Allocation sites that grew (+{format_bytes(result.traced_growth)} "
                          "traced in total):")
             for number, growth in enumerate(result.sites, 1):
                 lines.append(f"  {number}. {growth.describe()}")
                 lines += [f"       {src}  ({f}:{ln})" for f, ln, src in growth.frames[:4]]
-        else:
-            lines.append(f"{where}.")
         if result.types:
             lines.append("Object types that grew: " + ", ".join(
                 f"{name} +{n}" for name, n in result.types))
