@@ -106,12 +106,13 @@ class Attribution:
         self._types: list[Counter[type]] = []
         self._census: Census | None = None
 
-    def begin(self) -> None:
+    def begin(self, now: float | None = None) -> None:
+        """Start tracing; ``now`` is the sample time the attribution is counted from."""
         self._census = take_census()  # before tracing: it would be traced itself
         self.started_tracemalloc = not tracemalloc.is_tracing()
         tracer.acquire(self.frames)
         self._leased = True
-        self.began = time.monotonic()
+        self.began = time.monotonic() if now is None else now
         self._observed, self._types = [], []
         if not self.started_tracemalloc:  # already tracing: now is a real baseline
             self.observe()

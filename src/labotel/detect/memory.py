@@ -182,7 +182,8 @@ class MemoryLeakDetector(Component):
         since = max(self._evidence_since, now - self.window)
         growing = [
             (found.slope, series, found) for series, found in self.trends(since).items()
-            if found.points >= MIN_POINTS and found.span >= self.window / 2
+            # Half a window, less half an interval of slack for timer jitter.
+            if found.points >= MIN_POINTS and found.span >= (self.window - self.interval) / 2
             and found.growing(self.min_rate)]
         if not growing:
             return None
@@ -191,7 +192,7 @@ class MemoryLeakDetector(Component):
 
     def _begin_attribution(self, suspicion: Suspicion) -> None:
         attribution = Attribution(self.attribution_seconds)
-        attribution.begin()
+        attribution.begin(suspicion.since)
         with self._lock:
             self._attribution, self.suspicion, self.state = attribution, suspicion, "attributing"
 
