@@ -78,7 +78,7 @@ def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
 
 
 class DebugServer:
-    def __init__(self, address: str, router: Router):
+    def __init__(self, address: str, router: Router, thread_name: str = "labotel-debug-server"):
         host, port = parse_address(address)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -90,7 +90,7 @@ class DebugServer:
         self._server = Server((host, port), make_handler(router))
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.2},
-                                        name="labotel-debug-server", daemon=True)
+                                        name=thread_name, daemon=True)
 
     @property
     def address(self) -> tuple[str, int]:
