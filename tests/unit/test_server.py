@@ -26,6 +26,9 @@ def test_admin_views_are_json(monitor):
         status, content_type, body = fetch(monitor.admin_url + path)
         assert (status, content_type) == (200, "application/json"), path
         json.loads(body)
+    _, _, body = fetch(monitor.admin_url + "/admin/monitoring/races")
+    races = json.loads(body)
+    assert races["enabled"] is False and "LABOTEL_RACE_DETECTION=1" in races["hint"]
     _, _, body = fetch(monitor.admin_url + "/admin/monitoring/goroutines?stacks=1")
     threads = json.loads(body)["threads"]["items"]
     server_thread = next(t for t in threads if t["name"] == "labotel-debug-server")

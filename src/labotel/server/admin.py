@@ -69,6 +69,12 @@ def add_routes(monitor: Monitor) -> None:
         items = [d.to_dict() for d in monitor.reporter.detections(kind)[:limit]]
         return json_response({"count": len(items), "detections": items})
 
+    def races_off(_: Request) -> Response:
+        # replaced by the race detector's own view when race_detection is on
+        return json_response({"enabled": False, "count": 0, "races": [],
+                              "hint": "race detection is off: start labotel with "
+                                      "race_detection=True or LABOTEL_RACE_DETECTION=1"})
+
     def index(_: Request) -> Response:
         return json_response({"service": monitor.service_name, "uptime_seconds":
                               round(time.time() - started, 3), "endpoints": router.paths()})
@@ -82,6 +88,7 @@ def add_routes(monitor: Monitor) -> None:
     router.add("/admin/monitoring/heap", heap_view)
     router.add("/admin/monitoring/gc", gc_view)
     router.add("/admin/monitoring/detections", detections)
+    router.add("/admin/monitoring/races", races_off)
 
 
 def _flag(request: Request, name: str) -> bool:
