@@ -33,7 +33,9 @@ from opentelemetry import trace
 
 with trace.get_tracer("plain-app").start_as_current_span("checkout"):
     pass
-print("READY", os.getpid(), "labotel" in sys.modules, flush=True)
+labotel_running = "labotel.monitor" in sys.modules and (
+    sys.modules["labotel.monitor"].current() is not None)
+print("READY", os.getpid(), labotel_running, flush=True)
 sys.stdin.read()
 """
 
@@ -80,7 +82,7 @@ def test_plain_app_prometheus_configurator(tmp_path, receiver):
                  tmp_path, env)
     try:
         _, pid, labotel_loaded = read_line(app, "READY").split()
-        assert labotel_loaded == "True"  # loaded by the launcher, not by the app
+        assert labotel_loaded == "True"  # started by the launcher, not by the app
         debug = f"http://127.0.0.1:{admin}"
 
         status, debug_metrics = get(debug + "/metrics")
@@ -146,8 +148,8 @@ def test_disabled_instrumentations_turns_labotel_off(tmp_path):
                        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="flask, labotel")
     app = launch(["python", "app.py"], tmp_path, env)
     try:
-        _, _, labotel_loaded = read_line(app, "READY").split()
-        assert labotel_loaded == "False"
+        _, _, labotel_running = read_line(app, "READY").split()
+        assert labotel_running == "False"
         with pytest.raises(OSError):
             get(f"http://127.0.0.1:{admin}/healthz", timeout=2)
     finally:

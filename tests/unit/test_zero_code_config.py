@@ -72,3 +72,21 @@ def test_readme_flag_table_matches_settings():
     assert match.group(1).strip() == environment_variables.launcher_table().strip(), (
         "README zero-code flag table is stale: regenerate with "
         "`uv run python -m labotel.environment_variables`")
+
+
+def test_pre_instrument_hook_starts_labotel_unless_disabled(monkeypatch):
+    import labotel
+    from labotel import auto
+
+    monkeypatch.setenv("LABOTEL_ADMIN_ADDRESS", "")
+    monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "flask, labotel")
+    auto.pre_instrument()
+    assert labotel.monitor.current() is None
+    monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "flask")
+    auto.pre_instrument()
+    monitor = labotel.monitor.current()
+    assert monitor is not None and monitor.running
+    auto.LabotelInstrumentor().instrument()  # the entry point later: same monitor
+    assert labotel.monitor.current() is monitor
+    auto.LabotelInstrumentor().uninstrument()
+    assert labotel.monitor.current() is None
