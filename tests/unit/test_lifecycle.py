@@ -14,9 +14,7 @@ from tests.otlp_receiver import OTLPReceiver
 
 
 def labotel_threads():
-    """Threads of the running monitor (other tests may keep a webhook receiver running)."""
-    return [t.name for t in threading.enumerate() if t.name.startswith("labotel")
-            and t.name != "labotel-alerts-webhook"]
+    return [t.name for t in threading.enumerate() if t.name.startswith("labotel")]
 
 
 def test_start_is_idempotent_and_shutdown_undoes_everything():

@@ -83,7 +83,7 @@ class WebhookServer:
         router = Router()
         router.add("/alerts", self._alerts, methods=("GET", "HEAD", "POST"))
         router.add("/healthz", lambda _: text_response("ok\n"))
-        self._server = DebugServer(address, router, thread_name="labotel-alerts-webhook")
+        self._server = DebugServer(address, router, thread_name="alerts-webhook")
 
     @property
     def url(self) -> str:
