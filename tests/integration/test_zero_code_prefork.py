@@ -92,8 +92,9 @@ def test_gunicorn_workers_are_each_seen(tmp_path, preload):
                           if "process.thread.count" in names}
                 return pushed if worker_pids <= set(pushed) else None
 
-            pushed = wait_for(pushed_by_workers, timeout=30)
-            assert pushed, f"OTLP metrics from workers {worker_pids}: {receiver.metric_resources}"
+            pushed = wait_for(pushed_by_workers, timeout=45)
+            seen = sorted({r["process.pid"] for r, _ in receiver.metric_resources("labotel")})
+            assert pushed, f"OTLP metrics from workers {worker_pids}: pushes seen from {seen}"
             for info in infos[1:]:
                 assert pushed[int(info["process_pid"])] == info["service_instance_id"]
         finally:
