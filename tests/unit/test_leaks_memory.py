@@ -206,8 +206,8 @@ def test_cache_that_fills_then_plateaus_under_heavy_churn_raises_nothing():
     assert fill_seconds < options["leak_window"] / 3
     assert labotel.detections("memory_leak") == [], view
     assert len(view["samples"]) >= 8  # the detector really sampled all along
-    if view["last_attribution"] is not None:  # suspected while filling: cleared, not reported
-        assert view["last_attribution"]["outcome"].startswith("cleared")
+    if view["last_attribution"] is not None:  # suspected while filling: never reported
+        assert view["last_attribution"]["outcome"].startswith(("cleared", "unexplained"))
     # an attribution may be under way at this instant (then cleared): it must end by itself
     assert wait_for(lambda: not tracemalloc.is_tracing(),
                     options["leak_attribution_seconds"] + 5 * options["leak_sample_interval"])

@@ -232,7 +232,10 @@ class MemoryLeakDetector(Component):
                 self.state, self._cooldown_until = "cooldown", now + COOLDOWN_WINDOWS * self.window
                 self._evidence_since = now
             elif self._unexplained:
-                self.state = "watching"  # the same evidence may raise the next suspicion
+                # The second attribution must be raised by fresh growth: reusing the ramp
+                # that raised this one (a cache that just filled) would let allocator
+                # creep under churn confirm a native "leak" on a healthy service.
+                self.state, self._evidence_since = "watching", suspicion.since
             else:
                 # Judge only fresh samples from here: the ramp that raised the suspicion
                 # (a filling cache, one big allocation) has been looked at already.
