@@ -35,22 +35,20 @@ NOTIFICATION: dict[str, Any] = {
 }
 
 
-def notification(**changes: Any) -> dict[str, Any]:
-    """A deep copy of NOTIFICATION with top-level keys replaced (None deletes a key)."""
-    data = copy.deepcopy(NOTIFICATION)
+def _changed(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with top-level keys replaced (None deletes a key)."""
+    data = copy.deepcopy(base)
     for key, value in changes.items():
         if value is None:
             data.pop(key, None)
         else:
             data[key] = value
     return data
+
+
+def notification(**changes: Any) -> dict[str, Any]:
+    return _changed(NOTIFICATION, changes)
 
 
 def alert(**changes: Any) -> dict[str, Any]:
-    data = copy.deepcopy(RACE_ALERT)
-    for key, value in changes.items():
-        if value is None:
-            data.pop(key, None)
-        else:
-            data[key] = value
-    return data
+    return _changed(RACE_ALERT, changes)
