@@ -12,7 +12,6 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 from labotel.patching import Patcher
@@ -33,6 +32,7 @@ MAX_FRAMES = 6
 _task_origins: weakref.WeakKeyDictionary[asyncio.Future, tuple[Frame, ...]] = (
     weakref.WeakKeyDictionary())
 _patcher = Patcher()
+_MISSING = object()
 _loop_patcher_lock = threading.Lock()
 _patched_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
@@ -92,8 +92,6 @@ def uninstall() -> None:
         _patched_loops.clear()
 
 
-_MISSING = object()
-
 
 def track_loop_tasks(loop: asyncio.AbstractEventLoop) -> None:
     """Wrap ``loop``'s task factory (keeping any the app set) to record task origins."""
@@ -117,5 +115,3 @@ def track_loop_tasks(loop: asyncio.AbstractEventLoop) -> None:
         loop.set_task_factory(factory)
         _patched_loops.add(loop)
 
-
-TaskFactory = Callable[..., asyncio.Future]
