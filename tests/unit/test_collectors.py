@@ -3,12 +3,14 @@
 import asyncio
 import gc
 import os
+import sys
 import threading
 import time
 
 import psutil
 import pytest
 
+import labotel
 from tests.metrics_helpers import scrape, value
 
 
@@ -58,7 +60,10 @@ def test_cpu_time_matches_psutil_and_first_utilization_is_real(monitor):
     assert value(samples, "process_cpu_utilization", cpu_mode="user") > 0
 
 
-def test_memory_figures(monitor):
+def test_memory_figures():
+    # heap objects are read at most leak_sample_interval apart: make that shorter than the wait
+    monitor = labotel.start(admin_address="127.0.0.1:0", leak_detection=False,
+                            leak_sample_interval=0.1)
     before = scrape(monitor.admin_url)
     rss = value(before, "process_memory_usage_bytes")
     assert abs(rss - psutil.Process().memory_info().rss) < 16 * 2**20
@@ -74,6 +79,23 @@ def test_memory_figures(monitor):
         before, "labotel_python_heap_objects")
     assert objects >= 200_000
     del big, small
+
+
+def test_a_scrape_does_not_walk_the_heap(monkeypatch):
+    """sys.getallocatedblocks() visits every pymalloc pool: at most one per interval."""
+    walks = []
+    real = sys.getallocatedblocks
+
+    def counted() -> int:
+        walks.append(1)
+        return real()
+
+    monkeypatch.setattr(sys, "getallocatedblocks", counted)
+    monitor = labotel.start(admin_address="127.0.0.1:0", leak_detection=False,
+                            leak_sample_interval=60)
+    for _ in range(20):
+        assert value(scrape(monitor.admin_url), "labotel_python_heap_objects") > 0
+    assert len(walks) <= 1  # (none if an earlier test left a reading younger than 60 s)
 
 
 def test_gc_counts_and_pause_histogram(monitor):
@@ -187,7 +209,7 @@ def test_failing_collector_is_contained(monitor, caplog, attempt):
     collector = monitor.component("runtime.process")
     original = collector.snapshot.get
 
-    def broken():
+    def broken(**_):
         raise OSError("/proc is gone")
 
     collector.snapshot.get = broken
