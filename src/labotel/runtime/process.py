@@ -21,7 +21,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from labotel.component import Component, guarded_callback
 
-SNAPSHOT_TTL = 0.2  # seconds: one collection cycle reuses one /proc read
+SNAPSHOT_TTL = 0.2  # seconds a reading serves the later instruments of a collection cycle
 
 
 class ProcessSnapshot:
@@ -36,7 +36,8 @@ class ProcessSnapshot:
         self._cpu_count = _available_cpus()
         self._last_cpu: tuple[float, float, float] | None = None
 
-    def get(self) -> dict[str, Any]:
+    def get(self, fresh: bool = False) -> dict[str, Any]:
+        """The cached reading, or a new one if ``fresh`` or the cached one is stale."""
         with self._lock:
             now = time.monotonic()
             if os.getpid() != self._pid:
@@ -44,7 +45,7 @@ class ProcessSnapshot:
                 self._process = psutil.Process(self._pid)
                 self._values = {}
                 self._last_cpu = None
-            if self._values and now - self._taken < SNAPSHOT_TTL:
+            if not fresh and self._values and now - self._taken < SNAPSHOT_TTL:
                 return self._values
             process = self._process
             assert process is not None
@@ -140,7 +141,9 @@ class ProcessCollector(Component):
             description="Context switches, voluntary and involuntary")
 
     def _cpu_time(self, _: CallbackOptions):
-        cpu = self.snapshot.get()["cpu"]
+        # the cycle's first process instrument: every collection reads /proc afresh, even
+        # one that follows the previous within SNAPSHOT_TTL
+        cpu = self.snapshot.get(fresh=True)["cpu"]
         yield Observation(cpu.user, {"cpu.mode": "user"})
         yield Observation(cpu.system, {"cpu.mode": "system"})
 
