@@ -105,3 +105,21 @@ def test_debug_server_disabled_with_empty_address():
     monitor = labotel.start(admin_address="")
     assert monitor.admin_url is None
     assert monitor.router.handle  # routes still usable by the ASGI/WSGI adapters
+
+
+def test_100_continue_is_not_held_back_by_the_write_buffer(monitor):
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(monitor.admin_url)
+    with socket.create_connection((address.hostname, address.port), timeout=0.5) as client:
+        body = b"x" * 5000
+        client.sendall(b"POST /healthz HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(body))
+        # the interim answer arrives before the body is sent (curl would wait 1 s for it)
+        assert client.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        client.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += client.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 405")

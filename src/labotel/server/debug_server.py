@@ -47,6 +47,12 @@ def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
         server_version = "labotel"
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # keep-alive scrapes: no 40 ms delayed-ACK stall
+        wbufsize = 1 << 16  # status, headers and body leave in one send, not two
+
+        def handle_expect_100(self) -> bool:
+            answered = super().handle_expect_100()
+            self.wfile.flush()  # the client waits for this before sending its body
+            return answered
 
         def _serve(self) -> None:
             parts = urlsplit(self.path)
