@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from labotel.config import Settings
+from labotel.prometheus import is_prometheus_reader, make_prometheus_reader
 
 log = logging.getLogger("labotel")
 INSTRUMENTATION_SCOPE = "labotel"
@@ -130,15 +131,13 @@ def _attach_prometheus_reader(meter_provider: metrics.MeterProvider) -> MetricRe
     reader would duplicate every series, so labotel adds one only when there is none
     (``OTEL_METRICS_EXPORTER=otlp``) and never opens a Prometheus port of its own.
     """
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-
     add = getattr(meter_provider, "add_metric_reader", None)
     readers = getattr(meter_provider, "_all_metric_readers", None)
     if add is None or readers is None:  # not the SDK, or an SDK without add_metric_reader
         return None
-    if any(isinstance(reader, PrometheusMetricReader) for reader in readers):
+    if any(is_prometheus_reader(reader) for reader in readers):
         return None
-    reader = PrometheusMetricReader()
+    reader = make_prometheus_reader()
     add(reader)
     return reader
 
@@ -284,11 +283,7 @@ def _metric_readers(settings: Settings) -> list[MetricReader]:
     interval_ms = settings.metric_export_interval * 1000
     for name in settings.metrics_exporters():
         if name == "prometheus":
-            from opentelemetry.exporter.prometheus import PrometheusMetricReader
-
-            # no otel_scope_* labels: a third of the labels on every series, and of the
-            # exposition cost per scrape, for information target_info already carries
-            readers.append(PrometheusMetricReader(scope_info_enabled=False))
+            readers.append(make_prometheus_reader())
         elif name == "otlp":
             readers.append(PeriodicExportingMetricReader(
                 _otlp_exporter(settings, "metrics"), export_interval_millis=interval_ms))
