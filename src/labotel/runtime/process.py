@@ -1,8 +1,8 @@
 """Process-level metrics: CPU, memory, OS threads, file descriptors, context switches.
 
-CPU times and context switches come from ``os.times()`` and ``getrusage()`` (system calls,
-about 1 µs each); memory, OS threads and descriptors from psutil's /proc readers. One
-snapshot serves every instrument of a collection cycle."""
+CPU times and context switches come from one ``getrusage()`` call; memory, OS threads and
+descriptors from psutil's /proc readers. One snapshot serves every instrument of a
+collection cycle."""
 
 from __future__ import annotations
 
@@ -25,7 +25,11 @@ SNAPSHOT_TTL = 0.2  # seconds a reading serves the later instruments of a collec
 
 
 class ProcessSnapshot:
-    """A cached psutil reading of this process; re-created after fork (new pid)."""
+    """A cached psutil reading of this process; started afresh after fork (new pid).
+
+    The pid is checked when a reading is taken, not on every cached read: getpid() is a
+    system call, and the instruments of one collection read the snapshot seven times.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -36,27 +40,31 @@ class ProcessSnapshot:
         self._cpu_count = _available_cpus()
         self._last_cpu: tuple[float, float, float] | None = None
 
+    def forget(self) -> None:
+        """Drop the reading (a forked child must not report its parent's)."""
+        with self._lock:
+            self._values = {}
+
     def get(self, fresh: bool = False) -> dict[str, Any]:
         """The cached reading, or a new one if ``fresh`` or the cached one is stale."""
         with self._lock:
             now = time.monotonic()
-            if os.getpid() != self._pid:
-                self._pid = os.getpid()
-                self._process = psutil.Process(self._pid)
-                self._values = {}
-                self._last_cpu = None
             if not fresh and self._values and now - self._taken < SNAPSHOT_TTL:
                 return self._values
+            pid = os.getpid()
+            if pid != self._pid:
+                self._pid, self._process, self._last_cpu = pid, psutil.Process(pid), None
             process = self._process
             assert process is not None
-            with process.oneshot():
-                values = {
-                    "cpu": _cpu_times(),
-                    "memory": process.memory_info(),
-                    "threads": process.num_threads(),
-                    "ctx": _context_switches(process),
-                    "fds": process.num_fds() if hasattr(process, "num_fds") else None,
-                }
+            cpu, ctx = _cpu_and_switches(process)
+            # (no process.oneshot(): these three read three different /proc files)
+            values = {
+                "cpu": cpu,
+                "memory": process.memory_info(),
+                "threads": process.num_threads(),
+                "ctx": ctx,
+                "fds": process.num_fds() if hasattr(process, "num_fds") else None,
+            }
             values["utilization"] = self._utilization(process, values["cpu"])
             self._values, self._taken = values, now
             return values
@@ -88,17 +96,15 @@ class ContextSwitches(NamedTuple):
     involuntary: int
 
 
-def _cpu_times() -> CPUTimes:
-    times = os.times()
-    return CPUTimes(times.user, times.system)
-
-
-def _context_switches(process: psutil.Process) -> ContextSwitches:
+def _cpu_and_switches(process: psutil.Process) -> tuple[CPUTimes, ContextSwitches]:
+    """Both from one system call where there is getrusage (µs resolution, unlike times())."""
     if resource is None:
-        ctx = process.num_ctx_switches()
-        return ContextSwitches(ctx.voluntary, ctx.involuntary)
+        times, ctx = os.times(), process.num_ctx_switches()
+        return (CPUTimes(times.user, times.system),
+                ContextSwitches(ctx.voluntary, ctx.involuntary))
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return ContextSwitches(usage.ru_nvcsw, usage.ru_nivcsw)
+    return (CPUTimes(usage.ru_utime, usage.ru_stime),
+            ContextSwitches(usage.ru_nvcsw, usage.ru_nivcsw))
 
 
 def _available_cpus() -> int:
@@ -110,6 +116,9 @@ def _available_cpus() -> int:
 
 class ProcessCollector(Component):
     name = "runtime.process"
+
+    def after_fork_in_child(self) -> None:
+        self.snapshot.forget()
 
     def start(self, monitor: Any) -> None:
         self.snapshot = ProcessSnapshot()
