@@ -157,7 +157,8 @@ def test_asyncio_loop_started_after_start_is_found(monitor):
         await asyncio.gather(*tasks, return_exceptions=True)
 
     before = scrape(monitor.admin_url)  # loops other code in this process may be running
-    pending_before = value(before, "labotel_asyncio_tasks", asyncio_task_state="pending")
+    # (no task series at all while no event loop runs)
+    pending_before = value(before, "labotel_asyncio_tasks", 0, asyncio_task_state="pending")
     thread = threading.Thread(target=asyncio.run, args=(main(),))
     thread.start()
     try:
@@ -169,7 +170,7 @@ def test_asyncio_loop_started_after_start_is_found(monitor):
         assert value(samples, "labotel_asyncio_tasks",
                      asyncio_task_state="pending") - pending_before == 6
         assert value(samples, "labotel_asyncio_loops") - value(
-            before, "labotel_asyncio_loops") == 1
+            before, "labotel_asyncio_loops", 0) == 1
         release.set()
         time.sleep(2.0)
         samples = scrape(monitor.admin_url)
@@ -181,6 +182,10 @@ def test_asyncio_loop_started_after_start_is_found(monitor):
     finally:
         release.set()
         thread.join(10)
+    if pending_before == 0:  # the loop is gone, and so are the asyncio series it had
+        after = scrape(monitor.admin_url)
+        assert value(after, "labotel_asyncio_tasks", -1, asyncio_task_state="pending") == -1
+        assert value(after, "labotel_asyncio_loops", -1) == -1
 
 
 def test_loop_already_running_at_start_is_found():

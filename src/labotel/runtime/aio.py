@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections import Counter
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -26,6 +25,8 @@ def all_tasks_by_loop() -> dict[asyncio.AbstractEventLoop, list[asyncio.Task]]:
     """Unfinished tasks of every running loop (one pass over asyncio's task registry)."""
     result: dict[asyncio.AbstractEventLoop, list[asyncio.Task]] = {}
     running = loops.running_loops()
+    if not running:  # a thread-only process: no task registry to copy
+        return result
     registry = getattr(asyncio.tasks, "_all_tasks", None)
     if registry is None:  # Python versions without the module-level registry
         for loop in running:
@@ -99,8 +100,11 @@ class AsyncioCollector(Component):
         self._schedule(loop)
 
     def _tasks(self, _: CallbackOptions):
-        counts: Counter[str] = Counter({"running": 0, "pending": 0})
-        for loop, tasks in all_tasks_by_loop().items():
+        by_loop = all_tasks_by_loop()
+        if not by_loop:  # no loop running: no task series, as there is no lag histogram
+            return
+        counts = {"running": 0, "pending": 0}
+        for loop, tasks in by_loop.items():
             current = asyncio.current_task(loop)
             for task in tasks:
                 counts[task_state(task, current)] += 1
@@ -108,7 +112,9 @@ class AsyncioCollector(Component):
             yield Observation(count, {"asyncio.task.state": state})
 
     def _loops(self, _: CallbackOptions):
-        yield Observation(len(loops.running_loops()))
+        running = len(loops.running_loops())
+        if running:  # like the task series: none in a process without a running loop
+            yield Observation(running)
 
 
 def task_view(stacks: bool = False) -> list[dict[str, Any]]:

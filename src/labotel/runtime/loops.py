@@ -27,6 +27,8 @@ _patcher = Patcher()
 
 def running_loops() -> list[asyncio.AbstractEventLoop]:
     """Loops that are running now (closed and stopped ones are dropped)."""
+    if not _loops:  # the usual answer in a thread-only process, without the lock
+        return []
     with _lock:
         loops = list(_loops)
     return [loop for loop in loops if loop.is_running() and not loop.is_closed()]
