@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -115,12 +115,25 @@ class PrometheusReader(MetricReader):
             pass
 
 
-class FamilySpec(NamedTuple):
-    key: tuple
-    factory: type[PrometheusMetric]
-    name: str
-    documentation: str
-    unit: str
+class FamilySpec:
+    """How one OTel metric becomes a Prometheus family: worked out once, then reused."""
+
+    def __init__(self, factory: type[PrometheusMetric], name: str, documentation: str,
+                 unit: str) -> None:
+        self.key = (name, documentation, unit, factory)
+        # prometheus_client's constructor applies the naming rules (unit suffix, _total);
+        # each scrape gets a copy of this checked template instead of re-checking names
+        template = factory(name, documentation, labels=(), unit=unit)
+        self._fields = {key: value for key, value in vars(template).items() if key != "samples"}
+        self._factory = factory
+        self.name = template.name
+        self.sample = self.name + "_total" if template.type == "counter" else self.name
+
+    def new_family(self) -> PrometheusMetric:
+        family = object.__new__(self._factory)
+        family.__dict__.update(self._fields)
+        family.samples = []
+        return family
 
 
 class MetricsCollector:
@@ -130,6 +143,8 @@ class MetricsCollector:
         self._reader = reader
         self._specs: dict[tuple, FamilySpec | None] = {}
         self._label_rows: dict[tuple, LabelRow] = {}
+        # the SDK hands over the same attributes dict for a series every collection
+        self._rows_by_dict: dict[int, tuple[Any, LabelRow]] = {}
         self._label_names: dict[tuple, tuple[str, ...]] = {}
         self._target_info: InfoMetricFamily | None = None  # reset by sdk after fork
         self._target_resource: Resource | None = None
@@ -168,20 +183,17 @@ class MetricsCollector:
         rows = [self._label_row(point.attributes) for point in points]
         family = families.get(spec.key)
         if family is None:  # metrics sharing a name share a family, with the first's labels
-            names = _label_names(rows)
-            family = spec.factory(spec.name, spec.documentation, labels=names, unit=spec.unit)
-            families[spec.key], self._label_names[spec.key] = family, names
+            family = families[spec.key] = spec.new_family()
+            self._label_names[spec.key] = _label_names(rows)
         names = self._label_names[spec.key]
-        samples = family.samples
+        samples, sample_name = family.samples, spec.sample
         for point, row in zip(points, rows, strict=True):
             if row.names != names:  # a point without some of the family's labels
                 row = row.widened(names)
             if isinstance(point, HistogramDataPoint):
                 self._add_histogram(family, row, point)
-            elif family.type == "counter":
-                samples.append(Sample(family.name + "_total", row.labels, point.value))
             else:
-                samples.append(Sample(family.name, row.labels, point.value))
+                samples.append(Sample(sample_name, row.labels, point.value))
 
     def _add_histogram(self, family: PrometheusMetric, row: LabelRow,
                        point: HistogramDataPoint) -> None:
@@ -221,10 +233,8 @@ class MetricsCollector:
                         metric.name, type(data).__name__)
         spec = None
         if factory is not None:
-            name, documentation = sanitize_full_name(metric.name), metric.description or ""
-            unit = map_unit(metric.unit or "")
-            spec = FamilySpec((name, documentation, unit, factory), factory, name,
-                              documentation, unit)
+            spec = FamilySpec(factory, sanitize_full_name(metric.name), metric.description or "",
+                              map_unit(metric.unit or ""))
         self._specs[identity] = spec
         return spec
 
@@ -232,6 +242,9 @@ class MetricsCollector:
         """Sanitized label names and encoded values for one attribute set (cached)."""
         if not attributes:
             return NO_LABELS
+        seen = self._rows_by_dict.get(id(attributes))
+        if seen is not None and seen[0] is attributes:  # (held, so its id is not reused)
+            return seen[1]
         # the types too: True == 1 == 1.0, but they are the labels "true", "1" and "1.0"
         try:
             key = (tuple(attributes.items()), tuple(map(type, attributes.values())))
@@ -239,9 +252,11 @@ class MetricsCollector:
         except TypeError:  # an unhashable (sequence) value: encode without caching
             return _encode(attributes)
         if row is None:
-            if len(self._label_rows) >= CACHE_LIMIT:
-                self._label_rows.clear()
             row = self._label_rows[key] = _encode(attributes)
+        if len(self._rows_by_dict) >= CACHE_LIMIT:  # bounded: start over
+            self._rows_by_dict.clear()
+            self._label_rows.clear()
+        self._rows_by_dict[id(attributes)] = (attributes, row)
         return row
 
 
@@ -273,9 +288,10 @@ def _label_names(rows: list[LabelRow]) -> tuple[str, ...]:
     if not rows:
         return ()
     first = rows[0].names
-    if all(row.names == first for row in rows):
-        return first
-    return tuple(sorted({name for row in rows for name in row.names}))
+    for row in rows:
+        if row.names != first:
+            return tuple(sorted({name for row in rows for name in row.names}))
+    return first
 
 
 def _label_value(value: Any) -> str:
