@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -43,6 +44,8 @@ def check_exposure(address: str, token: str | None, allow_insecure: bool) -> Non
 
 
 def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
+    _date: list = [None, ""]  # (second, formatted) shared by the server's connections
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "labotel"
         protocol_version = "HTTP/1.1"
@@ -54,6 +57,14 @@ def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
             self.wfile.flush()  # the client waits for this before sending its body
             return answered
 
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            if timestamp is not None:
+                return super().date_time_string(timestamp)
+            second = int(time.time())  # the Date header changes once a second: format it once
+            if second != _date[0]:
+                _date[:] = [second, super().date_time_string(second)]
+            return _date[1]
+
         def _serve(self) -> None:
             parts = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
@@ -61,8 +72,7 @@ def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
                 self.send_error(413, "request body too large")
                 return
             body = self.rfile.read(length) if length else b""
-            request = Request.build(self.command, parts.path, parts.query,
-                                    dict(self.headers.items()), body)
+            request = Request.build(self.command, parts.path, parts.query, self.headers, body)
             response = router.handle(request)
             self.send_response(response.status)
             sent = set()

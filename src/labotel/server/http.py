@@ -24,7 +24,8 @@ class Request:
     @classmethod
     def build(cls, method: str, path: str, query_string: str, headers: Mapping[str, str],
               body: bytes = b"") -> Request:
-        return cls(method.upper(), path or "/", parse_qs(query_string, keep_blank_values=True),
+        query = parse_qs(query_string, keep_blank_values=True) if query_string else {}
+        return cls(method.upper(), path or "/", query,
                    {k.lower(): v for k, v in headers.items()}, body)
 
     def arg(self, name: str, default: str | None = None) -> str | None:
