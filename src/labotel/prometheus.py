@@ -1,15 +1,16 @@
 """The ``/metrics`` reader: OTel SDK metrics as prometheus_client metric families.
 
-It exposes what ``opentelemetry-exporter-prometheus``'s reader exposes with
-``scope_info_enabled=False`` (same names, unit suffixes, label sanitizing, value encoding
-and ``target_info``; a test holds the two outputs byte-for-byte equal) and uses that
+It exposes what ``opentelemetry-exporter-prometheus``'s reader exposes (same names, unit
+suffixes, label sanitizing, value encoding, ``target_info`` and, when asked for,
+``otel_scope_*`` labels; a test holds the two outputs byte-for-byte equal) and uses that
 package's own name and unit mapping. The difference is cost: the exporter re-derives every
 metric name, unit and label set with regular expressions and ``json.dumps`` on every
 scrape, which was a fifth of labotel's CPU per scrape. Here that work is done once per
 metric and per attribute set and cached, so a scrape only copies values into families.
-Exposition stays prometheus_client's. Like labotel's use of the exporter before it, it
-adds no ``otel_scope_*`` labels: they were a third of the labels on every series, and of
-the exposition cost, to name the library that made each metric.
+Exposition stays prometheus_client's. On labotel's own provider it adds no
+``otel_scope_*`` labels: they were a third of the labels on every series, and of the
+exposition cost, to name the library that made each metric. On a provider the application
+owns they are kept, since other instrumentations there may export the same names.
 
 Two cases differ on purpose, where the exporter (0.66b2) goes wrong: an exponential
 histogram, which the text format cannot carry, is skipped with one warning instead of
@@ -44,6 +45,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.export import Histogram as HistogramData
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -69,13 +71,18 @@ TARGET_INFO = ("target", "Target metadata")
 CUMULATIVE = AggregationTemporality.CUMULATIVE
 
 
-def make_prometheus_reader(registry: CollectorRegistry = REGISTRY) -> MetricReader:
-    """labotel's reader, or the exporter's (without scope labels) if its mapping moved."""
+def make_prometheus_reader(registry: CollectorRegistry = REGISTRY,
+                           scope_labels: bool = False) -> MetricReader:
+    """labotel's reader, or the exporter's if its mapping moved.
+
+    ``scope_labels`` adds the exporter's ``otel_scope_*`` labels: needed on a provider
+    the application owns, where another instrumentation may export the same metric name.
+    """
     if sanitize_full_name is None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
-        return PrometheusMetricReader(scope_info_enabled=False, registry=registry)
-    return PrometheusReader(registry)
+        return PrometheusMetricReader(scope_info_enabled=scope_labels, registry=registry)
+    return PrometheusReader(registry, scope_labels=scope_labels)
 
 
 def is_prometheus_reader(reader: object) -> bool:
@@ -87,14 +94,14 @@ def is_prometheus_reader(reader: object) -> bool:
 class PrometheusReader(MetricReader):
     """A pull reader: each scrape of its registry collects the SDK once."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, registry: CollectorRegistry = REGISTRY, scope_labels: bool = False) -> None:
         super().__init__(preferred_temporality={
             kind: CUMULATIVE for kind in (Counter, UpDownCounter, Histogram, ObservableCounter,
                                           ObservableUpDownCounter, ObservableGauge)})
         self._scrape_lock = threading.Lock()
         self._received: MetricsData | None = None
         self._registry = registry
-        self._collector = MetricsCollector(self)
+        self._collector = MetricsCollector(self, scope_labels)
         registry.register(self._collector)
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
@@ -139,12 +146,12 @@ class FamilySpec:
 class MetricsCollector:
     """A prometheus_client collector translating one reader's data, with cached names."""
 
-    def __init__(self, reader: PrometheusReader) -> None:
+    def __init__(self, reader: PrometheusReader, scope_labels: bool = False) -> None:
         self._reader = reader
+        self._scope_labels = scope_labels
+        self._unscoped = LabelRows({})
+        self._scopes: dict[InstrumentationScope, LabelRows] = {}
         self._specs: dict[tuple, FamilySpec | None] = {}
-        self._label_rows: dict[tuple, LabelRow] = {}
-        # the SDK hands over the same attributes dict for a series every collection
-        self._rows_by_dict: dict[int, tuple[Any, LabelRow]] = {}
         self._label_names: dict[tuple, tuple[str, ...]] = {}
         self._target_info: InfoMetricFamily | None = None  # reset by sdk after fork
         self._target_resource: Resource | None = None
@@ -160,8 +167,9 @@ class MetricsCollector:
         families: dict[tuple, PrometheusMetric] = {}
         for resource_metrics in data.resource_metrics:
             for scope_metrics in resource_metrics.scope_metrics:
+                scope = self._scope(scope_metrics.scope)
                 for metric in scope_metrics.metrics:
-                    self._add(metric, families)
+                    self._add(metric, families, scope)
         if data.resource_metrics:
             yield self._info(data.resource_metrics[0].resource)
         yield from families.values()
@@ -175,12 +183,26 @@ class MetricsCollector:
             self._target_info, self._target_resource = info, resource
         return self._target_info
 
-    def _add(self, metric: Metric, families: dict[tuple, PrometheusMetric]) -> None:
+    def _scope(self, scope: InstrumentationScope) -> LabelRows:
+        """The label rows of one scope: with its otel_scope_* labels if they are on."""
+        if not self._scope_labels:
+            return self._unscoped
+        rows = self._scopes.get(scope)
+        if rows is None:
+            labels = {f"otel_scope_{key}": value for key, value in (scope.attributes or {}).items()}
+            labels.update(otel_scope_name=scope.name or "", otel_scope_version=scope.version or "",
+                          otel_scope_schema_url=scope.schema_url or "")
+            rows = self._scopes[scope] = LabelRows(
+                {sanitize_attribute(key): _label_value(value) for key, value in labels.items()})
+        return rows
+
+    def _add(self, metric: Metric, families: dict[tuple, PrometheusMetric],
+             scope: LabelRows) -> None:
         spec = self._spec(metric)
         if spec is None:
             return
         points = metric.data.data_points
-        rows = [self._label_row(point.attributes) for point in points]
+        rows = [scope.row(point.attributes) for point in points]
         family = families.get(spec.key)
         if family is None:  # metrics sharing a name share a family, with the first's labels
             family = families[spec.key] = spec.new_family()
@@ -238,27 +260,6 @@ class MetricsCollector:
         self._specs[identity] = spec
         return spec
 
-    def _label_row(self, attributes: Any) -> LabelRow:
-        """Sanitized label names and encoded values for one attribute set (cached)."""
-        if not attributes:
-            return NO_LABELS
-        seen = self._rows_by_dict.get(id(attributes))
-        if seen is not None and seen[0] is attributes:  # (held, so its id is not reused)
-            return seen[1]
-        # the types too: True == 1 == 1.0, but they are the labels "true", "1" and "1.0"
-        try:
-            key = (tuple(attributes.items()), tuple(map(type, attributes.values())))
-            row = self._label_rows.get(key)
-        except TypeError:  # an unhashable (sequence) value: encode without caching
-            return _encode(attributes)
-        if row is None:
-            row = self._label_rows[key] = _encode(attributes)
-        if len(self._rows_by_dict) >= CACHE_LIMIT:  # bounded: start over
-            self._rows_by_dict.clear()
-            self._label_rows.clear()
-        self._rows_by_dict[id(attributes)] = (attributes, row)
-        return row
-
 
 class LabelRow:
     """One attribute set as Prometheus labels; shared by its samples, scrape after scrape."""
@@ -278,9 +279,41 @@ class LabelRow:
 NO_LABELS = LabelRow({})
 
 
-def _encode(attributes: Any) -> LabelRow:
-    return LabelRow({sanitize_attribute(key): _label_value(value)
-                     for key, value in attributes.items()})
+class LabelRows:
+    """Label rows for attribute sets, each prefixed with the same ``base`` labels (cached)."""
+
+    def __init__(self, base: dict[str, str]) -> None:
+        self._base = base
+        self._empty = LabelRow(base) if base else NO_LABELS
+        self._by_content: dict[tuple, LabelRow] = {}
+        # the SDK hands over the same attributes dict for a series every collection
+        self._by_dict: dict[int, tuple[Any, LabelRow]] = {}
+
+    def row(self, attributes: Any) -> LabelRow:
+        if not attributes:
+            return self._empty
+        seen = self._by_dict.get(id(attributes))
+        if seen is not None and seen[0] is attributes:  # (held, so its id is not reused)
+            return seen[1]
+        # the types too: True == 1 == 1.0, but they are the labels "true", "1" and "1.0"
+        try:
+            key = (tuple(attributes.items()), tuple(map(type, attributes.values())))
+            row = self._by_content.get(key)
+        except TypeError:  # an unhashable (sequence) value: encode without caching
+            return self._encode(attributes)
+        if row is None:
+            row = self._by_content[key] = self._encode(attributes)
+        if len(self._by_dict) >= CACHE_LIMIT:  # bounded: start over
+            self._by_dict.clear()
+            self._by_content.clear()
+        self._by_dict[id(attributes)] = (attributes, row)
+        return row
+
+    def _encode(self, attributes: Any) -> LabelRow:
+        labels = dict(self._base)  # the attributes' own labels win, as in the exporter
+        for key, value in attributes.items():
+            labels[sanitize_attribute(key)] = _label_value(value)
+        return LabelRow(labels)
 
 
 def _label_names(rows: list[LabelRow]) -> tuple[str, ...]:

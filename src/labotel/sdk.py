@@ -148,7 +148,9 @@ def _attach_prometheus_reader(meter_provider: metrics.MeterProvider) -> MetricRe
         return None
     if any(is_prometheus_reader(reader) for reader in readers):
         return None
-    reader = make_prometheus_reader()
+    # with otel_scope_* labels: the app's other instrumentations (system-metrics) may
+    # export the same names, which only the scope then tells apart
+    reader = make_prometheus_reader(scope_labels=True)
     add(reader)
     return reader
 

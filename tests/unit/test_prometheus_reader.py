@@ -18,16 +18,16 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from labotel.prometheus import PrometheusReader, make_prometheus_reader
 
 
-@pytest.fixture
-def readers():
+@pytest.fixture(params=[False, True], ids=["no-scope-labels", "scope-labels"])
+def readers(request):
     ours, theirs = CollectorRegistry(), CollectorRegistry()
-    reader = PrometheusReader(registry=ours)
+    reader = PrometheusReader(registry=ours, scope_labels=request.param)
     provider = MeterProvider(
         resource=Resource.create({"service.name": "bridge-test", "deployment.tier": 3,
                                   "feature.flags": ("a", "b")}),
-        metric_readers=[reader, PrometheusMetricReader(scope_info_enabled=False,
+        metric_readers=[reader, PrometheusMetricReader(scope_info_enabled=request.param,
                                                        registry=theirs)])
-    yield provider, ours, theirs
+    yield provider, ours, theirs, request.param
     provider.shutdown()
 
 
@@ -39,8 +39,9 @@ def same_scrape(ours: CollectorRegistry, theirs: CollectorRegistry) -> str:
 
 
 def test_every_kind_of_metric_reads_as_the_exporter_reads_it(readers):
-    provider, ours, theirs = readers
-    meter = provider.get_meter("app", "1.0")
+    provider, ours, theirs, scoped = readers
+    meter = provider.get_meter("app", "1.0", schema_url="https://opentelemetry.io/schemas/1.26.0",
+                               attributes={"library.tier": "core"})
     requests = meter.create_counter("http.server.requests", unit="{request}",
                                     description="Requests served")
     requests.add(3, {"http.method": "GET", "http.status_code": 200})
@@ -82,22 +83,26 @@ def test_every_kind_of_metric_reads_as_the_exporter_reads_it(readers):
     mixed.add(1, {"a": "x"})
     mixed.add(1, {"a": "y", "b": "z"})  # the family has both labels; the first row gets b=""
     # the same name from another scope joins the same family
-    provider.get_meter("other").create_counter("http.server.requests", unit="{request}",
-                                               description="Requests served").add(
+    # (with as many labels: the exporter misplaces the values of one with fewer, see below)
+    provider.get_meter("other", attributes={"library.tier": "edge"}).create_counter(
+        "http.server.requests", unit="{request}", description="Requests served").add(
         9, {"http.method": "GET", "http.status_code": 404, "retry": False})
 
     text = same_scrape(ours, theirs)
-    assert 'http_method="we\\"ird\\\\value\\nline"' in text
-    assert 'jobs_total{flag="true"} 1.0' in text and 'jobs_total{flag="1"} 2.0' in text
-    assert 'mixed_labels_total{a="x",b=""} 1.0' in text
-    assert "temperature_delta_celsius_sum" not in text
+    assert ('otel_scope_name="app"' in text) is scoped
+    if scoped:
+        assert 'otel_scope_library_tier="core"' in text and 'otel_scope_name="other"' in text
+    else:
+        assert 'http_method="we\\"ird\\\\value\\nline"' in text
+        assert 'jobs_total{flag="true"} 1.0' in text and 'jobs_total{flag="1"} 2.0' in text
+        assert 'mixed_labels_total{a="x",b=""} 1.0' in text
+        assert "temperature_delta_celsius_sum" not in text
 
     requests.add(10, {"http.method": "GET", "http.status_code": 200})  # cached rows, new values
     latency.record(0.004, {"route": "/orders"})
     second = same_scrape(ours, theirs)
     assert second != text
-    assert ('http_server_requests_total{http_method="GET",http_status_code="200",retry=""} 13.0'
-            in second)
+    assert 'http_method="GET",http_status_code="200",' in second and "} 13.0" in second
 
 
 def test_a_metric_joining_a_family_with_fewer_labels_gets_them_empty():
@@ -133,7 +138,7 @@ def test_an_exponential_histogram_is_skipped_once_with_a_warning(caplog):
 
 
 def test_nothing_registered_gives_an_empty_scrape(readers):
-    _, ours, theirs = readers
+    _, ours, theirs, _ = readers
     assert same_scrape(ours, theirs) == ""
 
 
