@@ -18,6 +18,7 @@ import gc
 import threading
 import time
 from array import array
+from collections import deque
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -77,7 +78,8 @@ class GCCollector(Component):
     def start(self, monitor: Any) -> None:
         self.monitor = monitor
         self.recorder = PauseRecorder()
-        self.recent: list[tuple[int, float]] = []  # for /admin/monitoring/gc percentiles
+        # for /admin/monitoring/gc percentiles; a deque, so keeping them costs O(new pauses)
+        self.recent: deque[tuple[int, float]] = deque(maxlen=RING)
         self._stats = gc.get_stats()
         meter = monitor.meter
         self.histogram = meter.create_histogram(
@@ -112,8 +114,7 @@ class GCCollector(Component):
         pauses = self.recorder.drain()
         for generation, seconds in pauses:
             self.histogram.record(seconds, {"cpython.gc.generation": generation})
-        if pauses:
-            self.recent = (self.recent + pauses)[-RING:]
+        self.recent.extend(pauses)
         return pauses
 
     def _collections(self, _: CallbackOptions):
