@@ -3,7 +3,6 @@
 import asyncio
 import gc
 import os
-import sys
 import threading
 import time
 
@@ -11,6 +10,7 @@ import psutil
 import pytest
 
 import labotel
+from labotel.runtime import heap
 from tests.metrics_helpers import scrape, value
 
 
@@ -82,20 +82,26 @@ def test_memory_figures():
 
 
 def test_a_scrape_does_not_walk_the_heap(monkeypatch):
-    """sys.getallocatedblocks() visits every pymalloc pool: at most one per interval."""
-    walks = []
-    real = sys.getallocatedblocks
+    """getallocatedblocks() visits every pymalloc pool, mallinfo2() every free chunk:
+    at most one walk of each per leak_sample_interval, however often /metrics is scraped."""
+    walks = {"pools": 0, "free lists": 0}
 
-    def counted() -> int:
-        walks.append(1)
-        return real()
+    def counting(kind, read):
+        def counted():
+            walks[kind] += 1
+            return read()
+        return counted
 
-    monkeypatch.setattr(sys, "getallocatedblocks", counted)
+    monkeypatch.setattr(heap._blocks, "_read", counting("pools", heap._blocks._read))
+    monkeypatch.setattr(heap._malloc, "_read", counting("free lists", heap._malloc._read))
     monitor = labotel.start(admin_address="127.0.0.1:0", leak_detection=False,
                             leak_sample_interval=60)
     for _ in range(20):
-        assert value(scrape(monitor.admin_url), "labotel_python_heap_objects") > 0
-    assert len(walks) <= 1  # (none if an earlier test left a reading younger than 60 s)
+        samples = scrape(monitor.admin_url)
+        assert value(samples, "labotel_python_heap_objects") > 0
+        assert value(samples, "labotel_python_heap_size_bytes") > 0
+    # (none if an earlier test left readings younger than 60 s)
+    assert walks["pools"] <= 1 and walks["free lists"] <= 1
 
 
 def test_gc_counts_and_pause_histogram(monitor):
