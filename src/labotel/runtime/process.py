@@ -27,13 +27,12 @@ SNAPSHOT_TTL = 0.2  # seconds a reading serves the later instruments of a collec
 class ProcessSnapshot:
     """A cached psutil reading of this process; started afresh after fork (new pid).
 
-    The pid is checked when a reading is taken, not on every cached read: getpid() is a
-    system call, and the instruments of one collection read the snapshot seven times.
+    ``forget()`` runs in a forked child (the monitor's fork hook), so no reading checks
+    ``getpid()``: a system call, and the instruments of one collection read it seven times.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pid = -1
         self._process: psutil.Process | None = None
         self._taken = 0.0
         self._values: dict[str, Any] = {}
@@ -41,9 +40,9 @@ class ProcessSnapshot:
         self._last_cpu: tuple[float, float, float] | None = None
 
     def forget(self) -> None:
-        """Drop the reading (a forked child must not report its parent's)."""
-        with self._lock:
-            self._values = {}
+        """Drop the reading and the parent's process handle (a forked child)."""
+        self._lock = threading.Lock()  # a parent thread may have held it at fork time
+        self._values, self._process, self._last_cpu = {}, None, None
 
     def get(self, fresh: bool = False) -> dict[str, Any]:
         """The cached reading, or a new one if ``fresh`` or the cached one is stale."""
@@ -51,11 +50,9 @@ class ProcessSnapshot:
             now = time.monotonic()
             if not fresh and self._values and now - self._taken < SNAPSHOT_TTL:
                 return self._values
-            pid = os.getpid()
-            if pid != self._pid:
-                self._pid, self._process, self._last_cpu = pid, psutil.Process(pid), None
             process = self._process
-            assert process is not None
+            if process is None:
+                process = self._process = psutil.Process(os.getpid())
             cpu, ctx = _cpu_and_switches(process)
             # (no process.oneshot(): these three read three different /proc files)
             values = {
