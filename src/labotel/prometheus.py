@@ -152,7 +152,6 @@ class MetricsCollector:
         self._unscoped = LabelRows({})
         self._scopes: dict[InstrumentationScope, LabelRows] = {}
         self._specs: dict[tuple, FamilySpec | None] = {}
-        self._label_names: dict[tuple, tuple[str, ...]] = {}
         self._target_info: InfoMetricFamily | None = None  # reset by sdk after fork
         self._target_resource: Resource | None = None
 
@@ -164,7 +163,8 @@ class MetricsCollector:
         data = self._reader.take()
         if data is None:
             return
-        families: dict[tuple, PrometheusMetric] = {}
+        # this scrape's families, each with the label names its first metric brought
+        families: dict[tuple, tuple[PrometheusMetric, tuple[str, ...]]] = {}
         for resource_metrics in data.resource_metrics:
             for scope_metrics in resource_metrics.scope_metrics:
                 scope = self._scope(scope_metrics.scope)
@@ -172,7 +172,8 @@ class MetricsCollector:
                     self._add(metric, families, scope)
         if data.resource_metrics:
             yield self._info(data.resource_metrics[0].resource)
-        yield from families.values()
+        for family, _ in families.values():
+            yield family
 
     def _info(self, resource: Resource) -> InfoMetricFamily:
         if self._target_info is None or resource is not self._target_resource:
@@ -196,18 +197,17 @@ class MetricsCollector:
                 {sanitize_attribute(key): _label_value(value) for key, value in labels.items()})
         return rows
 
-    def _add(self, metric: Metric, families: dict[tuple, PrometheusMetric],
+    def _add(self, metric: Metric, families: dict[tuple, tuple[PrometheusMetric, tuple[str, ...]]],
              scope: LabelRows) -> None:
         spec = self._spec(metric)
         if spec is None:
             return
         points = metric.data.data_points
         rows = [scope.row(point.attributes) for point in points]
-        family = families.get(spec.key)
-        if family is None:  # metrics sharing a name share a family, with the first's labels
-            family = families[spec.key] = spec.new_family()
-            self._label_names[spec.key] = _label_names(rows)
-        names = self._label_names[spec.key]
+        known = families.get(spec.key)
+        if known is None:  # metrics sharing a name share a family, with the first's labels
+            known = families[spec.key] = (spec.new_family(), _label_names(rows))
+        family, names = known
         samples, sample_name = family.samples, spec.sample
         for point, row in zip(points, rows, strict=True):
             if row.names != names:  # a point without some of the family's labels

@@ -5,6 +5,7 @@ every scrape of the two must be byte-for-byte the same text.
 """
 
 import logging
+import threading
 
 import pytest
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -153,3 +154,30 @@ def test_registering_does_not_collect_and_shutdown_unregisters():
     provider.shutdown()
     assert generate_latest(registry) == b""
     reader.shutdown()  # twice is harmless
+
+
+def test_concurrent_scrapes_each_get_a_whole_answer():
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[PrometheusReader(registry=registry)])
+    meter = provider.get_meter("app")
+    for index in range(20):  # new attribute sets keep arriving while scrapes run
+        meter.create_observable_gauge(
+            f"gauge.{index}", [lambda _, i=index: [Observation(i, {"k": str(i)}),
+                                                   Observation(-i, {"k": str(i), "x": "y"})]])
+    first = generate_latest(registry)
+    answers, errors = [], []
+
+    def scrape_many():
+        try:
+            answers.extend(generate_latest(registry) for _ in range(50))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=scrape_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(answers) == 200 and set(answers) == {first}
+    assert b'gauge_19{k="19",x=""} 19.0' in first and b'gauge_19{k="19",x="y"} -19.0' in first
+    provider.shutdown()
