@@ -196,3 +196,30 @@ def test_port_taken_by_a_stranger_is_not_worked_around():
         stranger.listen()
         monitor = labotel.start(admin_address=f"127.0.0.1:{base}")
         assert monitor.server is None
+
+
+def test_heap_reading_in_progress_at_fork_does_not_block_the_child():
+    """The leak sampler may hold a heap reading's lock while another thread forks."""
+    import signal
+    import time
+
+    from labotel.runtime import heap
+
+    heap._blocks._lock.acquire()  # as if a reading were under way in this thread
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its first reading must not wait on the parent's lock
+            os._exit(0 if heap.small_object_blocks() > 0 else 1)
+    finally:
+        heap._blocks._lock.release()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child blocked on the parent's heap-reading lock")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from labotel.component import Component, guarded_callback
+from labotel.runtime.reading import SharedReading
 
 
 class _MallInfo2(ctypes.Structure):
@@ -59,25 +58,18 @@ def _read_mallinfo2() -> int | None:
     return int(info.uordblks + info.hblkhd)
 
 
-class _SharedReading:
-    """One reading of a costly figure, shared by every reader that accepts its age."""
-
-    def __init__(self, read: Callable[[], Any]) -> None:
-        self._read = read
-        self._lock = threading.Lock()
-        self._value: Any = None
-        self._taken = float("-inf")
-
-    def get(self, max_age: float) -> Any:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._taken > max_age:
-                self._value, self._taken = self._read(), now
-            return self._value
+_malloc = SharedReading(_read_mallinfo2)
+_blocks = SharedReading(sys.getallocatedblocks)
 
 
-_malloc = _SharedReading(_read_mallinfo2)
-_blocks = _SharedReading(sys.getallocatedblocks)
+def _forget_readings() -> None:
+    # the leak sampler may be inside a reading when another thread forks
+    _malloc.forget()
+    _blocks.forget()
+
+
+if hasattr(os, "register_at_fork"):  # (not on Windows)
+    os.register_at_fork(after_in_child=_forget_readings)
 
 
 def malloc_in_use(max_age: float = 0.0) -> int | None:

@@ -7,7 +7,6 @@ collection cycle."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 from typing import Any, NamedTuple
 
@@ -20,6 +19,7 @@ import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from labotel.component import Component, guarded_callback
+from labotel.runtime.reading import SharedReading
 
 SNAPSHOT_TTL = 0.2  # seconds a reading serves the later instruments of a collection cycle
 
@@ -32,39 +32,35 @@ class ProcessSnapshot:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._reading = SharedReading(self._take)
         self._process: psutil.Process | None = None
-        self._taken = 0.0
-        self._values: dict[str, Any] = {}
         self._cpu_count = _available_cpus()
         self._last_cpu: tuple[float, float, float] | None = None
 
     def forget(self) -> None:
         """Drop the reading and the parent's process handle (a forked child)."""
-        self._lock = threading.Lock()  # a parent thread may have held it at fork time
-        self._values, self._process, self._last_cpu = {}, None, None
+        self._reading.forget()
+        self._process, self._last_cpu = None, None
 
     def get(self, fresh: bool = False) -> dict[str, Any]:
         """The cached reading, or a new one if ``fresh`` or the cached one is stale."""
-        with self._lock:
-            now = time.monotonic()
-            if not fresh and self._values and now - self._taken < SNAPSHOT_TTL:
-                return self._values
-            process = self._process
-            if process is None:
-                process = self._process = psutil.Process(os.getpid())
-            cpu, ctx = _cpu_and_switches(process)
-            # (no process.oneshot(): these three read three different /proc files)
-            values = {
-                "cpu": cpu,
-                "memory": process.memory_info(),
-                "threads": process.num_threads(),
-                "ctx": ctx,
-                "fds": process.num_fds() if hasattr(process, "num_fds") else None,
-            }
-            values["utilization"] = self._utilization(process, values["cpu"])
-            self._values, self._taken = values, now
-            return values
+        return self._reading.get(0.0 if fresh else SNAPSHOT_TTL)
+
+    def _take(self) -> dict[str, Any]:
+        process = self._process
+        if process is None:
+            process = self._process = psutil.Process(os.getpid())
+        cpu, ctx = _cpu_and_switches(process)
+        # (no process.oneshot(): these three read three different /proc files)
+        values = {
+            "cpu": cpu,
+            "memory": process.memory_info(),
+            "threads": process.num_threads(),
+            "ctx": ctx,
+            "fds": process.num_fds() if hasattr(process, "num_fds") else None,
+        }
+        values["utilization"] = self._utilization(process, cpu)
+        return values
 
     def _utilization(self, process: psutil.Process, cpu: Any) -> tuple[float, float]:
         """(user, system) share of the available CPUs since the previous reading.
