@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
-import threading
 import time
 import tracemalloc
 from collections import deque
@@ -30,11 +29,10 @@ from typing import Any
 
 import psutil
 
-from labotel.component import Component
 from labotel.detect.attribution import Attribution, AttributionResult, format_bytes
 from labotel.detect.census import take_census, type_name
 from labotel.detect.detection import Detection
-from labotel.detect.periodic import PeriodicThread
+from labotel.detect.periodic import SamplingDetector
 from labotel.detect.trend import Trend, trend
 from labotel.runtime.heap import malloc_in_use, small_object_blocks
 
@@ -67,23 +65,15 @@ class Suspicion:
     trend: Trend
 
 
-class MemoryLeakDetector(Component):
+class MemoryLeakDetector(SamplingDetector):
     name = "detect.memory"
+    thread_name = "labotel-memory-leak"
+    view_name = "heap"
 
-    def start(self, monitor: Any) -> None:
-        settings = monitor.settings
-        self.monitor = monitor
-        self.interval = settings.leak_sample_interval
-        self.window = settings.leak_window
+    def configure(self, settings: Any) -> None:
         self.min_rate = settings.memory_leak_min_rate
         self.limit = settings.memory_limit_bytes
         self.attribution_seconds = settings.leak_attribution_seconds
-        self._lock = threading.Lock()
-        self._reset()
-        self._sampler = PeriodicThread("labotel-memory-leak", self.interval, self.tick,
-                                       self._failed)
-        monitor.add_view("heap", self.view)
-        self._sampler.start()
 
     def _reset(self) -> None:
         self._process = psutil.Process(os.getpid())
@@ -102,7 +92,7 @@ class MemoryLeakDetector(Component):
         self.reports = 0
 
     def stop(self) -> None:
-        self._sampler.stop()
+        super().stop()
         with self._lock:
             if self._attribution is not None:
                 self._attribution.abandon()
@@ -113,12 +103,7 @@ class MemoryLeakDetector(Component):
         # (started before us) has already dropped tracemalloc leases held at fork time.
         if self._attribution is not None:
             self._attribution.forget()
-        self._lock = threading.Lock()
-        self._reset()
-        self._sampler.restart_after_fork()
-
-    def _failed(self) -> None:
-        self.monitor.reporter.component_failed(self.name)
+        super().after_fork_in_child()
 
     # -- sampling ----------------------------------------------------------------------
     def take_sample(self) -> MemorySample:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
+
+from labotel.component import Component
 
 
 class PeriodicThread:
@@ -56,3 +59,52 @@ class PeriodicThread:
             if next_tick < time.monotonic():
                 next_tick = time.monotonic() + self.interval
             stop.wait(max(next_tick - time.monotonic(), 0.0))
+
+
+class SamplingDetector(Component):
+    """A leak detector: ``tick()`` every ``leak_sample_interval`` on a thread of its own.
+
+    Subclasses name the thread and the monitor view they add to, read their options in
+    ``configure()``, and keep all judging state in ``_reset()``, which also starts them
+    afresh in a forked child.
+    """
+
+    thread_name = "labotel-sampler"
+    view_name = ""
+
+    def start(self, monitor: Any) -> None:
+        self.monitor = monitor
+        self.interval = monitor.settings.leak_sample_interval
+        self.window = monitor.settings.leak_window
+        self.configure(monitor.settings)
+        self._lock = threading.Lock()
+        self._reset()
+        self._sampler = PeriodicThread(self.thread_name, self.interval, self.tick,
+                                       self._failed)
+        monitor.add_view(self.view_name, self.view)
+        self._sampler.start()
+
+    def configure(self, settings: Any) -> None:
+        """Read the detector's own options."""
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def view(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._sampler.stop()
+
+    def after_fork_in_child(self) -> None:
+        # the parent's samples describe another process; its lock may be held by a thread
+        # that did not survive fork
+        self._lock = threading.Lock()
+        self._reset()
+        self._sampler.restart_after_fork()
+
+    def _failed(self) -> None:
+        self.monitor.reporter.component_failed(self.name)

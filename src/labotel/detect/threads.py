@@ -29,10 +29,9 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
-from labotel.component import Component
 from labotel.detect.detection import Detection, Stack
 from labotel.detect.frames import application_frame
-from labotel.detect.periodic import PeriodicThread
+from labotel.detect.periodic import SamplingDetector
 from labotel.detect.trend import trend
 from labotel.runtime import aio, origins
 
@@ -245,41 +244,21 @@ def _innermost(stack: tuple[Frame, ...]) -> Frame | None:
 
 
 # -- the component ------------------------------------------------------------------------
-class ConcurrencyLeakDetector(Component):
+class ConcurrencyLeakDetector(SamplingDetector):
     """Samples threads and asyncio tasks; reports ``thread_leak`` and ``task_leak``."""
 
     name = "detect.threads"
+    thread_name = "labotel-thread-leak"
+    view_name = "goroutines"
 
-    def start(self, monitor: Any) -> None:
-        settings = monitor.settings
-        self.monitor = monitor
-        self.interval = settings.leak_sample_interval
-        self.window = settings.leak_window
+    def configure(self, settings: Any) -> None:
         self.min_growth = settings.leak_min_growth
-        self._lock = threading.Lock()
-        self._reset()
-        self._sampler = PeriodicThread("labotel-thread-leak", self.interval, self.tick,
-                                       self._failed)
-        monitor.add_view("goroutines", self.view)
-        self._sampler.start()
 
     def _reset(self) -> None:
         settings = self.monitor.settings
         self.threads = LeakTracker(self.window, self.min_growth, settings.thread_limit)
         self.tasks = LeakTracker(self.window, self.min_growth, settings.task_limit)
         self.reports = 0
-
-    def stop(self) -> None:
-        self._sampler.stop()
-
-    def after_fork_in_child(self) -> None:
-        # Only the forking thread survives fork: the parent's groups mean nothing here.
-        self._lock = threading.Lock()
-        self._reset()
-        self._sampler.restart_after_fork()
-
-    def _failed(self) -> None:
-        self.monitor.reporter.component_failed(self.name)
 
     def tick(self) -> None:
         now = time.monotonic()
