@@ -104,21 +104,19 @@ def measure(sides: tuple[str, ...], scrapes: int, block: int = 50) -> list[dict]
         time.sleep(0.5)
         cpu_before = [sum(process.cpu_times()[:2]) for process in processes]
         latencies: list[list[float]] = [[] for _ in sides]
-        series = []
         for _ in range(scrapes // block):
             for connection, side_latencies in zip(connections, latencies, strict=True):
                 for _ in range(block):
                     start = time.perf_counter()
                     _get(connection)
                     side_latencies.append(time.perf_counter() - start)
-        for connection in connections:  # what was served at the end
-            body = _get(connection).decode()
-            series.append(sum(1 for line in body.splitlines()
-                              if line and not line.startswith("#")))
+        cpu_after = [sum(process.cpu_times()[:2]) for process in processes]
+        series = [sum(1 for line in _get(connection).decode().splitlines()  # served at the end
+                      if line and not line.startswith("#")) for connection in connections]
         results = []
-        for side, process, before, side_latencies, count in zip(
-                sides, processes, cpu_before, latencies, series, strict=True):
-            cpu = sum(process.cpu_times()[:2]) - before
+        for side, before, after, side_latencies, count in zip(
+                sides, cpu_before, cpu_after, latencies, series, strict=True):
+            cpu = after - before
             done = len(side_latencies)
             results.append({
                 "side": side, "series": count, "cpu_ms_per_scrape": 1000 * cpu / done,
