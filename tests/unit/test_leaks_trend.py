@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from labotel.detect.memory import kept_growing
 from labotel.detect.trend import theil_sen_slope, thin, trend
 
 MB = 1024 * 1024
@@ -80,3 +81,15 @@ def test_counts_growth_needs_the_minimum_rise():
     assert trend(times, [0, 50, 100, 150]).growing(0.1, min_rise=10)
     assert not trend(times, [0, 2, 4, 6]).growing(0.1, min_rise=10)
     assert not trend(times, [0, 50, 50, 50]).growing(0.1, min_rise=10)  # a pool, created once
+
+
+def test_growth_must_go_on_all_through_the_attribution():
+    times = TIMES[:5]  # the default 20 s of tracing, sampled every 5 s
+    window = trend(TIMES, [max(0.0, t - 10) * MB for t in TIMES])  # grew for the last 50 s
+    leak = trend(times, [t * MB for t in times])
+    stopped = trend(times, [min(t, 10.0) * 3 * MB for t in times])  # a fill that ended
+    assert kept_growing(leak, window, 64 * 1024)
+    assert stopped.slope > 64 * 1024 and stopped.rise > 0  # what was enough before
+    assert not kept_growing(stopped, window, 64 * 1024)
+    assert not kept_growing(trend(times[:2], [0, MB]), window, 64 * 1024)  # too few points
+    assert not kept_growing(leak, None, 64 * 1024)

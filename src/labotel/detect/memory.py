@@ -8,8 +8,9 @@ least half of ``leak_window``.
 
 While suspected: tracemalloc runs for ``leak_attribution_seconds``, then the growing
 allocation sites and object types are named and tracemalloc is stopped. The leak is
-*reported* only if memory kept growing during attribution too; otherwise the suspicion is
-cleared (a cache that finished filling, one big allocation) and judged afresh.
+*reported* only if memory kept growing all through the attribution too (each third of its
+samples above the one before); otherwise the suspicion is cleared (a cache that finished
+filling, one big allocation) and judged afresh.
 
 Growth that no Python allocation site explains (native memory) is reported only after a
 second attribution in a row finds the same.
@@ -63,6 +64,19 @@ class Suspicion:
     since: float
     series: str
     trend: Trend
+
+
+def kept_growing(during: Trend | None, overall: Trend | None, min_rate: float) -> bool:
+    """Did memory keep growing while allocations were traced (``during``), and over the
+    window as a whole (``overall``)?
+
+    Growth must go on all through the tracing (each third of its samples higher than the
+    one before), not just start it: a cache still filling when the suspicion was raised
+    rises early in the attribution and then stops.
+    """
+    return (during is not None and during.points >= CONFIRM_POINTS and during.sustained
+            and during.slope >= min_rate / 2 and during.rise > 0
+            and overall is not None and overall.growing(min_rate))
 
 
 class MemoryLeakDetector(SamplingDetector):
@@ -191,9 +205,7 @@ class MemoryLeakDetector(SamplingDetector):
                 self._attribution = None
         during = self.trends(suspicion.since).get(suspicion.series)
         overall = self.trends(max(self._evidence_since, now - self.window)).get(suspicion.series)
-        grew = (during is not None and during.points >= CONFIRM_POINTS
-                and during.slope >= self.min_rate / 2 and during.rise > 0
-                and overall is not None and overall.growing(self.min_rate))
+        grew = kept_growing(during, overall, self.min_rate)
         # Growth the steadily growing Python sites do not explain (a C extension, or
         # allocator high-water marks moving under churn) must be seen by two attributions
         # in a row.
