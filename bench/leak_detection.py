@@ -32,7 +32,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import labotel  # noqa: E402
-from bench.workload import interleaved_ratio, mixed_workload, timed  # noqa: E402
+from bench.workload import heavy_churn, interleaved_ratio, mixed_workload, timed  # noqa: E402
 from labotel.detect.memory import GC_BUDGET  # noqa: E402
 
 MB = 1024 * 1024
@@ -118,17 +118,7 @@ def plateau_scenario(minutes: float) -> bool:
     cache: dict[int, str] = {}
     attributions: dict[int, str] = {}  # outcome by the second it finished
 
-    def churn() -> None:  # ~10 MB of records (some in cycles) and an 8 MB buffer, over and over
-        while not stop.is_set():
-            garbage = [{"k": i, "v": [i] * 20, "s": "y" * 200} for i in range(20_000)]
-            for record in garbage[:2_000]:
-                record["self"] = record
-            del garbage
-            buffer = bytearray(8 * MB)
-            del buffer
-            time.sleep(0.01)
-
-    worker = threading.Thread(target=churn, daemon=True)
+    worker = threading.Thread(target=heavy_churn, args=(stop,), daemon=True)
     worker.start()
     began = time.monotonic()
     try:

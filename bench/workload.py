@@ -20,6 +20,19 @@ def _churn(rounds: int) -> int:
     return total
 
 
+def heavy_churn(stop: threading.Event) -> None:
+    """Heavy short-lived allocation until ``stop``: ~10 MB of records (some in cycles) and
+    an 8 MB buffer, built and dropped over and over, a sawtooth for RSS and the heap."""
+    while not stop.is_set():
+        garbage = [{"k": i, "v": [i] * 20, "s": "y" * 200} for i in range(20_000)]
+        for record in garbage[:2_000]:
+            record["self"] = record
+        del garbage
+        buffer = bytearray(8 * 1024 * 1024)
+        del buffer
+        time.sleep(0.01)
+
+
 def _calls(n: int) -> int:
     def add(a: int, b: int) -> int:
         return a + b

@@ -26,6 +26,7 @@ import tracemalloc
 
 import psutil
 import pytest
+from bench.workload import heavy_churn
 
 import labotel
 from tests.metrics_helpers import fetch
@@ -52,19 +53,6 @@ def leak_records(stop: threading.Event, sink: list, per_tick: int = 100) -> None
         for i in range(per_tick):
             sink.append({"id": i, "payload": "x" * 1000 + str(i)})  # LEAKING LINE
         time.sleep(0.1)
-
-
-def churn(stop: threading.Event) -> None:
-    """Heavy short-lived allocation: ~10 MB of records (some in cycles) and an 8 MB buffer,
-    built and dropped over and over — a sawtooth for RSS and the heap."""
-    while not stop.is_set():
-        garbage = [{"k": i, "v": [i] * 20, "s": "y" * 200} for i in range(20_000)]
-        for record in garbage[:2_000]:
-            record["self"] = record
-        del garbage
-        buffer = bytearray(8 * MB)
-        del buffer
-        time.sleep(0.01)
 
 
 def run_in_background(*targets) -> tuple[threading.Event, list[threading.Thread]]:
@@ -96,7 +84,7 @@ def test_steady_leak_is_reported_with_its_line_and_tracemalloc_is_off_again():
     monitor = start()
     detector = monitor.component("detect.memory")
     sink: list = []
-    stop, threads = run_in_background((churn,))
+    stop, threads = run_in_background((heavy_churn,))
     leaking = threading.Thread(target=leak_records, args=(stop, sink), daemon=True)
     leaking.start()
     try:
@@ -200,7 +188,7 @@ def test_cache_that_fills_then_plateaus_under_heavy_churn_raises_nothing():
     monitor = start(**options)
     detector = monitor.component("detect.memory")
     cache: dict[int, str] = {}
-    stop, threads = run_in_background((churn,))
+    stop, threads = run_in_background((heavy_churn,))
     try:
         time.sleep(options["leak_window"])
         filling = time.monotonic()
