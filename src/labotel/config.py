@@ -51,6 +51,9 @@ class Settings:
         otel_env="OTEL_EXPORTER_OTLP_PROTOCOL")
     metric_export_interval: float = _option(
         10.0, "seconds between OTLP/console metric pushes", minimum=0.1)
+    shutdown_timeout: float = _option(
+        5.0, "seconds labotel.shutdown() waits for the final span and metric exports; what "
+        "is still unsent then is dropped", minimum=0)
     detection_buffer_size: int = _option(
         256, "detections kept for /admin/monitoring/detections", minimum=1)
     # --- runtime collectors ----------------------------------------------------------

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import uuid
 
 from opentelemetry import _logs, metrics, trace
@@ -41,7 +42,6 @@ from labotel.prometheus import is_prometheus_reader, make_prometheus_reader
 
 log = logging.getLogger("labotel")
 INSTRUMENTATION_SCOPE = "labotel"
-FLUSH_TIMEOUT_MILLIS = 5_000
 
 
 @dataclasses.dataclass
@@ -53,28 +53,54 @@ class Providers:
     resource: Resource | None
     # labotel's Prometheus reader on an app-owned MeterProvider that had none (see below)
     prometheus_reader: MetricReader | None = None
+    shutdown_timeout: float = 5.0  # seconds shutdown() waits for the final exports
 
     def shutdown(self) -> None:
-        """Flush and shut down what labotel created; leave the app's providers alone."""
+        """Flush and shut down what labotel created; leave the app's providers alone.
+
+        Bounded by ``shutdown_timeout`` in all: an unreachable collector must not hang the
+        app's exit. Each provider is closed on a thread of its own, so both stop taking
+        data at once, and whatever has not finished by the deadline is left behind.
+        """
         if self.prometheus_reader is not None:
             try:
                 self.meter_provider.remove_metric_reader(self.prometheus_reader)
             except Exception:
                 log.exception("labotel: removing its Prometheus reader failed")
             self.prometheus_reader = None
+        deadline = time.monotonic() + self.shutdown_timeout
+        closers = []
         for owned, provider in ((self.owns_tracer_provider, self.tracer_provider),
                                 (self.owns_meter_provider, self.meter_provider)):
             if not owned:
                 continue
+            closer = threading.Thread(target=_close, args=(provider, deadline), daemon=True,
+                                      name=f"labotel-shutdown-{type(provider).__name__}")
             try:
-                # bounded: an unreachable collector must not hang the app's exit
-                provider.force_flush(FLUSH_TIMEOUT_MILLIS)
-                if isinstance(provider, MeterProvider):
-                    provider.shutdown(timeout_millis=FLUSH_TIMEOUT_MILLIS)
-                else:
-                    provider.shutdown()
-            except Exception:
-                log.exception("labotel: shutting down %s failed", type(provider).__name__)
+                closer.start()
+            except RuntimeError:  # interpreter finalizing (atexit, Python 3.12+): inline
+                _close(provider, deadline)
+                continue
+            closers.append(closer)
+        for closer in closers:
+            closer.join(max(0.0, deadline - time.monotonic()))
+        stuck = [closer.name.rpartition("-")[2] for closer in closers if closer.is_alive()]
+        if stuck:
+            log.warning("labotel: %s did not finish exporting within shutdown_timeout=%gs (is "
+                        "the collector reachable?); not waiting longer, unsent telemetry is "
+                        "dropped", " and ".join(stuck), self.shutdown_timeout)
+
+
+def _close(provider: metrics.MeterProvider | trace.TracerProvider, deadline: float) -> None:
+    """Shut one provider down; its final export happens here (no separate flush first)."""
+    try:
+        if isinstance(provider, MeterProvider):
+            remaining = max(0.0, deadline - time.monotonic())
+            provider.shutdown(timeout_millis=remaining * 1000)
+        else:
+            provider.shutdown()  # type: ignore[union-attr]
+    except Exception:
+        log.exception("labotel: shutting down %s failed", type(provider).__name__)
 
 
 def global_meter_provider_set() -> bool:
@@ -127,7 +153,7 @@ def build_providers(settings: Settings) -> Providers:
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         owns_tracer = True
     providers = Providers(meter_provider, tracer_provider, owns_meter, owns_tracer, resource,
-                          prometheus_reader)
+                          prometheus_reader, settings.shutdown_timeout)
     if not (owns_meter and owns_tracer):
         _add_missing_identity(providers)
     return providers

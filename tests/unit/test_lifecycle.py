@@ -2,11 +2,16 @@
 
 import asyncio
 import gc
+import logging
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
+
+import pytest
 
 import labotel
 from labotel.detect.detection import Detection
@@ -88,3 +93,24 @@ def test_existing_global_providers_are_reused_not_replaced():
                             timeout=60, env={**os.environ, "LABOTEL_ADMIN_ADDRESS": ""})
     assert result.returncode == 0, result.stderr
     assert "reused" in result.stdout
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_shutdown_with_an_unreachable_collector_is_bounded(monkeypatch, caplog, protocol):
+    """Nothing listens on the port: exporters retry with backoff for up to their own 10 s
+    timeout each. shutdown() gives up at shutdown_timeout and says why."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: connections are refused
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monitor = labotel.start(admin_address="", shutdown_timeout=1.0)
+    monitor.reporter.report(Detection(kind="memory_leak", summary="a span to export"))
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="labotel"):
+        labotel.shutdown()
+    # a liveness bound, not a speed target: unbounded, this took 11 s here
+    assert time.monotonic() - began < 4
+    assert "shutdown_timeout=1s" in caplog.text and "collector reachable" in caplog.text
+    assert labotel.monitor.current() is None
