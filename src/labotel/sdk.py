@@ -197,11 +197,36 @@ _held_for_fork: list = []
 FORK_QUIESCE_SECONDS = 5.0
 
 
+FORK_EXPORT_WAIT_SECONDS = 0.5  # a healthy export takes milliseconds; a stuck one, seconds
+
+
 def hold_collection_for_fork(providers: Providers) -> None:
+    """Before fork: wait for an OTLP export in flight to end, then for a metric collection.
+
+    A gRPC call in flight at fork time can leave gRPC's internal locks held in the child,
+    whose exports then never arrive even on a fresh channel. So each exporter's export lock
+    is held across fork when it frees up within ``FORK_EXPORT_WAIT_SECONDS``; an export
+    stuck on an unreachable collector is not waited for longer (the child resets that lock).
+    """
+    deadline = time.monotonic() + FORK_EXPORT_WAIT_SECONDS
+    for lock in _export_locks(providers):
+        if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            _held_for_fork.append(lock)
     consumer = getattr(providers.meter_provider, "_measurement_consumer", None)
     lock = getattr(consumer, "_lock", None)
     if lock is not None and lock.acquire(timeout=FORK_QUIESCE_SECONDS):
         _held_for_fork.append(lock)
+
+
+def _export_locks(providers: Providers) -> list:
+    """The locks the SDK holds while a push exporter sends (metric readers, span batches)."""
+    locks = [getattr(reader, "_export_lock", None) for reader in
+             list(getattr(providers.meter_provider, "_all_metric_readers", ()))]
+    active = getattr(providers.tracer_provider, "_active_span_processor", None)
+    for processor in getattr(active, "_span_processors", ()):
+        batch = getattr(processor, "_batch_processor", None)
+        locks.append(getattr(batch, "_export_lock", None))
+    return [lock for lock in locks if lock is not None]
 
 
 def release_collection_after_fork() -> None:
@@ -214,8 +239,9 @@ def _reset_readers(meter_provider: metrics.MeterProvider) -> None:
 
     - The SDK's PeriodicExportingMetricReader restarts its thread after fork but keeps its
       export lock (opentelemetry-python#3307): held by a parent export at fork time, it
-      would block the child's exports, and its shutdown at exit, forever. An export can
-      take seconds, so it is reset in the child rather than waited for before fork.
+      would block the child's exports, and its shutdown at exit, forever. Before fork an
+      export is waited for only briefly (``hold_collection_for_fork``); one still running
+      then has its lock reset in the child.
     - The Prometheus reader caches ``target_info`` (the Resource) at its first scrape;
       a child forked after one would keep serving the parent's pid and instance id.
     """

@@ -8,13 +8,22 @@ import multiprocessing
 import os
 import socket
 import threading
+import time
 import urllib.request
 
 import psutil
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client.parser import text_string_to_metric_families
 
 import labotel
+from labotel import sdk
 from tests.integration.zero_code_support import free_port_run
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -223,3 +232,46 @@ def test_heap_reading_in_progress_at_fork_does_not_block_the_child():
         os.waitpid(pid, 0)
         pytest.fail("the forked child blocked on the parent's heap-reading lock")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+class SlowExporter(MetricExporter):
+    """A push exporter whose every export takes ``seconds`` (a slow or absent collector)."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.in_flight = threading.Event()
+
+    def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs):
+        self.in_flight.set()
+        time.sleep(self.seconds)
+        self.in_flight.clear()
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs) -> None:
+        pass
+
+
+@pytest.mark.parametrize("export_seconds, waited", [(0.3, True), (3.0, False)],
+                         ids=["export-ends-soon", "export-stuck"])
+def test_fork_waits_briefly_for_an_export_in_flight(export_seconds, waited):
+    """An OTLP/gRPC call in flight at fork time can leave gRPC's locks held in the child."""
+    exporter = SlowExporter(export_seconds)
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=20)
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("fork-test").create_counter("ticks").add(1)
+    providers = sdk.Providers(provider, TracerProvider(), True, True, None)
+    try:
+        assert exporter.in_flight.wait(5)
+        sdk.hold_collection_for_fork(providers)  # what os.fork() runs first
+        try:
+            # waited: the export ended and no new one can start while the lock is held;
+            # stuck: not waited for past FORK_EXPORT_WAIT_SECONDS (0.5 s of the 3 s)
+            assert exporter.in_flight.is_set() is not waited
+        finally:
+            sdk.release_collection_after_fork()
+    finally:
+        provider.shutdown(timeout_millis=100)
