@@ -94,11 +94,13 @@ def test_gunicorn_workers_are_each_seen(tmp_path, preload):
 
             pushed = wait_for(pushed_by_workers, timeout=45)
             seen = sorted({r["process.pid"] for r, _ in receiver.metric_resources("labotel")})
-            assert pushed, f"OTLP metrics from workers {worker_pids}: pushes seen from {seen}"
-            for info in infos[1:]:
-                assert pushed[int(info["process_pid"])] == info["service_instance_id"]
         finally:
             master.send_signal(signal.SIGTERM)
             _, err = master.communicate(timeout=30)
+        # the master's log says whether a silent worker died or was replaced
+        assert pushed, (f"OTLP metrics from workers {worker_pids}: pushes seen from {seen}\n"
+                        + err[-3000:])
+        for info in infos[1:]:
+            assert pushed[int(info["process_pid"])] == info["service_instance_id"]
         assert master.returncode == 0, err[-3000:]
         assert "Traceback" not in err, err[-3000:]
