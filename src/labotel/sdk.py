@@ -9,6 +9,7 @@ keeps them private to labotel, and shuts them down in ``shutdown()``.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
@@ -74,6 +75,9 @@ class Providers:
                                 (self.owns_meter_provider, self.meter_provider)):
             if not owned:
                 continue
+            # The SDK's own exit hook would only warn "shutdown can only be called once"
+            # after a shutdown left behind at the deadline.
+            atexit.unregister(provider.shutdown)
             closer = threading.Thread(target=_close, args=(provider, deadline), daemon=True,
                                       name=f"labotel-shutdown-{type(provider).__name__}")
             try:
