@@ -105,6 +105,7 @@ def test_shutdown_with_an_unreachable_collector_is_bounded(monkeypatch, caplog, 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3")  # seconds: the closers left behind end
     monitor = labotel.start(admin_address="", shutdown_timeout=1.0)
     monitor.reporter.report(Detection(kind="memory_leak", summary="a span to export"))
     began = time.monotonic()
@@ -114,3 +115,8 @@ def test_shutdown_with_an_unreachable_collector_is_bounded(monkeypatch, caplog, 
     assert time.monotonic() - began < 4
     assert "shutdown_timeout=1s" in caplog.text and "collector reachable" in caplog.text
     assert labotel.monitor.current() is None
+    left_behind = [t for t in threading.enumerate() if t.name.startswith("labotel-shutdown")]
+    assert left_behind  # the exports still retrying; they give up at the exporter's timeout
+    for thread in left_behind:
+        thread.join(10)
+        assert not thread.is_alive()
