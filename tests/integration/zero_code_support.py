@@ -3,6 +3,7 @@ launcher, find free loopback ports, and receive OTLP over real gRPC in this proc
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -101,6 +102,10 @@ def get(url: str, timeout: float = 10.0) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+    except http.client.HTTPException as error:
+        # Polling a port nothing listens on yet can connect the socket to itself (the
+        # kernel picked that same port as the source) and read back our own request.
+        raise ConnectionError(f"{url}: no HTTP answer ({error!r})") from error
 
 
 def get_json(url: str) -> dict:
