@@ -187,8 +187,23 @@ def test_acquire_with_timeout_is_race_free_and_timed_out_acquire_is_not():
 
 # --- conditions, semaphores, events, barriers -----------------------------------------
 
-def test_condition_producer_consumer_is_race_free():
-    cond = threading.Condition()
+EARLY = pytest.mark.parametrize("early", [False, True],
+                                ids=["made-after-start", "made-before-start"])
+
+
+def make(early: bool, factory, *args):
+    """``factory(*args)``, made before ``start()`` when ``early`` (its lock is then a plain
+    one, which the detector sees only through the hooks on the Condition class)."""
+    if not early:
+        return factory(*args)
+    labotel.shutdown()
+    made = factory(*args)
+    start_detector()
+    return made
+
+@EARLY
+def test_condition_producer_consumer_is_race_free(early):
+    cond = make(early, threading.Condition)
     items: list[int] = []
 
     def producer():
@@ -211,8 +226,9 @@ def test_condition_producer_consumer_is_race_free():
     assert_no_race("cond-data")
 
 
-def test_condition_wait_loop_with_plain_lock_and_notify_all_is_race_free():
-    cond = threading.Condition(threading.Lock())
+@EARLY
+def test_condition_wait_loop_with_plain_lock_and_notify_all_is_race_free(early):
+    cond = make(early, lambda: threading.Condition(threading.Lock()))
     ready = []
 
     def waiter():
@@ -232,8 +248,9 @@ def test_condition_wait_loop_with_plain_lock_and_notify_all_is_race_free():
     assert_no_race("broadcast")
 
 
-def test_write_after_notify_outside_the_lock_is_a_race():
-    cond = threading.Condition()
+@EARLY
+def test_write_after_notify_outside_the_lock_is_a_race(early):
+    cond = make(early, threading.Condition)
     ready = []
 
     def consumer():
@@ -250,9 +267,10 @@ def test_write_after_notify_outside_the_lock_is_a_race():
     assert_race("late-write")
 
 
+@EARLY
 @pytest.mark.parametrize("factory", [threading.Semaphore, threading.BoundedSemaphore])
-def test_semaphore_as_mutex_is_race_free(factory):
-    sem = factory(1)
+def test_semaphore_as_mutex_is_race_free(factory, early):
+    sem = make(early, factory, 1)
 
     def worker():
         for _ in range(20):
@@ -264,8 +282,9 @@ def test_semaphore_as_mutex_is_race_free(factory):
     assert_no_race("sem-mutex")
 
 
-def test_semaphore_as_signal_is_race_free():
-    signal = threading.Semaphore(0)
+@EARLY
+def test_semaphore_as_signal_is_race_free(early):
+    signal = make(early, threading.Semaphore, 0)
 
     def producer():
         write("sem-signal")
@@ -278,8 +297,9 @@ def test_semaphore_as_signal_is_race_free():
     assert_no_race("sem-signal")
 
 
-def test_semaphore_admitting_two_is_a_race():
-    sem = threading.Semaphore(2)
+@EARLY
+def test_semaphore_admitting_two_is_a_race(early):
+    sem = make(early, threading.Semaphore, 2)
     both_inside = threading.Barrier(2)
 
     def worker():
@@ -325,9 +345,10 @@ def test_write_after_event_set_is_a_race():
     assert_race("event-late")
 
 
-def test_barrier_phases_are_race_free():
+@EARLY
+def test_barrier_phases_are_race_free(early):
     parties = 3
-    barrier = threading.Barrier(parties)
+    barrier = make(early, threading.Barrier, parties)
 
     def worker(i):
         write(f"phase1-{i}")  # each thread fills its own slot
@@ -345,8 +366,9 @@ def test_barrier_phases_are_race_free():
         assert_no_race(f"phase1-{j}")
 
 
-def test_writes_after_the_barrier_are_a_race():
-    barrier = threading.Barrier(2)
+@EARLY
+def test_writes_after_the_barrier_are_a_race(early):
+    barrier = make(early, threading.Barrier, 2)
 
     def worker():
         barrier.wait()

@@ -7,6 +7,8 @@ them, publishes the releasing thread's clock and joins it on acquire. On top of 
 
 - ``Thread.start`` / ``join`` / ``is_alive() == False`` (also ``Timer``): fork and join;
 - ``Event.set`` -> ``wait()``/``is_set()`` returning True (``is_set`` takes no lock);
+- ``with cond:`` and ``cond.wait()`` on a Condition (so also a Semaphore or Barrier)
+  created before ``start()``, whose lock is a plain one;
 - ``queue.SimpleQueue`` (C code) is replaced by a subclass: ``put`` -> ``get``;
 - ``queue.Queue.put`` -> ``get``, ``task_done`` -> ``join`` and ``ThreadPoolExecutor``
   submit -> task also for queues/executors created before ``start()``;
@@ -214,6 +216,7 @@ def install(on_failure: Callable[[], None]) -> None:
     replace(threading, "RLock", InstrumentedRLock)
     _patch_threads(replace)
     _patch_event(replace)
+    _patch_early_conditions(replace)
     _patch_queues(replace)
     _patch_executor(replace)
     _patch_asyncio(replace)
@@ -284,6 +287,41 @@ def _patch_event(replace: Callable[..., Any]) -> None:
     replace(threading.Event, "set", set)
     replace(threading.Event, "is_set", is_set)
     replace(threading.Event, "wait", wait)
+
+
+def _patch_early_conditions(replace: Callable[..., Any]) -> None:
+    """Conditions made before start() (and the Semaphores, BoundedSemaphores and Barriers
+    built on one) hold a plain lock: give ``with cond:`` and ``wait()`` the edges of a lock,
+    through a clock kept on the condition. One with an instrumented lock has them already.
+    ``cond.acquire()``/``cond.release()`` called directly stay unseen: the Condition binds
+    them to its plain lock per instance."""
+    previous_enter = threading.Condition.__enter__
+    previous_exit = threading.Condition.__exit__
+    previous_wait = threading.Condition.wait
+
+    def __enter__(self: threading.Condition) -> bool:
+        entered = previous_enter(self)
+        if not isinstance(self._lock, InstrumentedLock):  # type: ignore[attr-defined]
+            _acquire_from(self)
+        return entered
+
+    def __exit__(self: threading.Condition, *exc_info: Any) -> None:
+        if not isinstance(self._lock, InstrumentedLock):  # type: ignore[attr-defined]
+            _release_into(self)
+        return previous_exit(self, *exc_info)
+
+    def wait(self: threading.Condition, timeout: float | None = None) -> bool:
+        plain = not isinstance(self._lock, InstrumentedLock)  # type: ignore[attr-defined]
+        if plain:  # wait() lets go of the lock...
+            _release_into(self)
+        notified = previous_wait(self, timeout)
+        if plain:  # ...and takes it again, notified or not
+            _acquire_from(self)
+        return notified
+
+    replace(threading.Condition, "__enter__", __enter__)
+    replace(threading.Condition, "__exit__", __exit__)
+    replace(threading.Condition, "wait", wait)
 
 
 def _patch_queues(replace: Callable[..., Any]) -> None:
