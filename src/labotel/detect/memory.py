@@ -228,14 +228,11 @@ class MemoryLeakDetector(SamplingDetector):
             if confirmed:
                 self.state, self._cooldown_until = "cooldown", now + COOLDOWN_WINDOWS * self.window
                 self._evidence_since = now
-            elif self._unexplained:
-                # The second attribution must be raised by fresh growth: reusing the ramp
-                # that raised this one (a cache that just filled) would let allocator
-                # creep under churn confirm a native "leak" on a healthy service.
-                self.state, self._evidence_since = "watching", suspicion.since
             else:
                 # Judge only fresh samples from here: the ramp that raised the suspicion
-                # (a filling cache, one big allocation) has been looked at already.
+                # (a filling cache, one big allocation) has been looked at already. After
+                # an unexplained one too: reusing that ramp would let allocator creep
+                # under churn confirm a native "leak" on a healthy service.
                 self.state, self._evidence_since = "watching", suspicion.since
         if confirmed:
             assert overall is not None

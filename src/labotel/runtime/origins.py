@@ -92,7 +92,6 @@ def uninstall() -> None:
         _patched_loops.clear()
 
 
-
 def track_loop_tasks(loop: asyncio.AbstractEventLoop) -> None:
     """Wrap ``loop``'s task factory (keeping any the app set) to record task origins."""
     with _loop_patcher_lock:
