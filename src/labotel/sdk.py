@@ -78,17 +78,18 @@ class Providers:
             # The SDK's own exit hook would only warn "shutdown can only be called once"
             # after a shutdown left behind at the deadline.
             atexit.unregister(provider.shutdown)
+            kind = type(provider).__name__
             closer = threading.Thread(target=_close, args=(provider, deadline), daemon=True,
-                                      name=f"labotel-shutdown-{type(provider).__name__}")
+                                      name=f"labotel-shutdown-{kind}")
             try:
                 closer.start()
             except RuntimeError:  # interpreter finalizing (atexit, Python 3.12+): inline
                 _close(provider, deadline)
                 continue
-            closers.append(closer)
-        for closer in closers:
+            closers.append((kind, closer))
+        for _, closer in closers:
             closer.join(max(0.0, deadline - time.monotonic()))
-        stuck = [closer.name.rpartition("-")[2] for closer in closers if closer.is_alive()]
+        stuck = [kind for kind, closer in closers if closer.is_alive()]
         if stuck:
             log.warning("labotel: %s did not finish exporting within shutdown_timeout=%gs (is "
                         "the collector reachable?); not waiting longer, unsent telemetry is "
@@ -199,8 +200,6 @@ def process_identity(parent_pid: int | None = None) -> dict[str, object]:
 # lock while it runs every observable callback; a copy locked at fork stays locked forever).
 _held_for_fork: list = []
 FORK_QUIESCE_SECONDS = 5.0
-
-
 FORK_EXPORT_WAIT_SECONDS = 0.5  # a healthy export takes milliseconds; a stuck one, seconds
 
 
@@ -224,13 +223,22 @@ def hold_collection_for_fork(providers: Providers) -> None:
 
 def _export_locks(providers: Providers) -> list:
     """The locks the SDK holds while a push exporter sends (metric readers, span batches)."""
-    locks = [getattr(reader, "_export_lock", None) for reader in
-             list(getattr(providers.meter_provider, "_all_metric_readers", ()))]
-    active = getattr(providers.tracer_provider, "_active_span_processor", None)
-    for processor in getattr(active, "_span_processors", ()):
-        batch = getattr(processor, "_batch_processor", None)
-        locks.append(getattr(batch, "_export_lock", None))
+    locks = [getattr(reader, "_export_lock", None)
+             for reader in _metric_readers_of(providers.meter_provider)]
+    locks += [getattr(getattr(processor, "_batch_processor", None), "_export_lock", None)
+              for processor in _span_processors_of(providers.tracer_provider)]
     return [lock for lock in locks if lock is not None]
+
+
+def _metric_readers_of(meter_provider: metrics.MeterProvider) -> list:
+    """The SDK provider's readers (none for a provider that is not the SDK's)."""
+    return list(getattr(meter_provider, "_all_metric_readers", ()))
+
+
+def _span_processors_of(tracer_provider: trace.TracerProvider) -> tuple:
+    """The SDK provider's span processors (none for a provider that is not the SDK's)."""
+    active = getattr(tracer_provider, "_active_span_processor", None)
+    return tuple(getattr(active, "_span_processors", ()))
 
 
 def release_collection_after_fork() -> None:
@@ -249,7 +257,7 @@ def _reset_readers(meter_provider: metrics.MeterProvider) -> None:
     - The Prometheus reader caches ``target_info`` (the Resource) at its first scrape;
       a child forked after one would keep serving the parent's pid and instance id.
     """
-    for reader in list(getattr(meter_provider, "_all_metric_readers", ())):
+    for reader in _metric_readers_of(meter_provider):
         if hasattr(reader, "_export_lock"):
             reader._export_lock = threading.Lock()
         collector = getattr(reader, "_collector", None)
@@ -270,10 +278,9 @@ def _fresh_grpc_channels(providers: Providers) -> None:
     exporter's own reconnect hook, ``_initialize_channel_and_stub``, opens a new channel.
     """
     exporters = [getattr(reader, "_exporter", None)
-                 for reader in list(getattr(providers.meter_provider, "_all_metric_readers", ()))]
-    active = getattr(providers.tracer_provider, "_active_span_processor", None)
-    for processor in getattr(active, "_span_processors", ()):
-        exporters.append(getattr(processor, "span_exporter", None))
+                 for reader in _metric_readers_of(providers.meter_provider)]
+    exporters += [getattr(processor, "span_exporter", None)
+                  for processor in _span_processors_of(providers.tracer_provider)]
     for exporter in exporters:
         reconnect = getattr(exporter, "_initialize_channel_and_stub", None)
         if reconnect is None:
