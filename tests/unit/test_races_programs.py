@@ -512,11 +512,7 @@ def test_touching_an_item_after_put_is_a_race(kind):
 
 @pytest.mark.parametrize("before_start", [False, True])
 def test_queue_join_after_task_done_is_race_free(before_start):
-    if before_start:
-        labotel.shutdown()
-    work = queue.Queue()
-    if before_start:
-        start_detector()
+    work = make(before_start, queue.Queue)
     resource = f"task-done-{before_start}"
 
     def consumer():
@@ -539,9 +535,7 @@ def test_queue_join_after_task_done_is_race_free(before_start):
 
 
 def test_queue_created_before_start_still_orders_put_and_get():
-    labotel.shutdown()
-    early = queue.Queue()
-    start_detector()
+    early = make(True, queue.Queue)
 
     def producer():
         write("early-queue")
