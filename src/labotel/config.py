@@ -35,6 +35,33 @@ class Settings:
         None, "bearer token required by the debug server (required off loopback)")
     admin_allow_insecure: bool = _option(
         False, "allow binding the debug server off loopback without a token")
+    admin_header_timeout: float = _option(
+        10.0, "seconds a debug-server client has to send a request line and headers, from "
+        "their first byte (then 408, connection closed)", minimum=0.01)
+    admin_body_timeout: float = _option(
+        30.0, "seconds a debug-server client has to send a request body once its headers are "
+        "in (then 408, connection closed)", minimum=0.01)
+    admin_idle_timeout: float = _option(
+        120.0, "seconds a debug-server connection may wait for its first or next request "
+        "before it is closed", minimum=0.01)
+    admin_write_timeout: float = _option(
+        30.0, "seconds from reading a request to having written its response (a profile's "
+        "?seconds= comes on top, as in Go); a client that reads slower is disconnected",
+        minimum=0.01)
+    admin_max_connections: int = _option(
+        128, "open debug-server connections at most; at the cap a new one replaces the "
+        "longest-idle one, or is answered 503 with Retry-After", minimum=1)
+    admin_max_concurrent_requests: int = _option(
+        16, "requests the debug server works on at once (one thread each); more are answered "
+        "503 with Retry-After", minimum=1)
+    admin_max_request_line: int = _option(
+        8192, "bytes in a request line (method, target, version); longer is answered 414",
+        minimum=64)
+    admin_max_header_bytes: int = _option(
+        16384, "bytes in a request line plus headers; more is answered 431", minimum=256)
+    admin_max_body_bytes: int = _option(
+        1 << 20, "bytes in a request body (Content-Length); more is answered 413 (chunked "
+        "bodies get 411)", minimum=0)
     metrics_exporter: str | None = _option(
         None, "comma list of prometheus, otlp, console, none "
         "(default: prometheus, plus otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set)",

@@ -46,6 +46,8 @@ NOT_IN_PYTHON = {
     "trace": "there is no Go execution tracer in Python",
 }
 DELTA_PROFILES = ("goroutine", "heap", "threadcreate")
+MAX_SYMBOL_ADDRESSES = 100_000  # per /symbol request (a 1 MiB body holds about 80,000)
+MAX_ADDRESS_CHARS = 24
 Handler = Callable[[Request], Response]
 
 
@@ -161,13 +163,20 @@ class PprofRoutes:
             words = request.body.decode("latin-1").split("+")
         else:
             words = [w for key in request.query for w in key.replace("+", " ").split()]
+        if len(words) > MAX_SYMBOL_ADDRESSES:
+            raise pprof_error(413, f"too many addresses: {len(words)} (at most "
+                                   f"{MAX_SYMBOL_ADDRESSES} per request)")
+        resolve = symbols.resolver()  # one sorted table for the whole request
         lines = ["num_symbols: 1"]
         for word in words:
+            word = word.strip()
+            if len(word) > MAX_ADDRESS_CHARS:  # no address is this long; int() of a huge
+                continue  # decimal string would cost quadratic time
             try:
-                address = int(word.strip(), 0)
+                address = int(word, 0)
             except ValueError:
                 continue
-            name = symbols.resolve(address) if address else None
+            name = resolve(address) if address > 0 else None
             if name is not None:
                 lines.append(f"{address:#x} {name}")
         return plain("\n".join(lines) + "\n")
@@ -184,13 +193,20 @@ class PprofRoutes:
         duration = seconds(request, self.settings.profile_max_seconds, 30)
         component_name = f"profile.{slot.mode}"
         try:
-            builder = cpu.profile_for(
-                slot, duration, self.settings.profile_rate_hz,
+            sampler = slot.begin(
+                self.settings.profile_rate_hz,
                 lambda: self.component.monitor.reporter.component_failed(component_name))
         except cpu.Busy as busy:
             raise pprof_error(500, f"Could not enable {what}: {busy}") from None
-        except RuntimeError as error:
-            raise pprof_error(500, f"{what} failed: {error}") from None
+        try:
+            # ends early when the client hangs up or labotel shuts down, so an abandoned
+            # profile frees the slot at once (Go's handler stops with its request context)
+            self.component.wait(request, duration)
+        finally:
+            builder = slot.end(sampler)
+        if sampler.error is not None:
+            raise pprof_error(500, f"{what} failed: the {slot.mode} sampler failed: "
+                                   f"{sampler.error!r}")
         return binary(name, builder.encode())
 
     # -- snapshot profiles -----------------------------------------------------------
@@ -204,7 +220,7 @@ class PprofRoutes:
             started = time.monotonic_ns()
             with heap.leased(self.settings.heap_profile_frames):
                 before = heap.snapshot(collect)
-                self.component.stopping.wait(window)
+                self.component.wait(request, window)
                 after = self._heap_snapshot(collect)
             builder = heap.heap_profile(heap.new_builder(), after, before)
             return binary("heap-delta", builder.encode(time.monotonic_ns() - started))
@@ -249,7 +265,7 @@ class PprofRoutes:
             started = time.monotonic_ns()
             fill(builder)
             before, builder.samples = builder.samples, {}
-            self.component.stopping.wait(window)
+            self.component.wait(request, window)
             fill(builder)
             builder.subtract(before)
             return binary(f"{name}-delta", builder.encode(time.monotonic_ns() - started))
