@@ -77,7 +77,7 @@ def integer(request: Request, name: str) -> int:
 def seconds(request: Request, maximum: int, default: int | None) -> int | None:
     raw = request.arg("seconds")
     if raw is None or raw == "":
-        return default
+        return None if default is None else min(default, maximum)
     try:
         value = int(raw)
     except ValueError:

@@ -314,7 +314,8 @@ class ConnectionLoop:
         if not self._pool.submit(self._serve, connection, head, request, now):
             connection.state = CLOSING  # no worker has it
             self._fail(connection, 503, "the labotel debug server is busy with other "
-                                        "requests; retry later", {"Retry-After": RETRY_AFTER})
+                                        "requests; retry later", {"Retry-After": RETRY_AFTER},
+                       head_request=head.method == "HEAD")
 
     # -- answering (on a worker thread) ----------------------------------------------------
     def _serve(self, connection: Connection, head: wire.RequestHead, request: Request,
@@ -413,10 +414,13 @@ class ConnectionLoop:
         self._advance(connection, now)  # input that arrived with or after the last request
 
     def _fail(self, connection: Connection, status: int, message: str,
-              headers: dict[str, str] | None = None) -> None:
+              headers: dict[str, str] | None = None, head_request: bool | None = None) -> None:
         """Answer a request the server refuses, then close the connection gracefully."""
+        if head_request is None:  # the refused head is still at the start of the buffer
+            head_request = connection.buffer.startswith(b"HEAD ")
         try:
-            connection.sock.send(wire.error_response(status, message, headers))
+            connection.sock.send(wire.error_response(status, message, headers,
+                                                     head_request=head_request))
         except OSError:
             self._close(connection)
             return

@@ -206,9 +206,10 @@ def response_head(status: int, headers: Iterable[tuple[str, str]], keep_alive: b
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None,
-                   keep_alive: bool = False) -> bytes:
-    """A whole short plain-text answer (status, one line of explanation)."""
+                   keep_alive: bool = False, head_request: bool = False) -> bytes:
+    """A whole short plain-text answer (status, one line of explanation); to a HEAD
+    request, its headers only."""
     body = (message.rstrip("\n") + "\n").encode("utf-8", "replace")
     items = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
              ("X-Content-Type-Options", "nosniff"), *(headers or {}).items()]
-    return response_head(status, items, keep_alive) + body
+    return response_head(status, items, keep_alive) + (b"" if head_request else body)
