@@ -49,8 +49,9 @@ class Settings:
         "?seconds= comes on top, as in Go); a client that reads slower is disconnected",
         minimum=0.01)
     admin_max_connections: int = _option(
-        128, "open debug-server connections at most; at the cap a new one replaces the "
-        "longest-idle one, or is answered 503 with Retry-After", minimum=1)
+        128, "open debug-server connections at most; at the cap a new one replaces an idle "
+        "one (the oldest that never sent a request first), or is answered 503 with "
+        "Retry-After", minimum=1)
     admin_max_concurrent_requests: int = _option(
         16, "requests the debug server works on at once (one thread each); more are answered "
         "503 with Retry-After", minimum=1)

@@ -8,7 +8,8 @@ never a thread. Every limit comes from ``ServerLimits``:
 
 - a connection that sends nothing for ``idle_timeout`` is closed; one that started a
   request has ``header_timeout`` for its head and ``body_timeout`` for its body (408);
-- at ``max_connections`` a new connection replaces the longest-idle one, or gets 503;
+- at ``max_connections`` a new connection replaces an idle one (the oldest that never
+  sent a request first: a scraper's keep-alive connection is the last to go), or gets 503;
 - at ``max_concurrent_requests`` running handlers a new request gets 503;
 - a response must be written within ``write_timeout`` of its request being read (plus
   the request's ``?seconds=``, as Go's pprof extends its write deadline), but is always
@@ -62,7 +63,7 @@ RETRY_AFTER = "1"
 
 class Connection:
     __slots__ = ("sock", "fd", "buffer", "state", "since", "deadline", "scanned", "head",
-                 "cancelled", "drained", "closed")
+                 "cancelled", "drained", "closed", "served")
 
     def __init__(self, sock: socket.socket, now: float, idle_timeout: float):
         self.sock = sock
@@ -76,6 +77,7 @@ class Connection:
         self.cancelled: threading.Event | None = None  # of the request being answered
         self.drained = 0
         self.closed = False
+        self.served = 0  # requests taken from it
 
 
 class ConnectionLoop:
@@ -203,15 +205,19 @@ class ConnectionLoop:
             self._set_deadline(connection, IDLE, now, self.limits.idle_timeout)
 
     def _evict_idle(self) -> bool:
-        """Close the connection idle (or closing) the longest to make room; False if none."""
-        oldest = None
+        """Close an idle (or closing) connection to make room; False if none.
+
+        First those that never sent a request (a flood of idle connects), oldest first;
+        only then a client's keep-alive connection (a scraper's, between two scrapes).
+        """
+        chosen = None
         for connection in self._connections.values():
-            if connection.state in (IDLE, CLOSING) and (
-                    oldest is None or connection.since < oldest.since):
-                oldest = connection
-        if oldest is None:
+            if connection.state in (IDLE, CLOSING) and (chosen is None or (
+                    connection.served > 0, connection.since) < (chosen.served > 0, chosen.since)):
+                chosen = connection
+        if chosen is None:
             return False
-        self._close(oldest)
+        self._close(chosen)
         return True
 
     def _drain_waker(self) -> None:
@@ -302,6 +308,7 @@ class ConnectionLoop:
         return head, body
 
     def _request(self, connection: Connection, head: wire.RequestHead, body: bytes) -> Request:
+        connection.served += 1
         connection.cancelled = threading.Event()
         query = parse_qs(head.query, keep_blank_values=True) if head.query else {}
         return Request(head.method, head.path, query, head.headers, body, connection.cancelled)
