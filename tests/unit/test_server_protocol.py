@@ -273,3 +273,31 @@ def wait_for(condition, timeout=5.0):
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.01)
+
+
+def test_the_portable_poller_serves_the_same(monkeypatch):
+    """Where there is no epoll (macOS), poll(2) is used: no hang-up watch, same answers."""
+    from labotel.server import connections
+    from labotel.server.poller import PortablePoller
+
+    monkeypatch.setattr(connections, "new_poller", PortablePoller)
+    router = Router()
+    router.add("/healthz", lambda _: text_response("ok\n"))
+    server = DebugServer("127.0.0.1:0", router,
+                         limits=ServerLimits.from_settings(header_timeout=0.5))
+    server.start()
+    try:
+        with socket.create_connection(server.address, timeout=5) as sock:
+            for _ in range(5):  # keep-alive: handed back to the selector after each answer
+                time.sleep(0.02)  # past the worker's wait for a next request
+                sock.sendall(request("GET", "/healthz"))
+                data, _ = read(sock, time.monotonic() + 5, responses=1)
+                assert split(data)[0].body == b"ok\n"
+            sock.sendall(request("GET", "/healthz") + request("GET", "/nope",
+                                                              {"Connection": "close"}))
+            data, closed = read(sock, time.monotonic() + 5)
+            assert [r.status for r in split(data)] == [200, 404] and closed
+        slow = exchange(server.address, b"GET /healthz HTTP/1.1\r\n", timeout=5)
+        assert split(slow.data)[0].status == 408 and slow.closed
+    finally:
+        server.stop()

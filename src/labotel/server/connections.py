@@ -316,8 +316,8 @@ class ConnectionLoop:
     def _dispatch(self, connection: Connection, head: wire.RequestHead, body: bytes,
                   now: float) -> None:
         request = self._request(connection, head, body)
+        self._poller.modify(connection.fd, HANGUP)  # first: if it fails, it is not busy
         connection.state = BUSY
-        self._poller.modify(connection.fd, HANGUP)
         if not self._pool.submit(self._serve, connection, head, request, now):
             connection.state = CLOSING  # no worker has it
             self._fail(connection, 503, "the labotel debug server is busy with other "
@@ -393,12 +393,17 @@ class ConnectionLoop:
                 return
             if keep and not connection.buffer and connection.head is None:
                 # the usual keep-alive case: it only has to become idle and readable again
-                connection.cancelled = None
-                self._set_deadline(connection, IDLE, time.monotonic(), self.limits.idle_timeout)
-                self._poller.modify(connection.fd, READ)
-                if not self._poller.sees_changes_while_polling:
-                    self.wake()
-                return
+                try:
+                    self._poller.modify(connection.fd, READ)
+                except (OSError, ValueError):
+                    keep = False  # the selector thread closes it
+                else:
+                    connection.cancelled = None
+                    self._set_deadline(connection, IDLE, time.monotonic(),
+                                       self.limits.idle_timeout)
+                    if not self._poller.sees_changes_while_polling:
+                        self.wake()
+                    return
             self._returned.append((connection, keep, gone))
         self.wake()
 
