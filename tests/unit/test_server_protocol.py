@@ -249,7 +249,7 @@ def test_a_client_that_does_not_read_is_dropped_after_the_write_timeout():
 def test_backlog_holds_a_burst_of_connections_before_accept():
     server = DebugServer("127.0.0.1:0", Router())  # bound and listening, not yet accepting
     try:
-        sockets = [socket.create_connection(server.address, timeout=1) for _ in range(100)]
+        sockets = [socket.create_connection(server.address, timeout=1) for _ in range(300)]
         for sock in sockets:
             sock.close()
     finally:

@@ -14,7 +14,10 @@ from labotel.server.http import Router
 from labotel.server.limits import ServerLimits
 
 log = logging.getLogger("labotel")
-LISTEN_BACKLOG = 128  # Go's (and Linux's default somaxconn); socketserver's 5 refused bursts
+# Connections the kernel completes before they are accepted (it caps this at
+# net.core.somaxconn). socketserver's 5 made a burst of 60 connects wait 8 s in SYN
+# retries; 128 still overflowed under a burst of idle connects faster than accept.
+LISTEN_BACKLOG = 1024
 
 
 def is_loopback(host: str) -> bool:
