@@ -116,3 +116,20 @@ def test_asgi_app_under_uvicorn_stops_a_dropped_profile():
         server.should_exit = True
         thread.join(10)
         labotel.shutdown()
+
+
+def test_a_request_sent_with_the_hang_up_is_cancelled_too(monitor):
+    """A second request and the client's FIN right after the first answer: the worker
+    still waiting on the connection takes that request itself, and the one-shot hang-up
+    watch may fire before it does; the 20 s profile must end at once all the same."""
+    address = monitor.server.address
+    for _ in range(5):
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.sendall(request("GET", "/healthz"))
+            data, _ = read(sock, time.monotonic() + 5, responses=1)
+            sock.sendall(request("GET", "/debug/pprof/wall?seconds=20"))
+            sock.shutdown(socket.SHUT_WR)
+            started = time.monotonic()
+            data, closed = read(sock, started + 10)
+        assert split(data)[0].status == 200 and closed
+        assert time.monotonic() - started < 3

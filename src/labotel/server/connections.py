@@ -63,7 +63,7 @@ RETRY_AFTER = "1"
 
 class Connection:
     __slots__ = ("sock", "fd", "buffer", "state", "since", "deadline", "scanned", "head",
-                 "cancelled", "drained", "closed", "served")
+                 "cancelled", "hung_up", "drained", "closed", "served")
 
     def __init__(self, sock: socket.socket, now: float, idle_timeout: float):
         self.sock = sock
@@ -75,6 +75,7 @@ class Connection:
         self.scanned = 0  # bytes of the buffer already searched for the end of the head
         self.head: wire.RequestHead | None = None  # parsed, its body still arriving
         self.cancelled: threading.Event | None = None  # of the request being answered
+        self.hung_up = False  # the client closed its side while a worker had the connection
         self.drained = 0
         self.closed = False
         self.served = 0  # requests taken from it
@@ -236,6 +237,7 @@ class ConnectionLoop:
     def _ready(self, connection: Connection) -> None:
         with self._lock:
             if connection.state == BUSY:  # the hang-up watch fired: the client has left
+                connection.hung_up = True  # (fires once: a request taken later must know)
                 connection.cancelled.set()
                 return
         if connection.state == CLOSING:
@@ -309,9 +311,13 @@ class ConnectionLoop:
 
     def _request(self, connection: Connection, head: wire.RequestHead, body: bytes) -> Request:
         connection.served += 1
-        connection.cancelled = threading.Event()
+        cancelled = threading.Event()
+        with self._lock:
+            if connection.hung_up:
+                cancelled.set()
+            connection.cancelled = cancelled
         query = parse_qs(head.query, keep_blank_values=True) if head.query else {}
-        return Request(head.method, head.path, query, head.headers, body, connection.cancelled)
+        return Request(head.method, head.path, query, head.headers, body, cancelled)
 
     def _dispatch(self, connection: Connection, head: wire.RequestHead, body: bytes,
                   now: float) -> None:
