@@ -106,6 +106,7 @@ class ConnectionLoop:
                                 on_error)
         self._stopping = False
         self._accept_paused_until = 0.0
+        self._accept_failed = False  # warned once that the process is out of descriptors
         self._next_sweep = float("inf")
         self._failures = 0
 
@@ -184,8 +185,9 @@ class ConnectionLoop:
             except OSError as error:
                 if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # out of descriptors: stop accepting for a moment instead of spinning
-                    log.warning("labotel: debug server cannot accept (%s); pausing 0.5 s",
-                                error)
+                    (log.debug if self._accept_failed else log.warning)(
+                        "labotel: debug server cannot accept (%s); pausing 0.5 s", error)
+                    self._accept_failed = True
                     self._poller.unregister(self._listener_fd)
                     self._accept_paused_until = time.monotonic() + 0.5
                 return  # ECONNABORTED and friends: the client is gone already
