@@ -186,8 +186,7 @@ def test_connection_cap_replaces_idle_connects_first_then_answers_503():
             slow.append(sock)
             time.sleep(0.05)
         sockets += slow
-        wait_for(lambda: server.open_connections == 3 and all(
-            c.state == "head" for c in server._loop._connections.values()))
+        wait_for(lambda: server.connection_states() == {"head": 3})
         refused = exchange(server.address, request("GET", "/healthz"))
         [answer] = split(refused.data)
         assert answer.status == 503 and answer.headers["retry-after"] == "1"
@@ -211,7 +210,7 @@ def test_concurrency_cap_answers_503_with_retry_after():
                 socket.create_connection(server.address) as b:
             a.sendall(request("GET", "/slow"))
             b.sendall(request("GET", "/slow"))
-            wait_for(lambda: server._loop._pool.spare() == 0)
+            wait_for(lambda: server.requests_in_progress == 2)
             busy = exchange(server.address, request("GET", "/healthz"))
             [answer] = split(busy.data)
             assert answer.status == 503 and answer.headers["retry-after"] == "1"
@@ -239,7 +238,7 @@ def test_a_client_that_does_not_read_is_dropped_after_the_write_timeout():
             time.sleep(0.3)  # the one worker is stuck writing
             assert split(exchange(server.address, request("GET", "/healthz")).data)[0].status \
                 == 503
-            wait_for(lambda: server._loop._pool.spare() == 1, timeout=5)  # dropped after ~1 s
+            wait_for(lambda: server.requests_in_progress == 0, timeout=5)  # dropped after ~1 s
         ok = exchange(server.address, request("GET", "/healthz", {"Connection": "close"}))
         assert split(ok.data)[0].status == 200
     finally:

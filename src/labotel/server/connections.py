@@ -119,6 +119,14 @@ class ConnectionLoop:
     def worker_threads(self) -> int:
         return self._pool.threads
 
+    @property
+    def requests_in_progress(self) -> int:
+        return self._pool.size - self._pool.spare()
+
+    def connection_states(self) -> collections.Counter[str]:
+        """How many connections are idle, reading a head or body, busy or closing."""
+        return collections.Counter(c.state for c in list(self._connections.values()))
+
     # -- the selector thread ------------------------------------------------------------
     def run(self) -> None:
         try:

@@ -83,6 +83,13 @@ class DebugServer:
     def worker_threads(self) -> int:
         return self._loop.worker_threads
 
+    @property
+    def requests_in_progress(self) -> int:
+        return self._loop.requests_in_progress
+
+    def connection_states(self) -> dict[str, int]:
+        return dict(self._loop.connection_states())
+
     def start(self) -> None:
         self._thread.start()
 
