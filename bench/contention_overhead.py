@@ -1,0 +1,179 @@
+"""Cost of contention profiling and of the blocked-loop watchdog, each a ratio against
+the same run with the feature off, alternated in one process (median of rounds).
+
+1. ``with lock:`` per call, uncontended: a plain lock vs an instrumented one (profiling on).
+2. ``bench/workload.py``'s mixed workload with ``contention_profiling`` on vs off
+   (target <= 1.02).
+3. A lock-heavy workload: four threads taking two shared locks in a tight loop, plus a
+   producer/consumer pair over a ``queue.Queue``, on vs off.
+4. An asyncio workload (tasks handing items over ``asyncio.Queue``, an ``asyncio.Lock``,
+   futures resolved by other tasks) with ``contention_profiling`` on vs off.
+5. The same asyncio workload with the blocked-loop watchdog (``loop_block_detection``)
+   on vs off (target <= 1.01).
+
+    uv run python bench/contention_overhead.py [--rounds 9] [--scale 1] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import _thread
+import argparse
+import asyncio
+import os
+import queue
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import labotel  # noqa: E402
+from bench.workload import interleaved_ratio, mixed_workload, timed  # noqa: E402
+
+OPTIONS = dict(admin_address="", runtime_metrics=False, leak_detection=False,
+               loop_block_detection=False)
+
+
+def lock_heavy(scale: int) -> None:
+    """Four threads over two shared locks, plus a queue producer/consumer pair."""
+    locks = [threading.Lock(), threading.Lock()]
+    counters = [0, 0]
+
+    def worker(n: int) -> None:
+        for i in range(20_000 * scale):
+            index = (i + n) & 1
+            with locks[index]:
+                counters[index] += sum(range(20))
+
+    handoff: queue.Queue = queue.Queue(maxsize=64)
+
+    def producer() -> None:
+        for i in range(20_000 * scale):
+            handoff.put(i)
+        handoff.put(None)
+
+    def consumer() -> None:
+        while handoff.get() is not None:
+            pass
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    threads += [threading.Thread(target=producer), threading.Thread(target=consumer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def asyncio_workload(scale: int) -> None:
+    """Tasks handing items over queues, sharing a lock, and resolving each other's futures."""
+    async def main() -> None:
+        inbox: asyncio.Queue = asyncio.Queue(maxsize=32)
+        lock = asyncio.Lock()
+        shared = [0]
+        loop = asyncio.get_running_loop()
+
+        async def producer(count: int) -> None:
+            for i in range(count):
+                await inbox.put(i)
+            await inbox.put(None)
+
+        async def consumer() -> None:
+            while (item := await inbox.get()) is not None:
+                async with lock:
+                    shared[0] += item
+                    await asyncio.sleep(0)
+                reply = loop.create_future()
+                loop.call_soon(reply.set_result, sum(range(50)))
+                await reply
+
+        count = 20_000 * scale
+        await asyncio.gather(producer(count), consumer(), *(worker() for _ in range(20)))
+
+    async def worker() -> None:
+        for _ in range(500 * scale):
+            await asyncio.sleep(0)
+            sum(range(100))
+
+    asyncio.run(main())
+
+
+def per_call(loop: Callable[[int], None], calls: int = 200_000, batches: int = 9) -> float:
+    samples = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        loop(calls)
+        samples.append((time.perf_counter() - start) / calls)
+    return statistics.median(samples)
+
+
+def lock_loop(lock: object) -> Callable[[int], None]:
+    def loop(n: int) -> None:
+        for _ in range(n):
+            with lock:  # type: ignore[attr-defined]
+                pass
+
+    return loop
+
+
+def bench_lock_call() -> None:
+    labotel.shutdown()
+    plain = per_call(lock_loop(_thread.allocate_lock()))
+    labotel.start(contention_profiling=True, **OPTIONS)
+    try:
+        lock = threading.Lock()
+        assert type(lock).__name__ == "InstrumentedLock"
+        profiled = per_call(lock_loop(lock))
+    finally:
+        labotel.shutdown()
+    print(f"uncontended `with lock:`: plain {plain * 1e9:.0f} ns, with contention profiling "
+          f"{profiled * 1e9:.0f} ns (+{(profiled - plain) * 1e9:.0f} ns)")
+
+
+def compare(title: str, workload: Callable[[], None], treatment: dict, baseline: dict,
+            rounds: int, target: str) -> None:
+    def run(options: dict) -> float:
+        labotel.start(**options)
+        try:
+            return timed(workload)
+        finally:
+            labotel.shutdown()
+
+    run(baseline)  # warm-up
+    ratio, base, treated = interleaved_ratio(lambda: run(baseline), lambda: run(treatment),
+                                             rounds)
+    print(f"{title}: off {base:.3f} s, on {treated:.3f} s; ratio {ratio:.3f}{target}",
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument("--only", choices=["lock", "mixed", "locks", "asyncio", "watchdog"])
+    args = parser.parse_args()
+    off = dict(OPTIONS)
+    on = dict(OPTIONS, contention_profiling=True)
+    scale, rounds = args.scale, args.rounds
+    benches = {
+        "lock": bench_lock_call,
+        "mixed": lambda: compare("mixed workload, contention profiling",
+                                 lambda: mixed_workload(scale), on, off, rounds,
+                                 "  (target <= 1.02)"),
+        "locks": lambda: compare("lock-heavy workload, contention profiling",
+                                 lambda: lock_heavy(scale), on, off, rounds, ""),
+        "asyncio": lambda: compare("asyncio workload, contention profiling",
+                                   lambda: asyncio_workload(scale), on, off, rounds, ""),
+        "watchdog": lambda: compare("asyncio workload, blocked-loop watchdog",
+                                    lambda: asyncio_workload(scale),
+                                    dict(OPTIONS, loop_block_detection=True), off, rounds,
+                                    "  (target <= 1.01)"),
+    }
+    for name, bench in benches.items():
+        if args.only in (None, name):
+            bench()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Blocked event loops: a watchdog thread finds an asyncio loop that one callback (or one
+step of one task) keeps from running anything else, and reports the line it is stuck at,
+taken while it is still stuck.
+
+Every running loop gets a heartbeat probe (``runtime.aio.LoopProbe``) every quarter of
+``loop_block_threshold``; the watchdog wakes as often. When a loop's probe is overdue,
+the watchdog looks at the loop thread's stack for the callback being run (the
+``Handle._run`` frame asyncio runs every callback and task step in). The same callback
+found again ``loop_block_threshold`` later has held the loop at least that long: its
+stack is taken there and then, and reported when the loop runs again (or after one more
+second if it does not) with how long it was blocked.
+
+A loop that is merely busy runs many callbacks, so the watchdog finds a different one at
+each look and never reports; an idle loop runs its probe on time. What this cannot tell
+apart: a loop thread that waits for the GIL another thread holds (a long C call), or a
+garbage collection run in the loop thread, is blocked all the same and is reported at
+the line it was stopped at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from labotel.component import Component
+from labotel.detect.detection import Detection, Stack
+from labotel.detect.frames import application_frame
+from labotel.detect.periodic import PeriodicThread
+from labotel.runtime import aio, origins
+
+# CPython internals used here (for the compat seam): the function asyncio runs every
+# callback and task step in. Loops that do not run callbacks through it (uvloop) are not
+# watched.
+_HANDLE_RUN = asyncio.events.Handle._run.__code__  # type: ignore[attr-defined]
+STACK_FRAMES = 64
+STILL_BLOCKED = 1.0  # report a block that has not ended this long after the threshold
+Frame = tuple[str, int, str]  # (filename, lineno, function)
+
+
+@dataclasses.dataclass(frozen=True)
+class Taken:
+    """What the watchdog read off the loop thread while it was blocked."""
+
+    stack: tuple[Frame, ...]  # innermost first
+    callback: str | None  # the function asyncio's Handle._run called
+    task: dict[str, Any] | None  # name, coroutine, created_at of the task running
+    thread_name: str
+    thread_id: int
+    threshold: float
+
+
+@dataclasses.dataclass(eq=False)
+class Suspect:
+    """The callback a loop was found running while its probe was overdue."""
+
+    callback: FrameType  # its Handle._run frame: the same object while the same call lasts
+    first_seen: float
+    last_seen: float
+    taken: Taken | None = None  # read at the threshold, from the live stack
+    blocked_before: float = 0.0  # seconds already counted in the metrics
+    reported: bool = False
+
+
+class BlockedLoopDetector(Component):
+    """The watchdog: reports ``loop_blocked`` detections."""
+
+    name = "detect.loop_blocked"
+
+    def start(self, monitor: Any) -> None:
+        self.monitor = monitor
+        self.threshold = monitor.settings.loop_block_threshold
+        self.period = self.threshold / 4
+        self.suspects: dict[aio.Beat, Suspect] = {}
+        self.reports = 0
+        meter = monitor.meter
+        self.blocks = meter.create_counter(
+            "labotel.asyncio.loop.blocks", unit="{block}",
+            description="Times one callback held an asyncio event loop for "
+                        "loop_block_threshold or longer")
+        self.blocked_time = meter.create_counter(
+            "labotel.asyncio.loop.blocked_time", unit="s",
+            description="Time asyncio event loops were held by such callbacks")
+        self.probe = aio.LoopProbe(self.period, on_loop=self._first_loop,
+                                   on_error=self._failed)
+        self.watchdog = PeriodicThread("labotel-loop-watchdog", self.period, self.tick,
+                                       self._failed)
+        self._series = False
+        self.probe.start()
+        self.watchdog.start()
+        monitor.add_view("goroutines", self.view)
+
+    def stop(self) -> None:
+        self.watchdog.stop()
+        self.probe.stop()
+
+    def after_fork_in_child(self) -> None:
+        self.suspects = {}
+        self.probe.reset_after_fork()
+        self.watchdog.restart_after_fork()
+
+    def _failed(self) -> None:
+        self.monitor.reporter.component_failed(self.name)
+
+    def _first_loop(self, _: asyncio.AbstractEventLoop) -> None:
+        # The series start at 0 with the first loop (no asyncio series without a loop), so
+        # the first block is an increase the alert rule sees.
+        if not self._series:
+            self._series = True
+            self.blocks.add(0)
+            self.blocked_time.add(0.0)
+
+    # -- the watchdog thread ----------------------------------------------------------------
+    def tick(self) -> None:
+        now = time.monotonic()
+        frames: dict[int, FrameType] | None = None
+        for beat in self.probe.beats():
+            loop = beat.loop()
+            if loop is None or not loop.is_running() or now - beat.due <= self.period / 2:
+                self._ended(beat, now)
+                continue
+            if frames is None:  # only when some probe is overdue
+                frames = sys._current_frames()
+            frame = frames.get(beat.thread_id)
+            callback = _running_callback(frame)
+            suspect = self.suspects.get(beat)
+            if callback is None or (suspect is not None and suspect.callback is not callback):
+                self._ended(beat, now)
+                suspect = None
+            if callback is None:
+                continue
+            if suspect is None:
+                self.suspects[beat] = Suspect(callback, now, now)
+                continue
+            suspect.last_seen = now
+            held = now - suspect.first_seen
+            if suspect.taken is None and held >= self.threshold:
+                suspect.taken = self._take(loop, beat, frame, callback, held)
+            if suspect.taken is not None and not suspect.reported \
+                    and held >= self.threshold + STILL_BLOCKED:
+                self._report(suspect, held, still=True)
+        del frames  # frames of every thread: do not keep them past the tick
+
+    def _ended(self, beat: aio.Beat, now: float) -> None:
+        suspect = self.suspects.pop(beat, None)
+        if suspect is None or suspect.taken is None:
+            return
+        end = beat.ran if beat.ran > suspect.last_seen else suspect.last_seen
+        held = max(end - suspect.first_seen, suspect.last_seen - suspect.first_seen)
+        if suspect.reported:
+            self.blocked_time.add(max(held - suspect.blocked_before, 0.0))
+        else:
+            self._report(suspect, held, still=False)
+
+    def _report(self, suspect: Suspect, held: float, still: bool) -> None:
+        assert suspect.taken is not None
+        suspect.reported = True
+        suspect.blocked_before = held
+        self.reports += 1
+        self.blocks.add(1)
+        self.blocked_time.add(held)
+        self.monitor.reporter.report(blocked_loop_detection(suspect.taken, held, still))
+
+    def _take(self, loop: asyncio.AbstractEventLoop, beat: aio.Beat, frame: FrameType | None,
+              callback: FrameType, held: float) -> Taken:
+        return Taken(_stack(frame), _callback_name(frame, callback), _current_task(loop),
+                     _thread_name(beat.thread_id), beat.thread_id, self.threshold)
+
+    def view(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {"loop_block_detection": {
+            "loop_block_threshold": self.threshold,
+            "loops_watched": len(self.probe.beats()),
+            "reports": self.reports,
+            "blocked_now": [{"thread.id": beat.thread_id,
+                             "seconds": round(now - suspect.first_seen, 3)}
+                            for beat, suspect in list(self.suspects.items())
+                            if now - suspect.first_seen >= self.threshold],
+        }}
+
+
+# -- reading the loop thread ------------------------------------------------------------
+def _running_callback(frame: FrameType | None) -> FrameType | None:
+    """The innermost ``Handle._run`` frame of a loop thread's stack (None when idle)."""
+    while frame is not None:
+        if frame.f_code is _HANDLE_RUN:
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _stack(frame: FrameType | None) -> tuple[Frame, ...]:
+    frames = []
+    while frame is not None and len(frames) < STACK_FRAMES:
+        code = frame.f_code
+        frames.append((code.co_filename, frame.f_lineno or code.co_firstlineno,
+                       getattr(code, "co_qualname", code.co_name)))
+        frame = frame.f_back
+    return tuple(frames)
+
+
+def _callback_name(frame: FrameType | None, callback: FrameType) -> str | None:
+    """The function ``Handle._run`` called: the frame just inside it."""
+    inner = None
+    while frame is not None and frame is not callback:
+        inner, frame = frame, frame.f_back
+    if inner is None:
+        return None
+    code = inner.f_code
+    return f"{getattr(code, 'co_qualname', code.co_name)} ({code.co_filename}:" \
+           f"{code.co_firstlineno})"
+
+
+def _current_task(loop: asyncio.AbstractEventLoop) -> dict[str, Any] | None:
+    try:
+        task = asyncio.current_task(loop)
+    except Exception:
+        return None
+    if task is None:
+        return None
+    coro = task.get_coro()
+    origin = origins.task_origin(task)
+    return {"name": task.get_name(),
+            "coroutine": getattr(coro, "__qualname__", type(coro).__name__),
+            "created_at": origins.site(origin) if origin else None}
+
+
+def _thread_name(ident: int) -> str:
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return thread.name
+    return f"thread-{ident}"
+
+
+# -- the report ------------------------------------------------------------------------------
+def blocked_loop_detection(taken: Taken, held: float, still: bool) -> Detection:
+    """The ``loop_blocked`` detection: the line, the whole stack, what ran, how long."""
+    stack = taken.stack
+    filename, lineno, function = stack[application_frame(stack)] if stack else ("?", 0, "?")
+    site = f"{filename}:{lineno}"
+    task = taken.task
+    if task is not None:
+        running = f"task {task['name']!r} (coroutine {task['coroutine']}" + (
+            f", created at {task['created_at']})" if task["created_at"] else ")")
+    else:
+        running = f"callback {taken.callback}" if taken.callback else "a callback"
+    how_long = f"for {held:.3f} s and is still blocked" if still else f"for {held:.3f} s"
+    attributes: dict[str, Any] = {
+        "code.filepath": filename, "code.lineno": lineno, "code.function": function,
+        "thread.id": taken.thread_id, "thread.name": taken.thread_name,
+        "labotel.loop.blocked_seconds": round(held, 3),
+        "labotel.loop.still_blocked": still,
+        "labotel.loop.threshold": taken.threshold,
+        "labotel.loop.callback": taken.callback,
+        "labotel.loop.task": task["name"] if task else None,
+        "labotel.loop.task.coroutine": task["coroutine"] if task else None,
+        "labotel.loop.task.created_at": task["created_at"] if task else None,
+    }
+    trace = Stack(f"event loop thread {taken.thread_name} while blocked", stack)
+    message = "\n".join([
+        "EVENT LOOP BLOCKED",
+        "",
+        f"The asyncio event loop on thread {taken.thread_name} (id {taken.thread_id}) in pid "
+        f"{os.getpid()} ran one callback {how_long} (loop_block_threshold "
+        f"{taken.threshold} s); no other task or callback on that loop could run meanwhile.",
+        f"Blocked at: {site} in {function}",
+        f"Running: {running}",
+        "",
+        "ACTION REQUIRED:",
+        "1. Move the blocking call off the loop: await asyncio.to_thread(...) or "
+        "loop.run_in_executor(...), or use an asyncio library for it.",
+        "2. Split long CPU work into steps that await in between, or run it in a process "
+        "pool.",
+        "",
+        "Stack of the loop thread while it was blocked:",
+        trace.format(),
+    ])
+    return Detection(kind="loop_blocked",
+                     summary=f"event loop blocked {how_long} at {site} in {function} "
+                             f"({running})",
+                     attributes=attributes, stacks=(trace,), message=message,
+                     fingerprint=(site,))

@@ -1,0 +1,330 @@
+"""The instrumented lock classes and the calls into subscribers that every hook shares.
+
+``threading.Lock`` and ``threading.RLock`` become ``InstrumentedLock`` /
+``InstrumentedRLock`` while any subscriber listens (``patches.py``), so every lock created
+then, and every Condition, Semaphore, Event, Barrier, queue and Future built on one, is
+seen. An acquire first tries ``acquire(False)``; only when that fails does it register as
+a waiter on the lock, time the blocking acquire and tell the wait subscriber. A release
+looks at one attribute: if threads are waiting, it leaves its stack on the lock
+(``_handoff``) so the waiter it wakes can charge its wait to that stack (Go's mutex
+profile charges the unlocker).
+
+Waiter marks are the fork ``generation`` they were made in: the releaser drops marks a
+forked child inherited from threads that do not exist there.
+"""
+
+from __future__ import annotations
+
+import _thread
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from labotel.hooks import active
+
+# The subscribers again, as globals of this module: the lock methods below read them on
+# every call, and a global is the cheapest read (``layer`` sets both copies together).
+_edges: Any = None
+_waits: Any = None
+_allocate_lock = _thread.allocate_lock
+_RawRLock = _thread.RLock
+_waiting_lists_lock = _thread.allocate_lock()
+# What install() replaces, as the application may have imported them by name
+# (``from threading import Lock``): adopt.py rebinds those names too.
+ORIGINAL_FACTORIES = {"Lock": threading.Lock, "RLock": threading.RLock,
+                      "SimpleQueue": queue.SimpleQueue}
+LOCK_ACQUIRE = "threading.Lock.acquire"
+LOCK_RELEASE = "threading.Lock.release"
+RLOCK_ACQUIRE = "threading.RLock.acquire"
+RLOCK_RELEASE = "threading.RLock.release"
+SIMPLE_QUEUE_GET = "queue.SimpleQueue.get"
+
+
+# -- calls into subscribers: never raise into the application ------------------------------
+def edge_failed() -> None:
+    try:
+        _edges.failed()
+    except Exception:
+        pass
+
+
+def _wait_failed(waits: Any) -> None:
+    try:
+        waits.failed()
+    except Exception:
+        pass
+
+
+def record_block(waits: Any, site: str, frame: FrameType | None, delay_ns: int,
+                 stop: FrameType | None = None) -> None:
+    """Tell ``waits`` that the thread (or task) at ``frame`` was blocked ``delay_ns``."""
+    local = active.local
+    if getattr(local, "busy", False):
+        return
+    local.busy = True
+    try:
+        waits.blocked(site, frame, delay_ns, stop)
+    except Exception:
+        _wait_failed(waits)
+    finally:
+        local.busy = False
+
+
+def timed_wait(site: str, frame: FrameType | None, function: Callable[..., Any], *args: Any,
+               waited_errors: tuple[type[BaseException], ...] = ()) -> Any:
+    """Call ``function(*args)``, which may block, and record how long it did.
+
+    A call that raises is recorded only for ``waited_errors`` (a timeout that waited);
+    other errors are usage errors raised before any wait.
+    """
+    waits = _waits
+    if waits is None:
+        return function(*args)
+    local = active.local
+    outer = getattr(local, "inside", False)
+    local.inside = True
+    clock = active.clock
+    started = clock()
+    waited = False
+    try:
+        result = function(*args)
+        waited = True
+        return result
+    except waited_errors:
+        waited = True
+        raise
+    finally:
+        ended = clock()
+        local.inside = outer
+        if waited and not outer:
+            record_block(waits, site, frame, ended - started)
+
+
+def _join(snapshot: Any) -> None:
+    try:
+        _edges.join(snapshot)
+    except Exception:
+        edge_failed()
+
+
+def _publish(lock: InstrumentedLock) -> None:
+    try:
+        snapshot = _edges.publish()
+        if snapshot is not None:
+            lock._sync = snapshot
+    except Exception:
+        edge_failed()
+
+
+def _waiting_list(lock: InstrumentedLock) -> list:
+    with _waiting_lists_lock:  # two first waiters must not each install their own list
+        waiting = lock._waiting
+        if waiting is None:
+            waiting = lock._waiting = []
+        return waiting
+
+
+def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
+               frame: FrameType | None, site: str, inside: bool = False) -> Any:
+    """A blocking acquire that could not take the lock at once: mark, time, report."""
+    waits = _waits
+    if waits is None:
+        return acquire(*args)
+    mark = active.generation
+    waiting = lock._waiting
+    if waiting is None:
+        waiting = _waiting_list(lock)
+    waiting.append(mark)
+    handoff = lock._handoff
+    clock = active.clock
+    started = clock()
+    try:
+        got = acquire(*args)
+    finally:
+        ended = clock()
+        try:
+            waiting.remove(mark)
+        except ValueError:  # dropped as stale by a releaser (fork): nothing to undo
+            pass
+    releaser = lock._handoff if got is not False else None
+    local = active.local
+    if not getattr(local, "busy", False):
+        local.busy = True
+        try:
+            waits.lock_waited(site, frame, ended - started,
+                              None if releaser is handoff else releaser,
+                              inside or getattr(local, "inside", False))
+        except Exception:
+            _wait_failed(waits)
+        finally:
+            local.busy = False
+    return got
+
+
+def _hand_off(lock: InstrumentedLock, frame: FrameType | None, site: str) -> None:
+    """Threads wait for ``lock``: leave the releasing stack for the one that gets it."""
+    waits = _waits
+    waiting = lock._waiting
+    if waits is None or not waiting:
+        return
+    if active.generation not in waiting:  # marks of the parent's threads, in a forked child
+        waiting.clear()
+        return
+    local = active.local
+    if getattr(local, "busy", False):
+        return
+    local.busy = True
+    try:
+        lock._handoff = waits.released(site, frame)
+    except Exception:
+        _wait_failed(waits)
+    finally:
+        local.busy = False
+
+
+class InstrumentedLock:
+    """``threading.Lock`` that tells the subscribers about its waits and hand-offs."""
+
+    __slots__ = ("_lock", "_sync", "_waiting", "_handoff", "__weakref__")
+    _acquire_site = LOCK_ACQUIRE
+    _release_site = LOCK_RELEASE
+
+    def __init__(self, lock: Any = None) -> None:
+        self._lock = _allocate_lock() if lock is None else lock
+        self._sync: tuple | None = None  # the edges subscriber's: the last releaser's clock
+        self._waiting: list | None = None  # one mark per thread blocked in acquire()
+        self._handoff: Any = None  # the last releaser's stack, left while threads waited
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        lock = self._lock
+        if not blocking or (timeout != -1 and not timeout > 0):
+            got = lock.acquire(blocking, timeout)  # never waits (or a bad argument: its error)
+        elif lock.acquire(False):
+            got = True
+        else:
+            got = _contended(self, lock.acquire, (True, timeout), sys._getframe(1),
+                             self._acquire_site)
+        if got and _edges is not None and self._sync is not None:
+            _join(self._sync)
+        return got
+
+    def __enter__(self) -> bool:
+        # acquire() without its arguments: ``with lock:`` is the common case, keep it short
+        lock = self._lock
+        if not lock.acquire(False):
+            _contended(self, lock.acquire, (), sys._getframe(1), self._acquire_site)
+        if _edges is not None and self._sync is not None:
+            _join(self._sync)
+        return True
+
+    def release(self) -> None:
+        if self._waiting:
+            _hand_off(self, sys._getframe(1), self._release_site)
+        if _edges is not None:
+            _publish(self)
+        self._lock.release()
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        # release() inlined: one Python call less per ``with`` block
+        if self._waiting:
+            _hand_off(self, sys._getframe(1), self._release_site)
+        if _edges is not None:
+            _publish(self)
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    @property
+    def _is_owned(self) -> Callable[[], bool]:
+        # Condition(lock) binds this once; without it, its notify() tries acquire(False) and
+        # release() on us, two Python calls, where the raw lock's locked() says the same.
+        return self._lock.locked
+
+    def _at_fork_reinit(self) -> None:
+        self._lock._at_fork_reinit()
+        self._sync = None
+        self._waiting = None
+        self._handoff = None
+
+    def __repr__(self) -> str:
+        return f"<labotel instrumented {self._lock!r}>"
+
+
+class InstrumentedRLock(InstrumentedLock):
+    """``threading.RLock``; Condition uses ``_release_save``/``_acquire_restore`` in wait()."""
+
+    __slots__ = ()
+    _acquire_site = RLOCK_ACQUIRE
+    _release_site = RLOCK_RELEASE
+
+    def __init__(self, lock: Any = None) -> None:
+        super().__init__(_RawRLock() if lock is None else lock)
+
+    @property
+    def _is_owned(self) -> Callable[[], bool]:
+        return self._lock._is_owned
+
+    def _release_save(self) -> Any:
+        if self._waiting:
+            _hand_off(self, sys._getframe(1), self._release_site)
+        if _edges is not None:
+            _publish(self)
+        return self._lock._release_save()
+
+    def _acquire_restore(self, saved: Any) -> None:
+        # Only Condition.wait() calls this, as it takes the lock back: that wait is timed
+        # as a whole, so only a releaser that kept it waiting is charged (mutex profile).
+        if _waits is not None:
+            _contended(self, self._lock._acquire_restore, (saved,), sys._getframe(1),
+                       self._acquire_site, inside=True)
+        else:
+            self._lock._acquire_restore(saved)
+        if _edges is not None and self._sync is not None:
+            _join(self._sync)
+
+    def __getattr__(self, name: str) -> Any:  # _recursion_count and future additions
+        return getattr(self._lock, name)
+
+
+_simple_get = queue.SimpleQueue.get
+
+
+class InstrumentedSimpleQueue(queue.SimpleQueue):
+    """``queue.SimpleQueue`` is C code: this subclass adds put -> get edges and times a
+    ``get()`` that has to wait for an item."""
+
+    __qualname__ = "SimpleQueue"
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        edges = _edges
+        if edges is not None:
+            try:
+                edges.release_into(self, "_labotel_clock")
+            except Exception:
+                edge_failed()
+        super().put(item, block, timeout)
+
+    def put_nowait(self, item: Any) -> None:
+        self.put(item, False)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if _waits is not None and block and (timeout is None or timeout > 0) \
+                and self.empty():
+            item = timed_wait(SIMPLE_QUEUE_GET, sys._getframe(1), _simple_get, self, block,
+                              timeout, waited_errors=(queue.Empty,))
+        else:
+            item = _simple_get(self, block, timeout)
+        edges = _edges
+        if edges is not None:
+            try:
+                edges.acquire_from(self, "_labotel_clock")
+            except Exception:
+                edge_failed()
+        return item
+
+    def get_nowait(self) -> Any:
+        return self.get(False)

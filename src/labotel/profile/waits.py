@@ -1,0 +1,244 @@
+"""Waits by stack, since ``start()``: the data behind the mutex and block profiles.
+
+``WaitRecorder`` is the wait subscriber of ``labotel.hooks``. Every wait it keeps is
+added to one of two cumulative tables, as Go's runtime keeps its profiles:
+
+- *block*: the waiting stack (the thread's, or the asyncio task's coroutine chain) ->
+  (contentions, delay in ns);
+- *mutex*: the stack that *released* a lock others waited for -> the same figures.
+
+The innermost frame of every stack names the primitive (``threading.Lock.acquire``,
+``threading.Condition.wait``, ``asyncio.Future.__await__`` ...), as Go's stacks start at
+``sync.(*Mutex).Lock``. Waits of labotel's own threads (the first frame outside the
+standard library is labotel's) are left out.
+
+Sampling follows Go's ``SetBlockProfileRate``: a wait of ``rate_ns`` or longer is always
+kept; a shorter one is kept with probability ``delay / rate_ns`` and then counts
+``rate_ns / delay`` contentions and ``rate_ns`` of delay, so totals stay unbiased.
+
+Memory is bounded in bytes (``max_bytes``, estimated from the objects kept: frames,
+the code objects they name, stacks and their counters). Once it is reached, waits at
+stacks not seen before are added to one overflow stack, so totals stay right and deltas
+never go backwards.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import random
+import sys
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any
+
+import labotel
+from labotel.detect.frames import is_library
+from labotel.profile.pprof import ProfileBuilder
+from labotel.runtime.origins import APPLICATION_DIRS
+
+SAMPLE_TYPES = [("contentions", "count"), ("delay", "nanoseconds")]
+MAX_DEPTH = 64  # frames kept per stack, innermost first (Go keeps 32)
+# Estimated bytes per object kept (CPython 3.11, 64-bit): a frame entry is its
+# (code, lasti) key tuple, the dict slot, its row and two ints; a stack adds its counter
+# list, a float, an int and the dict slot to the size of its key tuple.
+FRAME_BYTES = 240
+STACK_BYTES = 200
+OVERFLOW = "(labotel: contention_profile_max_bytes reached; stacks merged)"
+LIBRARY, LABOTEL, APPLICATION = 0, 1, 2
+_LABOTEL_DIR = os.path.dirname(os.path.abspath(labotel.__file__)) + os.sep
+
+Samples = dict[tuple[int, ...], list]  # stack of frame ids -> [contentions, delay_ns]
+Frame = tuple[CodeType | None, int, int, str]  # code, lasti, line, name (code None: a site)
+
+
+def _frame_kind(filename: str) -> int:
+    if filename.startswith(APPLICATION_DIRS):
+        return APPLICATION
+    if filename.startswith(_LABOTEL_DIR):
+        return LABOTEL
+    return LIBRARY if is_library(filename) else APPLICATION
+
+
+class WaitRecorder:
+    """The two wait tables and the frames their stacks are made of."""
+
+    def __init__(self, rate_ns: int, max_bytes: int, on_failure: Callable[[], None],
+                 draw: Callable[[], float] = random.random):
+        self.rate_ns = max(int(rate_ns), 1)
+        self.max_bytes = max_bytes
+        self._on_failure = on_failure
+        self._draw = draw
+        self._lock = _thread.allocate_lock()  # raw: the hooks call in here
+        self._reset()
+
+    def _reset(self) -> None:
+        self._ids: dict[Any, int] = {}  # (code, lasti) or a site name -> frame id
+        self._frames: list[Frame] = []
+        self._kinds: list[int] = []
+        self._codes: set[CodeType] = set()
+        self.block: Samples = {}
+        self.mutex: Samples = {}
+        self.bytes = 0
+        self.dropped = 0  # waits merged into the overflow stack
+        self.events = 0  # waits kept (before sampling weights)
+        self._overflow = (self._site(OVERFLOW),)
+
+    # -- the wait subscriber (called by labotel.hooks, never raising into the app) ---------
+    def failed(self) -> None:
+        self._on_failure()
+
+    def released(self, site: str, frame: FrameType | None) -> tuple[int, ...] | None:
+        """The releasing stack, left on a lock that threads wait for."""
+        return self._stack(site, frame, None)
+
+    def lock_waited(self, site: str, frame: FrameType | None, delay_ns: int,
+                    releaser: tuple[int, ...] | None, inside: bool) -> None:
+        if releaser is not None:
+            weight = self._weight(delay_ns)
+            if weight is not None:
+                self._add(self.mutex, releaser, weight)
+        if not inside:  # else the enclosing wait (Condition.wait) is the block event
+            self.blocked(site, frame, delay_ns, None)
+
+    def blocked(self, site: str, frame: FrameType | None, delay_ns: int,
+                stop: FrameType | None) -> None:
+        weight = self._weight(delay_ns)
+        if weight is not None:
+            key = self._stack(site, frame, stop)
+            if key is not None:
+                self._add(self.block, key, weight)
+
+    # -- sampling, stacks, tables -------------------------------------------------------------
+    def _weight(self, delay_ns: int) -> tuple[float, int] | None:
+        """(contentions, delay) to add for one wait, or None if the sample skips it."""
+        rate = self.rate_ns
+        if delay_ns >= rate:
+            return 1.0, delay_ns
+        delay_ns = max(delay_ns, 1)
+        if self._draw() * rate >= delay_ns:
+            return None
+        return rate / delay_ns, rate
+
+    def _stack(self, site: str, frame: FrameType | None,
+               stop: FrameType | None) -> tuple[int, ...] | None:
+        """Frame ids, the site first; None for labotel's own waits."""
+        ids = self._ids
+        first = ids.get(site)
+        if first is None:
+            first = self._site(site)
+        key = [first]
+        kinds = self._kinds
+        verdict = LIBRARY
+        depth = 0
+        while frame is not None and depth < MAX_DEPTH:
+            code = frame.f_code
+            lasti = frame.f_lasti
+            frame_id = ids.get((code, lasti))
+            if frame_id is None:
+                frame_id = self._intern(code, lasti, frame.f_lineno)
+                if frame_id is None:
+                    return self._overflow
+            if verdict == LIBRARY:
+                verdict = kinds[frame_id]
+            key.append(frame_id)
+            if frame is stop:
+                break
+            frame = frame.f_back
+            depth += 1
+        return None if verdict == LABOTEL else tuple(key)
+
+    def _site(self, name: str) -> int:
+        with self._lock:
+            frame_id = self._ids.get(name)
+            if frame_id is None:  # a handful of names: not counted against the budget
+                frame_id = self._ids[name] = len(self._frames)
+                self._frames.append((None, 0, 0, name))
+                self._kinds.append(LIBRARY)
+            return frame_id
+
+    def _intern(self, code: CodeType, lasti: int, lineno: int | None) -> int | None:
+        with self._lock:
+            frame_id = self._ids.get((code, lasti))
+            if frame_id is not None:
+                return frame_id
+            cost = FRAME_BYTES + (0 if code in self._codes else sys.getsizeof(code) + 64)
+            if self.bytes + cost > self.max_bytes:
+                return None
+            self.bytes += cost
+            self._codes.add(code)
+            frame_id = self._ids[(code, lasti)] = len(self._frames)
+            self._frames.append((code, lasti, lineno or code.co_firstlineno, ""))
+            self._kinds.append(_frame_kind(code.co_filename))
+            return frame_id
+
+    def _add(self, table: Samples, key: tuple[int, ...], weight: tuple[float, int]) -> None:
+        count, delay = weight
+        with self._lock:
+            self.events += 1
+            values = table.get(key)
+            if values is None:
+                cost = STACK_BYTES + sys.getsizeof(key)
+                if self.bytes + cost > self.max_bytes:
+                    self.dropped += 1
+                    key = self._overflow
+                    values = table.get(key)
+                else:
+                    self.bytes += cost
+                if values is None:
+                    values = table[key] = [0.0, 0]
+            values[0] += count
+            values[1] += delay
+
+    # -- reading --------------------------------------------------------------------------------
+    def snapshot(self, name: str) -> Samples:
+        """A copy of the ``block`` or ``mutex`` table."""
+        table = self.block if name == "block" else self.mutex
+        with self._lock:
+            return {key: list(values) for key, values in table.items()}
+
+    def records(self, name: str) -> int:
+        return len(self.block if name == "block" else self.mutex)
+
+    def profile(self, samples: Samples) -> ProfileBuilder:
+        """A pprof builder with ``samples``: contentions rounded, delay in ns."""
+        builder = ProfileBuilder(SAMPLE_TYPES, ("contentions", "count"), 1)
+        with self._lock:
+            frames = list(self._frames)
+        locations: dict[int, int] = {}
+        for key, (count, delay) in samples.items():
+            stack = []
+            for frame_id in key:
+                location = locations.get(frame_id)
+                if location is None:
+                    code, lasti, line, name = frames[frame_id]
+                    location = (builder.code_location(code, lasti, line) if code is not None
+                                else builder.line_location("", 0, name))
+                    locations[frame_id] = location
+                stack.append(location)
+            builder.add(tuple(stack), [round(count), int(delay)])
+        return builder
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"block_stacks": len(self.block), "mutex_stacks": len(self.mutex),
+                    "frames": len(self._frames), "bytes": self.bytes,
+                    "max_bytes": self.max_bytes, "waits_kept": self.events,
+                    "waits_merged_over_budget": self.dropped, "rate_ns": self.rate_ns}
+
+    def reset_after_fork(self) -> None:
+        """The parent's waits are not the child's; its lock may be held by a lost thread."""
+        self._lock = _thread.allocate_lock()
+        self._reset()
+
+
+def delta(after: Samples, before: Samples) -> Samples:
+    """What was added between two snapshots (Go's ``?seconds=N`` profiles)."""
+    result = {}
+    for key, (count, delay) in after.items():
+        old = before.get(key)
+        if old is not None:
+            count, delay = count - old[0], delay - old[1]
+        if count or delay:
+            result[key] = [count, delay]
+    return result
