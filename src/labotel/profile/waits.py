@@ -9,8 +9,10 @@ added to one of two cumulative tables, as Go's runtime keeps its profiles:
 
 The innermost frame of every stack names the primitive (``threading.Lock.acquire``,
 ``threading.Condition.wait``, ``asyncio.Future.__await__`` ...), as Go's stacks start at
-``sync.(*Mutex).Lock``. Waits of labotel's own threads (the first frame outside the
-standard library is labotel's) are left out.
+``sync.(*Mutex).Lock``. labotel's own waits are left out: a wait whose innermost frame
+outside the standard library is labotel's, and any wait of a thread that labotel or the
+OpenTelemetry SDK runs (its outermost such frame is theirs: samplers and exporters idle
+there). An application thread waiting inside the SDK (a span processor's lock) is kept.
 
 Sampling follows Go's ``SetBlockProfileRate``: a wait of ``rate_ns`` or longer is always
 kept; a shorter one is kept with probability ``delay / rate_ns`` and then counts
@@ -45,8 +47,9 @@ MAX_DEPTH = 64  # frames kept per stack, innermost first (Go keeps 32)
 FRAME_BYTES = 240
 STACK_BYTES = 200
 OVERFLOW = "(labotel: contention_profile_max_bytes reached; stacks merged)"
-LIBRARY, LABOTEL, APPLICATION = 0, 1, 2
+LIBRARY, LABOTEL, TELEMETRY, APPLICATION = 0, 1, 2, 3
 _LABOTEL_DIR = os.path.dirname(os.path.abspath(labotel.__file__)) + os.sep
+_TELEMETRY_DIR = os.sep + "opentelemetry" + os.sep
 
 Samples = dict[tuple[int, ...], list]  # stack of frame ids -> [contentions, delay_ns]
 Frame = tuple[CodeType | None, int, int, str]  # code, lasti, line, name (code None: a site)
@@ -57,7 +60,9 @@ def _frame_kind(filename: str) -> int:
         return APPLICATION
     if filename.startswith(_LABOTEL_DIR):
         return LABOTEL
-    return LIBRARY if is_library(filename) else APPLICATION
+    if is_library(filename):
+        return LIBRARY
+    return TELEMETRY if _TELEMETRY_DIR in filename else APPLICATION
 
 
 class WaitRecorder:
@@ -129,9 +134,13 @@ class WaitRecorder:
             first = self._site(site)
         key = [first]
         kinds = self._kinds
-        verdict = LIBRARY
+        innermost = outermost = LIBRARY  # the first and last kinds outside the stdlib
+        whole = True  # the walk reached the thread's entry
         depth = 0
-        while frame is not None and depth < MAX_DEPTH:
+        while frame is not None:
+            if depth == MAX_DEPTH:
+                whole = False
+                break
             code = frame.f_code
             lasti = frame.f_lasti
             frame_id = ids.get((code, lasti))
@@ -139,14 +148,20 @@ class WaitRecorder:
                 frame_id = self._intern(code, lasti, frame.f_lineno)
                 if frame_id is None:
                     return self._overflow
-            if verdict == LIBRARY:
-                verdict = kinds[frame_id]
+            kind = kinds[frame_id]
+            if kind != LIBRARY:
+                outermost = kind
+                if innermost == LIBRARY:
+                    innermost = kind
             key.append(frame_id)
             if frame is stop:
+                whole = False
                 break
             frame = frame.f_back
             depth += 1
-        return None if verdict == LABOTEL else tuple(key)
+        if innermost == LABOTEL or (whole and outermost in (LABOTEL, TELEMETRY)):
+            return None
+        return tuple(key)
 
     def _site(self, name: str) -> int:
         with self._lock:
