@@ -132,6 +132,20 @@ def test_uncontended_acquires_record_nothing(profiler):
             pass
         assert lock.acquire(timeout=1)
         lock.release()
+
+    async def main() -> None:
+        lock, event, items = asyncio.Lock(), asyncio.Event(), asyncio.Queue()
+        event.set()
+        for n in range(1000):
+            async with lock:
+                await event.wait()
+                await items.put(n)
+                await items.get()
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        await done
+
+    asyncio.run(main())
     assert profiler.recorder.stats()["waits_kept"] == 0
     assert samples(profiler, "block") == samples(profiler, "mutex") == []
 
@@ -244,6 +258,40 @@ async def task_waiting_on_queue(items: asyncio.Queue) -> None:
     await items.get()
 
 
+def wait_on_asyncio_semaphore() -> None:
+    async def main() -> None:
+        semaphore = asyncio.Semaphore(0)
+        asyncio.get_running_loop().call_later(0.05, semaphore.release)
+        await task_waiting_on_semaphore(semaphore)
+
+    asyncio.run(main())
+
+
+async def task_waiting_on_semaphore(semaphore: asyncio.Semaphore) -> None:
+    await semaphore.acquire()
+
+
+def wait_on_asyncio_condition() -> None:
+    async def main() -> None:
+        cond = asyncio.Condition()
+
+        async def notify_and_linger() -> None:
+            async with cond:
+                cond.notify()
+                await asyncio.sleep(0.05)  # the waiter takes the lock back after this
+
+        asyncio.get_running_loop().call_later(0.05, asyncio.ensure_future,
+                                              notify_and_linger())
+        await task_waiting_on_condition(cond)
+
+    asyncio.run(main())
+
+
+async def task_waiting_on_condition(cond: asyncio.Condition) -> None:
+    async with cond:
+        await cond.wait()
+
+
 def wait_on_asyncio_future() -> None:
     async def main() -> None:
         future = asyncio.get_running_loop().create_future()
@@ -277,10 +325,13 @@ async def task_waiting_on_executor() -> None:
     (wait_on_simple_queue, "queue.SimpleQueue.get", None),
     (wait_on_thread_join, "threading.Thread.join", None),
     (wait_on_future_result, "threading.Condition.wait", "concurrent.futures._base.Future.result"),
-    (wait_on_asyncio_lock, "asyncio.Future.__await__", "asyncio.locks.Lock.acquire"),
-    (wait_on_asyncio_event, "asyncio.Future.__await__", "asyncio.locks.Event.wait"),
-    (wait_on_asyncio_queue, "asyncio.Future.__await__", "asyncio.queues.Queue.get"),
-    (wait_on_asyncio_future, "asyncio.Future.__await__", None),
+    (wait_on_asyncio_lock, "asyncio.Lock.acquire", "asyncio.locks._ContextManagerMixin.__aenter__"),
+    (wait_on_asyncio_event, "asyncio.Event.wait", MODULE + "task_waiting_on_event"),
+    (wait_on_asyncio_queue, "asyncio.Queue.get", MODULE + "task_waiting_on_queue"),
+    (wait_on_asyncio_future, "asyncio.Future.__await__", MODULE + "task_waiting_on_future"),
+    (wait_on_asyncio_semaphore, "asyncio.Semaphore.acquire",
+     MODULE + "task_waiting_on_semaphore"),
+    (wait_on_asyncio_condition, "asyncio.Condition.wait", MODULE + "task_waiting_on_condition"),
 ], ids=lambda value: getattr(value, "__name__", None))
 def test_each_primitive_is_a_block_at_the_waiting_stack(profiler, program, site, caller):
     program()
@@ -296,6 +347,14 @@ def test_each_primitive_is_a_block_at_the_waiting_stack(profiler, program, site,
         assert not any("asyncio.runners" in f or "base_events" in f for f in functions)
     else:
         assert MODULE + waiter in functions
+
+
+def test_an_asyncio_condition_wait_and_its_relock_are_one_block(profiler):
+    wait_on_asyncio_condition()
+    waits = [s for s in samples(profiler, "block")
+             if MODULE + "task_waiting_on_condition" in s[0]]
+    assert [s[0][0] for s in waits] == ["asyncio.Condition.wait"]
+    assert waits[0][2] >= 0.09e9  # notified after 0.05 s, the lock back 0.05 s later
 
 
 def test_a_task_awaiting_an_executor_future_is_blocked(profiler):

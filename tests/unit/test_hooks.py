@@ -41,7 +41,9 @@ def current_primitives() -> tuple:
 
 
 def patched_names() -> Counter:
-    return Counter((getattr(owner, "__name__", owner), name)
+    """How often each attribute is patched (``asyncio.locks.Event.wait`` ...)."""
+    return Counter((f"{owner.__module__}.{owner.__qualname__}" if isinstance(owner, type)
+                    else owner.__name__, name)
                    for owner, name, _ in layer._patcher._saved)  # noqa: SLF001
 
 
@@ -176,7 +178,8 @@ def test_a_failing_profiler_is_counted_once_in_the_logs(caplog):
         def broken(*args):
             raise RuntimeError("injected")
 
-        profiler.recorder.blocked = broken
+        for method in ("stack", "block", "blocked", "handed_off"):
+            setattr(profiler.recorder, method, broken)
         with caplog.at_level(logging.ERROR, logger="labotel"):
             for _ in range(3):
                 event = threading.Event()

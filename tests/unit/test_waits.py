@@ -41,7 +41,7 @@ def test_sampling_keeps_totals_unbiased():
     sampled = recorder(10_000, draw=rng.random)
     for _ in range(50_000):
         sampled.blocked(SITE, here(), 500, None)  # each 1/20 of the rate
-    count, delay = totals(sampled.block)
+    count, delay = totals(sampled.block_table)
     assert 0.9 * 50_000 < count < 1.1 * 50_000
     assert 0.9 * 50_000 * 500 < delay < 1.1 * 50_000 * 500
     assert sampled.events < 0.1 * 50_000  # and only about one in twenty was recorded
@@ -51,7 +51,7 @@ def test_rate_one_keeps_every_wait_as_it_is():
     every = recorder(1)
     for delay in (1, 7, 1_000_000):
         every.blocked(SITE, here(), delay, None)
-    assert totals(every.block) == (3.0, 1_000_008)
+    assert totals(every.block_table) == (3.0, 1_000_008)
 
 
 def make_functions(count: int):
@@ -78,7 +78,7 @@ def test_the_tables_stay_within_their_byte_budget_and_keep_their_totals():
     assert stats["bytes"] <= 256 * 1024
     assert grown <= 256 * 1024 * 1.25, grown  # the estimate covers what is really kept
     assert stats["waits_merged_over_budget"] > 0
-    assert totals(bounded.block) == (3000.0, 3_000_000)  # nothing lost, only merged
+    assert totals(bounded.block_table) == (3000.0, 3_000_000)  # nothing lost, only merged
     builder = bounded.profile(bounded.snapshot("block"))
     functions_seen = {location.function for location in builder.locations}
     assert OVERFLOW in functions_seen

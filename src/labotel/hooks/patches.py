@@ -15,14 +15,17 @@ so a group is installed once, when the first subscriber that needs it arrives.
   join, submit -> task, ``call_soon_threadsafe`` -> callback (edges; ``SimpleQueue.get``
   is also timed); ``queue_mutex`` leaves a ``queue.Queue``'s own mutex plain while no
   edges subscriber listens (waits);
-- ``futures``: ``loop.create_future()`` makes futures whose ``await`` is timed when it
-  has to wait (waits): what asyncio's Lock, Event, Condition, Semaphore and Queue await,
-  and ``run_in_executor``/``wrap_future``.
+- ``asyncio_waits``: asyncio's ``Lock``/``Semaphore.acquire``, ``Event``/``Condition.wait``
+  and ``Queue.get``/``put`` are timed when they will wait, and ``loop.create_future()``
+  called by the application (or ``wrap_future``, so ``run_in_executor``) makes futures
+  whose ``await`` is timed while pending (waits).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import os
 import queue
 import sys
@@ -36,8 +39,8 @@ from labotel.hooks.primitives import (
     InstrumentedLock,
     InstrumentedRLock,
     InstrumentedSimpleQueue,
+    call_waits,
     edge_failed,
-    record_block,
     timed_wait,
 )
 
@@ -162,7 +165,7 @@ def _patch_condition_wait(replace: Replace) -> None:
             _edge("release_into", self, "_labotel_clock")
         if active.waits is not None and timeout != 0:
             notified = timed_wait(CONDITION_WAIT, sys._getframe(1), previous_wait, self,
-                                  timeout)
+                                  timeout, holds_lock=True)
         else:
             notified = previous_wait(self, timeout)
         if plain:  # ...and takes it again, notified or not
@@ -284,26 +287,69 @@ def _patch_loop_handoff(replace: Replace) -> None:
     replace(loop_class, "call_soon_threadsafe", call_soon_threadsafe)
 
 
-# -- asyncio: a future whose await is timed ------------------------------------------------
+# -- asyncio: the primitives' waits, and awaits of futures the application made ---------------
 _future_await = asyncio.Future.__await__
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
-# asyncio's own awaits that are a task's sync (kept) rather than a sleep or I/O (left out,
-# as Go's block profile leaves out sleeps and network waits).
-_ASYNCIO_SYNC = {os.path.join(_ASYNCIO_DIR, name) for name in ("locks.py", "queues.py",
-                                                             "tasks.py")}
-_SLEEP_CODE = asyncio.sleep.__code__
+_WRAP_FUTURE = asyncio.wrap_future.__code__  # what run_in_executor's future is made by
+_in_timed_await: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "labotel_in_timed_await", default=False)
 
 
-def _counts_as_sync(code: Any) -> bool:
-    filename = code.co_filename
-    if not filename.startswith(_ASYNCIO_DIR):
-        return True  # the application (or a library) awaiting a future
-    return filename in _ASYNCIO_SYNC and code is not _SLEEP_CODE
+def _task_top() -> Any:
+    """The outermost coroutine frame of the running task: its stack stops there."""
+    try:
+        task = asyncio.current_task()
+        return getattr(task.get_coro(), "cr_frame", None) if task is not None else None
+    except Exception:  # no running loop
+        return None
+
+
+def _record_await(site: str, frame: Any, started: int) -> None:
+    if active.waits is not None:  # the task's top is looked up only for a wait kept
+        call_waits("blocked", site, frame, active.clock() - started, _task_top)
+
+
+async def _timed(awaitable: Any, site: str) -> Any:
+    """Await ``awaitable`` (an asyncio primitive's coroutine) and record the wait, at the
+    stack of the coroutine that called the primitive, cut at its task's coroutine."""
+    token = _in_timed_await.set(True)  # the relock inside Condition.wait is part of it
+    started = active.clock()
+    try:
+        result = await awaitable
+    except GeneratorExit:  # closed unfinished: no wait to speak of
+        raise
+    except BaseException:  # cancelled (a timeout): it waited all the same
+        _record_await(site, sys._getframe(1), started)
+        raise
+    finally:
+        _in_timed_await.reset(token)
+    _record_await(site, sys._getframe(1), started)
+    return result
+
+
+def _hook_asyncio_wait(replace: Replace, owner: type, name: str,
+                       ready: Callable[[Any], bool] | None) -> None:
+    """Time ``owner.name`` (an ``async def``) when ``ready(self)`` says it will wait; an
+    immediate call costs one check and returns the original coroutine untouched."""
+    previous = owner.__dict__[name]
+    site = f"asyncio.{owner.__name__}.{name}"
+
+    @functools.wraps(previous)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        coro = previous(self, *args, **kwargs)
+        if active.waits is None or (ready is not None and ready(self)) \
+                or _in_timed_await.get():
+            return coro
+        return _timed(coro, site)
+
+    replace(owner, name, method)
 
 
 class TimedFuture(asyncio.Future):
-    """What ``loop.create_future()`` returns while a wait subscriber listens: awaiting it
-    while it is pending records how long the task was suspended, at the task's stack."""
+    """What ``loop.create_future()`` returns to application code (and to ``wrap_future``,
+    so ``run_in_executor``) while a wait subscriber listens: awaiting it while it is
+    pending records how long the task was suspended, at the task's stack. asyncio's own
+    futures (its primitives, sleeps, streams) stay plain: a subclass costs every await."""
 
     __slots__ = ()
 
@@ -315,31 +361,34 @@ class TimedFuture(asyncio.Future):
     __iter__ = __await__
 
     def _timed(self) -> Any:
-        awaiting = sys._getframe(1)  # the coroutine doing ``await`` (resumed us first)
-        if awaiting is None or not _counts_as_sync(awaiting.f_code):
-            return (yield from _future_await(self))
-        clock = active.clock
-        started = clock()
+        started = active.clock()
         try:
-            return (yield from _future_await(self))
-        finally:
-            waits = active.waits
-            if waits is not None:
-                delay = clock() - started
-                try:
-                    task = asyncio.current_task()
-                    coro = task.get_coro() if task is not None else None
-                    top = getattr(coro, "cr_frame", None)
-                except Exception:
-                    top = None
-                record_block(waits, FUTURE_AWAIT, awaiting, delay, top)
+            result = yield from _future_await(self)
+        except GeneratorExit:  # closed unfinished: no wait to speak of
+            raise
+        except BaseException:  # cancelled (a timeout): it waited all the same
+            _record_await(FUTURE_AWAIT, sys._getframe(1), started)
+            raise
+        _record_await(FUTURE_AWAIT, sys._getframe(1), started)
+        return result
 
 
-def _patch_futures(replace: Replace) -> None:
+def _patch_asyncio_waits(replace: Replace) -> None:
+    hook = functools.partial(_hook_asyncio_wait, replace)
+    hook(asyncio.Lock, "acquire", lambda lock: not lock.locked())
+    hook(asyncio.Semaphore, "acquire", lambda semaphore: not semaphore.locked())
+    hook(asyncio.Event, "wait", lambda event: event.is_set())
+    hook(asyncio.Condition, "wait", None)
+    hook(asyncio.Queue, "get", lambda items: not items.empty())
+    hook(asyncio.Queue, "put", lambda items: not items.full())
+    previous = asyncio.BaseEventLoop.create_future
+
     def create_future(self: asyncio.AbstractEventLoop) -> asyncio.Future:
         if active.waits is not None:
-            return TimedFuture(loop=self)
-        return asyncio.Future(loop=self)
+            code = sys._getframe(1).f_code
+            if code is _WRAP_FUTURE or not code.co_filename.startswith(_ASYNCIO_DIR):
+                return TimedFuture(loop=self)
+        return previous(self)
 
     replace(asyncio.BaseEventLoop, "create_future", create_future)
 
@@ -356,7 +405,7 @@ GROUPS: list[tuple[str, frozenset[str], Callable[[Replace], None]]] = [
     ("simple_queue", frozenset({EDGES, WAITS}), _patch_simple_queue),
     ("executor", frozenset({EDGES}), _patch_executor),
     ("loop_handoff", frozenset({EDGES}), _patch_loop_handoff),
-    ("futures", frozenset({WAITS}), _patch_futures),
+    ("asyncio_waits", frozenset({WAITS}), _patch_asyncio_waits),
 ]
 
 

@@ -3,13 +3,13 @@
 ``threading.Lock`` and ``threading.RLock`` become ``InstrumentedLock`` /
 ``InstrumentedRLock`` while any subscriber listens (``patches.py``), so every lock created
 then, and every Condition, Semaphore, Event, Barrier, queue and Future built on one, is
-seen. An acquire first tries ``acquire(False)``; only when that fails does it register as
-a waiter on the lock, time the blocking acquire and tell the wait subscriber. A release
-looks at one attribute: if threads are waiting, it leaves its stack on the lock
-(``_handoff``) so the waiter it wakes can charge its wait to that stack (Go's mutex
-profile charges the unlocker).
+seen. An acquire first tries ``acquire(False)``. Only when that fails does it take its
+stack (before blocking: the wait subscriber's work never lengthens anyone's hold of the
+lock), leave a mark with the time on the lock, and time the blocking acquire. A release
+looks at one attribute: if marks are there, it charges the oldest waiter's wait to its
+own stack once the lock is free (Go's mutex profile charges the unlocker).
 
-Waiter marks are the fork ``generation`` they were made in: the releaser drops marks a
+Marks carry the fork ``generation`` they were made in: a releaser drops the marks a
 forked child inherited from threads that do not exist there.
 """
 
@@ -51,40 +51,40 @@ def edge_failed() -> None:
         pass
 
 
-def _wait_failed(waits: Any) -> None:
-    try:
-        waits.failed()
-    except Exception:
-        pass
-
-
-def record_block(waits: Any, site: str, frame: FrameType | None, delay_ns: int,
-                 stop: FrameType | None = None) -> None:
-    """Tell ``waits`` that the thread (or task) at ``frame`` was blocked ``delay_ns``."""
+def call_waits(method: str, *args: Any) -> Any:
+    """``waits.<method>(*args)``, unless this thread is inside a subscriber already."""
+    waits = _waits
     local = active.local
-    if getattr(local, "busy", False):
-        return
+    if waits is None or getattr(local, "busy", False):
+        return None
     local.busy = True
     try:
-        waits.blocked(site, frame, delay_ns, stop)
+        return getattr(waits, method)(*args)
     except Exception:
-        _wait_failed(waits)
+        try:
+            waits.failed()
+        except Exception:
+            pass
+        return None
     finally:
         local.busy = False
 
 
 def timed_wait(site: str, frame: FrameType | None, function: Callable[..., Any], *args: Any,
+               holds_lock: bool = False,
                waited_errors: tuple[type[BaseException], ...] = ()) -> Any:
     """Call ``function(*args)``, which may block, and record how long it did.
 
-    A call that raises is recorded only for ``waited_errors`` (a timeout that waited);
-    other errors are usage errors raised before any wait.
+    ``holds_lock``: the call returns holding a lock (``Condition.wait``), so the stack is
+    taken before it blocks rather than after, while others may wait for that lock. A call
+    that raises is recorded only for ``waited_errors`` (a timeout that waited); other
+    errors are usage errors raised before any wait.
     """
-    waits = _waits
-    if waits is None:
-        return function(*args)
     local = active.local
     outer = getattr(local, "inside", False)
+    if _waits is None or outer:  # an enclosing timed wait covers this one
+        return function(*args)
+    key = call_waits("stack", site, frame) if holds_lock else None
     local.inside = True
     clock = active.clock
     started = clock()
@@ -97,10 +97,14 @@ def timed_wait(site: str, frame: FrameType | None, function: Callable[..., Any],
         waited = True
         raise
     finally:
-        ended = clock()
-        local.inside = outer
-        if waited and not outer:
-            record_block(waits, site, frame, ended - started)
+        delay = clock() - started
+        local.inside = False
+        if waited:
+            if holds_lock:
+                if key is not None:
+                    call_waits("block", key, delay)
+            else:
+                call_waits("blocked", site, frame, delay, None)
 
 
 def _join(snapshot: Any) -> None:
@@ -129,74 +133,54 @@ def _waiting_list(lock: InstrumentedLock) -> list:
 
 def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
                frame: FrameType | None, site: str, inside: bool = False) -> Any:
-    """A blocking acquire that could not take the lock at once: mark, time, report."""
-    waits = _waits
-    if waits is None:
+    """A blocking acquire that could not take the lock at once: stack, mark, time."""
+    if _waits is None:
         return acquire(*args)
-    mark = active.generation
+    inside = inside or getattr(active.local, "inside", False)  # in a timed Condition.wait
+    key = None if inside else call_waits("stack", site, frame)
     waiting = lock._waiting
     if waiting is None:
         waiting = _waiting_list(lock)
-    waiting.append(mark)
-    handoff = lock._handoff
     clock = active.clock
-    started = clock()
+    mark = (active.generation, clock())
+    waiting.append(mark)
     try:
         got = acquire(*args)
     finally:
-        ended = clock()
+        delay = clock() - mark[1]
         try:
             waiting.remove(mark)
-        except ValueError:  # dropped as stale by a releaser (fork): nothing to undo
+        except ValueError:  # a releaser charged it already (or dropped it after fork)
             pass
-    releaser = lock._handoff if got is not False else None
-    local = active.local
-    if not getattr(local, "busy", False):
-        local.busy = True
-        try:
-            waits.lock_waited(site, frame, ended - started,
-                              None if releaser is handoff else releaser,
-                              inside or getattr(local, "inside", False))
-        except Exception:
-            _wait_failed(waits)
-        finally:
-            local.busy = False
+    if key is not None:
+        call_waits("block", key, delay)
     return got
 
 
-def _hand_off(lock: InstrumentedLock, frame: FrameType | None, site: str) -> None:
-    """Threads wait for ``lock``: leave the releasing stack for the one that gets it."""
-    waits = _waits
-    waiting = lock._waiting
-    if waits is None or not waiting:
+def _handed_off(waiting: list, frame: FrameType | None, site: str) -> None:
+    """The lock was released while threads waited for it: charge the oldest wait to the
+    releasing stack (the lock is already free: none of this delays its next holder)."""
+    try:
+        mark = waiting.pop(0)
+    except IndexError:  # they all got it, or gave up, meanwhile
         return
-    if active.generation not in waiting:  # marks of the parent's threads, in a forked child
+    if mark[0] != active.generation:  # marks of the parent's threads, in a forked child
         waiting.clear()
         return
-    local = active.local
-    if getattr(local, "busy", False):
-        return
-    local.busy = True
-    try:
-        lock._handoff = waits.released(site, frame)
-    except Exception:
-        _wait_failed(waits)
-    finally:
-        local.busy = False
+    call_waits("handed_off", site, frame, active.clock() - mark[1])
 
 
 class InstrumentedLock:
     """``threading.Lock`` that tells the subscribers about its waits and hand-offs."""
 
-    __slots__ = ("_lock", "_sync", "_waiting", "_handoff", "__weakref__")
+    __slots__ = ("_lock", "_sync", "_waiting", "__weakref__")
     _acquire_site = LOCK_ACQUIRE
     _release_site = LOCK_RELEASE
 
     def __init__(self, lock: Any = None) -> None:
         self._lock = _allocate_lock() if lock is None else lock
         self._sync: tuple | None = None  # the edges subscriber's: the last releaser's clock
-        self._waiting: list | None = None  # one mark per thread blocked in acquire()
-        self._handoff: Any = None  # the last releaser's stack, left while threads waited
+        self._waiting: list | None = None  # (generation, since) per thread blocked on it
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         lock = self._lock
@@ -221,19 +205,21 @@ class InstrumentedLock:
         return True
 
     def release(self) -> None:
-        if self._waiting:
-            _hand_off(self, sys._getframe(1), self._release_site)
         if _edges is not None:
             _publish(self)
+        waiting = self._waiting
         self._lock.release()
+        if waiting:
+            _handed_off(waiting, sys._getframe(1), self._release_site)
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         # release() inlined: one Python call less per ``with`` block
-        if self._waiting:
-            _hand_off(self, sys._getframe(1), self._release_site)
         if _edges is not None:
             _publish(self)
+        waiting = self._waiting
         self._lock.release()
+        if waiting:
+            _handed_off(waiting, sys._getframe(1), self._release_site)
 
     def locked(self) -> bool:
         return self._lock.locked()
@@ -248,7 +234,6 @@ class InstrumentedLock:
         self._lock._at_fork_reinit()
         self._sync = None
         self._waiting = None
-        self._handoff = None
 
     def __repr__(self) -> str:
         return f"<labotel instrumented {self._lock!r}>"
@@ -269,11 +254,13 @@ class InstrumentedRLock(InstrumentedLock):
         return self._lock._is_owned
 
     def _release_save(self) -> Any:
-        if self._waiting:
-            _hand_off(self, sys._getframe(1), self._release_site)
         if _edges is not None:
             _publish(self)
-        return self._lock._release_save()
+        waiting = self._waiting
+        saved = self._lock._release_save()
+        if waiting:
+            _handed_off(waiting, sys._getframe(1), self._release_site)
+        return saved
 
     def _acquire_restore(self, saved: Any) -> None:
         # Only Condition.wait() calls this, as it takes the lock back: that wait is timed

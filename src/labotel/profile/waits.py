@@ -82,8 +82,8 @@ class WaitRecorder:
         self._frames: list[Frame] = []
         self._kinds: list[int] = []
         self._codes: set[CodeType] = set()
-        self.block: Samples = {}
-        self.mutex: Samples = {}
+        self.block_table: Samples = {}
+        self.mutex_table: Samples = {}
         self.bytes = 0
         self.dropped = 0  # waits merged into the overflow stack
         self.events = 0  # waits kept (before sampling weights)
@@ -93,26 +93,36 @@ class WaitRecorder:
     def failed(self) -> None:
         self._on_failure()
 
-    def released(self, site: str, frame: FrameType | None) -> tuple[int, ...] | None:
-        """The releasing stack, left on a lock that threads wait for."""
-        return self._stack(site, frame, None)
+    def stack(self, site: str, frame: FrameType | None,
+              stop: FrameType | None = None) -> tuple[int, ...] | None:
+        """The stack at ``frame`` now, for a wait about to start (None: labotel's own)."""
+        return self._stack(site, frame, stop)
 
-    def lock_waited(self, site: str, frame: FrameType | None, delay_ns: int,
-                    releaser: tuple[int, ...] | None, inside: bool) -> None:
-        if releaser is not None:
-            weight = self._weight(delay_ns)
-            if weight is not None:
-                self._add(self.mutex, releaser, weight)
-        if not inside:  # else the enclosing wait (Condition.wait) is the block event
-            self.blocked(site, frame, delay_ns, None)
-
-    def blocked(self, site: str, frame: FrameType | None, delay_ns: int,
-                stop: FrameType | None) -> None:
+    def block(self, key: tuple[int, ...], delay_ns: int) -> None:
+        """A wait at a stack taken before it started."""
         weight = self._weight(delay_ns)
         if weight is not None:
+            self._add(self.block_table, key, weight)
+
+    def blocked(self, site: str, frame: FrameType | None, delay_ns: int,
+                stop: FrameType | Callable[[], FrameType | None] | None) -> None:
+        """A wait that just ended, at ``frame`` (up to ``stop``, a task's coroutine, or
+        a function that finds it: called only if the wait is kept)."""
+        weight = self._weight(delay_ns)
+        if weight is not None:
+            if callable(stop):
+                stop = stop()
             key = self._stack(site, frame, stop)
             if key is not None:
-                self._add(self.block, key, weight)
+                self._add(self.block_table, key, weight)
+
+    def handed_off(self, site: str, frame: FrameType | None, delay_ns: int) -> None:
+        """A lock released at ``frame`` had kept a thread waiting ``delay_ns``."""
+        weight = self._weight(delay_ns)
+        if weight is not None:
+            key = self._stack(site, frame, None)
+            if key is not None:
+                self._add(self.mutex_table, key, weight)
 
     # -- sampling, stacks, tables -------------------------------------------------------------
     def _weight(self, delay_ns: int) -> tuple[float, int] | None:
@@ -208,12 +218,12 @@ class WaitRecorder:
     # -- reading --------------------------------------------------------------------------------
     def snapshot(self, name: str) -> Samples:
         """A copy of the ``block`` or ``mutex`` table."""
-        table = self.block if name == "block" else self.mutex
+        table = self.block_table if name == "block" else self.mutex_table
         with self._lock:
             return {key: list(values) for key, values in table.items()}
 
     def records(self, name: str) -> int:
-        return len(self.block if name == "block" else self.mutex)
+        return len(self.block_table if name == "block" else self.mutex_table)
 
     def profile(self, samples: Samples) -> ProfileBuilder:
         """A pprof builder with ``samples``: contentions rounded, delay in ns."""
@@ -236,7 +246,7 @@ class WaitRecorder:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"block_stacks": len(self.block), "mutex_stacks": len(self.mutex),
+            return {"block_stacks": len(self.block_table), "mutex_stacks": len(self.mutex_table),
                     "frames": len(self._frames), "bytes": self.bytes,
                     "max_bytes": self.max_bytes, "waits_kept": self.events,
                     "waits_merged_over_budget": self.dropped, "rate_ns": self.rate_ns}
