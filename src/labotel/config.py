@@ -77,9 +77,9 @@ class Settings:
     contention_profiling: bool = _option(
         False, "record lock and wait contention for /debug/pprof/mutex and /debug/pprof/block")
     contention_profile_rate: int = _option(
-        1, "like Go's SetBlockProfileRate, in ns: waits this long or longer are all kept, a "
-        "shorter one with probability wait/rate (counts scaled to stay unbiased); 1 keeps "
-        "every wait", minimum=1)
+        1_000_000, "like Go's SetBlockProfileRate, in ns: every wait this long or longer is "
+        "kept, a shorter one with probability wait/rate (counts scaled to stay unbiased); "
+        "1 keeps every wait", minimum=1)
     contention_profile_max_bytes: int = _option(
         8 * 1024 * 1024, "memory for the mutex/block profiles' frames and stacks; past it, "
         "new stacks are merged into one overflow stack", minimum=4096)

@@ -165,7 +165,7 @@ def _patch_condition_wait(replace: Replace) -> None:
             _edge("release_into", self, "_labotel_clock")
         if active.waits is not None and timeout != 0:
             notified = timed_wait(CONDITION_WAIT, sys._getframe(1), previous_wait, self,
-                                  timeout, holds_lock=True)
+                                  timeout)
         else:
             notified = previous_wait(self, timeout)
         if plain:  # ...and takes it again, notified or not

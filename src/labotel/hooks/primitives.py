@@ -6,8 +6,9 @@ then, and every Condition, Semaphore, Event, Barrier, queue and Future built on 
 seen. An acquire first tries ``acquire(False)``. Only when that fails does it take its
 stack (before blocking: the wait subscriber's work never lengthens anyone's hold of the
 lock), leave a mark with the time on the lock, and time the blocking acquire. A release
-looks at one attribute: if marks are there, it charges the oldest waiter's wait to its
-own stack once the lock is free (Go's mutex profile charges the unlocker).
+looks at one attribute: if marks are there, once the lock is free it charges to its own
+stack the time every waiter waited since the previous release, and moves their marks to
+now (Go's mutex profile charges the unlocker; since Go 1.22 for all the waiters it kept).
 
 Marks carry the fork ``generation`` they were made in: a releaser drops the marks a
 forked child inherited from threads that do not exist there.
@@ -71,20 +72,16 @@ def call_waits(method: str, *args: Any) -> Any:
 
 
 def timed_wait(site: str, frame: FrameType | None, function: Callable[..., Any], *args: Any,
-               holds_lock: bool = False,
                waited_errors: tuple[type[BaseException], ...] = ()) -> Any:
     """Call ``function(*args)``, which may block, and record how long it did.
 
-    ``holds_lock``: the call returns holding a lock (``Condition.wait``), so the stack is
-    taken before it blocks rather than after, while others may wait for that lock. A call
-    that raises is recorded only for ``waited_errors`` (a timeout that waited); other
-    errors are usage errors raised before any wait.
+    The stack is taken afterwards, and only for a wait the subscriber keeps. A call that
+    raises is recorded only for ``waited_errors`` (a timeout that waited); other errors
+    are usage errors raised before any wait.
     """
     local = active.local
-    outer = getattr(local, "inside", False)
-    if _waits is None or outer:  # an enclosing timed wait covers this one
+    if _waits is None or getattr(local, "inside", False):  # an enclosing wait covers it
         return function(*args)
-    key = call_waits("stack", site, frame) if holds_lock else None
     local.inside = True
     clock = active.clock
     started = clock()
@@ -100,11 +97,7 @@ def timed_wait(site: str, frame: FrameType | None, function: Callable[..., Any],
         delay = clock() - started
         local.inside = False
         if waited:
-            if holds_lock:
-                if key is not None:
-                    call_waits("block", key, delay)
-            else:
-                call_waits("blocked", site, frame, delay, None)
+            call_waits("blocked", site, frame, delay, None)
 
 
 def _join(snapshot: Any) -> None:
@@ -142,15 +135,16 @@ def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
     if waiting is None:
         waiting = _waiting_list(lock)
     clock = active.clock
-    mark = (active.generation, clock())
+    started = clock()
+    mark = [active.generation, started]  # releasers move mark[1] on as they charge it
     waiting.append(mark)
     try:
         got = acquire(*args)
     finally:
-        delay = clock() - mark[1]
+        delay = clock() - started
         try:
-            waiting.remove(mark)
-        except ValueError:  # a releaser charged it already (or dropped it after fork)
+            waiting.remove(mark)  # equal marks are interchangeable: any one will do
+        except ValueError:  # dropped with the parent's marks after fork
             pass
     if key is not None:
         call_waits("block", key, delay)
@@ -158,16 +152,20 @@ def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
 
 
 def _handed_off(waiting: list, frame: FrameType | None, site: str) -> None:
-    """The lock was released while threads waited for it: charge the oldest wait to the
-    releasing stack (the lock is already free: none of this delays its next holder)."""
-    try:
-        mark = waiting.pop(0)
-    except IndexError:  # they all got it, or gave up, meanwhile
-        return
-    if mark[0] != active.generation:  # marks of the parent's threads, in a forked child
-        waiting.clear()
-        return
-    call_waits("handed_off", site, frame, active.clock() - mark[1])
+    """The lock was released while threads waited for it: charge the releasing stack with
+    their waiting since the last release (the lock is already free: none of this delays
+    its next holder)."""
+    now = active.clock()
+    generation = active.generation
+    delay = 0
+    for mark in list(waiting):
+        if mark[0] != generation:  # marks of the parent's threads, in a forked child
+            waiting.clear()
+            return
+        since, mark[1] = mark[1], now
+        delay += now - since
+    if delay > 0:
+        call_waits("handed_off", site, frame, delay)
 
 
 class InstrumentedLock:
@@ -180,7 +178,7 @@ class InstrumentedLock:
     def __init__(self, lock: Any = None) -> None:
         self._lock = _allocate_lock() if lock is None else lock
         self._sync: tuple | None = None  # the edges subscriber's: the last releaser's clock
-        self._waiting: list | None = None  # (generation, since) per thread blocked on it
+        self._waiting: list | None = None  # [generation, since] per thread blocked on it
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         lock = self._lock

@@ -5,7 +5,8 @@ added to one of two cumulative tables, as Go's runtime keeps its profiles:
 
 - *block*: the waiting stack (the thread's, or the asyncio task's coroutine chain) ->
   (contentions, delay in ns);
-- *mutex*: the stack that *released* a lock others waited for -> the same figures.
+- *mutex*: the stack that *released* a lock others waited for -> (contended releases,
+  the time the waiters waited since the release before).
 
 The innermost frame of every stack names the primitive (``threading.Lock.acquire``,
 ``threading.Condition.wait``, ``asyncio.Future.__await__`` ...), as Go's stacks start at
@@ -117,7 +118,7 @@ class WaitRecorder:
                 self._add(self.block_table, key, weight)
 
     def handed_off(self, site: str, frame: FrameType | None, delay_ns: int) -> None:
-        """A lock released at ``frame`` had kept a thread waiting ``delay_ns``."""
+        """A lock released at ``frame`` had kept threads waiting ``delay_ns`` in all."""
         weight = self._weight(delay_ns)
         if weight is not None:
             key = self._stack(site, frame, None)
