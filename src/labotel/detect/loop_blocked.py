@@ -32,6 +32,7 @@ from labotel.component import Component
 from labotel.detect.detection import Detection, Stack
 from labotel.detect.frames import application_frame
 from labotel.detect.periodic import PeriodicThread
+from labotel.profile import symbols
 from labotel.runtime import aio, origins
 
 # CPython internals used here (for the compat seam): the function asyncio runs every
@@ -199,7 +200,7 @@ def _stack(frame: FrameType | None) -> tuple[Frame, ...]:
     while frame is not None and len(frames) < STACK_FRAMES:
         code = frame.f_code
         frames.append((code.co_filename, frame.f_lineno or code.co_firstlineno,
-                       getattr(code, "co_qualname", code.co_name)))
+                       symbols.qualname(code)))
         frame = frame.f_back
     return tuple(frames)
 
@@ -212,8 +213,7 @@ def _callback_name(frame: FrameType | None, callback: FrameType) -> str | None:
     if inner is None:
         return None
     code = inner.f_code
-    return f"{getattr(code, 'co_qualname', code.co_name)} ({code.co_filename}:" \
-           f"{code.co_firstlineno})"
+    return f"{symbols.qualname(code)} ({code.co_filename}:{code.co_firstlineno})"
 
 
 def _current_task(loop: asyncio.AbstractEventLoop) -> dict[str, Any] | None:

@@ -206,13 +206,14 @@ class WaitRecorder:
             if values is None:
                 cost = STACK_BYTES + sys.getsizeof(key)
                 if self.bytes + cost > self.max_bytes:
-                    self.dropped += 1
                     key = self._overflow
                     values = table.get(key)
                 else:
                     self.bytes += cost
                 if values is None:
                     values = table[key] = [0.0, 0]
+            if key is self._overflow:
+                self.dropped += 1
             values[0] += count
             values[1] += delay
 
