@@ -260,3 +260,17 @@ def test_a_forked_child_watches_its_own_loops(monitor):
         payload = json.loads(pipe.read())
     os.waitpid(pid, 0)
     assert payload == {"line": BLOCKING_LINE, "watchdogs": ["labotel-loop-watchdog"]}
+
+
+def test_a_failing_watchdog_is_counted_and_the_loop_runs_on(monitor, monkeypatch):
+    from labotel.detect import loop_blocked
+
+    def broken(frame):
+        raise RuntimeError("injected watchdog fault")
+
+    monkeypatch.setattr(loop_blocked, "_running_callback", broken)
+    run_blocking_task()  # the probe is overdue during the block: the watchdog looks, fails
+    assert asyncio.run(asyncio.sleep(0.01, result="still fine")) == "still fine"
+    text = get(monitor.admin_url + "/metrics").text
+    assert 'labotel_internal_errors_total{labotel_component="detect.loop_blocked"}' in text
+    assert any(t.name == "labotel-loop-watchdog" for t in threading.enumerate())
