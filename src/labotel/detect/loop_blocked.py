@@ -2,13 +2,19 @@
 step of one task) keeps from running anything else, and reports the line it is stuck at,
 taken while it is still stuck.
 
-Every running loop gets a heartbeat probe (``runtime.aio.LoopProbe``) every quarter of
-``loop_block_threshold``; the watchdog wakes as often. When a loop's probe is overdue,
-the watchdog looks at the loop thread's stack for the callback being run (the
-``Handle._run`` frame asyncio runs every callback and task step in). The same callback
-found again ``loop_block_threshold`` later has held the loop at least that long: its
-stack is taken there and then, and reported when the loop runs again (or after one more
-second if it does not) with how long it was blocked.
+Every running loop gets a heartbeat probe (``runtime.aio.LoopProbe``) every half
+``loop_block_threshold``; the watchdog wakes just after each one is due. When a loop's
+probe is overdue, the watchdog looks at the loop thread's stack for the callback being
+run (the ``Handle._run`` frame asyncio runs every callback and task step in), and looks
+again every quarter threshold while it stays overdue. The same callback found again
+``loop_block_threshold`` after it was first seen has held the loop at least that long:
+its stack is taken there and then, and reported when the loop runs again (or after one
+more second if it does not) with how long it was blocked. So a block shorter than the
+threshold is never reported, and one of twice the threshold or more always is.
+
+Each wake of the watchdog takes the GIL from the loop's thread, so it wakes no more often
+than the heartbeat (20 times a second at the default threshold), and twice a second while
+no loop runs.
 
 A loop that is merely busy runs many callbacks, so the watchdog finds a different one at
 each look and never reports; an idle loop runs its probe on time. What this cannot tell
@@ -31,7 +37,6 @@ from typing import Any
 from labotel.component import Component
 from labotel.detect.detection import Detection, Stack
 from labotel.detect.frames import application_frame
-from labotel.detect.periodic import PeriodicThread
 from labotel.profile import symbols
 from labotel.runtime import aio, origins
 
@@ -41,6 +46,7 @@ from labotel.runtime import aio, origins
 _HANDLE_RUN = asyncio.events.Handle._run.__code__  # type: ignore[attr-defined]
 STACK_FRAMES = 64
 STILL_BLOCKED = 1.0  # report a block that has not ended this long after the threshold
+IDLE_PERIOD = 0.5  # how often the watchdog looks for loops while none runs
 Frame = tuple[str, int, str]  # (filename, lineno, function)
 
 
@@ -76,7 +82,9 @@ class BlockedLoopDetector(Component):
     def start(self, monitor: Any) -> None:
         self.monitor = monitor
         self.threshold = monitor.settings.loop_block_threshold
-        self.period = self.threshold / 4
+        self.period = self.threshold / 2  # heartbeat
+        self.slack = self.threshold / 8  # a probe this late is overdue
+        self.fast = self.threshold / 4  # how often to look while a probe is overdue
         self.suspects: dict[aio.Beat, Suspect] = {}
         self.reports = 0
         meter = monitor.meter
@@ -89,26 +97,35 @@ class BlockedLoopDetector(Component):
             description="Time asyncio event loops were held by such callbacks")
         self.probe = aio.LoopProbe(self.period, on_loop=self._first_loop,
                                    on_error=self._failed)
-        self.watchdog = PeriodicThread("labotel-loop-watchdog", self.period, self.tick,
-                                       self._failed)
         self._series = False
         self.probe.start()
-        self.watchdog.start()
+        self._start_watchdog()
         monitor.add_view("goroutines", self.view)
 
+    def _start_watchdog(self) -> None:
+        self._stopping = False
+        self._loop_found = threading.Event()  # wakes an idle watchdog when a loop starts
+        self.watchdog = threading.Thread(target=self._watch, name="labotel-loop-watchdog",
+                                         daemon=True)
+        self.watchdog.start()
+
     def stop(self) -> None:
-        self.watchdog.stop()
+        self._stopping = True
+        self._loop_found.set()
+        if self.watchdog is not threading.current_thread():
+            self.watchdog.join(1.0)  # it sleeps one heartbeat at most
         self.probe.stop()
 
     def after_fork_in_child(self) -> None:
         self.suspects = {}
         self.probe.reset_after_fork()
-        self.watchdog.restart_after_fork()
+        self._start_watchdog()  # the parent's thread does not exist here
 
     def _failed(self) -> None:
         self.monitor.reporter.component_failed(self.name)
 
     def _first_loop(self, _: asyncio.AbstractEventLoop) -> None:
+        self._loop_found.set()
         # The series start at 0 with the first loop (no asyncio series without a loop), so
         # the first block is an increase the alert rule sees.
         if not self._series:
@@ -117,12 +134,39 @@ class BlockedLoopDetector(Component):
             self.blocked_time.add(0.0)
 
     # -- the watchdog thread ----------------------------------------------------------------
+    def _watch(self) -> None:
+        # A plain sleep, not Event.wait: waking through a Condition cost more than the look
+        # itself. Without a running loop it looks twice a second (or when one starts).
+        while not self._stopping:
+            delay = self._next_look()
+            if delay is None:
+                self._loop_found.wait(IDLE_PERIOD)
+                self._loop_found.clear()
+            else:
+                time.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                self.tick()
+            except Exception:
+                self._failed()
+
+    def _next_look(self) -> float | None:
+        """Seconds until the next look: just after the next heartbeat is due, or a quarter
+        threshold while one is overdue; None while no loop runs."""
+        dues = [beat.due for beat in self.probe.beats() if _running(beat)]
+        if not dues:
+            return None
+        if self.suspects:
+            return self.fast
+        return min(max(min(dues) + self.slack - time.monotonic(), self.fast), self.period)
+
     def tick(self) -> None:
         now = time.monotonic()
         frames: dict[int, FrameType] | None = None
         for beat in self.probe.beats():
             loop = beat.loop()
-            if loop is None or not loop.is_running() or now - beat.due <= self.period / 2:
+            if loop is None or not loop.is_running() or now - beat.due <= self.slack:
                 self._ended(beat, now)
                 continue
             if frames is None:  # only when some probe is overdue
@@ -186,6 +230,11 @@ class BlockedLoopDetector(Component):
 
 
 # -- reading the loop thread ------------------------------------------------------------
+def _running(beat: aio.Beat) -> bool:
+    loop = beat.loop()
+    return loop is not None and loop.is_running()
+
+
 def _running_callback(frame: FrameType | None) -> FrameType | None:
     """The innermost ``Handle._run`` frame of a loop thread's stack (None when idle)."""
     while frame is not None:
