@@ -5,6 +5,7 @@ shutdown while threads wait)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -380,6 +381,17 @@ def test_instrumented_rlock_keeps_the_rlock_api():
         with cond:
             assert not cond.wait(0.01)
         assert not rlock._is_owned()  # noqa: SLF001
+    finally:
+        labotel.shutdown()
+
+
+def test_hooked_asyncio_methods_still_look_like_coroutine_functions():
+    start()
+    try:
+        assert asyncio.Lock.acquire.__name__ == "acquire"
+        if sys.version_info >= (3, 12):  # inspect.markcoroutinefunction came in 3.12
+            assert inspect.iscoroutinefunction(asyncio.Lock.acquire)
+            assert inspect.iscoroutinefunction(asyncio.Queue.get)
     finally:
         labotel.shutdown()
 

@@ -164,7 +164,10 @@ class BlockedLoopDetector(Component):
     def tick(self) -> None:
         now = time.monotonic()
         frames: dict[int, FrameType] | None = None
-        for beat in self.probe.beats():
+        beats = self.probe.beats()
+        for gone in set(self.suspects) - set(beats):  # its loop was collected
+            self._ended(gone, now)
+        for beat in beats:
             loop = beat.loop()
             if loop is None or not loop.is_running() or now - beat.due <= self.slack:
                 self._ended(beat, now)
@@ -195,8 +198,8 @@ class BlockedLoopDetector(Component):
         suspect = self.suspects.pop(beat, None)
         if suspect is None or suspect.taken is None:
             return
-        end = beat.ran if beat.ran > suspect.last_seen else suspect.last_seen
-        held = max(end - suspect.first_seen, suspect.last_seen - suspect.first_seen)
+        # Until the loop's next heartbeat if it ran since, else the last look that saw it.
+        held = max(beat.ran, suspect.last_seen) - suspect.first_seen
         if suspect.reported:
             self.blocked_time.add(max(held - suspect.blocked_before, 0.0))
         else:

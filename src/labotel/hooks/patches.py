@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import os
 import queue
 import sys
@@ -322,7 +323,10 @@ async def _timed(awaitable: Any, site: str) -> Any:
         _record_await(site, sys._getframe(1), started)
         raise
     finally:
-        _in_timed_await.reset(token)
+        try:
+            _in_timed_await.reset(token)
+        except ValueError:  # closed by the garbage collector, in another context
+            pass
     _record_await(site, sys._getframe(1), started)
     return result
 
@@ -342,6 +346,8 @@ def _hook_asyncio_wait(replace: Replace, owner: type, name: str,
             return coro
         return _timed(coro, site)
 
+    if hasattr(inspect, "markcoroutinefunction"):  # 3.12+: still an ``async def`` to inspect
+        inspect.markcoroutinefunction(method)
     replace(owner, name, method)
 
 
