@@ -16,6 +16,9 @@ from labotel.hooks.primitives import InstrumentedLock
 from labotel.profile import contention
 from tests.unit.test_pprof_support import decode, get
 
+# An exception a hook lets into an application thread must fail the test, not warn.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 HOLD = 0.15
 MODULE = "tests.unit.test_contention."
 _EARLY_LOCK = threading.Lock()  # made at import time, before any start()

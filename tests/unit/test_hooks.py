@@ -31,6 +31,9 @@ from tests.unit.test_contention import (
 )
 from tests.unit.test_pprof_support import get
 
+# An exception a hook lets into an application thread must fail the test, not warn.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 ORIGINALS = (threading.Lock, threading.RLock, threading.Condition.wait, threading.Thread.join,
              threading.Event.set, queue.Queue.put, queue.Queue.__init__, queue.SimpleQueue,
              asyncio.BaseEventLoop.create_future, asyncio.BaseEventLoop.call_soon_threadsafe)

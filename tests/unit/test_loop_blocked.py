@@ -15,6 +15,9 @@ import pytest
 import labotel
 from tests.unit.test_pprof_support import get
 
+# An exception a hook lets into an application thread must fail the test, not warn.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 def start(**options) -> labotel.Monitor:
     labotel.shutdown()

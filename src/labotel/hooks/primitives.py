@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _thread
 import queue
+import random
 import sys
 import threading
 from collections.abc import Callable
@@ -33,6 +34,7 @@ _waits: Any = None
 _allocate_lock = _thread.allocate_lock
 _RawRLock = _thread.RLock
 _waiting_lists_lock = _thread.allocate_lock()
+_draw = random.random
 # What install() replaces, as the application may have imported them by name
 # (``from threading import Lock``): adopt.py rebinds those names too.
 ORIGINAL_FACTORIES = {"Lock": threading.Lock, "RLock": threading.RLock,
@@ -154,17 +156,31 @@ def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
 def _handed_off(waiting: list, frame: FrameType | None, site: str) -> None:
     """The lock was released while threads waited for it: charge the releasing stack with
     their waiting since the last release (the lock is already free: none of this delays
-    its next holder)."""
+    its next holder).
+
+    A holder that takes the lock again and again while others wait releases it every
+    microsecond or so: the sampling rule (``waits.rate_ns``, Go's block-rate rule) is
+    applied here, so a release that is not kept costs a clock read and a draw.
+    """
+    waits = _waits
+    if waits is None:
+        return
     now = active.clock()
     generation = active.generation
     delay = 0
-    for mark in list(waiting):
+    for mark in waiting:  # a list may grow or shrink under iteration: never an error
         if mark[0] != generation:  # marks of the parent's threads, in a forked child
             waiting.clear()
             return
         since, mark[1] = mark[1], now
         delay += now - since
-    if delay > 0:
+    try:
+        rate = waits.rate_ns
+        kept = delay >= rate or (delay > 0 and _draw() * rate < delay)
+    except Exception:  # a broken subscriber: tell it, never the application
+        call_waits("failed")
+        return
+    if kept:
         call_waits("handed_off", site, frame, delay)
 
 

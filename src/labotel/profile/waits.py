@@ -118,23 +118,26 @@ class WaitRecorder:
                 self._add(self.block_table, key, weight)
 
     def handed_off(self, site: str, frame: FrameType | None, delay_ns: int) -> None:
-        """A lock released at ``frame`` had kept threads waiting ``delay_ns`` in all."""
-        weight = self._weight(delay_ns)
-        if weight is not None:
-            key = self._stack(site, frame, None)
-            if key is not None:
-                self._add(self.mutex_table, key, weight)
+        """A lock released at ``frame`` had kept threads waiting ``delay_ns`` in all. The
+        hooks already drew this release by ``rate_ns`` (they skip most short ones without
+        a call), so it is only weighted here."""
+        key = self._stack(site, frame, None)
+        if key is not None:
+            self._add(self.mutex_table, key, self._scaled(delay_ns))
 
     # -- sampling, stacks, tables -------------------------------------------------------------
     def _weight(self, delay_ns: int) -> tuple[float, int] | None:
         """(contentions, delay) to add for one wait, or None if the sample skips it."""
+        if delay_ns < self.rate_ns and self._draw() * self.rate_ns >= max(delay_ns, 1):
+            return None
+        return self._scaled(delay_ns)
+
+    def _scaled(self, delay_ns: int) -> tuple[float, int]:
+        """A kept wait's figures: a short one stands for rate/delay waits like it."""
         rate = self.rate_ns
         if delay_ns >= rate:
             return 1.0, delay_ns
-        delay_ns = max(delay_ns, 1)
-        if self._draw() * rate >= delay_ns:
-            return None
-        return rate / delay_ns, rate
+        return rate / max(delay_ns, 1), rate
 
     def _stack(self, site: str, frame: FrameType | None,
                stop: FrameType | None) -> tuple[int, ...] | None:
