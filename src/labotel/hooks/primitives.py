@@ -153,19 +153,30 @@ def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
     return got
 
 
-def _handed_off(waiting: list, frame: FrameType | None, site: str) -> None:
-    """The lock was released while threads waited for it: charge the releasing stack with
-    their waiting since the last release (the lock is already free: none of this delays
-    its next holder).
+def _handed_off(lock: InstrumentedLock, waiting: list, site: str) -> None:
+    """The lock was released while threads waited for it: charge the releasing stack (the
+    caller of the method calling this) with their waiting since the last charge. The lock
+    is already free: none of this delays its next holder.
 
     A holder that takes the lock again and again while others wait releases it every
-    microsecond or so: the sampling rule (``waits.rate_ns``, Go's block-rate rule) is
-    applied here, so a release that is not kept costs a clock read and a draw.
+    microsecond or so, so a lock is charged at most once per ``waits.rate_ns``: releases in
+    between let the waiting roll over to the next charge, which therefore lands on a
+    holder with a probability that grows with how long it held the lock. A charge shorter
+    than the rate is kept by Go's block-rate rule. A release that charges nothing costs a
+    clock read.
     """
     waits = _waits
     if waits is None:
         return
     now = active.clock()
+    try:
+        rate = waits.rate_ns
+        if now - lock._charged < rate:
+            return
+    except Exception:  # a broken subscriber: tell it, never the application
+        call_waits("failed")
+        return
+    lock._charged = now
     generation = active.generation
     delay = 0
     for mark in waiting:  # a list may grow or shrink under iteration: never an error
@@ -174,20 +185,14 @@ def _handed_off(waiting: list, frame: FrameType | None, site: str) -> None:
             return
         since, mark[1] = mark[1], now
         delay += now - since
-    try:
-        rate = waits.rate_ns
-        kept = delay >= rate or (delay > 0 and _draw() * rate < delay)
-    except Exception:  # a broken subscriber: tell it, never the application
-        call_waits("failed")
-        return
-    if kept:
-        call_waits("handed_off", site, frame, delay)
+    if delay >= rate or (delay > 0 and _draw() * rate < delay):
+        call_waits("handed_off", site, sys._getframe(2), delay)
 
 
 class InstrumentedLock:
     """``threading.Lock`` that tells the subscribers about its waits and hand-offs."""
 
-    __slots__ = ("_lock", "_sync", "_waiting", "__weakref__")
+    __slots__ = ("_lock", "_sync", "_waiting", "_charged", "__weakref__")
     _acquire_site = LOCK_ACQUIRE
     _release_site = LOCK_RELEASE
 
@@ -195,6 +200,7 @@ class InstrumentedLock:
         self._lock = _allocate_lock() if lock is None else lock
         self._sync: tuple | None = None  # the edges subscriber's: the last releaser's clock
         self._waiting: list | None = None  # [generation, since] per thread blocked on it
+        self._charged = 0  # when a release last charged the waiters' waiting (clock ns)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         lock = self._lock
@@ -224,7 +230,7 @@ class InstrumentedLock:
         waiting = self._waiting
         self._lock.release()
         if waiting:
-            _handed_off(waiting, sys._getframe(1), self._release_site)
+            _handed_off(self, waiting, self._release_site)
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         # release() inlined: one Python call less per ``with`` block
@@ -233,7 +239,7 @@ class InstrumentedLock:
         waiting = self._waiting
         self._lock.release()
         if waiting:
-            _handed_off(waiting, sys._getframe(1), self._release_site)
+            _handed_off(self, waiting, self._release_site)
 
     def locked(self) -> bool:
         return self._lock.locked()
@@ -273,7 +279,7 @@ class InstrumentedRLock(InstrumentedLock):
         waiting = self._waiting
         saved = self._lock._release_save()
         if waiting:
-            _handed_off(waiting, sys._getframe(1), self._release_site)
+            _handed_off(self, waiting, self._release_site)
         return saved
 
     def _acquire_restore(self, saved: Any) -> None:
