@@ -1,4 +1,5 @@
-"""``WaitRecorder`` on its own: Go's sampling rule, and the byte bound of its tables."""
+"""``WaitRecorder`` on its own, with the hooks' sampling rule: Go's block-rate rule, and
+the byte bound of the tables."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import tracemalloc
 
 import pytest
 
+from labotel.hooks import primitives
 from labotel.profile.waits import OVERFLOW, WaitRecorder, delta
 
 SITE = "threading.Condition.wait"
 
 
-def recorder(rate_ns: int = 1, max_bytes: int = 1 << 20, draw=random.random) -> WaitRecorder:
-    return WaitRecorder(rate_ns, max_bytes, lambda: None, draw)
+def recorder(rate_ns: int = 1, max_bytes: int = 1 << 20) -> WaitRecorder:
+    return WaitRecorder(rate_ns, max_bytes, lambda: None)
 
 
 def here():
@@ -25,22 +27,32 @@ def totals(table) -> tuple[float, int]:
     return sum(v[0] for v in table.values()), sum(v[1] for v in table.values())
 
 
-@pytest.mark.parametrize(("delay", "draw", "kept"), [
-    (2_000, 0.99, (1.0, 2_000)),  # at least the rate: always, as it is
-    (1_000, 0.99, (1.0, 1_000)),
-    (100, 0.05, (10.0, 1_000)),  # shorter and drawn (0.05 * 1000 < 100): scaled up
-    (100, 0.5, None),  # shorter and not drawn
-    (0, 0.0001, (1000.0, 1_000)),  # a zero reading counts as 1 ns
+def record(tables: WaitRecorder, delay: int) -> None:
+    """What the hooks do with a wait that ended: draw, then hand over what is kept."""
+    if primitives.kept(tables, delay):
+        tables.blocked(SITE, here(), delay, None)
+
+
+@pytest.mark.parametrize(("delay", "draw", "kept", "scaled"), [
+    (2_000, 0.99, True, (1.0, 2_000)),  # at least the rate: always, as it is
+    (1_000, 0.99, True, (1.0, 1_000)),
+    (100, 0.05, True, (10.0, 1_000)),  # shorter and drawn (0.05 * 1000 < 100): scaled up
+    (100, 0.5, False, None),  # shorter and not drawn
+    (0, 0.0001, True, (1000.0, 1_000)),  # a zero reading counts as 1 ns
 ])
-def test_gos_block_sampling_rule(delay, draw, kept):
-    assert recorder(1_000, draw=lambda: draw)._weight(delay) == kept
+def test_gos_block_sampling_rule(monkeypatch, delay, draw, kept, scaled):
+    monkeypatch.setattr(primitives, "_draw", lambda: draw)
+    tables = recorder(1_000)
+    assert primitives.kept(tables, delay) is kept
+    if kept:
+        assert tables._scaled(delay) == scaled
 
 
-def test_sampling_keeps_totals_unbiased():
-    rng = random.Random(7)
-    sampled = recorder(10_000, draw=rng.random)
+def test_sampling_keeps_totals_unbiased(monkeypatch):
+    monkeypatch.setattr(primitives, "_draw", random.Random(7).random)
+    sampled = recorder(10_000)
     for _ in range(50_000):
-        sampled.blocked(SITE, here(), 500, None)  # each 1/20 of the rate
+        record(sampled, 500)  # each 1/20 of the rate
     count, delay = totals(sampled.block_table)
     assert 0.9 * 50_000 < count < 1.1 * 50_000
     assert 0.9 * 50_000 * 500 < delay < 1.1 * 50_000 * 500
@@ -50,8 +62,23 @@ def test_sampling_keeps_totals_unbiased():
 def test_rate_one_keeps_every_wait_as_it_is():
     every = recorder(1)
     for delay in (1, 7, 1_000_000):
-        every.blocked(SITE, here(), delay, None)
+        record(every, delay)
     assert totals(every.block_table) == (3.0, 1_000_008)
+
+
+def test_a_subscriber_without_a_rate_is_told_and_nothing_is_kept():
+    failures: list = []
+
+    class NoRate:
+        def failed(self):
+            failures.append(True)
+
+    primitives_waits, primitives._waits = primitives._waits, NoRate()
+    try:
+        assert primitives.kept(primitives._waits, 5) is False
+    finally:
+        primitives._waits = primitives_waits
+    assert failures == [True]
 
 
 def make_functions(count: int):

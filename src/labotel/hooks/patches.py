@@ -42,6 +42,7 @@ from labotel.hooks.primitives import (
     InstrumentedSimpleQueue,
     call_waits,
     edge_failed,
+    kept,
     timed_wait,
 )
 
@@ -306,8 +307,10 @@ def _task_top() -> Any:
 
 
 def _record_await(site: str, frame: Any, started: int) -> None:
-    if active.waits is not None:  # the task's top is looked up only for a wait kept
-        call_waits("blocked", site, frame, active.clock() - started, _task_top)
+    waits = active.waits
+    delay = active.clock() - started
+    if waits is not None and kept(waits, delay):  # the task's top: only for a wait kept
+        call_waits("blocked", site, frame, delay, _task_top)
 
 
 async def _timed(awaitable: Any, site: str) -> Any:

@@ -73,6 +73,18 @@ def call_waits(method: str, *args: Any) -> Any:
         local.busy = False
 
 
+def kept(waits: Any, delay_ns: int) -> bool:
+    """Go's block-rate rule, applied here so that a wait it skips costs no subscriber call:
+    a wait of ``waits.rate_ns`` or longer is kept, a shorter one with probability
+    delay / rate (the subscriber then scales it up)."""
+    try:
+        rate = waits.rate_ns
+        return delay_ns >= rate or _draw() * rate < max(delay_ns, 1)
+    except Exception:  # a broken subscriber: tell it, never the application
+        call_waits("failed")
+        return False
+
+
 def timed_wait(site: str, frame: FrameType | None, function: Callable[..., Any], *args: Any,
                waited_errors: tuple[type[BaseException], ...] = ()) -> Any:
     """Call ``function(*args)``, which may block, and record how long it did.
@@ -98,7 +110,7 @@ def timed_wait(site: str, frame: FrameType | None, function: Callable[..., Any],
     finally:
         delay = clock() - started
         local.inside = False
-        if waited:
+        if waited and kept(_waits, delay):
             call_waits("blocked", site, frame, delay, None)
 
 
@@ -148,7 +160,7 @@ def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
             waiting.remove(mark)  # equal marks are interchangeable: any one will do
         except ValueError:  # dropped with the parent's marks after fork
             pass
-    if key is not None:
+    if key is not None and kept(_waits, delay):
         call_waits("block", key, delay)
     return got
 
@@ -170,8 +182,7 @@ def _handed_off(lock: InstrumentedLock, waiting: list, site: str) -> None:
         return
     now = active.clock()
     try:
-        rate = waits.rate_ns
-        if now - lock._charged < rate:
+        if now - lock._charged < waits.rate_ns:
             return
     except Exception:  # a broken subscriber: tell it, never the application
         call_waits("failed")
@@ -185,7 +196,7 @@ def _handed_off(lock: InstrumentedLock, waiting: list, site: str) -> None:
             return
         since, mark[1] = mark[1], now
         delay += now - since
-    if delay >= rate or (delay > 0 and _draw() * rate < delay):
+    if delay > 0 and kept(waits, delay):
         call_waits("handed_off", site, sys._getframe(2), delay)
 
 

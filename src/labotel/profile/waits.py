@@ -17,7 +17,9 @@ there). An application thread waiting inside the SDK (a span processor's lock) i
 
 Sampling follows Go's ``SetBlockProfileRate``: a wait of ``rate_ns`` or longer is always
 kept; a shorter one is kept with probability ``delay / rate_ns`` and then counts
-``rate_ns / delay`` contentions and ``rate_ns`` of delay, so totals stay unbiased.
+``rate_ns / delay`` contentions and ``rate_ns`` of delay, so totals stay unbiased. The
+hooks draw (``labotel.hooks.primitives.kept``), so a skipped wait costs no call in here;
+what reaches the recorder is kept, and scaled here.
 
 Memory is bounded in bytes (``max_bytes``, estimated from the objects kept: frames,
 the code objects they name, stacks and their counters). Once it is reached, waits at
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import _thread
 import os
-import random
 import sys
 from collections.abc import Callable
 from types import CodeType, FrameType
@@ -69,12 +70,10 @@ def _frame_kind(filename: str) -> int:
 class WaitRecorder:
     """The two wait tables and the frames their stacks are made of."""
 
-    def __init__(self, rate_ns: int, max_bytes: int, on_failure: Callable[[], None],
-                 draw: Callable[[], float] = random.random):
-        self.rate_ns = max(int(rate_ns), 1)
+    def __init__(self, rate_ns: int, max_bytes: int, on_failure: Callable[[], None]):
+        self.rate_ns = max(int(rate_ns), 1)  # read by the hooks, which do the sampling
         self.max_bytes = max_bytes
         self._on_failure = on_failure
-        self._draw = draw
         self._lock = _thread.allocate_lock()  # raw: the hooks call in here
         self._reset()
 
@@ -100,38 +99,27 @@ class WaitRecorder:
         return self._stack(site, frame, stop)
 
     def block(self, key: tuple[int, ...], delay_ns: int) -> None:
-        """A wait at a stack taken before it started."""
-        weight = self._weight(delay_ns)
-        if weight is not None:
-            self._add(self.block_table, key, weight)
+        """A kept wait at a stack taken before it started."""
+        self._add(self.block_table, key, self._scaled(delay_ns))
 
     def blocked(self, site: str, frame: FrameType | None, delay_ns: int,
                 stop: FrameType | Callable[[], FrameType | None] | None) -> None:
-        """A wait that just ended, at ``frame`` (up to ``stop``, a task's coroutine, or
-        a function that finds it: called only if the wait is kept)."""
-        weight = self._weight(delay_ns)
-        if weight is not None:
-            if callable(stop):
-                stop = stop()
-            key = self._stack(site, frame, stop)
-            if key is not None:
-                self._add(self.block_table, key, weight)
+        """A kept wait that just ended, at ``frame`` (up to ``stop``, a task's coroutine,
+        or a function that finds it)."""
+        if callable(stop):
+            stop = stop()
+        key = self._stack(site, frame, stop)
+        if key is not None:
+            self._add(self.block_table, key, self._scaled(delay_ns))
 
     def handed_off(self, site: str, frame: FrameType | None, delay_ns: int) -> None:
-        """A lock released at ``frame`` had kept threads waiting ``delay_ns`` in all. The
-        hooks already drew this release by ``rate_ns`` (they skip most short ones without
-        a call), so it is only weighted here."""
+        """A lock released at ``frame`` had kept threads waiting ``delay_ns`` in all (a
+        charge the hooks kept)."""
         key = self._stack(site, frame, None)
         if key is not None:
             self._add(self.mutex_table, key, self._scaled(delay_ns))
 
     # -- sampling, stacks, tables -------------------------------------------------------------
-    def _weight(self, delay_ns: int) -> tuple[float, int] | None:
-        """(contentions, delay) to add for one wait, or None if the sample skips it."""
-        if delay_ns < self.rate_ns and self._draw() * self.rate_ns >= max(delay_ns, 1):
-            return None
-        return self._scaled(delay_ns)
-
     def _scaled(self, delay_ns: int) -> tuple[float, int]:
         """A kept wait's figures: a short one stands for rate/delay waits like it."""
         rate = self.rate_ns
