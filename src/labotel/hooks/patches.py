@@ -316,13 +316,28 @@ def _record_await(site: str, frame: Any, started: int) -> None:
 async def _timed(awaitable: Any, site: str) -> Any:
     """Await ``awaitable`` (an asyncio primitive's coroutine) and record the wait, at the
     stack of the coroutine that called the primitive, cut at its task's coroutine."""
-    token = _in_timed_await.set(True)  # the relock inside Condition.wait is part of it
     started = active.clock()
     try:
         result = await awaitable
     except GeneratorExit:  # closed unfinished: no wait to speak of
         raise
     except BaseException:  # cancelled (a timeout): it waited all the same
+        _record_await(site, sys._getframe(1), started)
+        raise
+    _record_await(site, sys._getframe(1), started)
+    return result
+
+
+async def _timed_outer(awaitable: Any, site: str) -> Any:
+    """``_timed`` for a wait that takes a lock again inside (``Condition.wait``): that
+    relock is part of it, not a wait of its own."""
+    token = _in_timed_await.set(True)
+    started = active.clock()
+    try:
+        result = await awaitable
+    except GeneratorExit:
+        raise
+    except BaseException:
         _record_await(site, sys._getframe(1), started)
         raise
     finally:
@@ -336,10 +351,12 @@ async def _timed(awaitable: Any, site: str) -> Any:
 
 def _hook_asyncio_wait(replace: Replace, owner: type, name: str,
                        ready: Callable[[Any], bool] | None) -> None:
-    """Time ``owner.name`` (an ``async def``) when ``ready(self)`` says it will wait; an
-    immediate call costs one check and returns the original coroutine untouched."""
+    """Time ``owner.name`` (an ``async def``) when ``ready(self)`` says it will wait (no
+    ``ready``: it always waits, and may take a lock again inside); an immediate call costs
+    one check and returns the original coroutine untouched."""
     previous = owner.__dict__[name]
     site = f"asyncio.{owner.__name__}.{name}"
+    timed = _timed if ready is not None else _timed_outer
 
     @functools.wraps(previous)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -347,7 +364,7 @@ def _hook_asyncio_wait(replace: Replace, owner: type, name: str,
         if active.waits is None or (ready is not None and ready(self)) \
                 or _in_timed_await.get():
             return coro
-        return _timed(coro, site)
+        return timed(coro, site)
 
     if hasattr(inspect, "markcoroutinefunction"):  # 3.12+: still an ``async def`` to inspect
         inspect.markcoroutinefunction(method)
