@@ -18,9 +18,9 @@ no loop runs.
 
 A loop that is merely busy runs many callbacks, so the watchdog finds a different one at
 each look and never reports; an idle loop runs its probe on time. What this cannot tell
-apart: a loop thread that waits for the GIL another thread holds (a long C call), or a
-garbage collection run in the loop thread, is blocked all the same and is reported at
-the line it was stopped at.
+apart: a loop thread that waits for the GIL another thread holds (a long C call), a
+garbage collection run in the loop thread, or a process the OS gives no CPU, is blocked
+all the same and is reported at the line it was stopped at.
 """
 
 from __future__ import annotations
