@@ -100,14 +100,18 @@ def test_every_fault_switch_makes_its_detector_fire(demo):
         sites = [d["attributes"]["labotel.leak.site"] for d in found[kind]]
         # the fault's line is named, and nothing healthy in the demo is reported
         assert all("faults.py" in site for site in sites), (kind, sites)
-    (blocked,) = found["loop_blocked"]  # only the fault's line blocks the relay loop
-    assert blocked["attributes"]["code.filepath"].endswith("labotel/demo/faults.py")
-    assert blocked["attributes"]["code.function"] == "_sign_batch"
-    assert blocked["attributes"]["code.lineno"] == next(
-        number for number, line in enumerate(open(demo_faults.__file__), 1)
-        if "# the blocking line" in line)
-    assert blocked["attributes"]["labotel.loop.blocked_seconds"] >= 0.2
-    assert blocked["attributes"]["thread.name"] == "outbox-relay"
+    # The fault's line is named. (Not necessarily alone: on a machine starved of CPU the
+    # relay loop can also be stalled somewhere innocent, and that is reported too.)
+    line = next(number for number, text in enumerate(open(demo_faults.__file__), 1)
+                if "# the blocking line" in text)
+    blocked = [d for d in found["loop_blocked"]
+               if d["attributes"]["code.filepath"].endswith("labotel/demo/faults.py")
+               and d["attributes"]["code.lineno"] == line]
+    assert blocked, [d["summary"] for d in found["loop_blocked"]]
+    attributes = blocked[0]["attributes"]
+    assert attributes["code.function"] == "_sign_batch"
+    assert attributes["labotel.loop.blocked_seconds"] >= 0.2
+    assert attributes["thread.name"] == "outbox-relay"
     assert any("RACE CONDITION DETECTED" in line for line in log)
     assert any("EVENT LOOP BLOCKED" in line for line in log)
     samples = scrape(base)

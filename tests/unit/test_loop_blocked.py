@@ -277,3 +277,25 @@ def test_a_failing_watchdog_is_counted_and_the_loop_runs_on(monitor, monkeypatch
     text = get(monitor.admin_url + "/metrics").text
     assert 'labotel_internal_errors_total{labotel_component="detect.loop_blocked"}' in text
     assert any(t.name == "labotel-loop-watchdog" for t in threading.enumerate())
+
+
+def test_a_block_spent_in_garbage_collection_says_so_and_is_one_entry(monitor, monkeypatch):
+    from labotel.detect import loop_blocked
+
+    # As if every second the loop was stopped had been a collection in some thread.
+    monkeypatch.setattr(loop_blocked.BlockedLoopDetector, "_gc_seconds",
+                        lambda self: time.monotonic())
+    run_blocking_task()
+    (report,) = wait_for_report()
+    assert report.attributes["labotel.loop.gc_seconds"] >= 0.2
+    assert "s of it in garbage collection" in report.summary
+    assert "Mostly garbage collection" in report.message
+    assert report.fingerprint == ("garbage collection",)
+    assert report.attributes["code.lineno"] == BLOCKING_LINE  # still where it was stopped
+
+
+def test_a_block_without_collections_names_its_line(monitor):
+    run_blocking_task()
+    (report,) = wait_for_report()
+    assert report.attributes["labotel.loop.gc_seconds"] < 0.1  # the runtime collectors ran
+    assert report.fingerprint == (f"{__file__}:{BLOCKING_LINE}",)

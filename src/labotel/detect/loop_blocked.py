@@ -69,6 +69,7 @@ class Suspect:
     callback: FrameType  # its Handle._run frame: the same object while the same call lasts
     first_seen: float
     last_seen: float
+    gc_at_first: float | None  # seconds of garbage collection in the process until then
     taken: Taken | None = None  # read at the threshold, from the live stack
     blocked_before: float = 0.0  # seconds already counted in the metrics
     reported: bool = False
@@ -183,7 +184,7 @@ class BlockedLoopDetector(Component):
             if callback is None:
                 continue
             if suspect is None:
-                self.suspects[beat] = Suspect(callback, now, now)
+                self.suspects[beat] = Suspect(callback, now, now, self._gc_seconds())
                 continue
             suspect.last_seen = now
             held = now - suspect.first_seen
@@ -212,7 +213,16 @@ class BlockedLoopDetector(Component):
         self.reports += 1
         self.blocks.add(1)
         self.blocked_time.add(held)
-        self.monitor.reporter.report(blocked_loop_detection(suspect.taken, held, still))
+        now_gc = self._gc_seconds()
+        in_gc = now_gc - suspect.gc_at_first if None not in (now_gc, suspect.gc_at_first) \
+            else None
+        self.monitor.reporter.report(blocked_loop_detection(suspect.taken, held, still, in_gc))
+
+    def _gc_seconds(self) -> float | None:
+        """Garbage-collection time of the process so far, as the GC collector measures it
+        (None without it): a collection stops the loop's thread wherever it is."""
+        collector = self.monitor.component("runtime.gc")
+        return sum(collector.recorder.totals) if collector is not None else None
 
     def _take(self, loop: asyncio.AbstractEventLoop, beat: aio.Beat, frame: FrameType | None,
               callback: FrameType, held: float) -> Taken:
@@ -290,8 +300,14 @@ def _thread_name(ident: int) -> str:
 
 
 # -- the report ------------------------------------------------------------------------------
-def blocked_loop_detection(taken: Taken, held: float, still: bool) -> Detection:
-    """The ``loop_blocked`` detection: the line, the whole stack, what ran, how long."""
+def blocked_loop_detection(taken: Taken, held: float, still: bool,
+                           in_gc: float | None = None) -> Detection:
+    """The ``loop_blocked`` detection: the line, the whole stack, what ran, how long.
+
+    When garbage collection (in any thread) took half the time or more, the line is only
+    where the loop's thread happened to be: the report says so, and all such blocks are
+    one entry, not one per innocent line.
+    """
     stack = taken.stack
     filename, lineno, function = stack[application_frame(stack)] if stack else ("?", 0, "?")
     site = f"{filename}:{lineno}"
@@ -312,7 +328,11 @@ def blocked_loop_detection(taken: Taken, held: float, still: bool) -> Detection:
         "labotel.loop.task": task["name"] if task else None,
         "labotel.loop.task.coroutine": task["coroutine"] if task else None,
         "labotel.loop.task.created_at": task["created_at"] if task else None,
+        "labotel.loop.gc_seconds": round(in_gc, 3) if in_gc is not None else None,
     }
+    by_gc = in_gc is not None and in_gc >= held / 2
+    if by_gc:
+        how_long += f", {in_gc:.3f} s of it in garbage collection"
     trace = Stack(f"event loop thread {taken.thread_name} while blocked", stack)
     message = "\n".join([
         "EVENT LOOP BLOCKED",
@@ -322,6 +342,9 @@ def blocked_loop_detection(taken: Taken, held: float, still: bool) -> Detection:
         f"{taken.threshold} s); no other task or callback on that loop could run meanwhile.",
         f"Blocked at: {site} in {function}",
         f"Running: {running}",
+        *(["Mostly garbage collection: the loop's thread was stopped at that line, which",
+           "need not be at fault. See LabotelGCPausesLong and /admin/monitoring/gc."]
+          if by_gc else []),
         "",
         "ACTION REQUIRED:",
         "1. Move the blocking call off the loop: await asyncio.to_thread(...) or "
@@ -336,4 +359,4 @@ def blocked_loop_detection(taken: Taken, held: float, still: bool) -> Detection:
                      summary=f"event loop blocked {how_long} at {site} in {function} "
                              f"({running})",
                      attributes=attributes, stacks=(trace,), message=message,
-                     fingerprint=(site,))
+                     fingerprint=("garbage collection",) if by_gc else (site,))
