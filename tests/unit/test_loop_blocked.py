@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import sys
 import threading
 import time
 
@@ -299,3 +300,21 @@ def test_a_block_without_collections_names_its_line(monitor):
     (report,) = wait_for_report()
     assert report.attributes["labotel.loop.gc_seconds"] < 0.1  # the runtime collectors ran
     assert report.fingerprint == (f"{__file__}:{BLOCKING_LINE}",)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU clocks")
+@pytest.mark.parametrize(("used_cpu", "runnable_looks", "starved"), [
+    (0.0, 4, True),  # ready to run at every look, and it never ran: the machine's doing
+    (0.0, 0, False),  # asleep at every look (time.sleep, a socket): the line's doing
+    (0.8, 4, False),  # it ran: a CPU-bound callback
+])
+def test_a_loop_thread_the_machine_did_not_run_is_told_apart(used_cpu, runnable_looks,
+                                                             starved):
+    from labotel.detect import loop_blocked
+
+    native_id = threading.get_native_id()
+    now_cpu = loop_blocked._thread_cpu(native_id)
+    suspect = loop_blocked.Suspect(sys._getframe(), 0.0, 1.0, None, native_id,
+                                   now_cpu - int(used_cpu * 1e9), looks=4,
+                                   runnable_looks=runnable_looks)
+    assert loop_blocked._starved(suspect, held=1.0) is starved

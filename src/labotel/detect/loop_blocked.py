@@ -18,9 +18,10 @@ no loop runs.
 
 A loop that is merely busy runs many callbacks, so the watchdog finds a different one at
 each look and never reports; an idle loop runs its probe on time. What this cannot tell
-apart: a loop thread that waits for the GIL another thread holds (a long C call), a
-garbage collection run in the loop thread, or a process the OS gives no CPU, is blocked
-all the same and is reported at the line it was stopped at.
+apart: a loop thread that waits for the GIL another thread holds (a long C call) is
+blocked all the same and is reported at the line it was stopped at. A block that was
+mostly garbage collection says so; a loop thread the OS did not run at all (ready, but
+given no CPU: it hardly ran and was found runnable) is not reported.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from labotel.component import Component
 from labotel.detect.detection import Detection, Stack
 from labotel.detect.frames import application_frame
 from labotel.profile import symbols
+from labotel.profile.stacks import thread_state
 from labotel.runtime import aio, origins
 
 # CPython internals used here (for the compat seam): the function asyncio runs every
@@ -70,6 +72,10 @@ class Suspect:
     first_seen: float
     last_seen: float
     gc_at_first: float | None  # seconds of garbage collection in the process until then
+    native_id: int | None  # the loop thread's kernel id
+    cpu_at_first: int | None  # CPU the loop's thread had used until then (ns)
+    looks: int = 0
+    runnable_looks: int = 0  # looks that found its thread ready to run but not running
     taken: Taken | None = None  # read at the threshold, from the live stack
     blocked_before: float = 0.0  # seconds already counted in the metrics
     reported: bool = False
@@ -88,6 +94,7 @@ class BlockedLoopDetector(Component):
         self.fast = self.threshold / 4  # how often to look while a probe is overdue
         self.suspects: dict[aio.Beat, Suspect] = {}
         self.reports = 0
+        self.starved = 0
         meter = monitor.meter
         self.blocks = meter.create_counter(
             "labotel.asyncio.loop.blocks", unit="{block}",
@@ -184,9 +191,13 @@ class BlockedLoopDetector(Component):
             if callback is None:
                 continue
             if suspect is None:
-                self.suspects[beat] = Suspect(callback, now, now, self._gc_seconds())
+                self.suspects[beat] = Suspect(callback, now, now, self._gc_seconds(),
+                                              beat.native_id, _thread_cpu(beat.native_id))
                 continue
             suspect.last_seen = now
+            suspect.looks += 1
+            if beat.native_id and thread_state(beat.native_id) == "running":
+                suspect.runnable_looks += 1
             held = now - suspect.first_seen
             if suspect.taken is None and held >= self.threshold:
                 suspect.taken = self._take(loop, beat, frame, callback, held)
@@ -208,6 +219,12 @@ class BlockedLoopDetector(Component):
 
     def _report(self, suspect: Suspect, held: float, still: bool) -> None:
         assert suspect.taken is not None
+        if _starved(suspect, held):
+            # The loop's thread was ready to run but the machine gave it no CPU: no line
+            # of the application held the loop. Counted in the view, not reported.
+            suspect.reported = True
+            self.starved += 1
+            return
         suspect.reported = True
         suspect.blocked_before = held
         self.reports += 1
@@ -235,6 +252,7 @@ class BlockedLoopDetector(Component):
             "loop_block_threshold": self.threshold,
             "loops_watched": len(self.probe.beats()),
             "reports": self.reports,
+            "not_reported_starved_of_cpu": self.starved,
             "blocked_now": [{"thread.id": beat.thread_id,
                              "seconds": round(now - suspect.first_seen, 3)}
                             for beat, suspect in list(self.suspects.items())
@@ -243,6 +261,28 @@ class BlockedLoopDetector(Component):
 
 
 # -- reading the loop thread ------------------------------------------------------------
+def _thread_cpu(native_id: int | None) -> int | None:
+    """CPU time (ns) a thread has used, from the kernel's per-thread clock (Linux)."""
+    if not native_id or not sys.platform.startswith("linux"):
+        return None
+    try:
+        return time.clock_gettime_ns((~native_id << 3) | 6)  # the thread's CPU clock id
+    except OSError:
+        return None
+
+
+def _starved(suspect: Suspect, held: float) -> bool:
+    """The loop's thread hardly ran while it was seen stuck, and was found runnable at most
+    looks: the machine (CPU quota, overload) stopped it, not a line of the application.
+    A callback in ``time.sleep`` or a blocking call sleeps instead; a CPU-bound one runs."""
+    if suspect.cpu_at_first is None or suspect.looks == 0:
+        return False
+    cpu = _thread_cpu(suspect.native_id)
+    if cpu is None:
+        return False
+    return (cpu - suspect.cpu_at_first) < 0.1 * held * 1e9 \
+        and suspect.runnable_looks * 2 > suspect.looks
+
 def _running(beat: aio.Beat) -> bool:
     loop = beat.loop()
     return loop is not None and loop.is_running()

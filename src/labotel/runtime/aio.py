@@ -64,6 +64,7 @@ class Beat:
 
     loop: weakref.ref
     thread_id: int  # the loop's thread, where the probe runs
+    native_id: int | None = None  # the kernel's id of that thread
     due: float = 0.0
     ran: float = 0.0
 
@@ -106,7 +107,8 @@ class LoopProbe:
         with self._lock:
             if loop in self._beats:
                 return
-            beat = self._beats[loop] = Beat(weakref.ref(loop), threading.get_ident())
+            beat = self._beats[loop] = Beat(weakref.ref(loop), threading.get_ident(),
+                                            threading.get_native_id())
         if self._on_loop is not None:
             self._call(self._on_loop, loop)
         self._schedule(loop, beat)
