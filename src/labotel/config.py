@@ -88,6 +88,12 @@ class Settings:
     runtime_metrics: bool = _option(True, "register the runtime collectors")
     loop_lag_interval: float = _option(
         0.5, "seconds between event-loop lag probes on each running loop", minimum=0.01)
+    loop_block_detection: bool = _option(
+        True, "report an asyncio loop that one callback or task step keeps busy for "
+        "loop_block_threshold or longer (detection kind loop_blocked)")
+    loop_block_threshold: float = _option(
+        0.1, "seconds one callback may hold an event loop before it is reported as blocked "
+        "(asyncio debug mode's slow_callback_duration)", minimum=0.01)
     # --- profiling -------------------------------------------------------------------
     heap_profiling: bool = _option(
         False, "start tracemalloc at start() so /debug/pprof/heap works without ?seconds")
@@ -96,6 +102,15 @@ class Settings:
     profile_max_seconds: int = _option(
         300, "largest ?seconds= accepted by the profiling endpoints", minimum=1)
     profile_rate_hz: int = _option(100, "CPU/wall sampler frequency", minimum=1)
+    contention_profiling: bool = _option(
+        False, "record lock and wait contention for /debug/pprof/mutex and /debug/pprof/block")
+    contention_profile_rate: int = _option(
+        1_000_000, "like Go's SetBlockProfileRate, in ns: every wait this long or longer is "
+        "kept, a shorter one with probability wait/rate (counts scaled to stay unbiased); "
+        "1 keeps every wait", minimum=1)
+    contention_profile_max_bytes: int = _option(
+        8 * 1024 * 1024, "memory for the mutex/block profiles' frames and stacks; past it, "
+        "new stacks are merged into one overflow stack", minimum=4096)
     # --- race detection --------------------------------------------------------------
     race_detection: bool = _option(False, "enable the happens-before race detector")
     race_max_resources: int = _option(
@@ -108,7 +123,7 @@ class Settings:
         8, "frames kept per recorded access for the race report's stack traces", minimum=1)
     race_adopt_locks: bool = _option(
         True, "at start, wrap plain module-level locks of the application's own modules "
-        "(created before start) so the race detector sees them")
+        "(created before start) so the race detector and the contention profiler see them")
     # --- leak detection --------------------------------------------------------------
     leak_detection: bool = _option(True, "run the memory/thread/task leak detectors")
     leak_sample_interval: float = _option(

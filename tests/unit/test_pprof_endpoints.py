@@ -55,13 +55,20 @@ def test_bare_prefix_redirects_like_gos_mux(url):
 @pytest.mark.parametrize("name, hint", [
     ("nonesuch", "Unknown profile"),
     ("allocs", "tracemalloc records live allocations only"),
-    ("mutex", "Unknown profile"),
+    ("trace", "there is no Go execution tracer in Python"),
 ])
 def test_unknown_profiles_are_404(url, name, hint):
     assert_go_error(get(url + name), 404, hint)
 
 
-@pytest.mark.parametrize("path", ["profile", "wall", "heap", "goroutine", "threadcreate"])
+@pytest.mark.parametrize("name", ["mutex", "block"])
+def test_contention_profiles_while_off_say_how_to_turn_them_on(url, name):
+    assert_go_error(get(url + name), 400, f"{name} profiling is off")
+    assert "LABOTEL_CONTENTION_PROFILING=1" in get(url + name + "?debug=1").text
+
+
+@pytest.mark.parametrize("path", ["profile", "wall", "heap", "goroutine", "threadcreate",
+                                  "mutex", "block"])
 @pytest.mark.parametrize("value, message", [
     ("abc", 'invalid value for "seconds" - must be a positive integer'),
     ("-3", 'invalid value for "seconds" - must be a positive integer'),
@@ -79,6 +86,8 @@ def test_bad_seconds_are_400(url, path, value, message):
     ("goroutine?debug=x", 'invalid value for "debug" - must be an integer'),
     ("heap?seconds=1&debug=1", "seconds and debug params are incompatible"),
     ("goroutine?seconds=1&debug=2", "seconds and debug params are incompatible"),
+    ("mutex?seconds=1&debug=1", "seconds and debug params are incompatible"),
+    ("block?debug=x", 'invalid value for "debug" - must be an integer'),
     ("heap?gc=yes&seconds=1", 'invalid value for "gc" - must be an integer'),
 ])
 def test_other_bad_parameters_are_400(url, query, message):

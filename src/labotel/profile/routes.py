@@ -17,7 +17,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from labotel.profile import cpu, heap, stacks, symbols
+from labotel.profile import contention, cpu, heap, stacks, symbols
 from labotel.profile.pprof import ProfileBuilder
 from labotel.runtime import aio
 from labotel.server.http import HTTPError, Request, Response
@@ -27,11 +27,15 @@ if TYPE_CHECKING:
 
 PREFIX = "/debug/pprof/"
 DESCRIPTIONS = {
+    "block": "Stack traces that led to blocking on synchronization primitives (locks, "
+             "conditions, events, queues, joins, futures, asyncio waits). Needs "
+             "contention_profiling on",
     "cmdline": "The command line invocation of the current program",
     "goroutine": "Stack traces of all current threads and asyncio tasks",
     "heap": "Live Python allocations by allocation stack (tracemalloc). Needs heap_profiling "
             "on, or the seconds GET parameter to trace for that long. You can specify the gc "
             "GET parameter to run GC before taking the heap sample.",
+    "mutex": "Stack traces of holders of contended locks. Needs contention_profiling on",
     "profile": "CPU profile. You can specify the duration in the seconds GET parameter. After "
                "you get the profile file, use the go tool pprof command to investigate the "
                "profile.",
@@ -41,8 +45,6 @@ DESCRIPTIONS = {
 }
 NOT_IN_PYTHON = {
     "allocs": "tracemalloc records live allocations only; use heap",
-    "block": "Python has no blocking profile; use wall or goroutine?debug=2",
-    "mutex": "Python has no mutex contention profile; use wall",
     "trace": "there is no Go execution tracer in Python",
 }
 DELTA_PROFILES = ("goroutine", "heap", "threadcreate")
@@ -98,6 +100,7 @@ class PprofRoutes:
             "": self.index, "cmdline": self.cmdline, "profile": self.profile,
             "wall": self.wall, "symbol": self.symbol, "heap": self.heap,
             "goroutine": self.goroutine, "threadcreate": self.threadcreate,
+            "block": self.block, "mutex": self.mutex,
         }
 
     def register(self) -> None:
@@ -152,6 +155,10 @@ class PprofRoutes:
         counts = {"goroutine": threads + tasks, "threadcreate": threads}
         if tracemalloc.is_tracing():
             counts["heap"] = len(heap.snapshot(False).statistics("traceback"))
+        profiler = self.component.monitor.component(contention.ContentionProfiling.name)
+        if profiler is not None:
+            for name in contention.PROFILES:
+                counts[name] = profiler.recorder.records(name)
         return counts
 
     def cmdline(self, _: Request) -> Response:
@@ -241,6 +248,35 @@ class PprofRoutes:
         except RuntimeError:  # the application stopped tracemalloc under us
             raise pprof_error(409, "tracemalloc was stopped by the application during the "
                                    "heap profile") from None
+
+    def block(self, request: Request) -> Response:
+        return self._contention(request, "block")
+
+    def mutex(self, request: Request) -> Response:
+        return self._contention(request, "mutex")
+
+    def _contention(self, request: Request, name: str) -> Response:
+        window = seconds(request, self.settings.profile_max_seconds, None)
+        debug = integer(request, "debug")
+        if window is not None and debug:
+            raise pprof_error(400, "seconds and debug params are incompatible")
+        profiler = self.component.monitor.component(contention.ContentionProfiling.name)
+        if profiler is None:
+            raise pprof_error(
+                400, f"{name} profiling is off: contention profiling is not enabled. Start "
+                "the process with LABOTEL_CONTENTION_PROFILING=1 (or "
+                "labotel.start(contention_profiling=True)); it records from then on")
+        if window is not None:
+            started = time.monotonic_ns()
+            before = profiler.recorder.snapshot(name)
+            self.component.stopping.wait(window)
+            after = profiler.recorder.snapshot(name)
+            builder = profiler.profile(name, contention.delta(after, before))
+            return binary(f"{name}-delta", builder.encode(time.monotonic_ns() - started))
+        builder = profiler.profile(name)
+        if debug:
+            return plain(contention.debug_text(name, builder))
+        return binary(name, builder.encode(0))
 
     def goroutine(self, request: Request) -> Response:
         return self._count_profile(request, "goroutine", self._goroutines)

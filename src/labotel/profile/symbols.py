@@ -51,7 +51,29 @@ def qualify(filename: str, qualname: str) -> str:
 
 
 def code_name(code: CodeType) -> str:
-    return qualify(code.co_filename, getattr(code, "co_qualname", code.co_name))
+    return qualify(code.co_filename, qualname(code))
+
+
+def qualname(code: CodeType) -> str:
+    """``Class.method`` of a code object (3.10 has no ``co_qualname``: read the source)."""
+    name = getattr(code, "co_qualname", None)
+    return name if name is not None else _source_qualname(code)
+
+
+def _source_qualname(code: CodeType) -> str:
+    """``Class.method`` for a 3.10 code object, from the ``def`` it starts at."""
+    name = code.co_name
+    ranges = _definitions(code.co_filename) if name != "<module>" else None
+    if not ranges:
+        return name
+    line = code.co_firstlineno
+    if name.startswith("<"):  # a lambda or comprehension: in the def around it
+        around = [r for r in ranges if r[0] <= line <= r[1]]
+        return f"{max(around)[2]}.<locals>.{name}" if around else name
+    for start, _, qualname in ranges:
+        if start == line and qualname.rpartition(".")[2] == name:
+            return qualname
+    return name
 
 
 def code_address(code: CodeType) -> int:
