@@ -31,7 +31,8 @@ class RaceDetection(Component):
         vectorclock.configure(settings.race_max_threads)
         self.detector = races.Detector(reporter, failed,
                                        max_resources=settings.race_max_resources,
-                                       stack_depth=settings.race_stack_depth)
+                                       stack_depth=settings.race_stack_depth,
+                                       max_bytes=settings.race_max_bytes)
         try:
             sync.install(failed)
             if settings.race_adopt_locks:

@@ -37,11 +37,28 @@ _active = threading._active  # type: ignore[attr-defined]  # ident -> Thread, no
 _limbo = threading._limbo  # type: ignore[attr-defined]  # threads between start() and run
 
 
+class ThreadLabel:
+    """Who made an access, as shadow memory keeps it: the thread's id and name, not its
+    clock (so an exited thread's clock is freed while its accesses still name it)."""
+
+    __slots__ = ("tid", "thread", "fallback_name")
+
+    def __init__(self, tid: int, thread: threading.Thread | None, name: str):
+        self.tid = tid
+        self.thread = weakref.ref(thread) if thread is not None else None
+        self.fallback_name = name
+
+    @property
+    def name(self) -> str:
+        thread = self.thread() if self.thread is not None else None
+        return thread.name if thread is not None else self.fallback_name
+
+
 class ThreadState:
     """The clock of one thread (only that thread mutates it)."""
 
-    __slots__ = ("tid", "clock", "vc", "shared", "joined", "busy", "thread", "fallback_name",
-                 "prune_at", "__weakref__")
+    __slots__ = ("tid", "clock", "vc", "shared", "joined", "busy", "label", "prune_at",
+                 "__weakref__")
 
     def __init__(self, tid: int, thread: threading.Thread | None, name: str):
         self.tid = tid
@@ -49,15 +66,13 @@ class ThreadState:
         self.vc: dict[int, int] = {}
         self.shared = False  # vc is referenced by a published snapshot: copy before writing
         self.joined: dict[int, int] | None = None  # last vc joined (skip repeats cheaply)
-        self.busy = False  # inside labotel's own reporting: hooks ignore this thread
-        self.thread = weakref.ref(thread) if thread is not None else None
-        self.fallback_name = name
+        self.busy = False  # inside labotel's own work: hooks ignore this thread
+        self.label = ThreadLabel(tid, thread, name)
         self.prune_at = 64
 
     @property
     def name(self) -> str:
-        thread = self.thread() if self.thread is not None else None
-        return thread.name if thread is not None else self.fallback_name
+        return self.label.name
 
     def snapshot(self) -> Snapshot:
         self.shared = True
