@@ -194,6 +194,9 @@ def _parent_listens_on(port: int) -> bool:
         return False
 
 
+# Held for the whole of start() and shutdown(): calls from several threads run one after
+# the other, so the state left is always that of the last call. (Overlapping, an old
+# monitor's stop removed the patches and the port of the one started meanwhile.)
 _lock = threading.RLock()
 _current: Monitor | None = None
 
@@ -222,11 +225,12 @@ def start(**options: Any) -> Monitor:
 
 
 def shutdown() -> None:
+    """Stop the running monitor; waits at most ``shutdown_timeout`` (+0.2 s) for exports."""
     global _current
     with _lock:
         monitor, _current = _current, None
-    if monitor is not None:
-        monitor.stop()
+        if monitor is not None:
+            monitor.stop()
 
 
 def _safe_stop(monitor: Monitor) -> None:
