@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ class Monitor:
             check_exposure(settings.admin_address, settings.admin_token,
                            settings.admin_allow_insecure)
         self.providers = sdk.build_providers(settings)
+        sdk.watch_exports(self.providers)
         self.meter = self.providers.meter_provider.get_meter(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.tracer = self.providers.tracer_provider.get_tracer(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.reporter = Reporter(self.tracer, self.meter, settings.detection_buffer_size)
@@ -86,8 +88,10 @@ class Monitor:
                  self.server.url)
 
     def stop(self) -> None:
+        """Undo everything; at most ``shutdown_timeout`` (+ ``sdk.ABORT_GRACE``) in all."""
         if not self.running:
             return
+        deadline = time.monotonic() + self.settings.shutdown_timeout
         self.running = False
         if self.server is not None:
             self.server.stop()
@@ -100,7 +104,14 @@ class Monitor:
         self.components.clear()
         loops.uninstall()
         origins.uninstall()
-        self.providers.shutdown()
+        self.reporter.close()
+        if not self.providers.owns_meter_provider:  # the app's provider lives on: leave it
+            try:
+                sdk.forget_instruments(self.meter, self.providers.meter_provider)
+            except Exception:
+                log.exception("labotel: removing its instruments from the application's "
+                              "MeterProvider failed")
+        self.providers.shutdown(deadline)
 
     def after_fork_in_child(self) -> None:
         """Make a forked child (gunicorn worker, multiprocessing) a process of its own.
@@ -254,7 +265,7 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.RLock()  # a parent thread may have held it at fork time
-    sdk.release_collection_after_fork()
+    sdk.release_collection_after_fork(in_child=True)
     monitor = _current
     if monitor is None or not monitor.running:
         return

@@ -87,6 +87,11 @@ class Reporter:
         self._by_fingerprint: collections.OrderedDict[tuple, Detection] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._failed_components: set[str] = set()
+        self._closed = False  # after shutdown: nothing is recorded on the instruments
+
+    def close(self) -> None:
+        """Stop recording on the instruments (labotel is shutting down)."""
+        self._closed = True
 
     def report(self, detection: Detection) -> bool:
         """Report ``detection``; returns False when it repeats one already reported."""
@@ -110,6 +115,8 @@ class Reporter:
                 while len(self._by_fingerprint) > MAX_FINGERPRINTS:
                     self._by_fingerprint.popitem(last=False)
             self._buffer.append(detection)
+        if self._closed:
+            return True
         self._counter.add(1, {"labotel.detection.kind": detection.kind})
         self._emit_span(detection)
         log.warning("%s", detection.message or detection.summary,
@@ -143,7 +150,8 @@ class Reporter:
     def component_failed(self, component: str) -> None:
         """Count a failure in ``component`` and log it once (with traceback)."""
         try:
-            self._errors.add(1, {"labotel.component": component})
+            if not self._closed:
+                self._errors.add(1, {"labotel.component": component})
         except Exception:
             pass
         if component not in self._failed_components:
