@@ -11,12 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from labotel import sdk
-from labotel.component import Component
+from labotel.component import Component, guarded_callback
 from labotel.components import default_components
 from labotel.config import Settings, parse_address
 from labotel.detect.detection import Reporter
+from labotel.footprint import Footprint
 from labotel.runtime import loops, origins
 from labotel.server import admin
 from labotel.server.debug_server import DebugServer, check_exposure
@@ -48,6 +50,14 @@ class Monitor:
         self.meter = self.providers.meter_provider.get_meter(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.tracer = self.providers.tracer_provider.get_tracer(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.reporter = Reporter(self.tracer, self.meter, settings.detection_buffer_size)
+        self.footprint = Footprint()
+        self.footprint.add("reporter", self.reporter.bytes)
+        self.footprint.add("span_queue", lambda: sdk.span_queue_length(self.providers)
+                           * self.reporter.span_bytes)
+        self.meter.create_observable_gauge(
+            "labotel.internal.memory", [guarded_callback(self, "footprint", self._own_memory)],
+            unit="By", description="Memory labotel itself keeps, by part (estimates): race "
+            "shadow state, detections, queued spans")
         self.router = Router(settings.admin_token, on_error=self.reporter.component_failed)
         admin.add_routes(self)
         origins.install()
@@ -57,6 +67,10 @@ class Monitor:
         self.running = True
         if settings.admin_address:
             self._start_server()
+
+    def _own_memory(self, _: CallbackOptions):
+        for part, size in self.footprint.breakdown().items():
+            yield Observation(size, {"labotel.component": part})
 
     def _start_component(self, component: Component) -> None:
         try:

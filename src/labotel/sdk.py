@@ -206,13 +206,28 @@ def build_providers(settings: Settings) -> Providers:
         resource = resource or build_resource(settings)
         tracer_provider = TracerProvider(resource=resource)
         for exporter in _span_exporters(settings):
-            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+            tracer_provider.add_span_processor(BatchSpanProcessor(
+                exporter, max_queue_size=None if "OTEL_BSP_MAX_QUEUE_SIZE" in os.environ
+                else SPAN_QUEUE_SIZE))
         owns_tracer = True
     providers = Providers(meter_provider, tracer_provider, owns_meter, owns_tracer, resource,
                           prometheus_reader, settings.shutdown_timeout)
     if not (owns_meter and owns_tracer):
         _add_missing_identity(providers)
     return providers
+
+
+# Detection spans queued for a collector (the SDK's default is 2048): with the collector
+# down the queue stays full, so this is labotel's worst case for it.
+SPAN_QUEUE_SIZE = 512
+
+
+def span_queue_length(providers: Providers) -> int:
+    """Spans waiting in labotel's own TracerProvider's batch queues (0 on the app's)."""
+    if not providers.owns_tracer_provider:
+        return 0
+    return sum(len(getattr(getattr(processor, "_batch_processor", None), "_queue", ()))
+               for processor in _span_processors_of(providers.tracer_provider))
 
 
 def _attach_prometheus_reader(meter_provider: metrics.MeterProvider) -> MetricReader | None:

@@ -41,6 +41,8 @@ class RaceDetection(Component):
             self.stop()  # a half-done start must not leave patches behind
             raise
         races.activate(self.detector)
+        self.monitor = monitor
+        monitor.footprint.add("race_detector", self.detector.bytes)
         monitor.router.add("/admin/monitoring/races", self._view(monitor))
 
     def _view(self, monitor: Monitor):
@@ -50,7 +52,8 @@ class RaceDetection(Component):
             detector = self.detector
             return json_response({
                 "enabled": detector is not None,
-                "stats": {**detector.stats(), "adopted_module_locks": self.adopted_locks}
+                "stats": {**detector.stats(), "adopted_module_locks": self.adopted_locks,
+                          "reporter": monitor.reporter.stats()}
                 if detector is not None else {},
                 "count": len(reports),
                 "races": [report.to_dict() for report in reports],
@@ -59,6 +62,9 @@ class RaceDetection(Component):
         return races_view
 
     def stop(self) -> None:
+        monitor = getattr(self, "monitor", None)
+        if monitor is not None:
+            monitor.footprint.remove("race_detector")
         races.activate(None)
         self.adopter.undo()
         sync.uninstall()

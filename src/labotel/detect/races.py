@@ -99,7 +99,9 @@ class Detector:
                     self.recent.move_to_end(key)
                     if len(self.recent) > RECENT_REPORTS:
                         self.recent.popitem(last=False)
-                if known:  # already reported: skip building stacks and text
+                if known or not self.reporter.admits("race_condition"):
+                    # already reported, or over the report budget (counted only): no need
+                    # to build stacks and text
                     self.reporter.report(race_report.repeat(resource, key))
                 else:
                     self.reporter.report(race_report.build(resource, previous, current))
