@@ -242,6 +242,10 @@ def run_scenario(name: str, seconds: float, baseline_seconds: float) -> dict[str
     result["baseline_ops_per_s"] = base
     result["worst_window_ratio"] = min(during) / base if during and base else None
     result["median_window_ratio"] = statistics.median(during) / base if during and base else None
+    if during and base:  # where the worst window was, and the run's second-by-second ratios
+        worst = during.index(min(during))
+        result["worst_window_at_s"] = round(worst * BUCKET, 1)
+        result["timeline"] = [round(w / base, 2) for w in during[::int(1 / BUCKET)]]
     rss_during = [rss for t, rss in probes.rss if on_began <= t <= on_ended]
     result["rss_growth_mb"] = (max(rss_during, default=rss_at_start) - rss_at_start) / MB
     result["app_kept_mb"] = scenario.app_kept_bytes / MB
@@ -250,6 +254,9 @@ def run_scenario(name: str, seconds: float, baseline_seconds: float) -> dict[str
     result["forks"] = len(forks_on)
     result["fork_ms_median"] = statistics.median(forks_on) * 1e3 if forks_on else None
     result["fork_ms_max"] = forks_on[-1] * 1e3 if forks_on else None
+    result["fork_ms_p99"] = forks_on[int(0.99 * (len(forks_on) - 1))] * 1e3 if forks_on else None
+    result["fork_ms_slowest"] = [(round(t - on_began, 1), round(d * 1e3, 1)) for t, d in sorted(
+        ((t, d) for t, d in probes.forks if on_began <= t <= on_ended), key=lambda p: -p[1])[:5]]
     result["fork_ms_max_off"] = forks_off[-1] * 1e3 if forks_off else None
     result["app_errors"] = len(ctx.errors)
     result["app_error_samples"] = sorted(set(ctx.errors))[:5]

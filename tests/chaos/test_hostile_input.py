@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import threading
+import time
 
 import psutil
 import pytest
@@ -123,3 +124,78 @@ def test_shadow_state_is_bounded_by_race_max_bytes():
     assert stats["shadow_bytes"] <= stats["max_shadow_bytes"] <= MB
     assert stats["resources_forgotten"] > 0 and stats["tokens_forgotten"] > 0
     assert stats["token_bytes"] <= 0.2 * MB
+
+
+def reenter_views() -> None:
+    """What a hostile __hash__ does here: read labotel's views from inside labotel's call
+    (each takes the lock of the component that made the call)."""
+    from labotel.monitor import current
+    from labotel.runtime import loops
+
+    monitor = current()
+    if monitor is not None:
+        monitor.extra_view("goroutines")
+    loops.running_loops()
+
+
+class HostileThread(threading.Thread):
+    """A Thread subclass whose hashing and equality call back into labotel."""
+
+    def __hash__(self) -> int:
+        reenter_views()
+        return id(self) >> 4
+
+    def __eq__(self, other: object) -> bool:
+        reenter_views()
+        return self is other
+
+
+def test_thread_subclass_with_reentrant_hash_does_not_deadlock_the_leak_detector():
+    labotel.shutdown()
+    monitor = labotel.start(admin_address="", leak_sample_interval=0.05)
+    release = threading.Event()
+    threads = [HostileThread(target=release.wait, daemon=True) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    detector = monitor.component("detect.threads")
+    try:
+        first = detector.view()["leak_detection"]["threads"]["total"]
+        call_with_deadline(lambda: time.sleep(0.5), 10)
+        # the sampler kept sampling, and the view (same lock) still answers
+        view = call_with_deadline(lambda: detector.view()["leak_detection"]["threads"], 10)
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(5)
+    assert "detect.threads" not in monitor.reporter._failed_components
+    assert any("test_hostile_input.py" in group["site"] for group in view["groups"]), (
+        first, view)
+
+
+def test_event_loop_with_reentrant_hash_is_seen_and_never_disturbed():
+    import asyncio
+
+    from labotel.runtime import loops
+
+    class HostileLoop(asyncio.SelectorEventLoop):
+        def __hash__(self) -> int:
+            reenter_views()
+            return id(self) >> 4
+
+    labotel.shutdown()
+    labotel.start(admin_address="")
+    loop = HostileLoop()
+    errors: list = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+
+    async def main() -> int:
+        await asyncio.sleep(0.05)
+        return len(loops.running_loops())
+
+    try:
+        seen = call_with_deadline(lambda: loop.run_until_complete(main()), 10)
+    finally:
+        if not loop.is_running():
+            loop.close()
+    assert errors == []
+    assert seen == 1
