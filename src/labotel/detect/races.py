@@ -40,7 +40,7 @@ class Detector:
     """
 
     def __init__(self, reporter: Reporter, on_failure: Callable[[], None], *,
-                 max_resources: int, stack_depth: int, max_bytes: int = 64 << 20):
+                 max_resources: int, stack_depth: int, max_bytes: int = 32 << 20):
         self.reporter = reporter
         self.on_failure = on_failure
         self.shadow = ShadowMemory(max_resources, stack_depth,
