@@ -9,6 +9,9 @@ Printed per scenario:
   on, as a ratio of its median 1-second throughput with labotel off in the same run
   (goal >= 0.8, never below 0.5); ``median`` is the median window's ratio; ``(off)`` is
   the worst window with labotel off, in the same way: the machine's own noise;
+- cpu: the most CPU labotel's own threads (and the OTel SDK's export threads) used in any
+  1-second window, in cores; the race detector's checks and reports run on the app's
+  threads and are not in it;
 - RSS growth: peak RSS while labotel was on minus RSS just before ``start()``, less what
   the scenario's own app code keeps on purpose (goal <= 50 MB);
 - fork: parent-side ``os.fork()`` latency, median and max, with labotel on (goal <= 10 ms);
@@ -99,12 +102,32 @@ class Workload:
         return [sum(totals[k:k + span]) for k in range(0, max(len(totals) - span + 1, 0))]
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def labotel_cpu_seconds() -> float:
+    """CPU seconds used so far by labotel's (and the OTel SDK's) own threads."""
+    total = 0.0
+    for thread in threading.enumerate():
+        if not thread.name.startswith(("labotel", "Otel")) or thread.native_id is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+    return total
+
+
 class Probes:
-    """RSS sampled every 0.2 s, and a probe fork every ``fork_every`` seconds."""
+    """RSS and labotel's threads' CPU sampled every 0.2 s, and a probe fork every
+    ``fork_every`` seconds."""
 
     def __init__(self, fork_every: float) -> None:
         self.fork_every = fork_every
         self.rss: list[tuple[float, int]] = []
+        self.cpu: list[tuple[float, float]] = []  # (time, labotel threads' CPU seconds)
         self.forks: list[tuple[float, float]] = []
         self.stop = threading.Event()
         self._threads = [threading.Thread(target=self._sample_rss, daemon=True,
@@ -127,7 +150,23 @@ class Probes:
 
     def _sample_rss(self) -> None:
         while not self.stop.wait(0.2):
-            self.rss.append((time.monotonic(), self.current_rss()))
+            now = time.monotonic()
+            self.rss.append((now, self.current_rss()))
+            self.cpu.append((now, labotel_cpu_seconds()))
+
+    def worst_cpu_share(self, begin: float, end: float) -> float | None:
+        """The most CPU labotel's own threads used in any 1-second window, in cores.
+        (Threads come and go, so each 0.2 s step counts only the threads seen at both of
+        its ends: a step that looks negative counts as zero.)"""
+        points = [(t, c) for t, c in self.cpu if begin <= t <= end]
+        steps = [(t1, max(0.0, c1 - c0)) for (t0, c0), (t1, c1) in zip(points, points[1:],
+                                                                          strict=False)]
+        worst = None
+        for index in range(len(steps)):
+            window = [c for t, c in steps[index:] if t - steps[index][0] < 1.0]
+            share = sum(window)
+            worst = share if worst is None or share > worst else worst
+        return worst
 
     def _fork(self) -> None:
         while not self.stop.wait(self.fork_every):
@@ -255,6 +294,7 @@ def run_scenario(name: str, seconds: float, baseline_seconds: float) -> dict[str
         worst = during.index(min(during))
         result["worst_window_at_s"] = round(worst * BUCKET, 1)
         result["timeline"] = [round(w / base, 2) for w in during[::int(1 / BUCKET)]]
+    result["labotel_cpu_worst_1s"] = probes.worst_cpu_share(on_began, on_ended)
     rss_during = [rss for t, rss in probes.rss if on_began <= t <= on_ended]
     result["rss_growth_mb"] = (max(rss_during, default=rss_at_start) - rss_at_start) / MB
     result["app_kept_mb"] = scenario.app_kept_bytes / MB
@@ -299,8 +339,8 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    header = (f"{'scenario':28} {'worst 1s':>8} {'median':>7} {'(off)':>6} {'RSS MB':>7} "
-              f"{'fork ms':>13} {'shutdown s':>11} {'errors':>6}  threads left")
+    header = (f"{'scenario':28} {'worst 1s':>8} {'median':>7} {'(off)':>6} {'cpu':>5} "
+              f"{'RSS MB':>7} {'fork ms':>13} {'shutdown s':>11} {'errors':>6}  threads left")
     print(header)
     print("-" * len(header))
     for r in results:
@@ -312,11 +352,14 @@ def print_table(results: list[dict[str, Any]]) -> None:
         shutdown = f"{r['shutdown_s']:.2f}/{r['shutdown_limit_s']:.1f}"
         print(f"{r['scenario']:28} {_fmt(r['worst_window_ratio'], '.2f'):>8} "
               f"{_fmt(r['median_window_ratio'], '.2f'):>7} "
-              f"{_fmt(r.get('worst_window_ratio_off'), '.2f'):>6} {rss:7.1f} {fork:>13} "
+              f"{_fmt(r.get('worst_window_ratio_off'), '.2f'):>6} "
+              f"{_fmt(r.get('labotel_cpu_worst_1s'), '.2f'):>5} {rss:7.1f} {fork:>13} "
               f"{shutdown:>11} {r['app_errors']:>6}  {','.join(r['threads_left']) or '-'}")
     print("\nworst 1s / median: workload throughput while labotel ran, over its median with "
           "labotel off (goal >= 0.8, never < 0.5); (off): the worst 1 s with labotel off, the "
-          "machine's own noise\nRSS MB: peak RSS growth while on, less what "
+          "machine's own noise\ncpu: the most CPU labotel's own threads used in any 1 s, in "
+          "cores (race checks and reports run on the app's threads: not in it)\n"
+          "RSS MB: peak RSS growth while on, less what "
           "the scenario's app keeps on purpose (goal <= 50)\nfork ms: median/max parent-side "
           "os.fork() (goal <= 10); shutdown s: took/limit (shutdown_timeout + 0.2)")
 

@@ -7,9 +7,9 @@ slow the application much even then. On a thread of its own, for
 
 1. the containers are found by walking out from the application's roots
    (``detect.census``: no heap walk, paced to ``WALK_SHARE`` of the time);
-2. every ``period`` seconds a *burst* of tracing (tracemalloc on for ``BURST_SECONDS``,
-   then off again: it makes allocation-heavy code about three times slower while on, so
-   on for a tenth of the time costs the application a few percent in any second) ends
+2. every ``PERIOD`` (1 s) a *burst* of tracing (tracemalloc on for ``BURST_SECONDS``,
+   0.05 s, then off again: it makes allocation-heavy code about three times slower while
+   on, so on for a twentieth of the time costs the application about 3% of any second) ends
    with an observation: each container's length, and for those that grew, where their
    newest items (and the objects those hold) were allocated
    (``tracemalloc.get_object_traceback``);
@@ -48,9 +48,8 @@ log = logging.getLogger("labotel")
 FRAMES = 10  # deep enough to walk out of stdlib helpers to the application line
 TOP_SITES = 5
 TOP_TYPES = 8
-BURST_SECONDS = 0.1  # tracemalloc on, per burst
-MAX_PERIOD = 1.0  # seconds between bursts (shorter for a short attribution, down to...)
-MIN_PERIOD = 0.5  # ...so tracing is on at most 20% of the time
+BURST_SECONDS = 0.05  # tracemalloc on, per burst...
+PERIOD = 1.0  # ...once a second: on 5% of the time
 MIN_OBSERVATIONS = 3  # a container must rise through these to be named
 WALK_SHARE = 0.1  # of the time the container walk may take
 GROWN_LOOKED_AT = 5  # containers (the fastest growing) whose new items are traced back
@@ -116,7 +115,6 @@ class Attribution:
     def __init__(self, seconds: float, frames: int = FRAMES):
         self.seconds = seconds
         self.frames = frames
-        self.period = min(MAX_PERIOD, max(MIN_PERIOD, seconds / 4))
         self.started_tracemalloc = False
         self.began = 0.0
         self.observations = 0
@@ -158,7 +156,7 @@ class Attribution:
             self._walking = None
             while not self._stop.is_set():
                 self._burst()
-                if self._stop.wait(max(0.0, self.period - BURST_SECONDS)):
+                if self._stop.wait(max(0.0, PERIOD - BURST_SECONDS)):
                     break
         except Stopped:
             pass
