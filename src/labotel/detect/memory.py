@@ -72,7 +72,7 @@ class Suspicion:
 
 
 def kept_growing(during: Trend | None, overall: Trend | None, min_rate: float) -> bool:
-    """Did memory keep growing while allocations were traced (``during``), and over the
+    """Did memory keep growing while attribution watched (``during``), and over the
     window as a whole (``overall``)?
 
     Growth must go on all through the tracing (each third of its samples higher than the
@@ -296,7 +296,7 @@ class MemoryLeakDetector(SamplingDetector):
         lines = [
             f"Memory leak in pid {os.getpid()}: {SERIES_LABEL[series]} grew steadily at "
             f"{rate} (Theil-Sen slope) over the last {found.span:.0f} s, and kept growing "
-            f"while allocations were traced for {result.seconds:.0f} s.",
+            f"while attribution watched it for {result.seconds:.0f} s.",
             f"Now: RSS {format_bytes(last.rss)}, C heap "
             f"{format_bytes(last.heap) if last.heap is not None else 'n/a'}, "
             f"{last.small_blocks} small objects; limit {format_bytes(self.limit)}.",
@@ -304,8 +304,8 @@ class MemoryLeakDetector(SamplingDetector):
         if not top:
             lines.append(f"{where}.")
         if result.sites:
-            lines.append(f"Allocation sites that grew (+{format_bytes(result.traced_growth)} "
-                         "traced in total):")
+            lines.append(f"Allocation sites of the new items (+{format_bytes(result.traced_growth)}"
+                         " in all, estimated from the items' sizes):")
             for number, growth in enumerate(result.sites, 1):
                 lines.append(f"  {number}. {growth.describe()}")
                 lines += [f"       {src}  ({f}:{ln})" for f, ln, src in growth.frames[:4]]
