@@ -22,13 +22,19 @@ class Stopped(Exception):
 
 class Pacer:
     def __init__(self, share: float, slice_seconds: float = 0.005,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, seconds: float | None = None) -> None:
         self.share = share
         self.slice_seconds = slice_seconds
         self.stop = stop or threading.Event()
+        # wall-time limit for the whole work (None: none); the work checks ``expired``
+        self.deadline = None if seconds is None else time.monotonic() + seconds
         self.worked = 0.0  # seconds of work so far
         self.slept = 0.0
         self._slice_began = time.perf_counter()
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def __call__(self) -> None:
         """Between two small steps: sleep if this slice is used up; raise ``Stopped``."""

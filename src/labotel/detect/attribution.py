@@ -51,7 +51,9 @@ TOP_TYPES = 8
 BURST_SECONDS = 0.05  # tracemalloc on, per burst...
 PERIOD = 1.0  # ...once a second: on 5% of the time
 MIN_OBSERVATIONS = 3  # a container must rise through these to be named
-WALK_SHARE = 0.1  # of the time the container walk may take
+WALK_SHARE = 0.1  # of the time the container walk may take...
+WALK_TIME_SHARE = 0.25  # ...for at most this share of the attribution (it then watches
+MIN_WALK_SECONDS = 2.0  # the containers found so far: threads and the app's modules first)
 GROWN_LOOKED_AT = 5  # containers (the fastest growing) whose new items are traced back
 CONTENTS_LOOKED_AT = 8  # objects inside an item also traced back (a dict's values)
 MIN_SITE_SHARE = 0.02  # sites below 2% of the named growth are noise
@@ -148,7 +150,8 @@ class Attribution:
     # -- the attribution thread ----------------------------------------------------------
     def _run(self) -> None:
         try:
-            pacer = Pacer(WALK_SHARE, stop=self._stop)
+            pacer = Pacer(WALK_SHARE, stop=self._stop,
+                          seconds=max(MIN_WALK_SECONDS, self.seconds * WALK_TIME_SHARE))
             self._walking = census_module.Walk()
             census = census_module.take_census(pacer, walk=self._walking)
             self._walk = {**census.as_dict(), "seconds_of_work": round(pacer.worked, 3)}

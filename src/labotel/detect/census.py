@@ -18,7 +18,8 @@ stored somewhere; the walk only follows stored references:
   entered, and nothing calls the application's own methods (``__len__``, ``__iter__``,
   ``__dict__``): the built-in implementations are called directly;
 - bounds: ``MAX_DEPTH`` edges from a root, ``MAX_VISITS`` objects, paced by a
-  ``budget.Pacer`` so the walk takes a small share of the time.
+  ``budget.Pacer`` so the walk takes a small share of the time, and stopped at the
+  pacer's deadline (under tracemalloc every allocation is several times dearer).
 
 What it cannot see (the price of not walking the whole heap): containers reachable only
 from a running function's local variables (not from a global, an object, a closure, a
@@ -195,6 +196,9 @@ def take_census(pacer: Pacer | None = None, top: int = TOP_CONTAINERS,
                 visits += 1
                 if visits % PACE_EVERY == 0:
                     pacer()
+                    if pacer.expired:
+                        truncated = True
+                        break
                 try:
                     length = builtin_len(obj)
                     if length is not None and length >= MIN_ITEMS and depth:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import sys
 import threading
 import time
 import weakref
@@ -34,6 +33,7 @@ from labotel.detect.frames import application_frame
 from labotel.detect.periodic import SamplingDetector
 from labotel.detect.trend import trend
 from labotel.runtime import aio, origins
+from labotel.runtime.thread_frames import current_frames
 
 Frame = tuple[str, int, str]  # (filename, lineno, function)
 
@@ -273,7 +273,7 @@ class ConcurrencyLeakDetector(SamplingDetector):
 
     def tick(self) -> None:
         now = time.monotonic()
-        frames = sys._current_frames()
+        frames = current_frames()
         threads = threading.enumerate()
         thread_sites = []
         live_threads = []

@@ -21,6 +21,7 @@ from typing import Any
 from labotel.profile import symbols, text
 from labotel.profile.pprof import ProfileBuilder
 from labotel.runtime import aio, origins
+from labotel.runtime.thread_frames import current_frames
 
 _LINUX_STATES = {"R": "running", "S": "sleeping", "D": "disk wait", "T": "stopped",
                  "t": "stopped", "Z": "zombie", "I": "idle"}
@@ -69,7 +70,7 @@ def thread_state(native_id: int | None) -> str:
 
 def collect(builder: ProfileBuilder) -> list[Goroutine]:
     """Every live thread, then every unfinished task of every running loop."""
-    frames = sys._current_frames()
+    frames = current_frames()
     result = []
     threads_by_ident = {t.ident: t for t in threading.enumerate()}
     for ident, frame in frames.items():

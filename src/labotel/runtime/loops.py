@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 import weakref
 from collections.abc import Callable
 
 from labotel.patching import Patcher
+from labotel.runtime.thread_frames import current_frames
 
 log = logging.getLogger("labotel")
 LoopListener = Callable[[asyncio.AbstractEventLoop], None]
@@ -121,7 +121,7 @@ def uninstall() -> None:
 def _find_running_loops() -> list[asyncio.AbstractEventLoop]:
     """Loops in a ``run_forever`` call on some thread right now (one-off frame scan)."""
     found = []
-    for frame in sys._current_frames().values():
+    for frame in current_frames().values():
         while frame is not None:
             if frame.f_code.co_name == "run_forever":
                 candidate = frame.f_locals.get("self")
