@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 
 from labotel import sdk
-from labotel.component import Component
+from labotel.component import Component, Unavailable
 from labotel.components import default_components
 from labotel.config import Settings, parse_address
 from labotel.detect.detection import Reporter
@@ -32,6 +32,7 @@ class Monitor:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.components: list[Component] = []
+        self.unavailable: dict[str, str] = {}  # component name -> why it cannot run here
         self.server: DebugServer | None = None
         self._views: dict[str, list[Callable[[], dict[str, Any]]]] = {}
         self._started_pid = os.getpid()
@@ -63,6 +64,10 @@ class Monitor:
             component.start(self)
         except ValueError:
             raise  # a configuration error: the caller must hear about it
+        except Unavailable as reason:
+            log.warning("labotel: %s is off: %s", component.name, reason)
+            self.unavailable[component.name] = str(reason)
+            return
         except Exception:
             self.reporter.component_failed(component.name)
             return

@@ -19,18 +19,21 @@ from threading import Lock as ImportedLock  # bound by name before any start()
 import pytest
 
 import labotel
+from labotel.compat import python
 from labotel.config import Settings
 from labotel.detect import races, sync, vectorclock
 from labotel.runtime import origins
 from tests.unit.race_support import races_on, run_all, spawn, start_detector, wait_until
 
 _MODULE_LOCK = threading.Lock()  # created at import time, before any start()
+# what the import above bound: _thread.allocate_lock, or from 3.13 the lock type itself
+_ORIGINAL_LOCK_FACTORY = ImportedLock
 
 
 def test_lock_factory_imported_by_name_is_rebound():
     start_detector()
     lock = ImportedLock()
-    assert isinstance(lock, sync.InstrumentedLock)
+    assert type(lock) is sync.InstrumentedLock
 
     def bump():
         with lock:
@@ -39,7 +42,9 @@ def test_lock_factory_imported_by_name_is_rebound():
     run_all(bump, bump)
     assert not races_on("imported-lock")
     labotel.shutdown()
-    assert ImportedLock is _thread.allocate_lock
+    assert ImportedLock is _ORIGINAL_LOCK_FACTORY
+    assert ImportedLock is (python.PLAIN_LOCK_TYPE if python.LOCK_IS_A_TYPE
+                            else _thread.allocate_lock)
 
 
 def bump_under_module_lock() -> None:
@@ -53,7 +58,7 @@ def test_module_level_lock_created_before_start(adopt):
     run_all(bump_under_module_lock, bump_under_module_lock)
     if adopt:
         assert not races_on("module-locked")
-        assert isinstance(_MODULE_LOCK, sync.InstrumentedLock)
+        assert type(_MODULE_LOCK) is sync.InstrumentedLock
     else:  # invisible to the detector: the correctly locked program looks racy
         assert races_on("module-locked")
     labotel.shutdown()

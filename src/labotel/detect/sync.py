@@ -30,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import thread as futures_thread
 from typing import Any
 
+from labotel.compat import python
 from labotel.detect.vectorclock import _local, attach, current, final_snapshot
 from labotel.patching import Patcher
 
@@ -65,7 +66,18 @@ def _state() -> Any:
     return None if state.busy else state
 
 
-class InstrumentedLock:
+class _LockClass(type):
+    """From 3.13 ``threading.Lock`` is a type that code may ``isinstance``-check. While it is
+    patched, a plain lock made before start() still passes and an RLock still does not,
+    as with the real type; labotel's own checks compare ``type()`` instead."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        if cls is InstrumentedLock:
+            return type(obj) is InstrumentedLock or type(obj) is python.PLAIN_LOCK_TYPE
+        return type.__instancecheck__(cls, obj)
+
+
+class InstrumentedLock(metaclass=_LockClass):
     """``threading.Lock`` that records release -> acquire edges."""
 
     __slots__ = ("_lock", "_sync", "__weakref__")
@@ -139,6 +151,11 @@ class InstrumentedRLock(InstrumentedLock):
 
     def __getattr__(self, name: str) -> Any:  # _recursion_count and future additions
         return getattr(self._lock, name)
+
+
+def instrumented(lock: Any) -> bool:
+    """One of ours (not ``isinstance``: that also accepts plain locks, see _LockClass)."""
+    return type(lock) is InstrumentedLock or type(lock) is InstrumentedRLock
 
 
 def _publish() -> tuple | None:
@@ -301,17 +318,17 @@ def _patch_early_conditions(replace: Callable[..., Any]) -> None:
 
     def __enter__(self: threading.Condition) -> bool:
         entered = previous_enter(self)
-        if not isinstance(self._lock, InstrumentedLock):  # type: ignore[attr-defined]
+        if not instrumented(self._lock):  # type: ignore[attr-defined]
             _acquire_from(self)
         return entered
 
     def __exit__(self: threading.Condition, *exc_info: Any) -> None:
-        if not isinstance(self._lock, InstrumentedLock):  # type: ignore[attr-defined]
+        if not instrumented(self._lock):  # type: ignore[attr-defined]
             _release_into(self)
         return previous_exit(self, *exc_info)
 
     def wait(self: threading.Condition, timeout: float | None = None) -> bool:
-        plain = not isinstance(self._lock, InstrumentedLock)  # type: ignore[attr-defined]
+        plain = not instrumented(self._lock)  # type: ignore[attr-defined]
         if plain:  # wait() lets go of the lock...
             _release_into(self)
         notified = previous_wait(self, timeout)
@@ -416,5 +433,5 @@ def _patch_asyncio(replace: Callable[..., Any]) -> None:
 def reinit_after_fork() -> None:
     """threading._after_fork rebuilt _active_limbo_lock with our RLock: unwrap it."""
     lock = getattr(threading, "_active_limbo_lock", None)
-    if isinstance(lock, InstrumentedLock):
+    if instrumented(lock):
         threading._active_limbo_lock = lock._lock  # type: ignore[attr-defined]
