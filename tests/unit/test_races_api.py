@@ -368,3 +368,50 @@ def test_fork_child_keeps_detecting():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=60)
     assert "child-exit 0" in result.stdout, result.stderr
+
+
+def test_a_finalizer_run_by_gc_inside_the_detector_does_not_deadlock():
+    """The GC runs finalizers on whichever thread allocates, also while it holds one of the
+    detector's raw locks; one that synchronises (a gRPC channel's __del__ takes a Condition)
+    hung the whole process there (seen in the suite on 3.13; this program hung on 3.11,
+    3.12 and 3.13 alike)."""
+    script = textwrap.dedent("""
+        import gc, threading, labotel
+        monitor = labotel.start(race_detection=True, admin_address="",
+                                runtime_metrics=False, leak_detection=False)
+        detector = monitor.component("detect.races").detector
+        event, cond = threading.Event(), threading.Condition()
+
+        class Finalized:
+            def __init__(self):
+                self.cycle = self  # only the cyclic GC frees it, at any allocation
+            def __del__(self):
+                event.set()
+                with cond:
+                    labotel.record_access("in-finalizer", write=True)
+                labotel.happens_before("finalizer-token")
+
+        def work():
+            for i in range(2000):
+                Finalized()
+                event.set()
+                event.wait()
+                labotel.happens_before("token")
+                labotel.happens_after("token")
+                labotel.record_access("resource", write=True)
+                if i % 100 == 0:
+                    detector.stats()
+
+        gc.set_threshold(1, 1, 1)
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        gc.set_threshold(700, 10, 10)
+        labotel.shutdown()
+        print("finished")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "finished" in result.stdout, result.stderr[-2000:]

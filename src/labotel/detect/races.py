@@ -51,8 +51,12 @@ class Detector:
                 state = vectorclock.current()
             if state.busy:
                 return
-            with self.mu:
-                conflicts = self.shadow.access(resource, write, state, frame, location)
+            state.busy = True  # vectorclock.quiet(): a finalizer must not re-enter self.mu
+            try:
+                with self.mu:
+                    conflicts = self.shadow.access(resource, write, state, frame, location)
+            finally:
+                state.busy = False
             if conflicts:
                 self._report(state, conflicts)
         except Exception:
@@ -99,7 +103,8 @@ class Detector:
             state = vectorclock.current()
             if state.busy:
                 return
-            clock = self._token(token)
+            with vectorclock.quiet(state):
+                clock = self._token(token)
             if release:
                 clock.release(state)
             else:
@@ -108,11 +113,12 @@ class Detector:
             self.on_failure()
 
     def stats(self) -> dict[str, Any]:
-        with self.mu:
-            figures = {"resources_tracked": len(self.shadow), "max_resources":
-                       self.shadow.max_resources, "resources_forgotten": self.shadow.evicted,
-                       "annotation_tokens": len(self.tokens)}
-        figures.update(vectorclock.thread_counts())
+        with vectorclock.quiet(vectorclock.current()):
+            with self.mu:
+                figures = {"resources_tracked": len(self.shadow), "max_resources":
+                           self.shadow.max_resources, "resources_forgotten":
+                           self.shadow.evicted, "annotation_tokens": len(self.tokens)}
+            figures.update(vectorclock.thread_counts())
         figures["races_seen"] = self.races_seen
         return figures
 
