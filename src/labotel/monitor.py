@@ -14,7 +14,7 @@ import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from labotel import sdk
-from labotel.component import Component, guarded_callback
+from labotel.component import Component, Unavailable, guarded_callback
 from labotel.components import default_components
 from labotel.config import Settings, parse_address
 from labotel.detect.detection import Reporter
@@ -35,6 +35,7 @@ class Monitor:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.components: list[Component] = []
+        self.unavailable: dict[str, str] = {}  # component name -> why it cannot run here
         self.server: DebugServer | None = None
         self._views: dict[str, list[Callable[[], dict[str, Any]]]] = {}
         self._started_pid = os.getpid()
@@ -79,6 +80,10 @@ class Monitor:
             component.start(self)
         except ValueError:
             raise  # a configuration error: the caller must hear about it
+        except Unavailable as reason:
+            log.warning("labotel: %s is off: %s", component.name, reason)
+            self.unavailable[component.name] = str(reason)
+            return
         except Exception:
             self.reporter.component_failed(component.name)
             return

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from labotel.component import Component
+from labotel.compat import python
+from labotel.component import Component, Unavailable
 from labotel.detect import races, sync, vectorclock
 from labotel.server.http import Request, Response, json_response
 
@@ -20,6 +21,13 @@ class RaceDetection(Component):
         self.adopted_locks = 0
 
     def start(self, monitor: Monitor) -> None:
+        if not python.gil_enabled():
+            # Never run without the GIL (no free-threaded build was at hand to verify it),
+            # and its one detector lock would serialise every recorded access of threads
+            # the app runs in parallel: refuse rather than risk the app in an untested mode.
+            raise Unavailable("the GIL is disabled (free-threaded build) and the race "
+                              "detector is only verified with it on; run Python with "
+                              "PYTHON_GIL=1 (or -X gil=1) to use it")
         settings = monitor.settings
         reporter = monitor.reporter
 

@@ -66,8 +66,12 @@ class Detector:
                 return
             if type(resource) is not str or len(resource) > MAX_KEY_CHARS or location is not None:
                 resource, location = self._plain(state, resource, location)
-            with self.mu:
-                conflicts = self.shadow.access(resource, write, state, frame, location)
+            state.busy = True  # vectorclock.quiet(): a finalizer must not re-enter self.mu
+            try:
+                with self.mu:
+                    conflicts = self.shadow.access(resource, write, state, frame, location)
+            finally:
+                state.busy = False
             if conflicts:
                 self._report(state, conflicts)
         except Exception:
@@ -147,24 +151,27 @@ class Detector:
             if state.busy:
                 return
             key = self._plain(state, token, None)[0]
-            clock = self._token(key)
+            with vectorclock.quiet(state):
+                clock = self._token(key)
             if release:
                 clock.release(state)
-                self._recount(key, clock)
+                with vectorclock.quiet(state):
+                    self._recount(key, clock)
             else:
                 clock.acquire(state)
         except Exception:
             self.on_failure()
 
     def stats(self) -> dict[str, Any]:
-        with self.mu:
-            figures = {"resources_tracked": len(self.shadow), "max_resources":
-                       self.shadow.max_resources, "resources_forgotten": self.shadow.evicted,
-                       "shadow_bytes": self.shadow.bytes, "max_shadow_bytes":
-                       self.shadow.max_bytes, "annotation_tokens": len(self.tokens),
-                       "token_bytes": self.token_bytes, "tokens_forgotten":
-                       self.tokens_forgotten}
-        figures.update(vectorclock.thread_counts())
+        with vectorclock.quiet(vectorclock.current()):
+            with self.mu:
+                figures = {"resources_tracked": len(self.shadow), "max_resources":
+                           self.shadow.max_resources, "resources_forgotten":
+                           self.shadow.evicted, "shadow_bytes": self.shadow.bytes,
+                           "max_shadow_bytes": self.shadow.max_bytes, "annotation_tokens":
+                           len(self.tokens), "token_bytes": self.token_bytes,
+                           "tokens_forgotten": self.tokens_forgotten}
+            figures.update(vectorclock.thread_counts())
         figures["races_seen"] = self.races_seen
         return figures
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import _thread
 import collections
+import contextlib
 import itertools
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 Snapshot = tuple  # (tid, clock, vc dict) — never mutated after it is published
@@ -114,11 +116,29 @@ class ThreadState:
         return tid == self.tid or self.vc.get(tid, 0) >= clock
 
     def _prune(self) -> None:
-        keep = {k: v for k, v in self.vc.items() if not forgotten(k)}
+        with quiet(self):  # forgotten() takes _registry_mu
+            keep = {k: v for k, v in self.vc.items() if not forgotten(k)}
         self.vc = keep
         self.shared = False
         self.prune_at = len(keep) + max(64, _limits["max_exited"])
         self.prune_epoch = _limits["epoch"]
+
+
+@contextlib.contextmanager
+def quiet(state: ThreadState) -> Iterator[None]:
+    """Hooks ignore this thread while it holds one of the detector's raw locks.
+
+    The garbage collector may run finalizers at any allocation, on the thread that happens
+    to be allocating (a gRPC channel's ``__del__`` takes a Condition); if that thread holds
+    one of these non-reentrant locks, a hook inside the finalizer that takes it again would
+    wait for itself forever. The finalizer's own sync events go unseen instead. The hot
+    paths write the flag inline rather than through this context manager.
+    """
+    busy, state.busy = state.busy, True
+    try:
+        yield
+    finally:
+        state.busy = busy
 
 
 class _ExitSentinel:
@@ -161,9 +181,13 @@ def _new_state() -> ThreadState:
     state = ThreadState(next(_ids), thread, thread.name if thread else f"thread-{ident}")
     _local.state = state
     _local.exit_sentinel = _ExitSentinel(state.tid)
-    with _registry_mu:
-        _live.add(state.tid)
-        _drain_exited()
+    state.busy = True  # see quiet()
+    try:
+        with _registry_mu:
+            _live.add(state.tid)
+            _drain_exited()
+    finally:
+        state.busy = False
     if thread is not None:
         fork = getattr(thread, "_labotel_fork", None)
         if fork is not None:
@@ -225,20 +249,28 @@ class AccumulatedClock:
         self.vc: dict[int, int] = {}
 
     def release(self, state: ThreadState) -> None:
-        with self._mu:
-            vc = self.vc
-            for k, v in state.vc.items():
-                if vc.get(k, 0) < v:
-                    vc[k] = v
-            if vc.get(state.tid, 0) < state.clock:
-                vc[state.tid] = state.clock
+        busy, state.busy = state.busy, True  # see quiet(): a finalizer must not re-enter _mu
+        try:
+            with self._mu:
+                vc = self.vc
+                for k, v in state.vc.items():
+                    if vc.get(k, 0) < v:
+                        vc[k] = v
+                if vc.get(state.tid, 0) < state.clock:
+                    vc[state.tid] = state.clock
+        finally:
+            state.busy = busy
         state.clock += 1
 
     def acquire(self, state: ThreadState) -> None:
-        with self._mu:
-            if not self.vc:
-                return
-            snapshot = (0, 0, dict(self.vc))
+        busy, state.busy = state.busy, True
+        try:
+            with self._mu:
+                if not self.vc:
+                    return
+                snapshot = (0, 0, dict(self.vc))
+        finally:
+            state.busy = busy
         state.acquire(snapshot)
 
 

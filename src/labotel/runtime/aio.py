@@ -19,6 +19,7 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from labotel.compat import python
 from labotel.component import Component, guarded_callback
 from labotel.runtime import loops, origins
 
@@ -31,27 +32,31 @@ def all_tasks_by_loop() -> dict[asyncio.AbstractEventLoop, list[asyncio.Task]]:
     running = loops.running_loops()
     if not running:  # a thread-only process: no task registry to copy
         return result
-    registry = getattr(asyncio.tasks, "_all_tasks", None)
-    if registry is None:  # Python versions without the module-level registry
+    registries = python.TASK_REGISTRIES
+    if registries is None:  # no module-level registry found: one pass per loop
         for loop in running:
             result[loop] = list(asyncio.all_tasks(loop))
         return result
     for loop in running:
         result[loop] = []
-    for _ in range(100):  # the weak set may change size while other threads run
-        try:
-            tasks = list(registry)
-            break
-        except RuntimeError:
-            continue
-    else:
-        tasks = []
+    tasks: set[asyncio.Task] = set()
+    for registry in registries:  # a task moving from one to the next is seen once
+        tasks.update(_copy(registry))
     for task in tasks:
         if not task.done():
             bucket = result.get(task.get_loop())
             if bucket is not None:
                 bucket.append(task)
     return result
+
+
+def _copy(registry: Any) -> list[asyncio.Task]:
+    for _ in range(100):  # a weak set may change size while other threads run
+        try:
+            return list(registry)
+        except RuntimeError:
+            continue
+    return []
 
 
 def task_state(task: asyncio.Task, current: asyncio.Task | None) -> str:

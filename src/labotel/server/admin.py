@@ -88,13 +88,19 @@ def add_routes(monitor: Monitor) -> None:
 
     def races_off(_: Request) -> Response:
         # replaced by the race detector's own view when race_detection is on
-        return json_response({"enabled": False, "count": 0, "races": [],
-                              "hint": "race detection is off: start labotel with "
-                                      "race_detection=True or LABOTEL_RACE_DETECTION=1"})
+        reason = monitor.unavailable.get("detect.races")
+        hint = (f"race detection cannot run here: {reason}" if reason else
+                "race detection is off: start labotel with race_detection=True or "
+                "LABOTEL_RACE_DETECTION=1")
+        return json_response({"enabled": False, "count": 0, "races": [], "hint": hint})
 
     def index(_: Request) -> Response:
-        return json_response({"service": monitor.service_name, "uptime_seconds":
-                              round(time.time() - started, 3), "endpoints": router.paths()})
+        return json_response({
+            "service": monitor.service_name,
+            "uptime_seconds": round(time.time() - started, 3),
+            "components": {"running": [c.name for c in monitor.components],
+                           "unavailable": dict(monitor.unavailable)},
+            "endpoints": router.paths()})
 
     router.add("/healthz", healthz)
     router.add("/metrics", metrics)
