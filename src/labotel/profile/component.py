@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from labotel.component import Component
 from labotel.profile import heap
+from labotel.profile.backends import Backends
 from labotel.profile.cpu import CPU, WALL, ProfileSlot
 from labotel.profile.routes import PprofRoutes
 
@@ -19,8 +20,10 @@ class ProfilingComponent(Component):
 
     def start(self, monitor: Monitor) -> None:
         self.monitor = monitor
-        self.cpu = ProfileSlot(CPU)
-        self.wall = ProfileSlot(WALL)
+        settings = monitor.settings
+        self.backends = Backends(settings.profile_backend, settings.profile_cpu_budget)
+        self.cpu = ProfileSlot(CPU, self.backends.start)
+        self.wall = ProfileSlot(WALL, self.backends.start)
         self.stopping = threading.Event()  # wakes requests waiting out ?seconds= at shutdown
         self._heap_lease = False
         if monitor.settings.heap_profiling:
