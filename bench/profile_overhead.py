@@ -4,6 +4,11 @@ alternately in one process (labotel started on both sides), median ratio printed
 backend: the in-process sampler (with its default CPU budget) and py-spy. Target <= 1.05.
 
     uv run python bench/profile_overhead.py [--rounds 9] [--scale 2] [--backend in-process,py-spy]
+        [--idle-threads 0] [--budget 0.01]
+
+``--idle-threads N`` adds N threads blocked on an event for the whole run (a big thread
+pool): every tick of the in-process sampler reads their CPU clocks. ``--budget`` is the
+in-process sampler's ``profile_cpu_budget`` (1.0: no budget to speak of).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from bench.workload import interleaved_ratio, mixed_workload, timed  # noqa: E40
 from labotel.profile.pprof import decode  # noqa: E402
 
 
-def measure(backend: str, rounds: int, scale: int) -> None:
+def measure(backend: str, rounds: int, scale: int, budget: float) -> None:
     monitor = labotel.start(admin_address="127.0.0.1:0", profile_rate_hz=100,
-                            profile_backend=backend)
+                            profile_backend=backend, profile_cpu_budget=budget,
+                            thread_limit=2 * threading.active_count() + 1000)
     samples: list[int] = []
     periods: list[int] = []
     sampler_share: list[float] = []  # the sampler's own CPU / workload time
@@ -67,8 +73,9 @@ def measure(backend: str, rounds: int, scale: int) -> None:
     cpu_ratio = statistics.median(
         t / b for b, t in zip(cpu_seconds["base"], cpu_seconds["profiled"], strict=True))
     where = "outside this process" if backend == "py-spy" else "inside this process"
-    print(f"{backend}: mixed workload without profiling {base:.3f} s, with a 100 Hz CPU "
-          f"profile running {treated:.3f} s")
+    budget_note = f" (budget {100 * budget:g}% of one core)" if backend == "in-process" else ""
+    print(f"{backend}{budget_note}: mixed workload without profiling {base:.3f} s, with a "
+          f"100 Hz CPU profile running {treated:.3f} s")
     print(f"  CPU samples per profile (median): {statistics.median(samples):.0f}; sampling "
           f"period {statistics.median(periods) / 1e6:.1f} ms (median)")
     print(f"  sampler's own CPU during the run (median): "
@@ -82,9 +89,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--scale", type=int, default=2)
     parser.add_argument("--backend", default="in-process,py-spy")
+    parser.add_argument("--idle-threads", type=int, default=0)
+    parser.add_argument("--budget", type=float, default=0.01)
     args = parser.parse_args()
-    for backend in args.backend.split(","):
-        measure(backend, args.rounds, args.scale)
+    release = threading.Event()
+    idle = [threading.Thread(target=release.wait, daemon=True) for _ in range(args.idle_threads)]
+    for thread in idle:
+        thread.start()
+    if idle:
+        print(f"with {len(idle)} idle threads")
+    try:
+        for backend in args.backend.split(","):
+            measure(backend, args.rounds, args.scale, args.budget)
+    finally:
+        release.set()
 
 
 if __name__ == "__main__":

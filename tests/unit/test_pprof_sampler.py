@@ -103,14 +103,22 @@ def test_stacks_deeper_than_the_limit_keep_their_innermost_frames():
 
 def test_a_thread_not_charged_holds_no_frames():
     sampler = cpu.Sampler(cpu.CPU, 100, lambda: None)
+    held_by_spinner = False
     with running(hot_spin, name="spinner") as threads:
         sampler.start()
-        time.sleep(0.3)
-        spinner = sampler._threads[threads[0].ident]
-        main = sampler._threads[threading.main_thread().ident]
-        assert spinner.frames  # charged every tick: its frames are held for the next walk
-        assert not main.frames  # asleep: charged nothing, holds nothing
-        sampler.stop()
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not held_by_spinner:
+                time.sleep(0.02)
+                spinner = sampler._threads.get(threads[0].ident)
+                # charged at a tick: its frames are held for the next walk
+                held_by_spinner = spinner is not None and bool(spinner.frames)
+                main = sampler._threads[threading.main_thread().ident]
+                assert not main.frames  # asleep: never charged, holds nothing
+        finally:
+            sampler.stop()
+    assert held_by_spinner
+    assert not sampler._threads  # and nothing at all once stopped
 
 
 def test_a_sampler_over_its_budget_samples_less_often_and_says_so():

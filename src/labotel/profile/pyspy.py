@@ -228,8 +228,8 @@ class PySpyProfile:
 
     def _describe(self, seconds: float) -> str:
         text = (f"labotel {self.mode} profile: taken by {version(self.binary)} from outside "
-                f"the process at {self.rate_hz} Hz (--nonblocking"
-                f"{', --idle' if self.mode == WALL else ''}); py-spy's own CPU "
+                f"the process at {self.rate_hz} Hz (--nonblocking, "
+                f"{'--idle' if self.mode == WALL else '--gil'}); py-spy's own CPU "
                 f"{100 * self.own_cpu_seconds / max(seconds, 1e-9):.2f}% of one core")
         log = self._read_log()
         errors = _ERRORS.findall(log)
