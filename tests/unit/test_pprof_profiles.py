@@ -16,6 +16,7 @@ from tests.unit.test_pprof_support import (
     BACKENDS,
     allocate_blocks,
     blocked_in_known_function,
+    comments,
     decode,
     function_names,
     get,
@@ -74,7 +75,10 @@ def test_cpu_profile_charges_the_busy_thread_and_not_the_blocked_one(sampled_url
     assert BLOCKED not in function_names(profile)  # blocked: no CPU, no samples
     assert all(s.value[1] == s.value[0] * profile.period for s in profile.sample)
     # One spinning thread on a shared box: a good part of 2 s, never more than the wall time.
-    assert 0.2e9 < thread_total(profile, "spinner-0") <= 2.1e9
+    # py-spy (from its start to its exit) samples at random intervals of 10 ms on average
+    # (against aliasing), so its count of about 200 varies like a Poisson count, by ~7%.
+    limit = profile.duration_nanos * (1.3 if "py-spy" in comments(profile)[0] else 1.0)
+    assert 0.2e9 < thread_total(profile, "spinner-0") <= limit + profile.period
 
 
 def test_cpu_profile_puts_cpu_on_the_hot_lines(sampled_url):

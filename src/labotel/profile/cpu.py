@@ -167,7 +167,10 @@ class Sampler:
         try:
             elapsed = time.monotonic_ns() - self._last_tick_ns
             if self.mode == CPU:
-                for state in self._threads.values():  # the last charge is rounded, not cut
+                # The last charge in requested periods, rounded rather than cut: what is
+                # left over is under one period of the (maybe long) last wait.
+                self.period_ns = self.nominal_period_ns
+                for state in self._threads.values():
                     state.residual += self.period_ns // 2
                 self._tick_cpu(elapsed)
             elif elapsed >= self.nominal_period_ns // 2:

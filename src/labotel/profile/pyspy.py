@@ -120,6 +120,10 @@ class PySpyProfile:
         if self.seconds:  # a bound in case nobody stops it (we send SIGINT at the end)
             command += ["--duration", str(int(self.seconds) + 60)]
         self._names = _thread_names()
+        # The profile's time span is py-spy's whole life, so that it covers every sample
+        # (py-spy starts sampling before it says so, and stops only once it has the signal).
+        self._builder = new_builder(self.mode, self.period_ns)
+        self._started = time.monotonic()
         try:
             with open(self._log, "wb") as log:
                 self._process = subprocess.Popen(
@@ -143,8 +147,6 @@ class PySpyProfile:
                 self._clean_up()
                 raise Unavailable(f"py-spy did not start sampling within {START_TIMEOUT:g} s")
             time.sleep(0.005)
-        self._started = time.monotonic()
-        self._builder = new_builder(self.mode, self.period_ns)
         threading.Thread(target=self._note_names, name=NAMES_THREAD, daemon=True).start()
 
     def _note_names(self) -> None:
@@ -163,8 +165,6 @@ class PySpyProfile:
             process, self._process = self._process, None
             self._names_done.set()
             self.own_cpu_seconds = _cpu_seconds(process.pid)
-            seconds = time.monotonic() - self._started
-            builder.duration_ns = time.time_ns() - builder.start_ns
             try:
                 if process.poll() is None:
                     process.send_signal(signal.SIGINT)
@@ -173,6 +173,8 @@ class PySpyProfile:
                 process.kill()
                 process.wait()
                 self.error = RuntimeError(f"py-spy did not stop within {STOP_TIMEOUT:g} s")
+            seconds = time.monotonic() - self._started
+            builder.duration_ns = time.time_ns() - builder.start_ns
             try:
                 if self.error is None:
                     self._names.update(_thread_names())
