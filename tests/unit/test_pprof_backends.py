@@ -24,8 +24,10 @@ from tests.unit.test_pprof_support import (
     get,
     hot_spin,
     location_functions,
+    py_spy_children,
     running,
     start,
+    wait_for_profile,
 )
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -237,3 +239,25 @@ def test_stopping_py_spy_ends_its_process_and_removes_its_files():
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not os.path.exists(profile._directory)
+
+
+def test_a_py_spy_killed_mid_profile_is_a_counted_500_and_leaves_nothing_behind():
+    monitor = start(profile_backend="py-spy")
+    try:
+        replies: list = []
+        request = threading.Thread(target=lambda: replies.append(
+            get(monitor.admin_url + "/debug/pprof/profile?seconds=2")))
+        request.start()
+        assert wait_for_profile().backend == "py-spy"
+        (child,) = py_spy_children()
+        child.kill()  # as the OOM killer would
+        request.join(15)
+        reply = replies[0]
+        assert reply.status == 500 and reply.headers["X-Go-Pprof"] == "1"
+        assert "CPU profiling failed" in reply.text and "py-spy wrote no profile" in reply.text
+        metrics = get(monitor.admin_url + "/metrics").text
+        assert 'labotel_internal_errors_total{labotel_component="profile.cpu"' in metrics
+        assert not py_spy_children()
+        assert get(monitor.admin_url + "/debug/pprof/profile?seconds=1").status == 200
+    finally:
+        labotel.shutdown()

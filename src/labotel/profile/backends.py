@@ -46,7 +46,7 @@ class Backends:
             if binary is None:
                 refusal = NOT_INSTALLED
             else:
-                profile = pyspy.PySpyProfile(binary, mode, rate_hz, seconds)
+                profile = pyspy.PySpyProfile(binary, mode, rate_hz, seconds, on_failure)
                 try:
                     profile.start()
                 except Unavailable as error:

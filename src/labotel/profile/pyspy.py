@@ -29,6 +29,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -82,8 +83,10 @@ class PySpyProfile:
 
     backend = "py-spy"
 
-    def __init__(self, binary: str, mode: str, rate_hz: int, seconds: float | None = None):
+    def __init__(self, binary: str, mode: str, rate_hz: int, seconds: float | None = None,
+                 on_failure: Callable[[], None] = lambda: None):
         self.binary = binary
+        self._on_failure = on_failure
         self.mode = mode
         self.rate_hz = rate_hz
         self.period_ns = max(1, 1_000_000_000 // rate_hz)
@@ -108,7 +111,10 @@ class PySpyProfile:
 
     def start(self) -> None:
         """Attach py-spy; raises Unavailable (with py-spy's reason) if it cannot."""
-        self._directory = tempfile.mkdtemp(prefix="labotel-py-spy-")
+        try:
+            self._directory = tempfile.mkdtemp(prefix="labotel-py-spy-")
+        except OSError as error:
+            raise Unavailable(f"no room for py-spy's output: {error}") from None
         command = [self.binary, "record", "--pid", str(os.getpid()),
                    "--rate", str(self.rate_hz), "--format", "raw", "--output", self._output,
                    "--threads", "--full-filenames", "--nonblocking"]
@@ -185,6 +191,8 @@ class PySpyProfile:
                                           f"{self._reason()}")
             finally:
                 self._clean_up()
+            if self.error is not None:
+                self._on_failure()
         return builder
 
     # -- conversion ----------------------------------------------------------------------
