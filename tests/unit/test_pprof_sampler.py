@@ -101,24 +101,57 @@ def test_stacks_deeper_than_the_limit_keep_their_innermost_frames():
     assert checker.checked == 16
 
 
+def deep_spin(stop: threading.Event, depth: int = 40) -> None:
+    if depth:
+        deep_spin(stop, depth - 1)
+    else:
+        hot_spin(stop)
+
+
 def test_a_thread_not_charged_holds_no_frames():
     sampler = cpu.Sampler(cpu.CPU, 100, lambda: None)
     held_by_spinner = False
-    with running(hot_spin, name="spinner") as threads:
+    with running(deep_spin, name="spinner") as threads:
         sampler.start()
         try:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and not held_by_spinner:
                 time.sleep(0.02)
                 spinner = sampler._threads.get(threads[0].ident)
-                # charged at a tick: its frames are held for the next walk
-                held_by_spinner = spinner is not None and bool(spinner.frames)
+                # charged at a tick, and deep: its frames are held for the next walk
+                held_by_spinner = spinner is not None and len(spinner.frames) > 40
                 main = sampler._threads[threading.main_thread().ident]
-                assert not main.frames  # asleep: never charged, holds nothing
+                assert not main.frames and main.top is None  # asleep: holds nothing
         finally:
             sampler.stop()
     assert held_by_spinner
     assert not sampler._threads  # and nothing at all once stopped
+
+
+def test_shallow_stacks_are_walked_whole_and_deep_ones_incrementally():
+    checker = StackChecker()
+    held: list[int] = []
+
+    def at_depth(depth: int) -> None:
+        if depth:
+            at_depth(depth - 1)
+        else:
+            checker.check()
+            held.append(len(checker.state.frames))
+
+    def walks() -> None:  # on a thread of its own: pytest's stack is deep already
+        at_depth(5)
+        at_depth(cpu._HOLD_DEPTH + 5)
+        at_depth(cpu._HOLD_DEPTH + 8)
+        at_depth(5)
+
+    thread = threading.Thread(target=walks)
+    thread.start()
+    thread.join()
+    assert checker.checked == 4
+    # Shallow: nothing held. The first deep walk is whole too (the last stack was shallow),
+    # the next holds its frames for the walk after; shallow again: let go.
+    assert held[0] == held[1] == 0 and held[2] > cpu._HOLD_DEPTH and held[3] == 0
 
 
 def test_a_sampler_over_its_budget_samples_less_often_and_says_so():

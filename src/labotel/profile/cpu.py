@@ -11,12 +11,13 @@ Every tick (``1/profile_rate_hz`` s) the sampler reads ``sys._current_frames()``
 
 Where a tick's time goes (measured, see README): the GIL hand-over that wakes the sampler,
 then walking stacks, which grows with their depth (about 0.25 us a frame on 3.11, 0.5 us
-on 3.12+). So a thread's stack is not walked again from scratch: the sampler keeps the
-frames it saw last time, and a new walk stops at the first frame it still holds that is a
-plain function frame (not a generator or coroutine): that frame has been on the stack all
-along, so its callers are the same calls, stopped at the same lines. The frames are held
-for one tick only (a thread not charged in a tick lets go of them), so a returned
-function's locals are never kept alive for longer than that.
+on 3.12+). So a deep stack is not walked again from scratch: the sampler keeps the frames
+it saw last time, and a new walk stops at the first frame it still holds that is a plain
+function frame (not a generator or coroutine): that frame has been on the stack all along,
+so its callers are the same calls, stopped at the same lines. Shallow stacks are walked
+whole, which costs less than keeping track when their top frames change between ticks.
+The frames are held for one tick only (a thread not charged in a tick lets go of them), so
+a returned function's locals are never kept alive for longer than that.
 
 The sampler has a CPU budget (``profile_cpu_budget``, a share of one core, measured on its
 own thread's CPU clock): when a tick costs more than the budget allows at the requested
@@ -38,6 +39,7 @@ from labotel.profile.pprof import ProfileBuilder
 CPU, WALL = "cpu", "wall"
 _registered_threads: dict[int, threading.Thread] = getattr(threading, "_active", {})
 _MAX_DEPTH = 256  # as ProfileBuilder.frame_stack: deeper stacks keep their innermost frames
+_HOLD_DEPTH = 20  # stacks up to this deep are walked whole every time (cheaper, measured)
 _SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 _LONGEST_WAIT = 1.0  # seconds: the budget never spaces ticks further apart (a debt left
 # over is paid off by the following ticks)
@@ -98,9 +100,10 @@ class _ThreadState:
         self.stack: tuple[int, ...] = ()
 
     def forget_frames(self) -> None:
-        if self.frames:
+        """Let go of the frames (the last stack's location ids stay: how deep it was)."""
+        if self.top is not None:
             self.frames, self.locations, self.index = [], [], {}
-            self.truncated, self.top, self.lasti, self.stack = False, None, -2, ()
+            self.truncated, self.top, self.lasti = False, None, -2
 
 
 class Sampler:
@@ -267,12 +270,22 @@ class Sampler:
             return None
 
     def _stack(self, state: _ThreadState, frame: FrameType) -> tuple[int, ...]:
-        """Location ids of ``frame`` and its callers, innermost first, walking only the
-        frames that changed since this thread's last walk."""
+        """Location ids of ``frame`` and its callers, innermost first."""
         lasti = frame.f_lasti
         if frame is state.top and lasti == state.lasti and not (
                 frame.f_code.co_flags & _SUSPENDABLE):  # (a generator changes callers)
             return state.stack
+        if not state.frames and len(state.stack) <= _HOLD_DEPTH:
+            # A shallow stack: walking all of it costs less than keeping track of it.
+            state.stack = self.builder.frame_stack(frame)
+            state.top, state.lasti = frame, lasti
+            return state.stack
+        return self._walk_changed(state, frame, lasti)
+
+    def _walk_changed(self, state: _ThreadState, frame: FrameType,
+                      lasti: int) -> tuple[int, ...]:
+        """The stack of a deep thread, walking only the frames that changed since its last
+        walk: the walk stops at the first plain function frame the sampler still holds."""
         frames, index = state.frames, state.index
         fresh: list[FrameType] = []  # innermost first
         keep = 0  # how many of the held frames (outermost first) are still its callers
@@ -311,8 +324,10 @@ class Sampler:
             index[id(new)] = len(frames)
             frames.append(new)
             locations.append(location)
-        state.top, state.lasti = frame, lasti
         state.stack = tuple(reversed(locations))
+        if len(locations) <= _HOLD_DEPTH:  # shallow again: plain walks from now on
+            state.forget_frames()
+        state.top, state.lasti = frame, lasti
         return state.stack
 
     def _state(self, ident: int) -> _ThreadState:
