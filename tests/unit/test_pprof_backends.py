@@ -148,6 +148,8 @@ def test_py_spy_raw_lines_become_samples_with_thread_labels(tmp_path):
         "thread (77): worker;<module> (/app/main.py:1);Worker.go (/app/x.py:12) 2\n"
         "thread (0x1F);run (/app/y.py:3) 1\n"
         "thread (5): weird;no location here 4\n"
+        "thread (6): no frames at all 2\n"
+        "thread (7) 1\n"
         "not a sample line\n")
     builder = ProfileBuilder([("samples", "count"), ("wall", "nanoseconds")],
                              ("wall", "nanoseconds"), 10_000_000)

@@ -204,7 +204,9 @@ class PySpyProfile:
                 if not count_text.isdigit():
                     continue
                 thread, frames = self._split_thread(stack_text)
-                if thread == NAMES_THREAD:  # our own machinery, as the in-process sampler's
+                # Our own machinery (the in-process sampler leaves itself out too), and a
+                # thread with no Python frame yet (starting up, or ending).
+                if thread == NAMES_THREAD or not frames:
                     continue
                 stack = tuple(self._location(builder, frame) for frame in reversed(frames))
                 count = int(count_text)
