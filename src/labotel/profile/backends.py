@@ -67,6 +67,11 @@ class Backends:
         with self._lock:
             self._last[mode] = text
 
+    def reset_after_fork(self) -> None:
+        """A fork may have caught another thread holding the lock; the child starts afresh."""
+        self._lock = threading.Lock()
+        self._last = {}
+
     def describe(self) -> str:
         """One line for the index page: the setting and what took the last profiles."""
         with self._lock:

@@ -43,4 +43,5 @@ class ProfilingComponent(Component):
         # Sampler threads and in-flight requests stayed in the parent.
         self.cpu.reset_after_fork()
         self.wall.reset_after_fork()
+        self.backends.reset_after_fork()
         heap.reset_after_fork(held=1 if self._heap_lease else 0)
