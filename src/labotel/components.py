@@ -24,7 +24,16 @@ def default_components(settings: Settings) -> list[Component]:
         from labotel.detect.threads import ConcurrencyLeakDetector
 
         components += [MemoryLeakDetector(), ConcurrencyLeakDetector()]
-    if settings.race_detection:  # last: the other components' own locks stay plain
+    if settings.loop_block_detection:
+        from labotel.detect.loop_blocked import BlockedLoopDetector
+
+        components.append(BlockedLoopDetector())
+    # last: the other components' own locks stay plain
+    if settings.contention_profiling:
+        from labotel.profile.contention import ContentionProfiling
+
+        components.append(ContentionProfiling())
+    if settings.race_detection:
         from labotel.detect.race_component import RaceDetection
 
         components.append(RaceDetection())

@@ -36,6 +36,34 @@ class Settings:
         None, "bearer token required by the debug server (required off loopback)")
     admin_allow_insecure: bool = _option(
         False, "allow binding the debug server off loopback without a token")
+    admin_header_timeout: float = _option(
+        10.0, "seconds a debug-server client has to send a request line and headers, from "
+        "their first byte (then 408, connection closed)", minimum=0.01)
+    admin_body_timeout: float = _option(
+        30.0, "seconds a debug-server client has to send a request body once its headers are "
+        "in (then 408, connection closed)", minimum=0.01)
+    admin_idle_timeout: float = _option(
+        120.0, "seconds a debug-server connection may wait for its first or next request "
+        "before it is closed", minimum=0.01)
+    admin_write_timeout: float = _option(
+        30.0, "seconds from reading a request to having written its response (a profile's "
+        "?seconds= comes on top, as in Go); a client that reads slower is disconnected",
+        minimum=0.01)
+    admin_max_connections: int = _option(
+        128, "open debug-server connections at most; at the cap a new one replaces an idle "
+        "one (the oldest that never sent a request first), or is answered 503 with "
+        "Retry-After", minimum=1)
+    admin_max_concurrent_requests: int = _option(
+        16, "requests the debug server works on at once (one thread each); more are answered "
+        "503 with Retry-After", minimum=1)
+    admin_max_request_line: int = _option(
+        8192, "bytes in a request line (method, target, version); longer is answered 414",
+        minimum=64)
+    admin_max_header_bytes: int = _option(
+        16384, "bytes in a request line plus headers; more is answered 431", minimum=256)
+    admin_max_body_bytes: int = _option(
+        1 << 20, "bytes in a request body (Content-Length); more is answered 413 (chunked "
+        "bodies get 411)", minimum=0)
     metrics_exporter: str | None = _option(
         None, "comma list of prometheus, otlp, console, none "
         "(default: prometheus, plus otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set)",
@@ -61,6 +89,12 @@ class Settings:
     runtime_metrics: bool = _option(True, "register the runtime collectors")
     loop_lag_interval: float = _option(
         0.5, "seconds between event-loop lag probes on each running loop", minimum=0.01)
+    loop_block_detection: bool = _option(
+        True, "report an asyncio loop that one callback or task step keeps busy for "
+        "loop_block_threshold or longer (detection kind loop_blocked)")
+    loop_block_threshold: float = _option(
+        0.1, "seconds one callback may hold an event loop before it is reported as blocked "
+        "(asyncio debug mode's slow_callback_duration)", minimum=0.01)
     # --- profiling -------------------------------------------------------------------
     heap_profiling: bool = _option(
         False, "start tracemalloc at start() so /debug/pprof/heap works without ?seconds")
@@ -76,6 +110,15 @@ class Settings:
     profile_cpu_budget: float = _option(
         0.01, "share of one core the in-process sampler may use; above it, it samples less "
         "often (the profile's period and comment say the rate it used)", minimum=0.0001)
+    contention_profiling: bool = _option(
+        False, "record lock and wait contention for /debug/pprof/mutex and /debug/pprof/block")
+    contention_profile_rate: int = _option(
+        1_000_000, "like Go's SetBlockProfileRate, in ns: every wait this long or longer is "
+        "kept, a shorter one with probability wait/rate (counts scaled to stay unbiased); "
+        "1 keeps every wait", minimum=1)
+    contention_profile_max_bytes: int = _option(
+        8 * 1024 * 1024, "memory for the mutex/block profiles' frames and stacks; past it, "
+        "new stacks are merged into one overflow stack", minimum=4096)
     # --- race detection --------------------------------------------------------------
     race_detection: bool = _option(False, "enable the happens-before race detector")
     race_max_resources: int = _option(
@@ -88,7 +131,7 @@ class Settings:
         8, "frames kept per recorded access for the race report's stack traces", minimum=1)
     race_adopt_locks: bool = _option(
         True, "at start, wrap plain module-level locks of the application's own modules "
-        "(created before start) so the race detector sees them")
+        "(created before start) so the race detector and the contention profiler see them")
     # --- leak detection --------------------------------------------------------------
     leak_detection: bool = _option(True, "run the memory/thread/task leak detectors")
     leak_sample_interval: float = _option(

@@ -20,6 +20,7 @@ from labotel.runtime import loops, origins
 from labotel.server import admin
 from labotel.server.debug_server import DebugServer, check_exposure
 from labotel.server.http import Router
+from labotel.server.limits import ServerLimits
 
 log = logging.getLogger("labotel")
 VERSION = "0.1.0"
@@ -46,7 +47,8 @@ class Monitor:
         self.meter = self.providers.meter_provider.get_meter(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.tracer = self.providers.tracer_provider.get_tracer(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.reporter = Reporter(self.tracer, self.meter, settings.detection_buffer_size)
-        self.router = Router(settings.admin_token, on_error=self.reporter.component_failed)
+        self.router = Router(settings.admin_token, on_error=self.reporter.component_failed,
+                             max_body_bytes=settings.admin_max_body_bytes)
         admin.add_routes(self)
         origins.install()
         loops.install()
@@ -68,7 +70,8 @@ class Monitor:
 
     def _start_server(self) -> None:
         try:
-            self.server = DebugServer(self.settings.admin_address, self.router)
+            self.server = DebugServer(self.settings.admin_address, self.router,
+                                      limits=ServerLimits.from_settings(self.settings))
             self.server.start()
         except OSError as error:
             self.server = None
@@ -133,7 +136,8 @@ class Monitor:
         bracketed = f"[{host}]" if ":" in host else host
         for candidate in candidates:
             try:
-                server = DebugServer(f"{bracketed}:{candidate}", self.router)
+                server = DebugServer(f"{bracketed}:{candidate}", self.router,
+                                     limits=ServerLimits.from_settings(self.settings))
             except OSError as error:
                 if error.errno == errno.EADDRINUSE:
                     continue

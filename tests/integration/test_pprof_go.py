@@ -14,6 +14,7 @@ import urllib.error
 import pytest
 
 import labotel
+from tests.unit.test_contention import HOLD, contended_program
 from tests.unit.test_pprof_support import (
     BACKENDS,
     allocate_blocks,
@@ -26,9 +27,16 @@ from tests.unit.test_pprof_support import (
 
 pytestmark = pytest.mark.skipif(shutil.which("go") is None,
                                 reason="`go` is not installed (Debian package golang-go)")
+CONTENTION = "tests.unit.test_contention."
 SPIN = "tests.unit.test_pprof_support.hot_spin"
 BLOCKED = "tests.unit.test_pprof_support.blocked_in_known_function"
 ALLOCATE = "tests.unit.test_pprof_support.allocate_blocks"
+
+
+TABWRITER = (
+    "package main\n\nimport (\n\t\"bufio\"\n\t\"os\"\n\t\"text/tabwriter\"\n)\n\n"
+    "func main() {\n\ttw := tabwriter.NewWriter(os.Stdout, 1, 8, 1, '\\t', 0)\n"
+    "\tbufio.NewReader(os.Stdin).WriteTo(tw)\n\ttw.Flush()\n}\n")
 
 
 @pytest.fixture
@@ -139,9 +147,83 @@ def test_goroutine_and_threadcreate_profiles(base, pprof_env, tmp_path):
     assert "tests.unit.test_pprof_support.running" in created["traces"]
 
 
+@pytest.fixture
+def contention_base():
+    monitor = start(contention_profiling=True, profile_max_seconds=30)
+    yield monitor.admin_url + "/debug/pprof/"
+    labotel.shutdown()
+
+
+def cum_rows(report: str) -> dict[str, float]:
+    """function -> cumulative value (ms) of ``pprof -top`` rows."""
+    rows = {}
+    for line in report.splitlines():
+        match = re.match(r"\s*[\d.]+\w*\s+[\d.]+%\s+[\d.]+%\s+([\d.]+)(\w+)\s+[\d.]+%\s+(.+)$",
+                         line)
+        if match:
+            scale = {"s": 1000, "ms": 1, "us": 0.001, "ns": 1e-6}.get(match.group(2), 0)
+            rows[match.group(3).strip()] = float(match.group(1)) * scale
+    return rows
+
+
+def test_mutex_profile_names_the_holder_and_block_the_waiters(contention_base, pprof_env,
+                                                               tmp_path):
+    contended_program(threading.Lock())
+    mutex = fetch_and_read(pprof_env, tmp_path, contention_base + "mutex", "mutex")
+    block = fetch_and_read(pprof_env, tmp_path, contention_base + "block", "block")
+    assert "Type: delay" in mutex["top"] and "Type: delay" in block["top"]
+    assert "contentions/count delay/nanoseconds" in mutex["raw"]
+    holders = cum_rows(mutex["top"])
+    assert top_rows(mutex["top"])[0][1] == "threading.Lock.release"  # Go: sync.Mutex.Unlock
+    assert holders[CONTENTION + "hold_lock"] >= HOLD * 800  # ms: the waiter it kept
+    waiters = cum_rows(block["top"])
+    assert waiters[CONTENTION + "wait_for_lock"] >= 2 * HOLD * 800
+    assert "threading.Lock.acquire\n             " + CONTENTION + "wait_for_lock" in \
+        block["traces"]
+    for views in (mutex, block):
+        assert CONTENTION + "never_waits" not in views["top"] + views["traces"]
+    contentions = pprof(pprof_env, "-top", "-sample_index=contentions",
+                        str(tmp_path / "block.pb.gz")).stdout
+    assert "Type: contentions" in contentions
+
+
+def test_list_shows_the_line_that_held_and_the_line_that_waited(contention_base, pprof_env,
+                                                                 tmp_path):
+    contended_program(threading.Lock())
+    for name, function in (("mutex", "hold_lock"), ("block", "wait_for_lock")):
+        saved = tmp_path / f"{name}.pb.gz"
+        pprof(pprof_env, "-proto", "-output", str(saved), contention_base + name)
+        listing = pprof(pprof_env, f"-list={CONTENTION}{function}$", str(saved)).stdout
+        assert f"ROUTINE ======================== {CONTENTION}{function}" in listing
+        with_line = next(line for line in listing.splitlines() if "with lock:" in line)
+        assert re.match(r"\s+\.\s+[\d.]+m?s\s+\d+:\s+with lock:", with_line), listing
+
+
+def test_contention_delta_profile_over_seconds(contention_base, pprof_env, tmp_path):
+    timer = threading.Timer(0.5, contended_program, (threading.Lock(), 1))
+    timer.start()
+    views = fetch_and_read(pprof_env, tmp_path, contention_base + "block?seconds=2", "delta")
+    timer.join()
+    assert CONTENTION + "wait_for_lock" in views["traces"]
+
+
+def test_contention_text_matches_gos_tabwriter(contention_base, tmp_path):
+    contended_program(threading.Lock())
+    texts = [get(contention_base + name + "?debug=1").text for name in ("mutex", "block")]
+    program = tmp_path / "tabwriter.go"
+    program.write_text(TABWRITER)
+    for text in texts:
+        cells = re.sub(r"\t+", "\t", text)
+        go = subprocess.run(["go", "run", str(program)], input=cells, capture_output=True,
+                            text=True, timeout=120, check=True)
+        assert go.stdout == text
+
+
 @pytest.mark.parametrize("path, message", [
     ("profile?seconds=abc", 'invalid value for "seconds" - must be a positive integer'),
     ("nonesuch", "Unknown profile"),
+    ("mutex", "mutex profiling is off"),
+    ("block", "LABOTEL_CONTENTION_PROFILING=1"),
 ])
 def test_pprof_prints_our_error_messages(base, pprof_env, path, message):
     result = pprof(pprof_env, "-top", base + path, check=False)
@@ -154,10 +236,7 @@ def test_debug_text_matches_gos_tabwriter(base, tmp_path):
         ours = get(base + "goroutine?debug=1").text
     heap_text = get(base + "heap?debug=1").text
     program = tmp_path / "tabwriter.go"
-    program.write_text(
-        "package main\n\nimport (\n\t\"bufio\"\n\t\"os\"\n\t\"text/tabwriter\"\n)\n\n"
-        "func main() {\n\ttw := tabwriter.NewWriter(os.Stdout, 1, 8, 1, '\\t', 0)\n"
-        "\tbufio.NewReader(os.Stdin).WriteTo(tw)\n\ttw.Flush()\n}\n")
+    program.write_text(TABWRITER)
     for text in (ours, heap_text):
         cells = re.sub(r"\t+", "\t", text)  # our cells never contain tabs: undo the padding
         go = subprocess.run(["go", "run", str(program)], input=cells, capture_output=True,

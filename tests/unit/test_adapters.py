@@ -100,3 +100,61 @@ def test_adapters_answer_503_before_start():
     body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics",
                          "wsgi.input": io.BytesIO()}, start_response))
     assert seen["status"].startswith("503") and b"labotel.start()" in body
+
+
+def _wsgi_call(app, method, path, body=b"", **environ):
+    import io
+
+    seen = {}
+
+    def start_response(status, headers):
+        seen["status"], seen["headers"] = status, dict(headers)
+
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO(body),
+               "CONTENT_LENGTH": str(len(body)) if body else "", **environ}
+    data = b"".join(app(environ, start_response))
+    return int(seen["status"].split()[0]), seen["headers"], data
+
+
+def test_wsgi_head_has_gets_headers_and_framing_errors_are_400_or_413(started):
+    app = labotel.wsgi_app()
+    status, headers, body = _wsgi_call(app, "GET", "/debug/pprof/cmdline")
+    head_status, head_headers, head_body = _wsgi_call(app, "HEAD", "/debug/pprof/cmdline")
+    assert (head_status, head_headers, head_body) == (status, headers, b"")
+    assert headers["Content-Length"] == str(len(body)) != "0"
+    for length in ("abc", "-1"):
+        status, headers, body = _wsgi_call(app, "POST", "/debug/pprof/symbol",
+                                           CONTENT_LENGTH=length)
+        assert status == 400 and b"Content-Length" in body
+    status, _, body = _wsgi_call(app, "POST", "/debug/pprof/symbol", b"x" * (2 << 20))
+    assert status == 413 and b"over the limit" in body
+    assert _wsgi_call(app, "get", "/metrics")[0] == 405  # methods are case-sensitive
+
+
+def test_asgi_head_has_gets_headers_and_a_big_body_is_413(started):
+    import asyncio
+
+    app = labotel.asgi_app()
+
+    def call(method, path, chunks=(b"",)):
+        sent = []
+        messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                    for i, c in enumerate(chunks)]
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await asyncio.sleep(30)  # a client that stays: no disconnect
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(app({"type": "http", "method": method, "path": path, "headers": []},
+                        receive, send))
+        return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
+
+    status, headers, body = call("GET", "/debug/pprof/cmdline")
+    assert call("HEAD", "/debug/pprof/cmdline") == (status, headers, b"")
+    assert headers[b"content-length"] == str(len(body)).encode()
+    status, _, body = call("POST", "/debug/pprof/symbol", [b"x" * (1 << 20), b"y"])
+    assert status == 413 and b"over the limit" in body

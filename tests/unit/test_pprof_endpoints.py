@@ -70,13 +70,20 @@ def test_bare_prefix_redirects_like_gos_mux(url):
 @pytest.mark.parametrize("name, hint", [
     ("nonesuch", "Unknown profile"),
     ("allocs", "tracemalloc records live allocations only"),
-    ("mutex", "Unknown profile"),
+    ("trace", "there is no Go execution tracer in Python"),
 ])
 def test_unknown_profiles_are_404(url, name, hint):
     assert_go_error(get(url + name), 404, hint)
 
 
-@pytest.mark.parametrize("path", ["profile", "wall", "heap", "goroutine", "threadcreate"])
+@pytest.mark.parametrize("name", ["mutex", "block"])
+def test_contention_profiles_while_off_say_how_to_turn_them_on(url, name):
+    assert_go_error(get(url + name), 400, f"{name} profiling is off")
+    assert "LABOTEL_CONTENTION_PROFILING=1" in get(url + name + "?debug=1").text
+
+
+@pytest.mark.parametrize("path", ["profile", "wall", "heap", "goroutine", "threadcreate",
+                                  "mutex", "block"])
 @pytest.mark.parametrize("value, message", [
     ("abc", 'invalid value for "seconds" - must be a positive integer'),
     ("-3", 'invalid value for "seconds" - must be a positive integer'),
@@ -94,6 +101,8 @@ def test_bad_seconds_are_400(url, path, value, message):
     ("goroutine?debug=x", 'invalid value for "debug" - must be an integer'),
     ("heap?seconds=1&debug=1", "seconds and debug params are incompatible"),
     ("goroutine?seconds=1&debug=2", "seconds and debug params are incompatible"),
+    ("mutex?seconds=1&debug=1", "seconds and debug params are incompatible"),
+    ("block?debug=x", 'invalid value for "debug" - must be an integer'),
     ("heap?gc=yes&seconds=1", 'invalid value for "gc" - must be an integer'),
 ])
 def test_other_bad_parameters_are_400(url, query, message):
@@ -139,6 +148,26 @@ def test_symbol_answers_num_symbols_and_resolves_profile_addresses(url):
         lines = reply.text.splitlines()
         assert lines[0] == "num_symbols: 1"
         assert sorted(lines[1:]) == sorted(f"{a:#x} {by_address[a]}" for a in wanted)
+
+
+def test_symbol_resolves_10000_addresses_with_one_sort(url):
+    import gc
+
+    from labotel.profile import symbols
+
+    codes = [obj for obj in gc.get_objects() if type(obj).__name__ == "function"][:20_000]
+    known = {symbols.code_address(f.__code__) + 2: symbols.code_name(f.__code__)
+             for f in codes}
+    wanted = list(known)[:9_000] + [1, 2, 3] * 333 + [0] * 3  # and some that resolve to nothing
+    started = time.process_time()
+    reply = get(url + "symbol", "POST", "+".join(f"{a:#x}" for a in wanted).encode())
+    assert reply.status == 200 and time.process_time() - started < 5  # 12.4 s before
+    lines = reply.text.splitlines()
+    assert lines[0] == "num_symbols: 1"
+    assert dict(line.split(" ", 1) for line in lines[1:]) == {
+        f"{a:#x}": known[a] for a in wanted if a in known}
+    too_many = get(url + "symbol", "POST", b"+".join([b"0x1"] * 100_001))
+    assert_go_error(too_many, 413, "too many addresses")
 
 
 def test_second_concurrent_cpu_profile_gets_gos_error_and_nothing_deadlocks(sampled_url):

@@ -20,7 +20,8 @@ import pytest
 
 import labotel
 from labotel.config import Settings
-from labotel.detect import races, sync, vectorclock
+from labotel.detect import races, vectorclock
+from labotel.hooks.primitives import InstrumentedLock
 from labotel.runtime import origins
 from tests.unit.race_support import races_on, run_all, spawn, start_detector, wait_until
 
@@ -30,7 +31,7 @@ _MODULE_LOCK = threading.Lock()  # created at import time, before any start()
 def test_lock_factory_imported_by_name_is_rebound():
     start_detector()
     lock = ImportedLock()
-    assert isinstance(lock, sync.InstrumentedLock)
+    assert isinstance(lock, InstrumentedLock)
 
     def bump():
         with lock:
@@ -53,7 +54,7 @@ def test_module_level_lock_created_before_start(adopt):
     run_all(bump_under_module_lock, bump_under_module_lock)
     if adopt:
         assert not races_on("module-locked")
-        assert isinstance(_MODULE_LOCK, sync.InstrumentedLock)
+        assert isinstance(_MODULE_LOCK, InstrumentedLock)
     else:  # invisible to the detector: the correctly locked program looks racy
         assert races_on("module-locked")
     labotel.shutdown()
@@ -257,7 +258,7 @@ def test_uninstall_restores_primitives_and_chains_with_origins():
     originals = (threading.Lock, threading.RLock, threading.Thread.start, threading.Event.set,
                  queue.SimpleQueue, queue.Queue.put)
     monitor = start_detector()
-    assert threading.Lock is sync.InstrumentedLock
+    assert threading.Lock is InstrumentedLock
     # origins wrapped Thread.start first; ours wraps theirs, so creation sites still work.
     thread = threading.Thread(target=lambda: None)
     thread.start()

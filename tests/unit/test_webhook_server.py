@@ -116,3 +116,34 @@ def test_cli_reports_an_address_it_cannot_use():
         capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "cannot listen on nonsense" in result.stderr
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"[" * 10_000 + b"]" * 10_000, "nested too deeply"),
+    (b'{"version": "4", "truncatedAlerts": ' + b"9" * 5000 + b"}", "not JSON"),
+    (b"\xff\xfe{}", "not JSON"),
+])
+def test_hostile_json_is_400_never_500(server, body, words):
+    status, message = post(f"{server.url}/alerts", body)
+    assert status == 400 and words in message
+
+
+def test_body_limit_a_clean_413_over_it_and_none_under_it():
+    import socket
+
+    out = io.StringIO()
+    small = WebhookServer("127.0.0.1:0", out=out, max_body_bytes=100_000).start()
+    try:
+        padding = {"padding": "x" * 90_000}
+        under = json.dumps({**notification(), **padding}).encode()
+        assert len(under) < 100_000
+        assert post(f"{small.url}/alerts", under)[0] == 200
+        # urllib writes the whole 10 MB before it reads: it must see the 413, not EPIPE
+        status, message = post(f"{small.url}/alerts", b"x" * 10_000_000)
+        assert status == 413 and "over the limit of 100000 bytes" in message
+        host, port = small._server.address
+        with socket.create_connection((host, port), timeout=5) as sock:  # and it stays up
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+    finally:
+        small.stop()

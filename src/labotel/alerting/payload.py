@@ -52,7 +52,9 @@ def parse_notification(body: bytes) -> Notification:
     """The notification in ``body``; ``ValueError`` naming the first problem found."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:
+        raise ValueError("body is nested too deeply to be an Alertmanager payload") from None
+    except ValueError as error:  # not JSON, not UTF-8, or an integer of thousands of digits
         raise ValueError(f"body is not JSON: {error}") from None
     if not isinstance(data, dict):
         raise ValueError("body must be a JSON object (Alertmanager webhook payload)")

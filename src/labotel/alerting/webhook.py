@@ -17,8 +17,11 @@ from typing import Any, TextIO
 from labotel.alerting.payload import Alert, Notification, parse_notification
 from labotel.server.debug_server import DebugServer
 from labotel.server.http import HTTPError, Request, Response, Router, json_response, text_response
+from labotel.server.limits import ServerLimits
 
 DEFAULT_KEEP = 200
+# Alertmanager sends every alert of a group in one POST: room for thousands of alerts.
+MAX_BODY_BYTES = 4 << 20
 # Annotations printed in this order; the rest follow alphabetically.
 ANNOTATION_ORDER = ("summary", "description", "runbook_url")
 QUIET_LABELS = {"alertname", "severity"}
@@ -76,14 +79,17 @@ class WebhookServer:
     """
 
     def __init__(self, address: str = "127.0.0.1:5001", keep: int = DEFAULT_KEEP,
-                 out: TextIO | None = None):
+                 out: TextIO | None = None, max_body_bytes: int = MAX_BODY_BYTES):
         self.store = AlertStore(keep)
         self.out = out  # where alerts are printed (None: stdout)
         self._print_lock = threading.Lock()
-        router = Router()
+        router = Router(max_body_bytes=max_body_bytes)
         router.add("/alerts", self._alerts, methods=("GET", "HEAD", "POST"))
         router.add("/healthz", lambda _: text_response("ok\n"))
-        self._server = DebugServer(address, router, thread_name="alerts-webhook")
+        # the debug server's timeouts and caps, with room for a large notification
+        limits = ServerLimits.from_settings(max_body_bytes=max_body_bytes)
+        self._server = DebugServer(address, router, thread_name="alerts-webhook",
+                                   limits=limits)
 
     @property
     def url(self) -> str:

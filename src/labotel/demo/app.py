@@ -28,12 +28,14 @@ from labotel.server.http import Request
 
 log = logging.getLogger("labend")
 
-# What the demo turns on unless the environment says otherwise: the race detector, and
-# leak windows short enough that every detector fires within a minute of its switch.
+# What the demo turns on unless the environment says otherwise: the race detector, the
+# contention profiles, and leak windows short enough that every detector fires within a
+# minute of its switch.
 DEMO_OPTIONS = {
     "service_name": "labend",
     "admin_address": "",
     "race_detection": True,
+    "contention_profiling": True,
     "leak_sample_interval": 1.0,
     "leak_window": 30.0,
 }
@@ -195,6 +197,7 @@ LabEnd demo service on {base}  (database {database}; Ctrl-C stops it)
   Threads/tasks  curl {base}/admin/monitoring/goroutines
   Heap, GC       curl {base}/admin/monitoring/heap   {base}/admin/monitoring/gc
   Profiles       go tool pprof {base}/debug/pprof/profile?seconds=10
+                 go tool pprof {base}/debug/pprof/mutex    (and /block: who waited where)
                  curl '{base}/debug/pprof/goroutine?debug=2'
 
   Provoke a problem (each detector reports within a minute; DELETE switches it off):

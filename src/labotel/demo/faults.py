@@ -19,6 +19,8 @@ FAULTS = {
     "thread-leak": "a consumer thread per request that waits forever on an event",
     "task-leak": "an asyncio task per request on the relay loop that never finishes",
     "cpu-burn": "a thread computing prices in a hot loop",
+    "loop-block": "a coroutine on the relay loop that signs each batch with a blocking "
+                  "time.sleep(0.3) every second",
 }
 
 audit_log: list[bytes] = []  # the memory leak keeps its payloads here
@@ -32,6 +34,10 @@ def _record_audit_entry() -> None:
 
 def _stuck_consumer() -> None:
     _never.wait()
+
+
+async def _sign_batch() -> None:
+    time.sleep(0.3)  # the blocking line: a synchronous call inside a coroutine
 
 
 def _price_of(item: int) -> float:
@@ -62,7 +68,7 @@ class Faults:
             stop = self._stops[name] = threading.Event()
         targets = {"race": self._race, "memory-leak": self._memory_leak,
                    "thread-leak": self._thread_leak, "task-leak": self._task_leak,
-                   "cpu-burn": self._cpu_burn}
+                   "cpu-burn": self._cpu_burn, "loop-block": self._loop_block}
         threading.Thread(target=targets[name], args=(stop,), name=f"fault-{name}",
                          daemon=True).start()
 
@@ -116,6 +122,12 @@ class Faults:
             loop = self._loop_source()
             if loop is not None and loop.is_running():
                 loop.call_soon_threadsafe(spawn)
+
+    def _loop_block(self, stop: threading.Event) -> None:
+        while not stop.wait(1.0):
+            loop = self._loop_source()
+            if loop is not None and loop.is_running():
+                asyncio.run_coroutine_threadsafe(_sign_batch(), loop)
 
     def _cpu_burn(self, stop: threading.Event) -> None:
         item = 0

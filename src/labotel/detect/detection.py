@@ -20,7 +20,7 @@ from opentelemetry import metrics, trace
 
 log = logging.getLogger("labotel")
 
-KINDS = ("race_condition", "memory_leak", "thread_leak", "task_leak")
+KINDS = ("race_condition", "memory_leak", "thread_leak", "task_leak", "loop_blocked")
 MAX_FINGERPRINTS = 10_000
 
 

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from labotel.component import Component
 from labotel.detect import races, sync, vectorclock
-from labotel.detect.adopt import LockAdopter
 from labotel.server.http import Request, Response, json_response
 
 if TYPE_CHECKING:
@@ -18,7 +17,6 @@ class RaceDetection(Component):
 
     def __init__(self) -> None:
         self.detector: races.Detector | None = None
-        self.adopter = LockAdopter()
         self.adopted_locks = 0
 
     def start(self, monitor: Monitor) -> None:
@@ -33,9 +31,7 @@ class RaceDetection(Component):
                                        max_resources=settings.race_max_resources,
                                        stack_depth=settings.race_stack_depth)
         try:
-            sync.install(failed)
-            if settings.race_adopt_locks:
-                self.adopted_locks = self.adopter.adopt()
+            self.adopted_locks = sync.install(failed, settings.race_adopt_locks)
         except BaseException:
             self.stop()  # a half-done start must not leave patches behind
             raise
@@ -59,13 +55,11 @@ class RaceDetection(Component):
 
     def stop(self) -> None:
         races.activate(None)
-        self.adopter.undo()
         sync.uninstall()
         self.detector = None
 
     def after_fork_in_child(self) -> None:
         vectorclock.reinit_after_fork()
-        sync.reinit_after_fork()
         if self.detector is not None:
             self.detector.reinit_after_fork()
 

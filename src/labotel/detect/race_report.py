@@ -8,6 +8,7 @@ from typing import Any
 
 from labotel.detect.detection import Detection, Stack
 from labotel.detect.shadow import CLOCK, FRAMES, LOCATION, STATE, TID, WHEN, WRITE, Access
+from labotel.profile.symbols import qualname
 
 PREVIOUS = "labotel.race.previous."
 
@@ -15,7 +16,7 @@ PREVIOUS = "labotel.race.previous."
 def _where(access: Access) -> tuple[str, int | None, str]:
     """(file, line, function) of an access; an explicit ``location`` wins over the frame."""
     frames = access[FRAMES]
-    function = frames[0][0].co_qualname if frames else "?"
+    function = qualname(frames[0][0]) if frames else "?"
     location = access[LOCATION]
     if location is not None:
         path, sep, line = str(location).rpartition(":")
@@ -41,7 +42,7 @@ _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _stack(label: str, access: Access) -> Stack:
-    frames = tuple((code.co_filename, line, code.co_qualname) for code, line in access[FRAMES]
+    frames = tuple((code.co_filename, line, qualname(code)) for code, line in access[FRAMES]
                    if not code.co_filename.startswith(_OWN_DIR))  # our wrappers are noise
     state = access[STATE]
     return Stack(f"{label} {_kind(access)} by thread {state.tid} ({state.name})", frames)

@@ -267,6 +267,8 @@ class ConcurrencyLeakDetector(SamplingDetector):
         thread_sites = []
         live_threads = []
         for thread in threads:
+            if origins.is_labotel_thread(thread):
+                continue  # labotel's own (debug server, exporters): never the app's leak
             origin = origins.thread_origin(thread)
             frame = frames.get(thread.ident) if thread.ident is not None else None
             here = (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name) \

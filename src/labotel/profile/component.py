@@ -13,6 +13,7 @@ from labotel.profile.routes import PprofRoutes
 
 if TYPE_CHECKING:
     from labotel.monitor import Monitor
+    from labotel.server.http import Request
 
 
 class ProfilingComponent(Component):
@@ -24,15 +25,34 @@ class ProfilingComponent(Component):
         self.backends = Backends(settings.profile_backend, settings.profile_cpu_budget)
         self.cpu = ProfileSlot(CPU, self.backends.start)
         self.wall = ProfileSlot(WALL, self.backends.start)
-        self.stopping = threading.Event()  # wakes requests waiting out ?seconds= at shutdown
+        self.stopping = threading.Event()
+        self._waiting: set[threading.Event] = set()  # requests waiting out ?seconds=
+        self._waiting_lock = threading.Lock()
         self._heap_lease = False
         if monitor.settings.heap_profiling:
             heap.acquire(monitor.settings.heap_profile_frames)
             self._heap_lease = True
         PprofRoutes(self).register()
 
+    def wait(self, request: Request, seconds: float) -> None:
+        """Sleep out a profile's ``seconds``; returns early when the request is cancelled
+        (the client hung up) or labotel stops (then the request is cancelled too)."""
+        cancelled = request.cancelled
+        with self._waiting_lock:
+            if self.stopping.is_set():
+                return
+            self._waiting.add(cancelled)
+        try:
+            cancelled.wait(seconds)
+        finally:
+            with self._waiting_lock:
+                self._waiting.discard(cancelled)
+
     def stop(self) -> None:
-        self.stopping.set()
+        with self._waiting_lock:
+            self.stopping.set()
+            for cancelled in self._waiting:
+                cancelled.set()
         self.cpu.cancel()
         self.wall.cancel()
         if self._heap_lease:

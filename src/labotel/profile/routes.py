@@ -17,7 +17,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from labotel.profile import cpu, heap, stacks, symbols
+from labotel.profile import contention, cpu, heap, stacks, symbols
 from labotel.profile.pprof import ProfileBuilder
 from labotel.runtime import aio
 from labotel.server.http import HTTPError, Request, Response
@@ -27,11 +27,15 @@ if TYPE_CHECKING:
 
 PREFIX = "/debug/pprof/"
 DESCRIPTIONS = {
+    "block": "Stack traces that led to blocking on synchronization primitives (locks, "
+             "conditions, events, queues, joins, futures, asyncio waits). Needs "
+             "contention_profiling on",
     "cmdline": "The command line invocation of the current program",
     "goroutine": "Stack traces of all current threads and asyncio tasks",
     "heap": "Live Python allocations by allocation stack (tracemalloc). Needs heap_profiling "
             "on, or the seconds GET parameter to trace for that long. You can specify the gc "
             "GET parameter to run GC before taking the heap sample.",
+    "mutex": "Stack traces of holders of contended locks. Needs contention_profiling on",
     "profile": "CPU profile. You can specify the duration in the seconds GET parameter. After "
                "you get the profile file, use the go tool pprof command to investigate the "
                "profile.",
@@ -41,11 +45,11 @@ DESCRIPTIONS = {
 }
 NOT_IN_PYTHON = {
     "allocs": "tracemalloc records live allocations only; use heap",
-    "block": "Python has no blocking profile; use wall or goroutine?debug=2",
-    "mutex": "Python has no mutex contention profile; use wall",
     "trace": "there is no Go execution tracer in Python",
 }
 DELTA_PROFILES = ("goroutine", "heap", "threadcreate")
+MAX_SYMBOL_ADDRESSES = 100_000  # per /symbol request (a 1 MiB body holds about 80,000)
+MAX_ADDRESS_CHARS = 24
 Handler = Callable[[Request], Response]
 
 
@@ -75,7 +79,7 @@ def integer(request: Request, name: str) -> int:
 def seconds(request: Request, maximum: int, default: int | None) -> int | None:
     raw = request.arg("seconds")
     if raw is None or raw == "":
-        return default
+        return None if default is None else min(default, maximum)
     try:
         value = int(raw)
     except ValueError:
@@ -96,6 +100,7 @@ class PprofRoutes:
             "": self.index, "cmdline": self.cmdline, "profile": self.profile,
             "wall": self.wall, "symbol": self.symbol, "heap": self.heap,
             "goroutine": self.goroutine, "threadcreate": self.threadcreate,
+            "block": self.block, "mutex": self.mutex,
         }
 
     def register(self) -> None:
@@ -156,6 +161,10 @@ class PprofRoutes:
         counts = {"goroutine": threads + tasks, "threadcreate": threads}
         if tracemalloc.is_tracing():
             counts["heap"] = len(heap.snapshot(False).statistics("traceback"))
+        profiler = self.component.monitor.component(contention.ContentionProfiling.name)
+        if profiler is not None:
+            for name in contention.PROFILES:
+                counts[name] = profiler.recorder.records(name)
         return counts
 
     def cmdline(self, _: Request) -> Response:
@@ -167,13 +176,20 @@ class PprofRoutes:
             words = request.body.decode("latin-1").split("+")
         else:
             words = [w for key in request.query for w in key.replace("+", " ").split()]
+        if len(words) > MAX_SYMBOL_ADDRESSES:
+            raise pprof_error(413, f"too many addresses: {len(words)} (at most "
+                                   f"{MAX_SYMBOL_ADDRESSES} per request)")
+        resolve = symbols.resolver()  # one sorted table for the whole request
         lines = ["num_symbols: 1"]
         for word in words:
+            word = word.strip()
+            if len(word) > MAX_ADDRESS_CHARS:  # no address is this long; int() of a huge
+                continue  # decimal string would cost quadratic time
             try:
-                address = int(word.strip(), 0)
+                address = int(word, 0)
             except ValueError:
                 continue
-            name = symbols.resolve(address) if address else None
+            name = resolve(address) if address > 0 else None
             if name is not None:
                 lines.append(f"{address:#x} {name}")
         return plain("\n".join(lines) + "\n")
@@ -190,13 +206,23 @@ class PprofRoutes:
         duration = seconds(request, self.settings.profile_max_seconds, 30)
         component_name = f"profile.{slot.mode}"
         try:
-            builder = cpu.profile_for(
-                slot, duration, self.settings.profile_rate_hz,
-                lambda: self.component.monitor.reporter.component_failed(component_name))
+            sampler = slot.begin(
+                self.settings.profile_rate_hz,
+                lambda: self.component.monitor.reporter.component_failed(component_name),
+                duration)
         except cpu.Busy as busy:
             raise pprof_error(500, f"Could not enable {what}: {busy}") from None
-        except RuntimeError as error:
-            raise pprof_error(500, f"{what} failed: {error}") from None
+        except cpu.Unavailable as refused:  # profile_backend=py-spy, and py-spy cannot
+            raise pprof_error(500, f"{what} failed: {refused}") from None
+        try:
+            # ends early when the client hangs up or labotel shuts down, so an abandoned
+            # profile frees the slot at once (Go's handler stops with its request context)
+            self.component.wait(request, duration)
+        finally:
+            builder = slot.end(sampler)
+        if sampler.error is not None:
+            raise pprof_error(500, f"{what} failed: the {slot.mode} sampler failed: "
+                                   f"{sampler.error!r}")
         return binary(name, builder.encode())
 
     # -- snapshot profiles -----------------------------------------------------------
@@ -210,7 +236,7 @@ class PprofRoutes:
             started = time.monotonic_ns()
             with heap.leased(self.settings.heap_profile_frames):
                 before = heap.snapshot(collect)
-                self.component.stopping.wait(window)
+                self.component.wait(request, window)
                 after = self._heap_snapshot(collect)
             builder = heap.heap_profile(heap.new_builder(), after, before)
             return binary("heap-delta", builder.encode(time.monotonic_ns() - started))
@@ -231,6 +257,35 @@ class PprofRoutes:
         except RuntimeError:  # the application stopped tracemalloc under us
             raise pprof_error(409, "tracemalloc was stopped by the application during the "
                                    "heap profile") from None
+
+    def block(self, request: Request) -> Response:
+        return self._contention(request, "block")
+
+    def mutex(self, request: Request) -> Response:
+        return self._contention(request, "mutex")
+
+    def _contention(self, request: Request, name: str) -> Response:
+        window = seconds(request, self.settings.profile_max_seconds, None)
+        debug = integer(request, "debug")
+        if window is not None and debug:
+            raise pprof_error(400, "seconds and debug params are incompatible")
+        profiler = self.component.monitor.component(contention.ContentionProfiling.name)
+        if profiler is None:
+            raise pprof_error(
+                400, f"{name} profiling is off: contention profiling is not enabled. Start "
+                "the process with LABOTEL_CONTENTION_PROFILING=1 (or "
+                "labotel.start(contention_profiling=True)); it records from then on")
+        if window is not None:
+            started = time.monotonic_ns()
+            before = profiler.recorder.snapshot(name)
+            self.component.stopping.wait(window)
+            after = profiler.recorder.snapshot(name)
+            builder = profiler.profile(name, contention.delta(after, before))
+            return binary(f"{name}-delta", builder.encode(time.monotonic_ns() - started))
+        builder = profiler.profile(name)
+        if debug:
+            return plain(contention.debug_text(name, builder))
+        return binary(name, builder.encode(0))
 
     def goroutine(self, request: Request) -> Response:
         return self._count_profile(request, "goroutine", self._goroutines)
@@ -255,7 +310,7 @@ class PprofRoutes:
             started = time.monotonic_ns()
             fill(builder)
             before, builder.samples = builder.samples, {}
-            self.component.stopping.wait(window)
+            self.component.wait(request, window)
             fill(builder)
             builder.subtract(before)
             return binary(f"{name}-delta", builder.encode(time.monotonic_ns() - started))

@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from types import CodeType
 
 _lock = threading.Lock()
@@ -50,7 +51,29 @@ def qualify(filename: str, qualname: str) -> str:
 
 
 def code_name(code: CodeType) -> str:
-    return qualify(code.co_filename, getattr(code, "co_qualname", code.co_name))
+    return qualify(code.co_filename, qualname(code))
+
+
+def qualname(code: CodeType) -> str:
+    """``Class.method`` of a code object (3.10 has no ``co_qualname``: read the source)."""
+    name = getattr(code, "co_qualname", None)
+    return name if name is not None else _source_qualname(code)
+
+
+def _source_qualname(code: CodeType) -> str:
+    """``Class.method`` for a 3.10 code object, from the ``def`` it starts at."""
+    name = code.co_name
+    ranges = _definitions(code.co_filename) if name != "<module>" else None
+    if not ranges:
+        return name
+    line = code.co_firstlineno
+    if name.startswith("<"):  # a lambda or comprehension: in the def around it
+        around = [r for r in ranges if r[0] <= line <= r[1]]
+        return f"{max(around)[2]}.<locals>.{name}" if around else name
+    for start, _, qualname in ranges:
+        if start == line and qualname.rpartition(".")[2] == name:
+            return qualname
+    return name
 
 
 def code_address(code: CodeType) -> int:
@@ -64,15 +87,25 @@ def code_address(code: CodeType) -> int:
 
 def resolve(address: int) -> str | None:
     """``module.qualname`` of the code object whose bytecode spans ``address``."""
+    return resolver()(address)
+
+
+def resolver() -> Callable[[int], str | None]:
+    """``resolve`` over one sorted snapshot of the known addresses: sort once, then each
+    lookup is a binary search (a /symbol request with 10,000 addresses sorts once)."""
     with _lock:  # a sampler thread may be adding addresses meanwhile
         starts = sorted(_addresses.keys())
-    position = bisect.bisect_right(starts, address) - 1
-    if position < 0:
-        return None
-    code = _addresses.get(starts[position])
-    if code is None or address >= starts[position] + max(len(code.co_code), 1):
-        return None
-    return code_name(code)
+
+    def lookup(address: int) -> str | None:
+        position = bisect.bisect_right(starts, address) - 1
+        if position < 0:
+            return None
+        code = _addresses.get(starts[position])
+        if code is None or address >= starts[position] + max(len(code.co_code), 1):
+            return None
+        return code_name(code)
+
+    return lookup
 
 
 def line_function(filename: str, lineno: int) -> tuple[str, int]:

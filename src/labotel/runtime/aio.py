@@ -1,16 +1,20 @@
 """asyncio: tasks per state across every running event loop, and event-loop lag.
 
 Loops are found by ``runtime.loops`` (also loops started after ``start()``). On each loop
-a probe is scheduled every ``loop_lag_interval`` seconds; how late it runs is the lag,
-recorded in ``labotel.asyncio.loop.lag``. Task origins are recorded by wrapping each
-loop's task factory.
+a ``LoopProbe`` is scheduled every ``loop_lag_interval`` seconds; how late it runs is the
+lag, recorded in ``labotel.asyncio.loop.lag``. The blocked-loop watchdog runs a probe of
+its own, more often, as a heartbeat. Task origins are recorded by wrapping each loop's
+task factory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -54,14 +58,89 @@ def task_state(task: asyncio.Task, current: asyncio.Task | None) -> str:
     return "running" if task is current else "pending"
 
 
+@dataclasses.dataclass(eq=False)
+class Beat:
+    """One loop's probe: when it is next due and when it last ran (``time.monotonic()``)."""
+
+    loop: weakref.ref
+    thread_id: int  # the loop's thread, where the probe runs
+    native_id: int | None = None  # the kernel's id of that thread
+    due: float = 0.0
+    ran: float = 0.0
+
+
+class LoopProbe:
+    """A callback scheduled every ``interval`` seconds on each running loop.
+
+    ``on_lag(lag)`` hears how late each run was; ``beats()`` tells a watchdog thread when
+    each loop's next run is due, so a probe that is overdue shows a loop that cannot run
+    its callbacks. ``on_loop(loop)`` hears about each loop the probe starts on.
+    """
+
+    def __init__(self, interval: float, on_lag: Callable[[float], None] | None = None,
+                 on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None,
+                 on_error: Callable[[], None] | None = None):
+        self.interval = interval
+        self._on_lag = on_lag
+        self._on_loop = on_loop
+        self._on_error = on_error
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Beat] = (
+            weakref.WeakKeyDictionary())
+
+    def start(self) -> None:
+        loops.add_listener(self._found)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        loops.remove_listener(self._found)
+
+    def beats(self) -> list[Beat]:
+        with self._lock:
+            return list(self._beats.values())
+
+    def reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def _found(self, loop: asyncio.AbstractEventLoop) -> None:  # in the loop's thread
+        with self._lock:
+            if loop in self._beats:
+                return
+            beat = self._beats[loop] = Beat(weakref.ref(loop), threading.get_ident(),
+                                            threading.get_native_id())
+        if self._on_loop is not None:
+            self._call(self._on_loop, loop)
+        self._schedule(loop, beat)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, beat: Beat) -> None:
+        if self._stopped.is_set() or loop.is_closed():
+            return
+        interval = self.interval
+        beat.due = time.monotonic() + interval
+        loop.call_at(loop.time() + interval, self._run, loop, beat)
+
+    def _run(self, loop: asyncio.AbstractEventLoop, beat: Beat) -> None:
+        if self._stopped.is_set():
+            return
+        beat.ran = now = time.monotonic()
+        if self._on_lag is not None:
+            self._call(self._on_lag, max(now - beat.due, 0.0))
+        self._schedule(loop, beat)
+
+    def _call(self, function: Callable[[Any], None], argument: Any) -> None:
+        try:
+            function(argument)
+        except Exception:
+            if self._on_error is not None:
+                self._on_error()
+
+
 class AsyncioCollector(Component):
     name = "runtime.asyncio"
 
     def start(self, monitor: Any) -> None:
         self.monitor = monitor
-        self.interval = monitor.settings.loop_lag_interval
-        self._stopped = threading.Event()
-        self._probed: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self.lag = monitor.meter.create_histogram(
             "labotel.asyncio.loop.lag", unit="s",
             description="How late a callback scheduled on the event loop ran",
@@ -72,32 +151,16 @@ class AsyncioCollector(Component):
         monitor.meter.create_observable_up_down_counter(
             "labotel.asyncio.loops", [guarded_callback(monitor, self.name, self._loops)],
             unit="{loop}", description="Running asyncio event loops")
-        loops.add_listener(self._on_loop)
+        self.probe = LoopProbe(monitor.settings.loop_lag_interval, self.lag.record,
+                               origins.track_loop_tasks,
+                               lambda: monitor.reporter.component_failed(self.name))
+        self.probe.start()
 
     def stop(self) -> None:
-        self._stopped.set()
-        loops.remove_listener(self._on_loop)
+        self.probe.stop()
 
-    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        origins.track_loop_tasks(loop)
-        if loop not in self._probed:
-            self._probed.add(loop)
-            self._schedule(loop)
-
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._stopped.is_set() or loop.is_closed():
-            return
-        expected = loop.time() + self.interval
-        loop.call_at(expected, self._probe, loop, expected)
-
-    def _probe(self, loop: asyncio.AbstractEventLoop, expected: float) -> None:
-        if self._stopped.is_set():
-            return
-        try:
-            self.lag.record(max(loop.time() - expected, 0.0))
-        except Exception:
-            self.monitor.reporter.component_failed(self.name)
-        self._schedule(loop)
+    def after_fork_in_child(self) -> None:
+        self.probe.reset_after_fork()
 
     def _tasks(self, _: CallbackOptions):
         by_loop = all_tasks_by_loop()

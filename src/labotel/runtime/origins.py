@@ -28,6 +28,8 @@ _SKIP_DIRS = tuple(
 APPLICATION_DIRS = (os.path.join(os.path.dirname(sys.modules["labotel"].__file__), "demo")
                      + os.sep,)
 MAX_FRAMES = 6
+_LABOTEL_DIR = os.path.dirname(sys.modules["labotel"].__file__) + os.sep
+_THREADING_FILES = _SKIP_DIRS[-2:]  # threading.py and concurrent/
 
 _task_origins: weakref.WeakKeyDictionary[asyncio.Future, tuple[Frame, ...]] = (
     weakref.WeakKeyDictionary())
@@ -61,6 +63,35 @@ def thread_origin(thread: threading.Thread) -> tuple[Frame, ...] | None:
     return getattr(thread, "_labotel_origin", None)
 
 
+def is_labotel_thread(thread: threading.Thread) -> bool:
+    """Started by labotel (its debug server, detectors, exporters), or by such a thread.
+
+    The leak detectors leave these out: labotel's own threads are never the application's
+    leak (a busy debug server grows its worker pool; an exporter starts its own threads).
+    """
+    return getattr(thread, "_labotel_own", False)
+
+
+def _started_by_labotel(frame: Any) -> bool:
+    """Whether the code calling Thread.start (``frame`` and outwards) is labotel's.
+
+    Frames of threading itself and of the Thread.start wrappers (this module's, the race
+    detector's) are passed over: they are on every start's stack.
+    """
+    wrappers = set()
+    start = threading.Thread.start
+    while getattr(start, "__wrapped__", None) is not None:
+        wrappers.add(getattr(start, "__code__", None))
+        start = start.__wrapped__
+    while frame is not None:
+        code = frame.f_code
+        if code not in wrappers and not code.co_filename.startswith(_THREADING_FILES):
+            return code.co_filename.startswith(_LABOTEL_DIR) and not code.co_filename.startswith(
+                APPLICATION_DIRS)
+        frame = frame.f_back
+    return False
+
+
 def task_origin(task: asyncio.Future) -> tuple[Frame, ...] | None:
     return _task_origins.get(task)
 
@@ -74,6 +105,9 @@ def install() -> None:
     def start(self: threading.Thread) -> None:
         try:
             self._labotel_origin = capture(2)
+            if is_labotel_thread(threading.current_thread()) or _started_by_labotel(
+                    sys._getframe(1)):
+                self._labotel_own = True
         except Exception:  # a thread subclass with __slots__: no origin, still starts
             pass
         original_start(self)

@@ -1,4 +1,4 @@
-"""The stdlib debug HTTP server on ``admin_address`` (a daemon thread)."""
+"""The debug HTTP server on ``admin_address``, and the check that guards its exposure."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ import ipaddress
 import logging
 import socket
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from collections.abc import Callable
 
 from labotel.config import parse_address
-from labotel.server.http import Request, Router
+from labotel.server.connections import ConnectionLoop
+from labotel.server.http import Router
+from labotel.server.limits import ServerLimits
 
 log = logging.getLogger("labotel")
-MAX_BODY = 1 << 20
+# Connections the kernel completes before they are accepted (it caps this at
+# net.core.somaxconn). socketserver's 5 made a burst of 60 connects wait 8 s in SYN
+# retries; 128 still overflowed under a burst of idle connects faster than accept.
+LISTEN_BACKLOG = 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -43,74 +46,28 @@ def check_exposure(address: str, token: str | None, allow_insecure: bool) -> Non
             "(LABOTEL_ADMIN_TOKEN) or admin_allow_insecure=True (LABOTEL_ADMIN_ALLOW_INSECURE=1)")
 
 
-def make_handler(router: Router) -> type[BaseHTTPRequestHandler]:
-    _date: list = [None, ""]  # (second, formatted) shared by the server's connections
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "labotel"
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # keep-alive scrapes: no 40 ms delayed-ACK stall
-        wbufsize = 1 << 16  # status, headers and body leave in one send, not two
-
-        def handle_expect_100(self) -> bool:
-            answered = super().handle_expect_100()
-            self.wfile.flush()  # the client waits for this before sending its body
-            return answered
-
-        def date_time_string(self, timestamp: float | None = None) -> str:
-            if timestamp is not None:
-                return super().date_time_string(timestamp)
-            second = int(time.time())  # the Date header changes once a second: format it once
-            if second != _date[0]:
-                _date[:] = [second, super().date_time_string(second)]
-            return _date[1]
-
-        def _serve(self) -> None:
-            parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self.send_error(413, "request body too large")
-                return
-            body = self.rfile.read(length) if length else b""
-            request = Request.build(self.command, parts.path, parts.query, self.headers, body)
-            response = router.handle(request)
-            self.send_response(response.status)
-            sent = set()
-            for name, value in response.header_items():
-                if name.lower() in sent:
-                    continue
-                sent.add(name.lower())
-                self.send_header(name, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(response.body)
-
-        do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            log.debug("labotel debug server: " + format, *args)
-
-    return Handler
-
-
 class DebugServer:
-    def __init__(self, address: str, router: Router, thread_name: str = "labotel-debug-server"):
+    """The debug HTTP server on ``address``: a selector thread and a bounded worker pool.
+
+    Binding happens here (an address in use raises ``OSError`` at once); ``start()``
+    begins serving on a daemon thread named ``thread_name``.
+    """
+
+    def __init__(self, address: str, router: Router, thread_name: str = "labotel-debug-server",
+                 limits: ServerLimits | None = None,
+                 on_error: Callable[[], None] | None = None):
         host, port = parse_address(address)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-        class Server(ThreadingHTTPServer):
-            address_family = family
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self._server = Server((host, port), make_handler(router))
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
-                                        name=thread_name, daemon=True)
+        self.limits = limits or ServerLimits.from_settings()
+        self._listener = socket.create_server((host, port), family=family,
+                                              backlog=LISTEN_BACKLOG)
+        self._loop = ConnectionLoop(self._listener, router, self.limits, thread_name,
+                                    on_error or _count_server_error(router))
+        self._thread = threading.Thread(target=self._loop.run, name=thread_name, daemon=True)
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
+        host, port = self._listener.getsockname()[:2]
         return host, port
 
     @property
@@ -118,17 +75,40 @@ class DebugServer:
         host, port = self.address
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
+    @property
+    def open_connections(self) -> int:
+        return self._loop.open_connections
+
+    @property
+    def worker_threads(self) -> int:
+        return self._loop.worker_threads
+
+    @property
+    def requests_in_progress(self) -> int:
+        return self._loop.requests_in_progress
+
+    def connection_states(self) -> dict[str, int]:
+        return dict(self._loop.connection_states())
+
     def start(self) -> None:
         self._thread.start()
 
     def abandon(self) -> None:
-        """In a forked child: close the child's copy of the parent's listening socket.
+        """In a forked child: close the child's copies of the parent's sockets.
 
-        The serving thread stayed in the parent; the child must not hold the port open.
+        The serving threads stayed in the parent; the child must not hold the port open.
         """
-        self._server.socket.close()
+        self._loop.abandon()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._loop.stop()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
+        else:
+            self._loop.abandon()  # never started: just release the sockets
+
+
+def _count_server_error(router: Router) -> Callable[[], None]:
+    def count() -> None:
+        router.report_error("server")
+    return count

@@ -6,6 +6,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -20,13 +21,17 @@ class Request:
     query: dict[str, list[str]]
     headers: Mapping[str, str]  # lower-case names
     body: bytes = b""
+    # Set when the client goes away (or the server stops) before the answer is sent: a
+    # handler that waits (a profile's ?seconds=) stops waiting, as Go's request context ends.
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @classmethod
     def build(cls, method: str, path: str, query_string: str, headers: Mapping[str, str],
-              body: bytes = b"") -> Request:
+              body: bytes = b"", cancelled: threading.Event | None = None) -> Request:
+        """A request as a transport sees it. Method names are case-sensitive (RFC 9110)."""
         query = parse_qs(query_string, keep_blank_values=True) if query_string else {}
-        return cls(method.upper(), path or "/", query,
-                   {k.lower(): v for k, v in headers.items()}, body)
+        return cls(method, path or "/", query, {k.lower(): v for k, v in headers.items()},
+                   body, cancelled or threading.Event())
 
     def arg(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
@@ -83,16 +88,32 @@ def text_response(text: str, status: int = 200, headers: dict[str, str] | None =
 
 Handler = Callable[[Request], Response]
 UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
 class Router:
-    """Exact-path and prefix routes, bearer-token check, errors turned into responses."""
+    """Exact-path and prefix routes, bearer-token check, errors turned into responses.
 
-    def __init__(self, token: str | None = None, on_error: Callable[[str], None] | None = None):
+    Every transport (the debug server, ASGI, WSGI) hands it whole requests and sends what
+    it returns; for HEAD the transport sends the headers of the GET answer without its
+    body. ``max_body_bytes`` is the request-body limit every transport applies (413).
+    """
+
+    def __init__(self, token: str | None = None, on_error: Callable[[str], None] | None = None,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         self._exact: dict[str, tuple[Handler, tuple[str, ...]]] = {}
         self._prefixes: list[tuple[str, Handler, tuple[str, ...]]] = []
         self._token = token
         self._on_error = on_error
+        self.max_body_bytes = max_body_bytes
+
+    def report_error(self, component: str) -> None:
+        """Count a labotel failure in ``component`` (``labotel.internal.errors``, logged
+        once by the reporter); without a reporter (the webhook receiver), log it."""
+        if self._on_error:
+            self._on_error(component)
+        else:
+            log.exception("labotel: %s failed", component)
 
     def add(self, path: str, handler: Handler, *, prefix: bool = False,
             methods: tuple[str, ...] = ("GET", "HEAD")) -> None:
@@ -116,14 +137,8 @@ class Router:
         except HTTPError as error:
             response = text_response(error.message + "\n", error.status, error.headers)
         except Exception:
-            log.exception("labotel: debug route %s failed", request.path)
-            if self._on_error:
-                self._on_error("server")
+            self.report_error("server")
             response = text_response("internal error in labotel debug route\n", 500)
-        if request.method == "HEAD":
-            response = dataclasses.replace(response, body=b"",
-                                           headers={**response.headers,
-                                                    "Content-Length": str(len(response.body))})
         return response
 
     def _authorize(self, request: Request) -> None:

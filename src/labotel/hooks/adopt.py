@@ -1,12 +1,13 @@
 """Adopt the module-level locks an application created before ``labotel.start()``.
 
 ``_lock = threading.Lock()`` at import time is the most common way to guard a module's
-state, and it predates ``start()``, so it is a plain lock that the detector cannot see:
-every access it guards would look like a race. At ``start()`` each such global in the
-application's own modules (not the standard library, not site-packages, not labotel) is
-rebound to an instrumented wrapper around *the same* lock object, so code that resolves
-the name at call time (``with _lock:``) is seen, and anyone still holding the bare object
-keeps mutual exclusion with it. Names bound to the factories themselves
+state, and it predates ``start()``, so it is a plain lock that the hooks cannot see: the
+race detector would take every access it guards for a race, and the contention profiler
+would miss its waits. At ``start()`` each such global in the application's own modules
+(not the standard library, not site-packages, not labotel) is rebound to an instrumented
+wrapper around *the same* lock object, so code that resolves the name at call time
+(``with _lock:``) is seen, and anyone still holding the bare object keeps mutual
+exclusion with it. Names bound to the factories themselves
 (``from threading import Lock``, ``from queue import SimpleQueue``) are rebound to the
 instrumented classes, so what those modules create from now on is seen. ``undo()`` puts
 the originals back (unless the module rebound the name meanwhile).
@@ -22,7 +23,7 @@ import sysconfig
 from types import ModuleType
 from typing import Any
 
-from labotel.detect.sync import (
+from labotel.hooks.primitives import (
     ORIGINAL_FACTORIES,
     InstrumentedLock,
     InstrumentedRLock,

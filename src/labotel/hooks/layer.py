@@ -1,0 +1,100 @@
+"""Subscribing to the hooks: patches go in with the first subscriber that needs them and
+come out with the last one; module-level locks of the application are adopted once.
+
+At most one subscriber of each kind listens at a time (the race detector for edges, the
+contention profiler for waits).
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import threading
+from typing import Any
+
+from labotel.hooks import active, patches, primitives
+from labotel.hooks.adopt import LockAdopter
+from labotel.hooks.primitives import InstrumentedLock
+from labotel.patching import Patcher
+
+_lock = _thread.allocate_lock()  # raw: never one of the instrumented locks
+_subscribers: dict[str, tuple[Any, Any, bool]] = {}  # name -> (edges, waits, adopt)
+_patcher = Patcher()
+_installed: set[str] = set()
+_adopter = LockAdopter()
+_adopted: int | None = None  # module globals adopted, once the first adopting subscriber came
+
+
+def subscribe(name: str, *, edges: Any = None, waits: Any = None, adopt: bool = False) -> int:
+    """Start delivering hook events to ``edges`` and/or ``waits`` (hooks are live once this
+    returns); with ``adopt``, wrap the application's module-level locks made before.
+
+    Returns how many module globals are adopted. A second subscriber of a kind already
+    listening is a ``ValueError``.
+    """
+    global _adopted
+    with _lock:
+        for other, (other_edges, other_waits, _) in _subscribers.items():
+            if other != name and ((edges and other_edges) or (waits and other_waits)):
+                raise ValueError(f"{name}: {other} already receives these hook events")
+        kinds = {kind for kind, wanted in ((patches.EDGES, edges), (patches.WAITS, waits))
+                 if wanted is not None}
+        try:
+            patches.install(kinds, _installed, _patcher.replace)
+            _subscribers[name] = (edges, waits, adopt)
+            _publish()
+            if adopt and _adopted is None:
+                _adopted = _adopter.adopt()
+        except BaseException:
+            _subscribers.pop(name, None)
+            _publish()
+            if not _subscribers:
+                _undo()
+            raise
+        return _adopted or 0
+
+
+def unsubscribe(name: str) -> None:
+    """Stop delivering to ``name``; the last one out undoes adoption and every patch."""
+    with _lock:
+        if _subscribers.pop(name, None) is None:
+            return
+        _publish()
+        if not _subscribers:
+            _undo()
+
+
+def adopted_locks() -> int:
+    return _adopted or 0
+
+
+def _publish() -> None:
+    edges = next((e for e, _, _ in _subscribers.values() if e is not None), None)
+    waits = next((w for _, w, _ in _subscribers.values() if w is not None), None)
+    active.edges = primitives._edges = edges
+    active.waits = primitives._waits = waits
+
+
+def _undo() -> None:
+    global _adopted
+    _adopter.undo()
+    _adopted = None
+    _patcher.undo()
+    _installed.clear()
+
+
+def _after_fork_in_child() -> None:
+    """Waiter marks of the parent's threads go stale; raw locks may be held by them."""
+    global _lock
+    _lock = _thread.allocate_lock()
+    primitives._waiting_lists_lock = _thread.allocate_lock()
+    active.generation += 1
+    # threading's own after-fork hook rebuilt _active_limbo_lock with threading.RLock, which
+    # is ours while patched: put the plain lock back under it.
+    limbo = getattr(threading, "_active_limbo_lock", None)
+    if isinstance(limbo, InstrumentedLock):
+        threading._active_limbo_lock = limbo._lock  # type: ignore[attr-defined]
+
+
+if hasattr(os, "register_at_fork"):  # registered after threading's own, so it runs after
+    os.register_at_fork(after_in_child=_after_fork_in_child)

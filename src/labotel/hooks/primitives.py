@@ -1,0 +1,348 @@
+"""The instrumented lock classes and the calls into subscribers that every hook shares.
+
+``threading.Lock`` and ``threading.RLock`` become ``InstrumentedLock`` /
+``InstrumentedRLock`` while any subscriber listens (``patches.py``), so every lock created
+then, and every Condition, Semaphore, Event, Barrier, queue and Future built on one, is
+seen. An acquire first tries ``acquire(False)``. Only when that fails does it take its
+stack (before blocking: the wait subscriber's work never lengthens anyone's hold of the
+lock), leave a mark with the time on the lock, and time the blocking acquire. A release
+looks at one attribute: if marks are there, once the lock is free it charges to its own
+stack the time every waiter waited since the previous release, and moves their marks to
+now (Go's mutex profile charges the unlocker; since Go 1.22 for all the waiters it kept).
+
+Marks carry the fork ``generation`` they were made in: a releaser drops the marks a
+forked child inherited from threads that do not exist there.
+"""
+
+from __future__ import annotations
+
+import _thread
+import queue
+import random
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from labotel.hooks import active
+
+# The subscribers again, as globals of this module: the lock methods below read them on
+# every call, and a global is the cheapest read (``layer`` sets both copies together).
+_edges: Any = None
+_waits: Any = None
+_allocate_lock = _thread.allocate_lock
+_RawRLock = _thread.RLock
+_waiting_lists_lock = _thread.allocate_lock()
+_draw = random.random
+# What install() replaces, as the application may have imported them by name
+# (``from threading import Lock``): adopt.py rebinds those names too.
+ORIGINAL_FACTORIES = {"Lock": threading.Lock, "RLock": threading.RLock,
+                      "SimpleQueue": queue.SimpleQueue}
+LOCK_ACQUIRE = "threading.Lock.acquire"
+LOCK_RELEASE = "threading.Lock.release"
+RLOCK_ACQUIRE = "threading.RLock.acquire"
+RLOCK_RELEASE = "threading.RLock.release"
+SIMPLE_QUEUE_GET = "queue.SimpleQueue.get"
+
+
+# -- calls into subscribers: never raise into the application ------------------------------
+def edge_failed() -> None:
+    try:
+        _edges.failed()
+    except Exception:
+        pass
+
+
+def call_waits(method: str, *args: Any) -> Any:
+    """``waits.<method>(*args)``, unless this thread is inside a subscriber already."""
+    waits = _waits
+    local = active.local
+    if waits is None or getattr(local, "busy", False):
+        return None
+    local.busy = True
+    try:
+        return getattr(waits, method)(*args)
+    except Exception:
+        try:
+            waits.failed()
+        except Exception:
+            pass
+        return None
+    finally:
+        local.busy = False
+
+
+def kept(waits: Any, delay_ns: int) -> bool:
+    """Go's block-rate rule, applied here so that a wait it skips costs no subscriber call:
+    a wait of ``waits.rate_ns`` or longer is kept, a shorter one with probability
+    delay / rate (the subscriber then scales it up)."""
+    try:
+        rate = waits.rate_ns
+        return delay_ns >= rate or _draw() * rate < max(delay_ns, 1)
+    except Exception:  # a broken subscriber: tell it, never the application
+        call_waits("failed")
+        return False
+
+
+def timed_wait(site: str, frame: FrameType | None, function: Callable[..., Any], *args: Any,
+               waited_errors: tuple[type[BaseException], ...] = ()) -> Any:
+    """Call ``function(*args)``, which may block, and record how long it did.
+
+    The stack is taken afterwards, and only for a wait the subscriber keeps. A call that
+    raises is recorded only for ``waited_errors`` (a timeout that waited); other errors
+    are usage errors raised before any wait.
+    """
+    local = active.local
+    if _waits is None or getattr(local, "inside", False):  # an enclosing wait covers it
+        return function(*args)
+    local.inside = True
+    clock = active.clock
+    started = clock()
+    waited = False
+    try:
+        result = function(*args)
+        waited = True
+        return result
+    except waited_errors:
+        waited = True
+        raise
+    finally:
+        delay = clock() - started
+        local.inside = False
+        if waited and kept(_waits, delay):
+            call_waits("blocked", site, frame, delay, None)
+
+
+def _join(snapshot: Any) -> None:
+    try:
+        _edges.join(snapshot)
+    except Exception:
+        edge_failed()
+
+
+def _publish(lock: InstrumentedLock) -> None:
+    try:
+        snapshot = _edges.publish()
+        if snapshot is not None:
+            lock._sync = snapshot
+    except Exception:
+        edge_failed()
+
+
+def _waiting_list(lock: InstrumentedLock) -> list:
+    with _waiting_lists_lock:  # two first waiters must not each install their own list
+        waiting = lock._waiting
+        if waiting is None:
+            waiting = lock._waiting = []
+        return waiting
+
+
+def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
+               frame: FrameType | None, site: str, inside: bool = False) -> Any:
+    """A blocking acquire that could not take the lock at once: stack, mark, time."""
+    if _waits is None:
+        return acquire(*args)
+    inside = inside or getattr(active.local, "inside", False)  # in a timed Condition.wait
+    key = None if inside else call_waits("stack", site, frame)
+    waiting = lock._waiting
+    if waiting is None:
+        waiting = _waiting_list(lock)
+    clock = active.clock
+    started = clock()
+    mark = [active.generation, started]  # releasers move mark[1] on as they charge it
+    waiting.append(mark)
+    try:
+        got = acquire(*args)
+    finally:
+        delay = clock() - started
+        try:
+            waiting.remove(mark)  # equal marks are interchangeable: any one will do
+        except ValueError:  # dropped with the parent's marks after fork
+            pass
+    if key is not None and kept(_waits, delay):
+        call_waits("block", key, delay)
+    return got
+
+
+def _handed_off(lock: InstrumentedLock, waiting: list, site: str) -> None:
+    """The lock was released while threads waited for it: charge the releasing stack (the
+    caller of the method calling this) with their waiting since the last charge. The lock
+    is already free: none of this delays its next holder.
+
+    A holder that takes the lock again and again while others wait releases it every
+    microsecond or so, so a lock is charged at most once per ``waits.rate_ns``: releases in
+    between let the waiting roll over to the next charge, which therefore lands on a
+    holder with a probability that grows with how long it held the lock. A charge shorter
+    than the rate is kept by Go's block-rate rule. A release that charges nothing costs a
+    clock read.
+    """
+    waits = _waits
+    if waits is None:
+        return
+    now = active.clock()
+    try:
+        if now - lock._charged < waits.rate_ns:
+            return
+    except Exception:  # a broken subscriber: tell it, never the application
+        call_waits("failed")
+        return
+    lock._charged = now
+    generation = active.generation
+    delay = 0
+    for mark in waiting:  # a list may grow or shrink under iteration: never an error
+        if mark[0] != generation:  # marks of the parent's threads, in a forked child
+            waiting.clear()
+            return
+        since, mark[1] = mark[1], now
+        delay += now - since
+    if delay > 0 and kept(waits, delay):
+        call_waits("handed_off", site, sys._getframe(2), delay)
+
+
+class InstrumentedLock:
+    """``threading.Lock`` that tells the subscribers about its waits and hand-offs."""
+
+    __slots__ = ("_lock", "_sync", "_waiting", "_charged", "__weakref__")
+    _acquire_site = LOCK_ACQUIRE
+    _release_site = LOCK_RELEASE
+
+    def __init__(self, lock: Any = None) -> None:
+        self._lock = _allocate_lock() if lock is None else lock
+        self._sync: tuple | None = None  # the edges subscriber's: the last releaser's clock
+        self._waiting: list | None = None  # [generation, since] per thread blocked on it
+        self._charged = 0  # when a release last charged the waiters' waiting (clock ns)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        lock = self._lock
+        if not blocking or (timeout != -1 and not timeout > 0):
+            got = lock.acquire(blocking, timeout)  # never waits (or a bad argument: its error)
+        elif lock.acquire(False):
+            got = True
+        else:
+            got = _contended(self, lock.acquire, (True, timeout), sys._getframe(1),
+                             self._acquire_site)
+        if got and _edges is not None and self._sync is not None:
+            _join(self._sync)
+        return got
+
+    def __enter__(self) -> bool:
+        # acquire() without its arguments: ``with lock:`` is the common case, keep it short
+        lock = self._lock
+        if not lock.acquire(False):
+            _contended(self, lock.acquire, (), sys._getframe(1), self._acquire_site)
+        if _edges is not None and self._sync is not None:
+            _join(self._sync)
+        return True
+
+    def release(self) -> None:
+        if _edges is not None:
+            _publish(self)
+        waiting = self._waiting
+        self._lock.release()
+        if waiting:
+            _handed_off(self, waiting, self._release_site)
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        # release() inlined: one Python call less per ``with`` block
+        if _edges is not None:
+            _publish(self)
+        waiting = self._waiting
+        self._lock.release()
+        if waiting:
+            _handed_off(self, waiting, self._release_site)
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    @property
+    def _is_owned(self) -> Callable[[], bool]:
+        # Condition(lock) binds this once; without it, its notify() tries acquire(False) and
+        # release() on us, two Python calls, where the raw lock's locked() says the same.
+        return self._lock.locked
+
+    def _at_fork_reinit(self) -> None:
+        self._lock._at_fork_reinit()
+        self._sync = None
+        self._waiting = None
+
+    def __repr__(self) -> str:
+        return f"<labotel instrumented {self._lock!r}>"
+
+
+class InstrumentedRLock(InstrumentedLock):
+    """``threading.RLock``; Condition uses ``_release_save``/``_acquire_restore`` in wait()."""
+
+    __slots__ = ()
+    _acquire_site = RLOCK_ACQUIRE
+    _release_site = RLOCK_RELEASE
+
+    def __init__(self, lock: Any = None) -> None:
+        super().__init__(_RawRLock() if lock is None else lock)
+
+    @property
+    def _is_owned(self) -> Callable[[], bool]:
+        return self._lock._is_owned
+
+    def _release_save(self) -> Any:
+        if _edges is not None:
+            _publish(self)
+        waiting = self._waiting
+        saved = self._lock._release_save()
+        if waiting:
+            _handed_off(self, waiting, self._release_site)
+        return saved
+
+    def _acquire_restore(self, saved: Any) -> None:
+        # Only Condition.wait() calls this, as it takes the lock back: that wait is timed
+        # as a whole, so only a releaser that kept it waiting is charged (mutex profile).
+        if _waits is not None:
+            _contended(self, self._lock._acquire_restore, (saved,), sys._getframe(1),
+                       self._acquire_site, inside=True)
+        else:
+            self._lock._acquire_restore(saved)
+        if _edges is not None and self._sync is not None:
+            _join(self._sync)
+
+    def __getattr__(self, name: str) -> Any:  # _recursion_count and future additions
+        return getattr(self._lock, name)
+
+
+_simple_get = queue.SimpleQueue.get
+
+
+class InstrumentedSimpleQueue(queue.SimpleQueue):
+    """``queue.SimpleQueue`` is C code: this subclass adds put -> get edges and times a
+    ``get()`` that has to wait for an item."""
+
+    __qualname__ = "SimpleQueue"
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        edges = _edges
+        if edges is not None:
+            try:
+                edges.release_into(self, "_labotel_clock")
+            except Exception:
+                edge_failed()
+        super().put(item, block, timeout)
+
+    def put_nowait(self, item: Any) -> None:
+        self.put(item, False)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if _waits is not None and block and (timeout is None or timeout > 0) \
+                and self.empty():
+            item = timed_wait(SIMPLE_QUEUE_GET, sys._getframe(1), _simple_get, self, block,
+                              timeout, waited_errors=(queue.Empty,))
+        else:
+            item = _simple_get(self, block, timeout)
+        edges = _edges
+        if edges is not None:
+            try:
+                edges.acquire_from(self, "_labotel_clock")
+            except Exception:
+                edge_failed()
+        return item
+
+    def get_nowait(self) -> Any:
+        return self.get(False)
