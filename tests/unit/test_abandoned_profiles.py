@@ -75,7 +75,10 @@ def test_a_dropped_profile_stops_py_spy_at_once(profile):
         wait_until(py_spy_children, timeout=5)
         time.sleep(1.0)
         sock.close()
+        slot = started.component("profile").cpu if profile == "profile" else \
+            started.component("profile").wall
         assert wait_until(lambda: not py_spy_children(), timeout=5) < 1.0
+        wait_until(lambda: slot.running is None, timeout=5)  # its output converted
         answer = get(address, f"/debug/pprof/{profile}?seconds=1")
         assert answer.status == 200 and answer.body.startswith(b"\x1f\x8b")
     finally:
