@@ -41,6 +41,7 @@ from labotel.detect.frames import application_frame
 from labotel.profile import symbols
 from labotel.profile.stacks import thread_state
 from labotel.runtime import aio, origins
+from labotel.runtime.thread_frames import current_frames
 
 # CPython internals used here (for the compat seam): the function asyncio runs every
 # callback and task step in. Loops that do not run callbacks through it (uvloop) are not
@@ -183,7 +184,7 @@ class BlockedLoopDetector(Component):
                 self._ended(beat, now)
                 continue
             if frames is None:  # only when some probe is overdue
-                frames = sys._current_frames()
+                frames = current_frames()
             frame = frames.get(beat.thread_id)
             callback = _running_callback(frame)
             suspect = self.suspects.get(beat)

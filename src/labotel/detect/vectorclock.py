@@ -32,16 +32,34 @@ _registry_mu = _thread.allocate_lock()  # raw: never one of the instrumented loc
 _live: set[int] = set()
 _exited_queue: collections.deque[int] = collections.deque()
 _exited: collections.OrderedDict[int, None] = collections.OrderedDict()
-_limits = {"max_exited": 1024}
+_limits = {"max_exited": 1024, "epoch": 0}  # epoch: bumped when the limit changes
 _active = threading._active  # type: ignore[attr-defined]  # ident -> Thread, no side effects
 _limbo = threading._limbo  # type: ignore[attr-defined]  # threads between start() and run
+
+
+class ThreadLabel:
+    """Who made an access, as shadow memory keeps it: the thread's id and name, not its
+    clock (so an exited thread's clock is freed while its accesses still name it)."""
+
+    __slots__ = ("tid", "thread", "fallback_name")
+
+    def __init__(self, tid: int, thread: threading.Thread | None, name: str):
+        self.tid = tid
+        self.thread = weakref.ref(thread) if thread is not None else None
+        self.fallback_name = name
+
+    @property
+    def name(self) -> str:
+        thread = self.thread() if self.thread is not None else None
+        return thread.name if thread is not None else self.fallback_name
 
 
 class ThreadState:
     """The clock of one thread (only that thread mutates it)."""
 
-    __slots__ = ("tid", "clock", "vc", "shared", "joined", "busy", "thread", "fallback_name",
-                 "prune_at", "__weakref__")
+    __slots__ = ("tid", "clock", "vc", "shared", "joined", "busy", "label", "prune_at",
+                 "prune_epoch",
+                 "__weakref__")
 
     def __init__(self, tid: int, thread: threading.Thread | None, name: str):
         self.tid = tid
@@ -49,15 +67,14 @@ class ThreadState:
         self.vc: dict[int, int] = {}
         self.shared = False  # vc is referenced by a published snapshot: copy before writing
         self.joined: dict[int, int] | None = None  # last vc joined (skip repeats cheaply)
-        self.busy = False  # inside labotel's own reporting: hooks ignore this thread
-        self.thread = weakref.ref(thread) if thread is not None else None
-        self.fallback_name = name
+        self.busy = False  # inside labotel's own work: hooks ignore this thread
+        self.label = ThreadLabel(tid, thread, name)
         self.prune_at = 64
+        self.prune_epoch = _limits["epoch"]
 
     @property
     def name(self) -> str:
-        thread = self.thread() if self.thread is not None else None
-        return thread.name if thread is not None else self.fallback_name
+        return self.label.name
 
     def snapshot(self) -> Snapshot:
         self.shared = True
@@ -87,7 +104,8 @@ class ThreadState:
                 vc = self.vc = dict(vc)
                 self.shared = False
             vc.update(updates)
-            if len(vc) > self.prune_at:
+            # (a thread older than the current limit was sized by the previous one)
+            if len(vc) > self.prune_at or self.prune_epoch != _limits["epoch"]:
                 self._prune()
         self.joined = others
 
@@ -100,6 +118,7 @@ class ThreadState:
         self.vc = keep
         self.shared = False
         self.prune_at = len(keep) + max(64, _limits["max_exited"])
+        self.prune_epoch = _limits["epoch"]
 
 
 class _ExitSentinel:
@@ -174,7 +193,9 @@ def forgotten(tid: int) -> bool:
 
 
 def configure(max_exited: int) -> None:
-    _limits["max_exited"] = max_exited
+    if max_exited != _limits["max_exited"]:
+        _limits["max_exited"] = max_exited
+        _limits["epoch"] += 1
 
 
 def thread_counts() -> dict[str, int]:

@@ -35,6 +35,7 @@ from types import FrameType
 from typing import Protocol
 
 from labotel.profile.pprof import ProfileBuilder
+from labotel.runtime.thread_frames import current_frames
 
 CPU, WALL = "cpu", "wall"
 _registered_threads: dict[int, threading.Thread] = getattr(threading, "_active", {})
@@ -345,7 +346,7 @@ class Sampler:
         own = threading.get_ident()
         period = self.period_ns
         counts = self._counts
-        for ident, frame in sys._current_frames().items():
+        for ident, frame in current_frames().items():
             if ident == own:
                 continue
             state = self._state(ident)
@@ -373,7 +374,7 @@ class Sampler:
     def _tick_wall(self, elapsed_ns: int) -> None:
         own = threading.get_ident()
         counts = self._counts
-        for ident, frame in sys._current_frames().items():
+        for ident, frame in current_frames().items():
             if ident == own:
                 continue
             state = self._state(ident)

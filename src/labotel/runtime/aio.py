@@ -86,8 +86,10 @@ class LoopProbe:
         self._on_error = on_error
         self._stopped = threading.Event()
         self._lock = threading.Lock()
-        self._beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Beat] = (
-            weakref.WeakKeyDictionary())
+        # by id, the beat's weak reference telling a loop from a later one at the same
+        # address: a WeakKeyDictionary would hash the loop (a custom loop class's
+        # __hash__, the application's code) under our lock
+        self._beats: dict[int, Beat] = {}
 
     def start(self) -> None:
         loops.add_listener(self._found)
@@ -98,17 +100,22 @@ class LoopProbe:
 
     def beats(self) -> list[Beat]:
         with self._lock:
+            for key, beat in list(self._beats.items()):
+                if beat.loop() is None:
+                    del self._beats[key]
             return list(self._beats.values())
 
     def reset_after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def _found(self, loop: asyncio.AbstractEventLoop) -> None:  # in the loop's thread
+        ref = weakref.ref(loop)
         with self._lock:
-            if loop in self._beats:
+            known = self._beats.get(id(loop))
+            if known is not None and known.loop() is loop:
                 return
-            beat = self._beats[loop] = Beat(weakref.ref(loop), threading.get_ident(),
-                                            threading.get_native_id())
+            beat = self._beats[id(loop)] = Beat(ref, threading.get_ident(),
+                                                threading.get_native_id())
         if self._on_loop is not None:
             self._call(self._on_loop, loop)
         self._schedule(loop, beat)
