@@ -102,3 +102,50 @@ def interleaved_ratio(baseline: Callable[[], float], treatment: Callable[[], flo
         ratios.append(t / b)
     return (statistics.median(ratios), statistics.median(base_times),
             statistics.median(treat_times))
+
+
+def _depth_sum(node_depth: int) -> int:
+    """A full binary recursion: deep, short-lived frames all the time."""
+    if node_depth <= 0:
+        return 1
+    return _depth_sum(node_depth - 1) + _depth_sum(node_depth - 1)
+
+
+def _records(count: int) -> int:
+    """Allocation churn: short-lived dicts, lists and strings, some in cycles."""
+    kept = 0
+    for i in range(count):
+        record = {"n": i, "name": f"item-{i}", "tags": [i, i + 1, str(i)], "raw": b"x" * (i % 64)}
+        if i % 7 == 0:
+            record["self"] = record
+        kept += len(record["tags"])
+    return kept
+
+
+def queue_lock_recursion_workload(rounds: int) -> int:
+    """The profiler's independent workload: allocation churn on the calling thread, four
+    worker threads taking items from one queue and updating a total under one lock, and
+    recursion on both sides. A deterministic amount of work, about 17 ms per round on
+    one core."""
+    inbox: queue.Queue = queue.Queue()
+    lock = threading.Lock()
+    total = [0]
+
+    def worker() -> None:
+        while (item := inbox.get()) is not None:
+            value = _depth_sum(item) + _records(200)
+            with lock:
+                total[0] += value
+
+    workers = [threading.Thread(target=worker, name=f"worker-{i}") for i in range(4)]
+    for thread in workers:
+        thread.start()
+    for _ in range(rounds):
+        for _ in range(40):
+            inbox.put(11)
+        total[0] += _records(20_000) + _depth_sum(14)
+    for _ in workers:
+        inbox.put(None)
+    for thread in workers:
+        thread.join()
+    return total[0]

@@ -15,6 +15,7 @@ from typing import Any
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 EXPORTERS = ("prometheus", "otlp", "console", "none")
+PROFILE_BACKENDS = ("auto", "py-spy", "in-process")
 
 
 def _option(default: Any, doc: str, *, otel_env: str | None = None, minimum: float | None = None):
@@ -102,6 +103,13 @@ class Settings:
     profile_max_seconds: int = _option(
         300, "largest ?seconds= accepted by the profiling endpoints", minimum=1)
     profile_rate_hz: int = _option(100, "CPU/wall sampler frequency", minimum=1)
+    profile_backend: str = _option(
+        "auto", "who takes CPU/wall profiles: auto (py-spy when installed, `labotel[pyspy]`, "
+        "and allowed to trace this process, else the in-process sampler), py-spy (only "
+        "py-spy; a profile it cannot take fails with its reason) or in-process")
+    profile_cpu_budget: float = _option(
+        0.01, "share of one core the in-process sampler may use; above it, it samples less "
+        "often (the profile's period and comment say the rate it used)", minimum=0.0001)
     contention_profiling: bool = _option(
         False, "record lock and wait contention for /debug/pprof/mutex and /debug/pprof/block")
     contention_profile_rate: int = _option(
@@ -184,6 +192,9 @@ class Settings:
                                      f"(expected one of {', '.join(EXPORTERS)})")
         if self.admin_address:
             parse_address(self.admin_address)
+        if self.profile_backend not in PROFILE_BACKENDS:
+            raise ValueError(f"profile_backend: expected one of {', '.join(PROFILE_BACKENDS)}, "
+                             f"got {self.profile_backend!r}")
         if self.otlp_protocol not in (None, "grpc", "http/protobuf"):
             raise ValueError("otlp_protocol: expected 'grpc' or 'http/protobuf', "
                              f"got {self.otlp_protocol!r}")

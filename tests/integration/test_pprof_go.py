@@ -16,6 +16,7 @@ import pytest
 import labotel
 from tests.unit.test_contention import HOLD, contended_program
 from tests.unit.test_pprof_support import (
+    BACKENDS,
     allocate_blocks,
     blocked_in_known_function,
     get,
@@ -78,10 +79,23 @@ def top_rows(report: str) -> list[tuple[float, str]]:
     return rows
 
 
-def test_cpu_profile_top_is_the_hot_function(base, pprof_env, tmp_path):
+@pytest.fixture(params=BACKENDS)
+def sampled(request):
+    monitor = start(profile_backend=request.param)
+    yield monitor.admin_url + "/debug/pprof/", request.param
+    labotel.shutdown()
+
+
+def test_cpu_profile_top_is_the_hot_function(sampled, pprof_env, tmp_path):
+    base, backend = sampled
     with running(hot_spin, name="spinner"), running(blocked_in_known_function, name="idle"):
         views = fetch_and_read(pprof_env, tmp_path, base + "profile?seconds=2", "cpu")
     assert "Type: cpu" in views["top"]
+    # Which backend took it is in every report's header (a profile comment).
+    sampler = "taken by py-spy" if backend == "py-spy" else "in-process sampler"
+    assert f"labotel cpu profile: {sampler}" in views["top"].split("Showing")[0]
+    comments = pprof(pprof_env, "-comments", str(tmp_path / "cpu.pb.gz")).stdout
+    assert sampler in comments
     assert top_rows(views["top"])[0][1] == SPIN
     assert BLOCKED not in views["top"] + views["traces"]
     assert "thread:[spinner-0]" in views["raw"] or "thread:  spinner-0" in views["traces"]
@@ -89,7 +103,8 @@ def test_cpu_profile_top_is_the_hot_function(base, pprof_env, tmp_path):
     assert "[FN][FL][LN]" in views["raw"]  # one mapping, fully symbolized
 
 
-def test_wall_profile_shows_the_blocked_function(base, pprof_env, tmp_path):
+def test_wall_profile_shows_the_blocked_function(sampled, pprof_env, tmp_path):
+    base, _ = sampled
     with running(blocked_in_known_function, name="idle"):
         views = fetch_and_read(pprof_env, tmp_path, base + "wall?seconds=1", "wall")
     assert "Type: wall" in views["top"]

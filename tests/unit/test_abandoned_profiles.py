@@ -10,6 +10,7 @@ import pytest
 
 import labotel
 from tests.unit.raw_http import read, request, split
+from tests.unit.test_pprof_support import py_spy_children
 
 
 def alive(name: str) -> bool:
@@ -42,7 +43,8 @@ def get(address, path: str, timeout: float = 10):
 
 @pytest.fixture
 def monitor():
-    started = labotel.start(admin_address="127.0.0.1:0", leak_detection=False)
+    started = labotel.start(admin_address="127.0.0.1:0", leak_detection=False,
+                            profile_backend="in-process")  # its sampler is a named thread
     yield started
     labotel.shutdown()
 
@@ -60,6 +62,27 @@ def test_a_dropped_sampled_profile_stops_its_sampler_at_once(monitor, profile, t
     assert stopped_after < 1.0  # was 19 s: the sampler ran the whole 20 s
     answer = get(address, f"/debug/pprof/{profile}?seconds=1")
     assert answer.status == 200 and answer.body.startswith(b"\x1f\x8b")  # not 500 "in use"
+
+
+@pytest.mark.parametrize("profile", ["profile", "wall"])
+def test_a_dropped_profile_stops_py_spy_at_once(profile):
+    started = labotel.start(admin_address="127.0.0.1:0", leak_detection=False,
+                            profile_backend="py-spy")
+    try:
+        address = started.server.address
+        sock = socket.create_connection(address, timeout=5)
+        sock.sendall(request("GET", f"/debug/pprof/{profile}?seconds=20"))
+        wait_until(py_spy_children, timeout=5)
+        time.sleep(1.0)
+        sock.close()
+        slot = started.component("profile").cpu if profile == "profile" else \
+            started.component("profile").wall
+        assert wait_until(lambda: not py_spy_children(), timeout=5) < 1.0
+        wait_until(lambda: slot.running is None, timeout=5)  # its output converted
+        answer = get(address, f"/debug/pprof/{profile}?seconds=1")
+        assert answer.status == 200 and answer.body.startswith(b"\x1f\x8b")
+    finally:
+        labotel.shutdown()
 
 
 def test_a_dropped_heap_window_stops_tracing(monitor):
@@ -92,7 +115,7 @@ def test_asgi_app_under_uvicorn_stops_a_dropped_profile():
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
-    labotel.start(admin_address="", leak_detection=False)
+    labotel.start(admin_address="", leak_detection=False, profile_backend="in-process")
     app = Starlette(routes=[Mount("/ops", app=labotel.asgi_app())])
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

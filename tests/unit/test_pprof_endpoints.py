@@ -9,11 +9,13 @@ import pytest
 
 import labotel
 from tests.unit.test_pprof_support import (
+    BACKENDS,
     decode,
     get,
     location_functions,
+    py_spy_children,
     start,
-    wait_for_thread,
+    wait_for_profile,
 )
 
 
@@ -22,6 +24,19 @@ def url():
     monitor = start(profile_max_seconds=5, profile_rate_hz=100)
     yield monitor.admin_url + "/debug/pprof/"
     labotel.shutdown()
+
+
+@pytest.fixture(params=BACKENDS)
+def sampled_url(request):
+    monitor = start(profile_max_seconds=5, profile_rate_hz=100, profile_backend=request.param)
+    yield monitor.admin_url + "/debug/pprof/"
+    labotel.shutdown()
+
+
+def no_sampler_left() -> bool:
+    names = {t.name for t in threading.enumerate()}
+    return not names & {"labotel-cpu-profiler", "labotel-wall-profiler"} and \
+        not py_spy_children()
 
 
 def assert_go_error(reply, status, message):
@@ -155,11 +170,12 @@ def test_symbol_resolves_10000_addresses_with_one_sort(url):
     assert_go_error(too_many, 413, "too many addresses")
 
 
-def test_second_concurrent_cpu_profile_gets_gos_error_and_nothing_deadlocks(url):
+def test_second_concurrent_cpu_profile_gets_gos_error_and_nothing_deadlocks(sampled_url):
+    url = sampled_url
     first: list = []
     worker = threading.Thread(target=lambda: first.append(get(url + "profile?seconds=2")))
     worker.start()
-    wait_for_thread("labotel-cpu-profiler")
+    wait_for_profile()
     second = get(url + "profile?seconds=1")
     assert_go_error(second, 500, "Could not enable CPU profiling: cpu profiling already in use")
     wall = get(url + "wall?seconds=1")  # another kind may run alongside
@@ -170,39 +186,44 @@ def test_second_concurrent_cpu_profile_gets_gos_error_and_nothing_deadlocks(url)
     assert third.status == 200
 
 
-def test_sampler_threads_stop_when_the_profile_ends(url):
+def test_samplers_stop_when_the_profile_ends(sampled_url):
+    url = sampled_url
     assert get(url + "profile?seconds=1").status == 200
     assert get(url + "wall?seconds=1").status == 200
-    names = [t.name for t in threading.enumerate()]
-    assert "labotel-cpu-profiler" not in names and "labotel-wall-profiler" not in names
+    assert no_sampler_left()
 
 
-def test_shutdown_ends_a_running_profile_and_its_sampler():
-    monitor = start(profile_max_seconds=60)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shutdown_ends_a_running_profile_and_its_sampler(backend):
+    monitor = start(profile_max_seconds=60, profile_backend=backend)
     replies: list = []
     request = threading.Thread(target=lambda: replies.append(
         get(monitor.admin_url + "/debug/pprof/profile?seconds=60")))
     started = time.monotonic()
     request.start()
-    wait_for_thread("labotel-cpu-profiler")
+    assert wait_for_profile().backend == backend
     labotel.shutdown()
     request.join(10)
     assert not request.is_alive() and time.monotonic() - started < 15
     assert replies and replies[0].status == 200  # what was sampled until shutdown
-    assert not any(t.name == "labotel-cpu-profiler" for t in threading.enumerate())
+    assert no_sampler_left()
 
 
-def test_a_failing_sampler_is_counted_and_answered_with_500(url, monkeypatch):
+def test_a_failing_sampler_is_counted_and_answered_with_500(monkeypatch):
     from labotel.profile.pprof import ProfileBuilder
 
-    def broken(self, frame):
+    def broken(self, *args):
         raise RuntimeError("injected sampler fault")
 
-    monkeypatch.setattr(ProfileBuilder, "frame_stack", broken)
-    monitor = labotel.monitor.current()
-    reply = get(url + "wall?seconds=1")  # wall mode walks every thread on the first tick
-    assert_go_error(reply, 500, "wall-clock profiling failed")
-    assert "injected sampler fault" in reply.text
-    metrics = get(monitor.admin_url + "/metrics").text
-    assert 'labotel_internal_errors_total{labotel_component="profile.wall"' in metrics
-    assert not any(t.name == "labotel-wall-profiler" for t in threading.enumerate())
+    monitor = start(profile_backend="in-process")
+    try:
+        url = monitor.admin_url + "/debug/pprof/"
+        monkeypatch.setattr(ProfileBuilder, "code_location", broken)
+        reply = get(url + "wall?seconds=1")  # wall mode walks every thread on the first tick
+        assert_go_error(reply, 500, "wall-clock profiling failed")
+        assert "injected sampler fault" in reply.text
+        metrics = get(monitor.admin_url + "/metrics").text
+        assert 'labotel_internal_errors_total{labotel_component="profile.wall"' in metrics
+        assert not any(t.name == "labotel-wall-profiler" for t in threading.enumerate())
+    finally:
+        labotel.shutdown()

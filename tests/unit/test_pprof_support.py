@@ -91,6 +91,32 @@ def wait_for_thread(name: str, timeout: float = 10) -> None:
         time.sleep(0.001)
 
 
+BACKENDS = ["in-process", "py-spy"]
+
+
+def wait_for_profile(mode: str = "cpu", timeout: float = 10):
+    """Block until the running labotel is taking a ``mode`` profile; returns it."""
+    slot = getattr(labotel.monitor.current().component("profile"), mode)
+    deadline = time.monotonic() + timeout
+    while slot.running is None:
+        assert time.monotonic() < deadline, f"no {mode} profile after {timeout} s"
+        time.sleep(0.001)
+    return slot.running
+
+
+def py_spy_children() -> list:
+    """py-spy processes this process started and that still run."""
+    import psutil
+
+    return [child for child in psutil.Process().children()
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+            and "py-spy" in " ".join(child.cmdline())]
+
+
+def comments(profile) -> list[str]:
+    return [profile.string_table[index] for index in profile.comment]
+
+
 # -- workloads with known names ------------------------------------------------------------
 def hot_spin(stop: threading.Event) -> None:
     total = 0

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from labotel.component import Component
 from labotel.profile import heap
+from labotel.profile.backends import Backends
 from labotel.profile.cpu import CPU, WALL, ProfileSlot
 from labotel.profile.routes import PprofRoutes
 
@@ -20,8 +21,10 @@ class ProfilingComponent(Component):
 
     def start(self, monitor: Monitor) -> None:
         self.monitor = monitor
-        self.cpu = ProfileSlot(CPU)
-        self.wall = ProfileSlot(WALL)
+        settings = monitor.settings
+        self.backends = Backends(settings.profile_backend, settings.profile_cpu_budget)
+        self.cpu = ProfileSlot(CPU, self.backends.start)
+        self.wall = ProfileSlot(WALL, self.backends.start)
         self.stopping = threading.Event()
         self._waiting: set[threading.Event] = set()  # requests waiting out ?seconds=
         self._waiting_lock = threading.Lock()
@@ -60,4 +63,5 @@ class ProfilingComponent(Component):
         # Sampler threads and in-flight requests stayed in the parent.
         self.cpu.reset_after_fork()
         self.wall.reset_after_fork()
+        self.backends.reset_after_fork()
         heap.reset_after_fork(held=1 if self._heap_lease else 0)

@@ -1,4 +1,4 @@
-"""CPU and wall-clock profiles from a background sampler thread.
+"""CPU and wall-clock profiles from a background sampler thread (the in-process backend).
 
 Every tick (``1/profile_rate_hz`` s) the sampler reads ``sys._current_frames()``:
 
@@ -9,24 +9,42 @@ Every tick (``1/profile_rate_hz`` s) the sampler reads ``sys._current_frames()``
 * Wall mode charges every thread one sample per tick, blocked or not, weighted by the
   wall time since the previous tick.
 
-Stacks are interned as tuples of location ids and counted in a dict; a thread whose
-innermost frame and instruction did not move since the last tick reuses its previous
-stack tuple without walking it again.
+Where a tick's time goes (measured, see README): the GIL hand-over that wakes the sampler,
+then walking stacks, which grows with their depth (about 0.25 us a frame on 3.11, 0.5 us
+on 3.12+). So a deep stack is not walked again from scratch: the sampler keeps the frames
+it saw last time, and a new walk stops at the first frame it still holds that is a plain
+function frame (not a generator or coroutine): that frame has been on the stack all along,
+so its callers are the same calls, stopped at the same lines. Shallow stacks are walked
+whole, which costs less than keeping track when their top frames change between ticks.
+The frames are held for one tick only (a thread not charged in a tick lets go of them), so
+a returned function's locals are never kept alive for longer than that.
+
+The sampler has a CPU budget (``profile_cpu_budget``, a share of one core, measured on its
+own thread's CPU clock): when a tick costs more than the budget allows at the requested
+rate, it ticks less often, and the profile's ``period`` says the rate it really used.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Protocol
 
 from labotel.profile.pprof import ProfileBuilder
+from labotel.runtime.thread_frames import current_frames
 
 CPU, WALL = "cpu", "wall"
 _registered_threads: dict[int, threading.Thread] = getattr(threading, "_active", {})
+_MAX_DEPTH = 256  # as ProfileBuilder.frame_stack: deeper stacks keep their innermost frames
+_HOLD_DEPTH = 20  # stacks up to this deep are walked whole every time (cheaper, measured)
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+_LONGEST_WAIT = 1.0  # seconds: the budget never spaces ticks further apart (a debt left
+# over is paid off by the following ticks)
+_STOP_LATENCY = 0.05  # seconds: the longest sleep, so stop() never waits out a long wait
 
 
 def thread_cpu_clock(thread: threading.Thread) -> int | None:
@@ -44,8 +62,27 @@ def thread_cpu_clock(thread: threading.Thread) -> int | None:
     return None
 
 
+class RunningProfile(Protocol):
+    """What a profile slot needs from a backend: the in-process Sampler or py-spy."""
+
+    mode: str
+    backend: str
+    error: BaseException | None
+
+    def start(self) -> None: ...
+
+    def stop(self) -> ProfileBuilder: ...
+
+
+def new_builder(mode: str, period_ns: int) -> ProfileBuilder:
+    """An empty CPU or wall profile, the sample types Go's CPU profile has."""
+    sample_type = ("cpu", "nanoseconds") if mode == CPU else ("wall", "nanoseconds")
+    return ProfileBuilder([("samples", "count"), sample_type], sample_type, period_ns)
+
+
 class _ThreadState:
-    __slots__ = ("name", "native_id", "clock", "cpu_ns", "residual", "frame", "lasti", "stack")
+    __slots__ = ("name", "native_id", "clock", "cpu_ns", "residual", "frames", "locations",
+                 "index", "truncated", "top", "lasti", "stack")
 
     def __init__(self, name: str, native_id: int | None, clock: int | None, cpu_ns: int):
         self.name = name
@@ -53,21 +90,41 @@ class _ThreadState:
         self.clock = clock
         self.cpu_ns = cpu_ns
         self.residual = 0
-        self.frame: FrameType | None = None
+        # The frames seen at the last walk, outermost first, their location ids, and
+        # id(frame) -> position (the frames are held, so their ids stay theirs).
+        self.frames: list[FrameType] = []
+        self.locations: list[int] = []
+        self.index: dict[int, int] = {}
+        self.truncated = False
+        self.top: FrameType | None = None
         self.lasti = -2
         self.stack: tuple[int, ...] = ()
 
+    def forget_frames(self) -> None:
+        """Let go of the frames (the last stack's location ids stay: how deep it was)."""
+        if self.top is not None:
+            self.frames, self.locations, self.index = [], [], {}
+            self.truncated, self.top, self.lasti = False, None, -2
+
 
 class Sampler:
-    """One profile in progress: a daemon thread ticking until ``stop()``."""
+    """One in-process profile in progress: a daemon thread ticking until ``stop()``."""
 
-    def __init__(self, mode: str, rate_hz: int, on_failure: Callable[[], None]):
+    backend = "in-process"
+
+    def __init__(self, mode: str, rate_hz: int, on_failure: Callable[[], None],
+                 cpu_budget: float = 0.01):
         self.mode = mode
-        self.period_ns = max(1, 1_000_000_000 // rate_hz)
-        sample_type = ("cpu", "nanoseconds") if mode == CPU else ("wall", "nanoseconds")
-        self.builder = ProfileBuilder([("samples", "count"), sample_type], sample_type,
-                                      self.period_ns)
+        self.rate_hz = rate_hz
+        self.cpu_budget = cpu_budget
+        self.nominal_period_ns = max(1, 1_000_000_000 // rate_hz)
+        self.period_ns = self.nominal_period_ns
+        self.builder = new_builder(mode, self.period_ns)
         self.error: BaseException | None = None
+        self.note = ""  # why this backend was chosen, when another was preferred
+        self.ticks = 0
+        self.own_cpu_ns = 0
+        self.slowed = False
         self._on_failure = on_failure
         self._running = True
         self._threads: dict[int, _ThreadState] = {}
@@ -76,9 +133,12 @@ class Sampler:
                                         daemon=True)
         self._stop_lock = threading.Lock()
         self._stopped = False
+        self._started_ns = 0
+        self._last_tick_ns = 0
 
     def start(self) -> None:
         self._refresh_threads(at_start=True)
+        self._started_ns = time.monotonic_ns()
         self._thread.start()
 
     def stop(self) -> ProfileBuilder:
@@ -89,33 +149,96 @@ class Sampler:
                 self._running = False
                 if self._thread.ident is not None:
                     self._thread.join()
-                self.builder.duration_ns = time.time_ns() - self.builder.start_ns
+                    self._last_tick()
+                builder = self.builder
+                builder.duration_ns = time.time_ns() - builder.start_ns
+                samples = charged = 0
                 for (name, stack), values in self._counts.items():
-                    self.builder.add(stack, values, (("thread", name),))
+                    builder.add(stack, values, (("thread", name),))
+                    samples += values[0]
+                    charged += values[1]
+                if self.slowed and samples:  # the mean period the samples were taken at
+                    builder.period = round(charged / samples)
+                builder.comments.append(self._describe())
+                self._threads.clear()
         return self.builder
+
+    def _last_tick(self) -> None:
+        """Charge what the threads did since the sampler's last tick (up to a second when
+        the budget spaced the ticks out), from the thread that stops the profile."""
+        if self.error is not None:
+            return
+        try:
+            elapsed = time.monotonic_ns() - self._last_tick_ns
+            if self.mode == CPU:
+                # The last charge in requested periods, rounded rather than cut: what is
+                # left over is under one period of the (maybe long) last wait.
+                self.period_ns = self.nominal_period_ns
+                for state in self._threads.values():
+                    state.residual += self.period_ns // 2
+                self._tick_cpu(elapsed)
+            elif elapsed >= self.nominal_period_ns // 2:
+                self._tick_wall(elapsed)
+        except Exception as error:
+            self.error = error
+            self._on_failure()
+
+    def _describe(self) -> str:
+        seconds = max(time.monotonic_ns() - self._started_ns, 1) / 1e9
+        text = (f"labotel {self.mode} profile: in-process sampler at {self.rate_hz} Hz, "
+                f"its own CPU {100 * self.own_cpu_ns / 1e9 / seconds:.2f}% of one core "
+                f"(budget {100 * self.cpu_budget:g}%)")
+        if self.slowed:
+            text += (f"; slowed to {self.ticks / seconds:.0f} Hz on average to keep to its "
+                     f"budget (the period is the mean sampling interval)")
+        return text + (f"; {self.note}" if self.note else "")
 
     # -- the sampler thread --------------------------------------------------------------
     def _run(self) -> None:
         tick = self._tick_cpu if self.mode == CPU else self._tick_wall
-        period = self.period_ns / 1e9
-        next_tick = time.monotonic() + period
-        last_ns = time.monotonic_ns()
+        nominal = self.nominal_period_ns / 1e9
+        budget = self.cpu_budget
+        # A token bucket of CPU seconds: the sampler earns ``budget`` per second and may
+        # save up to one second's worth, so a slow tick now and then (a thread refresh, a
+        # page fault) changes nothing, while steady overspending spaces the ticks out.
+        allowance = credit = budget * 1.0
+        thread_time = time.thread_time_ns
+        next_tick = time.monotonic() + nominal
+        self._last_tick_ns = time.monotonic_ns()
         refresh_at = next_tick + 1.0
+        cpu_mark = thread_time()
+        earned_at = time.monotonic()
         try:
             while self._running:
                 delay = next_tick - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+                while delay > 0 and self._running:  # a long wait still ends soon at stop()
+                    time.sleep(min(delay, _STOP_LATENCY))
+                    delay = next_tick - time.monotonic()
+                if not self._running:
+                    break  # stop() charges the last stretch
                 now = time.monotonic()
-                # After a long stall (GIL held elsewhere, suspended VM) resume the cadence
-                # instead of firing a burst of catch-up ticks.
-                next_tick = max(next_tick + period, now + period / 2)
                 if now >= refresh_at:
                     self._refresh_threads()
                     refresh_at = now + 1.0
                 now_ns = time.monotonic_ns()
-                tick(now_ns - last_ns)
-                last_ns = now_ns
+                tick(now_ns - self._last_tick_ns)
+                self._last_tick_ns = now_ns
+                self.ticks += 1
+                cpu_now, done = thread_time(), time.monotonic()
+                spent, cpu_mark = cpu_now - cpu_mark, cpu_now
+                self.own_cpu_ns += spent
+                credit = min(allowance, credit + budget * (done - earned_at)) - spent / 1e9
+                earned_at = done
+                if credit < 0:  # over budget: wait until the debt is paid
+                    wait = min(max(-credit / budget, nominal), _LONGEST_WAIT)
+                    next_tick = done + wait
+                    self.period_ns = round(wait * 1e9)
+                    self.slowed = True
+                else:
+                    # After a long stall (GIL held elsewhere, suspended VM) resume the
+                    # cadence instead of firing a burst of catch-up ticks.
+                    next_tick = max(next_tick + nominal, now + nominal / 2)
+                    self.period_ns = self.nominal_period_ns
         except Exception as error:  # reported by the endpoint; the app keeps running
             self.error = error
             self._on_failure()
@@ -148,10 +271,64 @@ class Sampler:
             return None
 
     def _stack(self, state: _ThreadState, frame: FrameType) -> tuple[int, ...]:
+        """Location ids of ``frame`` and its callers, innermost first."""
         lasti = frame.f_lasti
-        if frame is not state.frame or lasti != state.lasti:
+        if frame is state.top and lasti == state.lasti and not (
+                frame.f_code.co_flags & _SUSPENDABLE):  # (a generator changes callers)
+            return state.stack
+        if not state.frames and len(state.stack) <= _HOLD_DEPTH:
+            # A shallow stack: walking all of it costs less than keeping track of it.
             state.stack = self.builder.frame_stack(frame)
-            state.frame, state.lasti = frame, lasti
+            state.top, state.lasti = frame, lasti
+            return state.stack
+        return self._walk_changed(state, frame, lasti)
+
+    def _walk_changed(self, state: _ThreadState, frame: FrameType,
+                      lasti: int) -> tuple[int, ...]:
+        """The stack of a deep thread, walking only the frames that changed since its last
+        walk: the walk stops at the first plain function frame the sampler still holds."""
+        frames, index = state.frames, state.index
+        fresh: list[FrameType] = []  # innermost first
+        keep = 0  # how many of the held frames (outermost first) are still its callers
+        walked: FrameType | None = frame
+        # Held frames cut off at the depth limit are not a stack's true bottom: walk anew.
+        reuse = not state.truncated
+        while walked is not None and len(fresh) < _MAX_DEPTH:
+            fresh.append(walked)
+            position = index.get(id(walked)) if reuse else None
+            if (position is not None and frames[position] is walked
+                    and not walked.f_code.co_flags & _SUSPENDABLE):
+                keep = position  # its own line may have moved: it is walked again
+                walked = None
+                break
+            walked = walked.f_back
+        if keep + len(fresh) > _MAX_DEPTH:  # deeper than the limit: the innermost frames
+            keep = 0
+            walked = fresh[-1].f_back
+            while walked is not None and len(fresh) < _MAX_DEPTH:
+                fresh.append(walked)
+                walked = walked.f_back
+        state.truncated = walked is not None
+        for held in frames[keep:]:
+            del index[id(held)]
+        del frames[keep:]
+        locations = state.locations
+        del locations[keep:]
+        builder = self.builder
+        by_code = builder._by_code
+        for new in reversed(fresh):
+            code = new.f_code
+            new_lasti = new.f_lasti
+            location = by_code.get((code, new_lasti))
+            if location is None:
+                location = builder.code_location(code, new_lasti, new.f_lineno)
+            index[id(new)] = len(frames)
+            frames.append(new)
+            locations.append(location)
+        state.stack = tuple(reversed(locations))
+        if len(locations) <= _HOLD_DEPTH:  # shallow again: plain walks from now on
+            state.forget_frames()
+        state.top, state.lasti = frame, lasti
         return state.stack
 
     def _state(self, ident: int) -> _ThreadState:
@@ -169,7 +346,7 @@ class Sampler:
         own = threading.get_ident()
         period = self.period_ns
         counts = self._counts
-        for ident, frame in sys._current_frames().items():
+        for ident, frame in current_frames().items():
             if ident == own:
                 continue
             state = self._state(ident)
@@ -183,6 +360,7 @@ class Sampler:
             state.cpu_ns = cpu_ns
             if used < period:
                 state.residual = max(used, 0)
+                state.forget_frames()  # hold no frames of a thread that is not running
                 continue
             units, state.residual = divmod(used, period)
             key = (state.name, self._stack(state, frame))
@@ -196,7 +374,7 @@ class Sampler:
     def _tick_wall(self, elapsed_ns: int) -> None:
         own = threading.get_ident()
         counts = self._counts
-        for ident, frame in sys._current_frames().items():
+        for ident, frame in current_frames().items():
             if ident == own:
                 continue
             state = self._state(ident)
@@ -213,36 +391,74 @@ class Busy(Exception):
     """A profile of this kind is already being collected."""
 
 
-class ProfileSlot:
-    """At most one running sampler per mode, as Go allows one CPU profile at a time."""
+class Unavailable(RuntimeError):
+    """The configured backend cannot take this profile (the message says why)."""
 
-    def __init__(self, mode: str):
+
+class Backend(Protocol):
+    """Starts a profile: ``(mode, rate_hz, on_failure, seconds)`` -> a running profile."""
+
+    def __call__(self, mode: str, rate_hz: int, on_failure: Callable[[], None],
+                 seconds: float | None = None) -> RunningProfile: ...
+
+
+def in_process(cpu_budget: float = 0.01) -> Backend:
+    """A backend that always samples from a thread of this process."""
+    def start(mode: str, rate_hz: int, on_failure: Callable[[], None],
+              seconds: float | None = None) -> RunningProfile:
+        sampler = Sampler(mode, rate_hz, on_failure, cpu_budget)
+        sampler.start()
+        return sampler
+    return start
+
+
+class ProfileSlot:
+    """At most one running profile per mode, as Go allows one CPU profile at a time."""
+
+    def __init__(self, mode: str, backend: Backend | None = None):
         self.mode = mode
+        self._backend = backend or in_process()
         self._lock = threading.Lock()
-        self._sampler: Sampler | None = None
+        self._busy = False
+        self._sampler: RunningProfile | None = None
         self._finished = threading.Event()
 
-    def begin(self, rate_hz: int, on_failure: Callable[[], None]) -> Sampler:
+    def begin(self, rate_hz: int, on_failure: Callable[[], None],
+              seconds: float | None = None) -> RunningProfile:
+        """Start a profile (raises Busy, or Unavailable from the backend)."""
         with self._lock:
-            if self._sampler is not None:
+            if self._busy:
                 raise Busy(f"{self.mode} profiling already in use")
-            sampler = Sampler(self.mode, rate_hz, on_failure)
+            self._busy = True
             self._finished = threading.Event()
-            sampler.start()
+        try:  # outside the lock: starting py-spy takes a moment, shutdown must not wait
+            sampler = self._backend(self.mode, rate_hz, on_failure, seconds)
+        except BaseException:
+            with self._lock:
+                self._busy = False
+            raise
+        with self._lock:
             self._sampler = sampler
-            return sampler
+        return sampler
+
+    @property
+    def running(self) -> RunningProfile | None:
+        """The profile being taken now, once its backend has started it."""
+        with self._lock:
+            return self._sampler
 
     def wait(self, seconds: float) -> None:
         """Sleep for the profile's duration; returns early at shutdown."""
         self._finished.wait(seconds)
 
-    def end(self, sampler: Sampler) -> ProfileBuilder:
+    def end(self, sampler: RunningProfile) -> ProfileBuilder:
         try:
             return sampler.stop()
         finally:
             with self._lock:
                 if self._sampler is sampler:
                     self._sampler = None
+                    self._busy = False
 
     def cancel(self) -> None:
         """Wake the request waiting on this slot (shutdown); it stops its sampler."""
@@ -254,14 +470,15 @@ class ProfileSlot:
 
     def reset_after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._busy = False
         self._sampler = None
         self._finished = threading.Event()
 
 
 def profile_for(slot: ProfileSlot, seconds: float, rate_hz: int,
-                on_failure: Callable[[], None]) -> Any:
+                on_failure: Callable[[], None]) -> ProfileBuilder:
     """Run one profile of ``seconds`` in ``slot``; returns the builder (raises Busy)."""
-    sampler = slot.begin(rate_hz, on_failure)
+    sampler = slot.begin(rate_hz, on_failure, seconds)
     try:
         slot.wait(seconds)
     finally:

@@ -110,6 +110,7 @@ class ProfileBuilder:
         self._by_code: dict[tuple[CodeType, int], int] = {}
         self._by_line: dict[tuple[str, int, str], int] = {}
         self.samples: dict[tuple[Stack, tuple[Label, ...]], list[int]] = {}
+        self.comments: list[str] = []  # shown by `go tool pprof -comments`
 
     # -- interning ---------------------------------------------------------------------
     def _function(self, key: Any, name: str, filename: str, start_line: int) -> int:
@@ -145,6 +146,18 @@ class ProfileBuilder:
             if function and name == "?":
                 name = function
             function_id = self._function((filename, name), name, filename, start)
+            address = zlib.crc32(f"{filename}:{lineno}:{name}".encode()) << 8
+            location_id = self._location(function_id, LocationInfo(
+                address, name, filename, lineno, 0))
+            self._by_line[key] = location_id
+        return location_id
+
+    def named_line_location(self, filename: str, lineno: int, name: str) -> int:
+        """A location whose function name is already known (frames read by py-spy)."""
+        key = (filename, lineno, name)
+        location_id = self._by_line.get(key)
+        if location_id is None:
+            function_id = self._function((filename, name), name, filename, 0)
             address = zlib.crc32(f"{filename}:{lineno}:{name}".encode()) << 8
             location_id = self._location(function_id, LocationInfo(
                 address, name, filename, lineno, 0))
@@ -227,6 +240,7 @@ class ProfileBuilder:
                     sample.label.add(key=index(key), num=value)
                 else:
                     sample.label.add(key=index(key), str=index(value))
+        profile.comment.extend(index(comment) for comment in self.comments)
         profile.string_table.extend(strings)
         return profile
 

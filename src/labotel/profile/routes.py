@@ -145,9 +145,15 @@ class PprofRoutes:
                 "/debug/pprof/<br>\n<br>\nTypes of profiles available:\n<table>\n"
                 "<thead><td>Count</td><td>Profile</td></thead>\n" + rows +
                 "</table>\n<a href=\"goroutine?debug=2\">full goroutine stack dump</a>\n<br>\n"
-                "<p>\nProfile Descriptions:\n<ul>\n" + items + "</ul>\n</p>\n</body>\n</html>")
+                "<p>\nProfile Descriptions:\n<ul>\n" + items + "</ul>\n</p>\n" +
+                self._backend_note() + "</body>\n</html>")
         return Response(200, page.encode(), "text/html; charset=utf-8",
                         {"X-Content-Type-Options": "nosniff"})
+
+    def _backend_note(self) -> str:
+        """Which sampler takes profile and wall (py-spy or in-process), and took the last."""
+        text = html.escape(self.component.backends.describe())
+        return f"<p>\nCPU and wall profiles are taken by: <span id=backend>{text}</span>\n</p>\n"
 
     def _counts(self) -> dict[str, int]:
         threads = threading.active_count()
@@ -202,9 +208,12 @@ class PprofRoutes:
         try:
             sampler = slot.begin(
                 self.settings.profile_rate_hz,
-                lambda: self.component.monitor.reporter.component_failed(component_name))
+                lambda: self.component.monitor.reporter.component_failed(component_name),
+                duration)
         except cpu.Busy as busy:
             raise pprof_error(500, f"Could not enable {what}: {busy}") from None
+        except cpu.Unavailable as refused:  # profile_backend=py-spy, and py-spy cannot
+            raise pprof_error(500, f"{what} failed: {refused}") from None
         try:
             # ends early when the client hangs up or labotel shuts down, so an abandoned
             # profile frees the slot at once (Go's handler stops with its request context)

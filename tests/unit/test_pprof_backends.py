@@ -1,0 +1,265 @@
+"""Who takes CPU and wall profiles: py-spy from outside where the kernel lets it trace the
+process, else the in-process sampler; the profile and the index page say which."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import pytest
+
+import labotel
+from labotel.profile import backends, cpu, pyspy
+from labotel.profile.pprof import ProfileBuilder
+from tests.unit.test_pprof_support import (
+    BACKENDS,
+    comments,
+    decode,
+    get,
+    hot_spin,
+    location_functions,
+    py_spy_children,
+    running,
+    start,
+    wait_for_profile,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SPIN = f"{hot_spin.__module__}.hot_spin"
+
+
+def test_py_spy_is_installed_for_the_tests():
+    binary = pyspy.find_binary()
+    assert binary is not None, "the dev group installs py-spy (uv sync)"
+    assert pyspy.version(binary).startswith("py-spy ")
+
+
+def test_without_py_spy_auto_uses_the_in_process_sampler_and_py_spy_fails_clearly():
+    chooser = backends.Backends(backends.AUTO, find_py_spy=lambda: None)
+    sampler = chooser.start(cpu.CPU, 100, lambda: None)
+    try:
+        assert sampler.backend == "in-process"
+    finally:
+        builder = sampler.stop()
+    assert "py-spy not used: py-spy is not installed (pip install 'labotel[pyspy]')" in \
+        builder.comments[0]
+    assert "in-process sampler: py-spy is not installed" in chooser.describe()
+    strict = backends.Backends(backends.PY_SPY, find_py_spy=lambda: None)
+    with pytest.raises(cpu.Unavailable, match=r"not installed .*profile_backend=py-spy"):
+        strict.start(cpu.CPU, 100, lambda: None)
+    off = backends.Backends(backends.IN_PROCESS, find_py_spy=lambda: pytest.fail("looked"))
+    off.start(cpu.WALL, 100, lambda: None).stop()
+
+
+def test_a_py_spy_that_fails_to_start_is_a_clean_fallback(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temporary"))
+    (tmp_path / "temporary").mkdir()
+    failing = tmp_path / "py-spy"
+    failing.write_text("#!/bin/sh\necho 'Error: no such luck' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    chooser = backends.Backends(backends.AUTO, find_py_spy=lambda: str(failing))
+    sampler = chooser.start(cpu.CPU, 100, lambda: None)
+    assert sampler.backend == "in-process"
+    assert "py-spy not used: py-spy cannot profile this process: no such luck" in \
+        sampler.stop().comments[0]
+    assert not list((tmp_path / "temporary").iterdir()), "the failed attempt left files"
+
+
+@pytest.mark.parametrize("value", ["pyspy", "both", ""])
+def test_an_unknown_backend_is_refused_naming_the_option(value):
+    with pytest.raises(ValueError, match="profile_backend"):
+        labotel.start(admin_address="", profile_backend=value)
+
+
+def test_the_index_page_says_which_backend_takes_profiles():
+    monitor = start(profile_backend="auto")
+    try:
+        url = monitor.admin_url + "/debug/pprof/"
+        before = get(url).text
+        assert "CPU and wall profiles are taken by: <span id=backend>py-spy where it may " \
+               "trace this process, else the in-process sampler (profile_backend=auto)" in before
+        assert get(url + "wall?seconds=1").status == 200
+        after = get(url).text
+        assert "; last wall profile: py-spy 0." in after and "from outside the process" in after
+    finally:
+        labotel.shutdown()
+    monitor = start(profile_backend="in-process")
+    try:
+        page = get(monitor.admin_url + "/debug/pprof/").text
+        assert "taken by: <span id=backend>the in-process sampler (profile_backend=in-process)" \
+            in page
+    finally:
+        labotel.shutdown()
+
+
+def spinner_stacks(profile) -> set[tuple[tuple[str, int], ...]]:
+    """(function, line) stacks of the spinner thread's samples, outermost first."""
+    functions = location_functions(profile)
+    lines = {loc.id: loc.line[0].line for loc in profile.location}
+    return {tuple((functions[i], lines[i]) for i in reversed(s.location_id))
+            for s in profile.sample
+            if any(profile.string_table[lb.str] == "spinner-0" for lb in s.label)}
+
+
+def test_both_backends_make_the_same_profile_of_the_same_code():
+    profiles = {}
+    for backend in BACKENDS:
+        monitor = start(profile_backend=backend, profile_cpu_budget=1.0)
+        try:
+            with running(hot_spin, name="spinner"):
+                profiles[backend] = decode(
+                    get(monitor.admin_url + "/debug/pprof/profile?seconds=1").body)
+        finally:
+            labotel.shutdown()
+    ours, theirs = profiles["in-process"], profiles["py-spy"]
+    for profile in (ours, theirs):
+        assert [(profile.string_table[t.type], profile.string_table[t.unit])
+                for t in profile.sample_type] == [("samples", "count"), ("cpu", "nanoseconds")]
+        assert profile.string_table[profile.period_type.type] == "cpu"
+        assert profile.period == 10_000_000
+        assert all(s.value[1] == s.value[0] * profile.period for s in profile.sample)
+    # The same functions, files and lines on the spinner's stacks, and its thread label.
+    assert spinner_stacks(ours) & spinner_stacks(theirs)
+    outermost = {stack[:3] for stack in spinner_stacks(ours) | spinner_stacks(theirs)}
+    assert [[f for f, _ in stack] for stack in outermost] == [[
+        "threading.Thread._bootstrap", "threading.Thread._bootstrap_inner",
+        "threading.Thread.run"]]
+    assert {s[-1][0] for s in spinner_stacks(theirs)} == {SPIN}
+    for profile in (ours, theirs):
+        files = {profile.string_table[f.name]: profile.string_table[f.filename]
+                 for f in profile.function}
+        assert files[SPIN] == hot_spin.__code__.co_filename
+    assert "taken by py-spy" in comments(theirs)[0]
+    assert "in-process sampler" in comments(ours)[0]
+
+
+def test_py_spy_raw_lines_become_samples_with_thread_labels(tmp_path):
+    profile = pyspy.PySpyProfile("py-spy", cpu.WALL, 100)
+    profile._names = {4242: "odd;name"}
+    profile._directory = str(tmp_path)
+    (tmp_path / "profile.txt").write_text(
+        "thread (4242): odd;name;Thread.run (/lib/threading.py:982);work (/app/x.py:7) 3\n"
+        "thread (77): worker;<module> (/app/main.py:1);Worker.go (/app/x.py:12) 2\n"
+        "thread (0x1F);run (/app/y.py:3) 1\n"
+        "thread (5): weird;no location here 4\n"
+        "thread (6): no frames at all 2\n"
+        "thread (7) 1\n"
+        "not a sample line\n")
+    builder = ProfileBuilder([("samples", "count"), ("wall", "nanoseconds")],
+                             ("wall", "nanoseconds"), 10_000_000)
+    profile._convert(builder)
+    decoded = decode(builder.encode())
+    functions = location_functions(decoded)
+    got = {}
+    for sample in decoded.sample:
+        (label,) = sample.label
+        got[decoded.string_table[label.str]] = (
+            [functions[i] for i in sample.location_id], list(sample.value))
+    assert got == {
+        "odd;name": (["work", "Thread.run"], [3, 30_000_000]),
+        "worker": (["Worker.go", "<module>"], [2, 20_000_000]),
+        "thread-31": (["run"], [1, 10_000_000]),
+        "weird": (["no location here"], [4, 40_000_000]),
+    }
+
+
+def _capabilities() -> int:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+REFUSED = r"""
+import ctypes, json, pathlib, sys
+sys.path.insert(0, sys.argv[1])
+status = pathlib.Path("/proc/self/status").read_text()
+effective = int(next(l for l in status.splitlines() if l.startswith("CapEff:")).split()[1], 16)
+assert not effective & (1 << 19), "CAP_SYS_PTRACE is still there"
+# Not dumpable: the kernel refuses ptrace from anyone without CAP_SYS_PTRACE, as it does for
+# a process that changed credentials, or (with Yama) for a child tracing its parent.
+assert ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+import labotel
+from tests.unit.test_pprof_support import comments, decode, get, hot_spin, running, top_function
+out = {}
+for backend in ("auto", "py-spy"):
+    monitor = labotel.start(admin_address="127.0.0.1:0", profile_backend=backend)
+    url = monitor.admin_url + "/debug/pprof/"
+    with running(hot_spin, name="spinner"):
+        reply = get(url + "profile?seconds=1")
+    result = out[backend] = {"status": reply.status, "index": get(url).text}
+    if reply.status == 200:
+        profile = decode(reply.body)
+        result.update(top=top_function(profile), comments=comments(profile))
+    else:
+        result["text"] = reply.text
+    labotel.shutdown()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("setpriv") is None
+                    or not _capabilities() & (1 << 19),
+                    reason="needs Linux, setpriv (util-linux) and CAP_SYS_PTRACE to drop")
+def test_where_the_kernel_refuses_ptrace_auto_falls_back_and_py_spy_says_why():
+    command = ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace",
+               sys.executable, "-c", REFUSED, str(ROOT)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    auto = out["auto"]
+    assert auto["status"] == 200 and auto["top"] == SPIN  # profiled all the same
+    (comment,) = auto["comments"]
+    assert comment.startswith("labotel cpu profile: in-process sampler at 100 Hz")
+    assert "py-spy not used: py-spy cannot profile this process:" in comment
+    assert "Permission denied" in comment
+    assert "last cpu profile: the in-process sampler (py-spy cannot profile" in auto["index"]
+    strict = out["py-spy"]
+    assert strict["status"] == 500
+    assert strict["text"].startswith("CPU profiling failed: py-spy cannot profile this "
+                                     "process:")
+    assert "Permission denied" in strict["text"] and "(profile_backend=py-spy)" in \
+        strict["text"]
+
+
+def test_stopping_py_spy_ends_its_process_and_removes_its_files():
+    binary = pyspy.find_binary()
+    profile = pyspy.PySpyProfile(binary, cpu.CPU, 100, seconds=1)
+    profile.start()
+    pid = profile._process.pid
+    stopper = threading.Thread(target=profile.stop)
+    stopper.start()
+    stopper.join(15)
+    profile.stop()  # idempotent
+    assert not stopper.is_alive()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not os.path.exists(profile._directory)
+
+
+def test_a_py_spy_killed_mid_profile_is_a_counted_500_and_leaves_nothing_behind():
+    monitor = start(profile_backend="py-spy")
+    try:
+        replies: list = []
+        request = threading.Thread(target=lambda: replies.append(
+            get(monitor.admin_url + "/debug/pprof/profile?seconds=2")))
+        request.start()
+        assert wait_for_profile().backend == "py-spy"
+        (child,) = py_spy_children()
+        child.kill()  # as the OOM killer would
+        request.join(15)
+        reply = replies[0]
+        assert reply.status == 500 and reply.headers["X-Go-Pprof"] == "1"
+        assert "CPU profiling failed" in reply.text and "py-spy wrote no profile" in reply.text
+        metrics = get(monitor.admin_url + "/metrics").text
+        assert 'labotel_internal_errors_total{labotel_component="profile.cpu"' in metrics
+        assert not py_spy_children()
+        assert get(monitor.admin_url + "/debug/pprof/profile?seconds=1").status == 200
+    finally:
+        labotel.shutdown()
