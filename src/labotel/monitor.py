@@ -7,16 +7,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from labotel import sdk
-from labotel.component import Component, Unavailable, guarded_callback
+from labotel.component import Component, Unavailable
 from labotel.components import default_components
 from labotel.config import Settings, parse_address
+from labotel.context import Context, Views
 from labotel.detect.detection import Reporter
 from labotel.footprint import Footprint
 from labotel.runtime import loops, origins
@@ -37,7 +37,6 @@ class Monitor:
         self.components: list[Component] = []
         self.unavailable: dict[str, str] = {}  # component name -> why it cannot run here
         self.server: DebugServer | None = None
-        self._views: dict[str, list[Callable[[], dict[str, Any]]]] = {}
         self._started_pid = os.getpid()
         self.running = False
 
@@ -56,17 +55,21 @@ class Monitor:
         self.footprint.add("reporter", self.reporter.bytes)
         self.footprint.add("span_queue", lambda: sdk.span_queue_length(self.providers)
                            * self.reporter.span_bytes)
-        self.meter.create_observable_gauge(
-            "labotel.internal.memory", [guarded_callback(self, "footprint", self._own_memory)],
-            unit="By", description="Memory labotel itself keeps, by part (estimates): race "
-            "shadow state, detections, queued spans")
         self.router = Router(settings.admin_token, on_error=self.reporter.component_failed,
                              max_body_bytes=settings.admin_max_body_bytes)
-        admin.add_routes(self)
+        self.context = Context(settings, self.meter, self.tracer, self.reporter,
+                               router=self.router, footprint=self.footprint,
+                               views=Views(self.reporter.component_failed),
+                               peers=self.component)
+        self.meter.create_observable_gauge(
+            "labotel.internal.memory", [self.context.guarded("footprint", self._own_memory)],
+            unit="By", description="Memory labotel itself keeps, by part (estimates): race "
+            "shadow state, detections, queued spans")
         origins.install()
         loops.install()
         for component in default_components(settings):
             self._start_component(component)
+        admin.add_routes(self)
         self.running = True
         if settings.admin_address:
             self._start_server()
@@ -77,7 +80,7 @@ class Monitor:
 
     def _start_component(self, component: Component) -> None:
         try:
-            component.start(self)
+            component.start(self.context)
         except ValueError:
             raise  # a configuration error: the caller must hear about it
         except Unavailable as reason:
@@ -194,24 +197,15 @@ class Monitor:
     def admin_url(self) -> str | None:
         return self.server.url if self.server else None
 
-    def component(self, name: str) -> Any:
+    def component(self, name: str) -> Any:  # Any: tests and benches reach into each kind
         for component in self.components:
             if component.name == name:
                 return component
         return None
 
-    def add_view(self, view: str, provider: Callable[[], dict[str, Any]]) -> None:
-        """Let a component add sections to an admin view (``heap``, ``goroutines``)."""
-        self._views.setdefault(view, []).append(provider)
-
     def extra_view(self, view: str) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        for provider in self._views.get(view, []):
-            try:
-                data.update(provider())
-            except Exception:
-                self.reporter.component_failed(f"view.{view}")
-        return data
+        """The sections components added to the admin view ``view``."""
+        return self.context.views.collect(view)
 
     def process_snapshot(self) -> dict[str, Any] | None:
         collector = self.component("runtime.process")

@@ -266,7 +266,7 @@ class ConcurrencyLeakDetector(SamplingDetector):
         self.min_growth = settings.leak_min_growth
 
     def _reset(self) -> None:
-        settings = self.monitor.settings
+        settings = self.context.settings
         self.threads = LeakTracker(self.window, self.min_growth, settings.thread_limit)
         self.tasks = LeakTracker(self.window, self.min_growth, settings.task_limit)
         self.reports = 0
@@ -321,7 +321,7 @@ class ConcurrencyLeakDetector(SamplingDetector):
     def _report(self, kind: str, verdict: Verdict, stacks: list[tuple[Frame, ...]],
                 tracker: LeakTracker) -> None:
         self.reports += 1
-        self.monitor.reporter.report(leak_detection(kind, verdict, stacks, tracker))
+        self.context.reporter.report(leak_detection(kind, verdict, stacks, tracker))
 
     def view(self) -> dict[str, Any]:
         now = time.monotonic()

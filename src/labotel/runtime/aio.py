@@ -20,7 +20,8 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from labotel.compat import python
-from labotel.component import Component, guarded_callback
+from labotel.component import Component
+from labotel.context import Context
 from labotel.runtime import loops, origins
 
 LAG_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
@@ -151,21 +152,20 @@ class LoopProbe:
 class AsyncioCollector(Component):
     name = "runtime.asyncio"
 
-    def start(self, monitor: Any) -> None:
-        self.monitor = monitor
-        self.lag = monitor.meter.create_histogram(
+    def start(self, context: Context) -> None:
+        self.lag = context.meter.create_histogram(
             "labotel.asyncio.loop.lag", unit="s",
             description="How late a callback scheduled on the event loop ran",
             explicit_bucket_boundaries_advisory=LAG_BUCKETS)
-        monitor.meter.create_observable_up_down_counter(
-            "labotel.asyncio.tasks", [guarded_callback(monitor, self.name, self._tasks)],
+        context.meter.create_observable_up_down_counter(
+            "labotel.asyncio.tasks", [context.guarded(self.name, self._tasks)],
             unit="{task}", description="Unfinished asyncio tasks across all running loops")
-        monitor.meter.create_observable_up_down_counter(
-            "labotel.asyncio.loops", [guarded_callback(monitor, self.name, self._loops)],
+        context.meter.create_observable_up_down_counter(
+            "labotel.asyncio.loops", [context.guarded(self.name, self._loops)],
             unit="{loop}", description="Running asyncio event loops")
-        self.probe = LoopProbe(monitor.settings.loop_lag_interval, self.lag.record,
+        self.probe = LoopProbe(context.settings.loop_lag_interval, self.lag.record,
                                origins.track_loop_tasks,
-                               lambda: monitor.reporter.component_failed(self.name))
+                               lambda: context.failed(self.name))
         self.probe.start()
 
     def stop(self) -> None:

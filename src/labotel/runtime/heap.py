@@ -27,7 +27,8 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel.component import Component, guarded_callback
+from labotel.component import Component
+from labotel.context import Context
 from labotel.runtime.reading import SharedReading
 
 
@@ -90,16 +91,16 @@ def heap_figures() -> dict[str, Any]:
 class HeapCollector(Component):
     name = "runtime.heap"
 
-    def start(self, monitor: Any) -> None:
-        self.max_age = monitor.settings.leak_sample_interval
-        meter = monitor.meter
+    def start(self, context: Context) -> None:
+        self.max_age = context.settings.leak_sample_interval
+        meter = context.meter
         meter.create_observable_up_down_counter(
-            "labotel.python.heap.size", [guarded_callback(monitor, self.name, self._size)],
+            "labotel.python.heap.size", [context.guarded(self.name, self._size)],
             unit="By", description="Bytes in use from the C allocator (glibc mallinfo2): "
             "objects > 512 B, container buffers, C extensions; read at most "
             "leak_sample_interval seconds earlier")
         meter.create_observable_up_down_counter(
-            "labotel.python.heap.objects", [guarded_callback(monitor, self.name, self._objects)],
+            "labotel.python.heap.objects", [context.guarded(self.name, self._objects)],
             unit="{object}", description="Blocks handed out by pymalloc (objects <= 512 B), "
             "read at most leak_sample_interval seconds earlier")
 

@@ -1,4 +1,8 @@
-"""Core routes: /healthz, /metrics and the JSON views under /admin/monitoring/."""
+"""Core routes: /healthz, /metrics and the JSON views under /admin/monitoring/.
+
+Added by the monitor after its components start, through the same ``Context.add_route``
+they use.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,17 @@ from prometheus_client.exposition import choose_encoder
 
 from labotel.detect.detection import KINDS
 from labotel.runtime import aio, heap, threads
+from labotel.runtime.gc import GCCollector
 from labotel.server.http import HTTPError, Request, Response, json_response, text_response
 
 if TYPE_CHECKING:
     from labotel.monitor import Monitor
 
+RACES = "/admin/monitoring/races"
+
 
 def add_routes(monitor: Monitor) -> None:
+    context = monitor.context
     router = monitor.router
     started = time.time()
 
@@ -38,7 +46,7 @@ def add_routes(monitor: Monitor) -> None:
             "threads": {"count": len(thread_list), "items": thread_list},
             "tasks": {"count": len(task_list), "items": task_list},
         }
-        data.update(monitor.extra_view("goroutines"))
+        data.update(context.views.collect("goroutines"))
         return json_response(data)
 
     def heap_view(request: Request) -> Response:
@@ -52,7 +60,7 @@ def add_routes(monitor: Monitor) -> None:
                 return reader()
             except Exception as error:
                 errors[name] = f"{type(error).__name__}: {error}"
-                monitor.reporter.component_failed("view.heap")
+                context.failed("view.heap")
                 return None
 
         if collect:
@@ -67,14 +75,14 @@ def add_routes(monitor: Monitor) -> None:
             "small_object_blocks": read("small_object_blocks", heap.small_object_blocks),
             "gc_tracked_generations": gc.get_count(),
         }
-        data.update(monitor.extra_view("heap"))
+        data.update(context.views.collect("heap"))
         if errors:
             data["errors"] = errors
         return json_response(data)
 
     def gc_view(_: Request) -> Response:
-        collector = monitor.component("runtime.gc")
-        if collector is None:
+        collector = context.peer(GCCollector.name)
+        if not isinstance(collector, GCCollector):
             raise HTTPError(404, "the GC collector is not running (runtime_metrics is off)")
         return json_response(collector.view())
 
@@ -87,7 +95,6 @@ def add_routes(monitor: Monitor) -> None:
         return json_response({"count": len(items), "detections": items})
 
     def races_off(_: Request) -> Response:
-        # replaced by the race detector's own view when race_detection is on
         reason = monitor.unavailable.get("detect.races")
         hint = (f"race detection cannot run here: {reason}" if reason else
                 "race detection is off: start labotel with race_detection=True or "
@@ -102,16 +109,18 @@ def add_routes(monitor: Monitor) -> None:
                            "unavailable": dict(monitor.unavailable)},
             "endpoints": router.paths()})
 
-    router.add("/healthz", healthz)
-    router.add("/metrics", metrics)
-    router.add("/admin/monitoring", index)
-    router.add("/admin/monitoring/", index)
-    router.add("/admin/monitoring/goroutines", goroutines)
-    router.add("/admin/monitoring/threads", goroutines)
-    router.add("/admin/monitoring/heap", heap_view)
-    router.add("/admin/monitoring/gc", gc_view)
-    router.add("/admin/monitoring/detections", detections)
-    router.add("/admin/monitoring/races", races_off)
+    add = context.add_route
+    add("/healthz", healthz)
+    add("/metrics", metrics)
+    add("/admin/monitoring", index)
+    add("/admin/monitoring/", index)
+    add("/admin/monitoring/goroutines", goroutines)
+    add("/admin/monitoring/threads", goroutines)
+    add("/admin/monitoring/heap", heap_view)
+    add("/admin/monitoring/gc", gc_view)
+    add("/admin/monitoring/detections", detections)
+    if not router.has(RACES):  # the race detector serves it when it runs
+        add(RACES, races_off)
 
 
 def _flag(request: Request, name: str) -> bool:
