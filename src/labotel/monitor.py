@@ -19,7 +19,9 @@ from labotel.config import Settings, parse_address
 from labotel.context import Context, Views
 from labotel.detect.detection import Reporter
 from labotel.footprint import Footprint
-from labotel.runtime import loops, origins
+from labotel.hooks import layer as hooks_layer
+from labotel.patching import Patcher
+from labotel.runtime import heap, loops, origins
 from labotel.server import admin
 from labotel.server.debug_server import DebugServer, check_exposure
 from labotel.server.http import Router
@@ -38,6 +40,9 @@ class Monitor:
         self.unavailable: dict[str, str] = {}  # component name -> why it cannot run here
         self.server: DebugServer | None = None
         self._started_pid = os.getpid()
+        # every patch labotel itself installs (the hook layer keeps its own, shared by
+        # the subscribing components and undone when they stop)
+        self.patcher = Patcher()
         self.running = False
 
     # -- life cycle -----------------------------------------------------------------
@@ -65,8 +70,8 @@ class Monitor:
             "labotel.internal.memory", [self.context.guarded("footprint", self._own_memory)],
             unit="By", description="Memory labotel itself keeps, by part (estimates): race "
             "shadow state, detections, queued spans")
-        origins.install()
-        loops.install()
+        origins.install(self.patcher)
+        loops.install(self.patcher)
         for component in default_components(settings):
             self._start_component(component)
         admin.add_routes(self)
@@ -127,6 +132,7 @@ class Monitor:
             except Exception:
                 log.exception("labotel: stopping %s failed", component.name)
         self.components.clear()
+        self.patcher.undo()
         loops.uninstall()
         origins.uninstall()
         self.reporter.close()
@@ -282,6 +288,9 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.RLock()  # a parent thread may have held it at fork time
+    # module state a parent thread may have been using at fork time
+    heap.forget_readings()
+    hooks_layer.after_fork_in_child()
     sdk.release_collection_after_fork(in_child=True)
     monitor = _current
     if monitor is None or not monitor.running:
@@ -292,6 +301,8 @@ def _after_fork_in_child() -> None:
         log.exception("labotel: setting up the forked child %d failed", os.getpid())
 
 
+# labotel's only fork hooks, in one place and in this order. Registered when labotel is
+# imported, which is after threading's own (so the hook layer's runs after it).
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_after_fork_in_child)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import sys
 from typing import Any
 
@@ -63,14 +62,11 @@ _malloc = SharedReading(_read_mallinfo2)
 _blocks = SharedReading(sys.getallocatedblocks)
 
 
-def _forget_readings() -> None:
-    # the leak sampler may be inside a reading when another thread forks
+def forget_readings() -> None:
+    """(In a forked child: the monitor's fork hook) the leak sampler may have been
+    inside a reading when another thread forked."""
     _malloc.forget()
     _blocks.forget()
-
-
-if hasattr(os, "register_at_fork"):  # (not on Windows)
-    os.register_at_fork(after_in_child=_forget_readings)
 
 
 def malloc_in_use(max_age: float = 0.0) -> int | None:

@@ -24,7 +24,6 @@ LoopListener = Callable[[asyncio.AbstractEventLoop], None]
 _loops: dict[int, weakref.ref] = {}
 _listeners: list[LoopListener] = []
 _lock = threading.Lock()
-_patcher = Patcher()
 
 
 def _known(loop: asyncio.AbstractEventLoop) -> bool:
@@ -93,9 +92,8 @@ def register(loop: asyncio.AbstractEventLoop) -> None:
         _notify_one(listener, loop)
 
 
-def install() -> None:
-    if _patcher:
-        return
+def install(patcher: Patcher) -> None:
+    """Announce loops from now on; the patch goes into ``patcher`` (the monitor's)."""
     original = asyncio.BaseEventLoop.run_forever
 
     def run_forever(self: asyncio.BaseEventLoop) -> None:
@@ -103,7 +101,7 @@ def install() -> None:
         return original(self)
 
     run_forever.__wrapped__ = original  # type: ignore[attr-defined]
-    _patcher.replace(asyncio.BaseEventLoop, "run_forever", run_forever)
+    patcher.replace(asyncio.BaseEventLoop, "run_forever", run_forever)
     for loop in _find_running_loops():
         with _lock:
             known = _known(loop)
@@ -112,7 +110,7 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    _patcher.undo()
+    """Forget loops and listeners (``run_forever`` is the patcher's to undo)."""
     with _lock:
         _listeners.clear()
         _loops.clear()

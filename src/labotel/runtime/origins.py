@@ -33,7 +33,6 @@ _THREADING_FILES = _SKIP_DIRS[-2:]  # threading.py and concurrent/
 
 _task_origins: weakref.WeakKeyDictionary[asyncio.Future, tuple[Frame, ...]] = (
     weakref.WeakKeyDictionary())
-_patcher = Patcher()
 _MISSING = object()
 _loop_patcher_lock = threading.Lock()
 # by id, with a weak reference (a WeakSet would hash a custom loop under our lock)
@@ -97,10 +96,9 @@ def task_origin(task: asyncio.Future) -> tuple[Frame, ...] | None:
     return _task_origins.get(task)
 
 
-def install() -> None:
-    """Record creation sites of threads started and tasks created from now on."""
-    if _patcher:
-        return
+def install(patcher: Patcher) -> None:
+    """Record creation sites of threads started and tasks created from now on; the
+    patch goes into ``patcher`` (the monitor's), which undoes it."""
     original_start = threading.Thread.start
 
     def start(self: threading.Thread) -> None:
@@ -114,11 +112,11 @@ def install() -> None:
         original_start(self)
 
     start.__wrapped__ = original_start  # type: ignore[attr-defined]
-    _patcher.replace(threading.Thread, "start", start)
+    patcher.replace(threading.Thread, "start", start)
 
 
 def uninstall() -> None:
-    _patcher.undo()
+    """Give the loops their task factories back (``Thread.start`` is the patcher's)."""
     with _loop_patcher_lock:
         loops = [ref() for ref in _patched_loops.values()]
         _patched_loops.clear()
