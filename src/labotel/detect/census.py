@@ -34,14 +34,13 @@ import dataclasses
 import gc
 import heapq
 import itertools
-import os
 import sys
-import sysconfig
 import threading
 import types
 from collections import Counter
 from typing import Any
 
+from labotel import frames
 from labotel.budget import Pacer
 
 TOP_CONTAINERS = 2000  # containers remembered per walk (the longest)
@@ -69,10 +68,6 @@ _TYPE_NAME = type.__dict__["__name__"].__get__
 _TYPE_QUALNAME = type.__dict__["__qualname__"].__get__
 _MODULE_DICT = types.ModuleType.__dict__["__dict__"].__get__
 _OWN = "labotel"
-_OWN_APPLICATION = "labotel.demo"
-_LIBRARY_DIRS = tuple({os.path.normpath(p) + os.sep for key in ("stdlib", "platstdlib",
-                                                                 "purelib", "platlib")
-                       if (p := sysconfig.get_paths().get(key))})
 
 Root = tuple  # ("module", name) | ("thread", name) | ("task", name)
 
@@ -259,11 +254,12 @@ def _roots() -> list[list[tuple[Any, Root]]]:
     for name, module in list(sys.modules.items()):
         if not isinstance(module, types.ModuleType) or (
                 (name == _OWN or name.startswith(_OWN + ".")) and
-                not name.startswith(_OWN_APPLICATION)):
+                not name.startswith(frames.DEMO_PACKAGE)):
             continue
         namespace = _MODULE_DICT(module)
         path = namespace.get("__file__")
-        library = not isinstance(path, str) or path.startswith(_LIBRARY_DIRS)
+        library = not isinstance(path, str) or not frames.is_application(path) or \
+            frames.is_installed(path)
         (libraries if library else first).append((namespace, ("module", name)))
     return [first, libraries]
 

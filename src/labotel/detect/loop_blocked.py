@@ -38,7 +38,7 @@ from typing import Any
 from labotel.component import Component
 from labotel.context import Context
 from labotel.detect.detection import Detection, Stack
-from labotel.detect.frames import application_frame
+from labotel.frames import application_frame
 from labotel.profile import symbols
 from labotel.profile.stacks import thread_state
 from labotel.runtime import aio, origins

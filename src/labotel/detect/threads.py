@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from labotel.detect.detection import Detection, Stack
-from labotel.detect.frames import application_frame
 from labotel.detect.periodic import SamplingDetector
 from labotel.detect.trend import trend
+from labotel.frames import application_frame
 from labotel.runtime import aio, origins
 from labotel.runtime.thread_frames import current_frames
 

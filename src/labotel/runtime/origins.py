@@ -8,28 +8,17 @@ and labotel itself are skipped so the site names the application line.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import threading
 import weakref
 from typing import Any
 
+from labotel import frames as frames_module
 from labotel.patching import Patcher
 
-Frame = tuple[str, int, str]  # (filename, lineno, function)
+Frame = frames_module.Frame
 
-_SKIP_DIRS = tuple(
-    os.path.dirname(mod.__file__) + os.sep
-    for mod in (asyncio, sys.modules["labotel"])
-) + (os.path.dirname(threading.__file__) + os.sep + "threading.py",
-     os.path.dirname(threading.__file__) + os.sep + "concurrent" + os.sep)
-# The demo service lives inside the package but is application code: its lines are the
-# ones a report should name.
-APPLICATION_DIRS = (os.path.join(os.path.dirname(sys.modules["labotel"].__file__), "demo")
-                     + os.sep,)
 MAX_FRAMES = 6
-_LABOTEL_DIR = os.path.dirname(sys.modules["labotel"].__file__) + os.sep
-_THREADING_FILES = _SKIP_DIRS[-2:]  # threading.py and concurrent/
 
 _task_origins: weakref.WeakKeyDictionary[asyncio.Future, tuple[Frame, ...]] = (
     weakref.WeakKeyDictionary())
@@ -45,7 +34,8 @@ def capture(skip: int = 1, limit: int = MAX_FRAMES) -> tuple[Frame, ...]:
     frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         filename = frame.f_code.co_filename
-        if not filename.startswith(_SKIP_DIRS) or filename.startswith(APPLICATION_DIRS):
+        if not (frames_module.is_labotel(filename)
+                or frames_module.is_concurrency_machinery(filename)):
             frames.append((filename, frame.f_lineno, frame.f_code.co_name))
         frame = frame.f_back
     return tuple(frames)
@@ -85,9 +75,9 @@ def _started_by_labotel(frame: Any) -> bool:
         start = start.__wrapped__
     while frame is not None:
         code = frame.f_code
-        if code not in wrappers and not code.co_filename.startswith(_THREADING_FILES):
-            return code.co_filename.startswith(_LABOTEL_DIR) and not code.co_filename.startswith(
-                APPLICATION_DIRS)
+        if code not in wrappers and not frames_module.is_concurrency_machinery(
+                code.co_filename):
+            return frames_module.is_labotel(code.co_filename)
         frame = frame.f_back
     return False
 
