@@ -231,19 +231,11 @@ def thread_stack(frame: Any, limit: int = STACK_FRAMES) -> tuple[Frame, ...]:
 
 
 def task_stack(task: asyncio.Task, limit: int = STACK_FRAMES) -> tuple[Frame, ...]:
-    """Where a task is suspended: its ``await`` chain, innermost first."""
-    frames = []
-    awaitable: Any = task.get_coro()
-    while awaitable is not None and len(frames) < limit:
-        frame = (getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
-                 or getattr(awaitable, "ag_frame", None))
-        if frame is None:
-            break
-        frames.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
-        awaitable = (getattr(awaitable, "cr_await", None)
-                     or getattr(awaitable, "gi_yieldfrom", None)
-                     or getattr(awaitable, "ag_await", None))
-    return tuple(reversed(frames))
+    """Where a task is suspended: the innermost ``limit`` frames of its await chain,
+    innermost first."""
+    chain = aio.await_chain(task)[-limit:]
+    return tuple((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+                 for frame in reversed(chain))
 
 
 def _describe(frame: Frame) -> str:

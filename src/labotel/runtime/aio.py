@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -60,8 +61,44 @@ def _copy(registry: Any) -> list[asyncio.Task]:
     return []
 
 
+# -- one vocabulary for task states, one walker of a task's await chain ----------------
+RUNNING, PENDING = "running", "pending"  # the metric's asyncio.task.state values
+
+
 def task_state(task: asyncio.Task, current: asyncio.Task | None) -> str:
-    return "running" if task is current else "pending"
+    """``running`` (its loop is inside it now) or ``pending`` (suspended or scheduled)."""
+    return RUNNING if task is current else PENDING
+
+
+def task_wait(task: asyncio.Task, current: asyncio.Task | None) -> str:
+    """``task_state`` with what a pending task waits for, as the goroutine dump shows it:
+    ``runnable`` (scheduled, waiting for its turn), ``awaiting task <name>`` or
+    ``awaiting <Future type>``."""
+    if task_state(task, current) == RUNNING:
+        return RUNNING
+    waiter = getattr(task, "_fut_waiter", None)
+    if waiter is None:
+        return "runnable"
+    if isinstance(waiter, asyncio.Task):
+        return f"awaiting task {waiter.get_name()}"
+    return f"awaiting {type(waiter).__name__}"
+
+
+def await_chain(task: asyncio.Task) -> list[FrameType]:
+    """The frames of the coroutines a task is suspended in, outermost first: from the
+    task's coroutine down its ``cr_await`` (``gi_yieldfrom``, ``ag_await``) links."""
+    chain: list[FrameType] = []
+    awaitable: Any = task.get_coro()
+    while awaitable is not None:
+        frame = (getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+                 or getattr(awaitable, "ag_frame", None))
+        if frame is None:
+            break
+        chain.append(frame)
+        awaitable = (getattr(awaitable, "cr_await", None)
+                     or getattr(awaitable, "gi_yieldfrom", None)
+                     or getattr(awaitable, "ag_await", None))
+    return chain
 
 
 @dataclasses.dataclass(eq=False)
