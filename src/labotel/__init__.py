@@ -12,10 +12,12 @@ from labotel.detect.detection import Detection
 from labotel.monitor import Monitor
 from labotel.monitor import shutdown as shutdown
 from labotel.monitor import start as start
+from labotel.version import VERSION
+
+__version__ = VERSION
 
 __all__ = ["Detection", "Monitor", "start", "shutdown", "record_access", "shared",
            "happens_before", "happens_after", "detections", "asgi_app", "wsgi_app"]
-__version__ = "0.1.0"
 
 
 def detections(kind: str | None = None) -> list[Detection]:

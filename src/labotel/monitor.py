@@ -26,9 +26,9 @@ from labotel.server import admin
 from labotel.server.debug_server import DebugServer, check_exposure
 from labotel.server.http import Router
 from labotel.server.limits import ServerLimits
+from labotel.version import VERSION
 
-log = logging.getLogger("labotel")
-VERSION = "0.1.0"
+log = logging.getLogger(__name__)
 
 
 class Monitor:

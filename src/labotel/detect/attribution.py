@@ -43,7 +43,7 @@ from labotel.detect.detection import Stack
 from labotel.frames import application_frame
 from labotel.profile import heap as tracer
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 
 FRAMES = 10  # deep enough to walk out of stdlib helpers to the application line
 TOP_SITES = 5

@@ -47,7 +47,6 @@ NOT_IN_PYTHON = {
     "allocs": "tracemalloc records live allocations only; use heap",
     "trace": "there is no Go execution tracer in Python",
 }
-DELTA_PROFILES = ("goroutine", "heap", "threadcreate")
 MAX_SYMBOL_ADDRESSES = 100_000  # per /symbol request (a 1 MiB body holds about 80,000)
 MAX_ADDRESS_CHARS = 24
 Handler = Callable[[Request], Response]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
-from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -78,10 +77,6 @@ def malloc_in_use(max_age: float = 0.0) -> int | None:
 def small_object_blocks(max_age: float = 0.0) -> int:
     """Blocks pymalloc has handed out, from a reading at most ``max_age`` seconds old."""
     return _blocks.get(max_age)
-
-
-def heap_figures() -> dict[str, Any]:
-    return {"malloc_in_use_bytes": malloc_in_use(), "small_object_blocks": small_object_blocks()}
 
 
 class HeapCollector(Component):

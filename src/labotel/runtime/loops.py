@@ -16,7 +16,7 @@ from collections.abc import Callable
 from labotel.patching import Patcher
 from labotel.runtime.thread_frames import current_frames
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 LoopListener = Callable[[asyncio.AbstractEventLoop], None]
 
 # Loops by id, each with a weak reference to tell it from a later loop at the same address:

@@ -48,7 +48,7 @@ from labotel.server.limits import ServerLimits
 from labotel.server.poller import HANGUP, READ, new_poller
 from labotel.server.workers import WorkerPool
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 
 IDLE, HEAD, BODY, BUSY, CLOSING = "idle", "head", "body", "busy", "closing"
 READ_SIZE = 65536

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
