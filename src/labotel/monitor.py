@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -58,8 +58,8 @@ class Monitor:
         self.reporter = Reporter(self.tracer, self.meter, settings.detection_buffer_size)
         self.footprint = Footprint()
         self.footprint.add("reporter", self.reporter.bytes)
-        self.footprint.add("span_queue", lambda: sdk.span_queue_length(self.providers)
-                           * self.reporter.span_bytes)
+        self.footprint.add("span_queue", lambda: int(sdk.span_queue_length(self.providers)
+                                                     * self.reporter.span_bytes))
         self.router = Router(settings.admin_token, on_error=self.reporter.component_failed,
                              max_body_bytes=settings.admin_max_body_bytes)
         self.context = Context(settings, self.meter, self.tracer, self.reporter,
@@ -98,14 +98,15 @@ class Monitor:
         self.components.append(component)
 
     def _start_server(self) -> None:
+        address = cast(str, self.settings.admin_address)  # called only when it is set
         try:
-            self.server = DebugServer(self.settings.admin_address, self.router,
+            self.server = DebugServer(address, self.router,
                                       limits=ServerLimits.from_settings(self.settings))
             self.server.start()
         except OSError as error:
             self.server = None
             if (error.errno == errno.EADDRINUSE and self.settings.admin_worker_ports
-                    and _parent_listens_on(parse_address(self.settings.admin_address)[1])):
+                    and _parent_listens_on(parse_address(address)[1])):
                 # a spawned worker (multiprocessing spawn/forkserver, a re-exec'd server)
                 # of a labotel process: the same port scheme as a forked one
                 self._start_worker_server()
@@ -169,7 +170,7 @@ class Monitor:
 
     def _start_worker_server(self) -> None:
         """Bind the first free port of ``port+1 .. port+admin_worker_ports`` (``:0`` stays 0)."""
-        host, port = parse_address(self.settings.admin_address)
+        host, port = parse_address(cast(str, self.settings.admin_address))
         span = self.settings.admin_worker_ports
         candidates = [0] if port == 0 else range(port + 1, min(port + 1 + span, 65536))
         bracketed = f"[{host}]" if ":" in host else host
@@ -196,7 +197,7 @@ class Monitor:
     def service_name(self) -> str | None:
         resource = self.providers.resource
         if resource is not None:
-            return resource.attributes.get("service.name")
+            return cast("str | None", resource.attributes.get("service.name"))
         return self.settings.service_name
 
     @property

@@ -236,8 +236,8 @@ class BlockedLoopDetector(Component):
         self.blocks.add(1)
         self.blocked_time.add(held)
         now_gc = self._gc_seconds()
-        in_gc = now_gc - suspect.gc_at_first if None not in (now_gc, suspect.gc_at_first) \
-            else None
+        first_gc = suspect.gc_at_first
+        in_gc = now_gc - first_gc if now_gc is not None and first_gc is not None else None
         self.context.reporter.report(blocked_loop_detection(suspect.taken, held, still, in_gc))
 
     def _gc_seconds(self) -> float | None:
@@ -305,7 +305,7 @@ def _running_callback(frame: FrameType | None) -> FrameType | None:
 
 
 def _stack(frame: FrameType | None) -> tuple[Frame, ...]:
-    frames = []
+    frames: list[Frame] = []
     while frame is not None and len(frames) < STACK_FRAMES:
         code = frame.f_code
         frames.append((code.co_filename, frame.f_lineno or code.co_firstlineno,

@@ -205,9 +205,10 @@ class MemoryLeakDetector(SamplingDetector):
             samples = [s for s in self.samples if s.time >= since]
         result = {}
         for series in SERIES:
-            points = [(s.time, s.value(series)) for s in samples if s.value(series) is not None]
+            points = [(s.time, value) for s in samples
+                      if (value := s.value(series)) is not None]
             if len(points) >= 2:
-                result[series] = trend([t for t, _ in points], [v for _, v in points])
+                result[series] = trend([t for t, _ in points], [float(v) for _, v in points])
         return result
 
     def judge(self, now: float) -> Suspicion | None:

@@ -223,7 +223,7 @@ class LeakTracker:
 # -- where members are now --------------------------------------------------------------
 def thread_stack(frame: Any, limit: int = STACK_FRAMES) -> tuple[Frame, ...]:
     """A thread's current stack, innermost first."""
-    frames = []
+    frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         frames.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
         frame = frame.f_back

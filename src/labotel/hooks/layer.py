@@ -91,6 +91,6 @@ def after_fork_in_child() -> None:
     # threading's own after-fork hook rebuilt _active_limbo_lock with threading.RLock, which
     # is ours while patched: put the plain lock back under it.
     limbo = getattr(threading, "_active_limbo_lock", None)
-    if primitives.instrumented(limbo):
+    if limbo is not None and primitives.instrumented(limbo):
         threading._active_limbo_lock = limbo._lock  # type: ignore[attr-defined]
 

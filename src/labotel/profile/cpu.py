@@ -249,7 +249,7 @@ class Sampler:
         for ident in list(self._threads):
             if ident not in live:
                 del self._threads[ident]
-        for ident, thread in live.items():
+        for ident, thread in live.items():  # type: ignore[assignment]
             if ident is None:
                 continue
             state = self._threads.get(ident)

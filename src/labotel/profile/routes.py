@@ -15,7 +15,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from labotel.profile import contention, cpu, heap, stacks, symbols
 from labotel.profile.pprof import ProfileBuilder
@@ -202,7 +202,7 @@ class PprofRoutes:
 
     def _sampled(self, request: Request, slot: cpu.ProfileSlot, name: str,
                  what: str) -> Response:
-        duration = seconds(request, self.settings.profile_max_seconds, 30)
+        duration = cast(int, seconds(request, self.settings.profile_max_seconds, 30))
         component_name = f"profile.{slot.mode}"
         try:
             sampler = slot.begin(

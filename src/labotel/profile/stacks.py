@@ -52,7 +52,7 @@ class Goroutine:
 def goroutine_id(obj: Any) -> int:
     """A small number that stays the same for a thread or task while it lives."""
     key = id(obj)
-    ref = weakref.ref(obj, lambda _, key=key: _forget(key))
+    ref = weakref.ref(obj, lambda _, key=key: _forget(key))  # type: ignore[misc]
     with _ids_lock:
         known = _ids.get(key)
         if known is not None and known[0]() is obj:
@@ -100,7 +100,7 @@ def collect(builder: ProfileBuilder) -> list[Goroutine]:
             origins.thread_origin(thread) if thread is not None else None, tuple(details)))
     for loop, tasks in aio.all_tasks_by_loop().items():
         current = asyncio.current_task(loop)
-        loop_frame = frames.get(getattr(loop, "_thread_id", None))
+        loop_frame = frames.get(getattr(loop, "_thread_id", None))  # type: ignore[arg-type]
         for task in tasks:
             state = aio.task_wait(task, current)
             result.append(Goroutine(

@@ -12,6 +12,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from types import FrameType
 
 from labotel.patching import Patcher
 from labotel.runtime.thread_frames import current_frames
@@ -119,6 +120,7 @@ def uninstall() -> None:
 def _find_running_loops() -> list[asyncio.AbstractEventLoop]:
     """Loops in a ``run_forever`` call on some thread right now (one-off frame scan)."""
     found = []
+    frame: FrameType | None
     for frame in current_frames().values():
         while frame is not None:
             if frame.f_code.co_name == "run_forever":

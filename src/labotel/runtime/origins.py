@@ -11,6 +11,7 @@ import asyncio
 import sys
 import threading
 import weakref
+from types import FrameType
 from typing import Any
 
 from labotel import frames as frames_module
@@ -30,7 +31,7 @@ _patched_loops: dict[int, weakref.ref] = {}
 
 def capture(skip: int = 1, limit: int = MAX_FRAMES) -> tuple[Frame, ...]:
     """The caller's stack, innermost first, without library frames."""
-    frame = sys._getframe(skip)
+    frame: FrameType | None = sys._getframe(skip)
     frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         filename = frame.f_code.co_filename
@@ -72,7 +73,7 @@ def _started_by_labotel(frame: Any) -> bool:
     start = threading.Thread.start
     while getattr(start, "__wrapped__", None) is not None:
         wrappers.add(getattr(start, "__code__", None))
-        start = start.__wrapped__
+        start = start.__wrapped__  # type: ignore[attr-defined]
     while frame is not None:
         code = frame.f_code
         if code not in wrappers and not frames_module.is_concurrency_machinery(
@@ -93,10 +94,10 @@ def install(patcher: Patcher) -> None:
 
     def start(self: threading.Thread) -> None:
         try:
-            self._labotel_origin = capture(2)
+            self._labotel_origin = capture(2)  # type: ignore[attr-defined]
             if is_labotel_thread(threading.current_thread()) or _started_by_labotel(
                     sys._getframe(1)):
-                self._labotel_own = True
+                self._labotel_own = True  # type: ignore[attr-defined]
         except Exception:  # a thread subclass with __slots__: no origin, still starts
             pass
         original_start(self)
