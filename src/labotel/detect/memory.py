@@ -32,6 +32,7 @@ from typing import Any
 import psutil
 
 from labotel.budget import STALL_BUDGET, Pacer, Stopped
+from labotel.config import Settings
 from labotel.context import Context
 from labotel.detect import census as census_module
 from labotel.detect.attribution import Attribution, AttributionResult, format_bytes
@@ -90,7 +91,7 @@ class MemoryLeakDetector(SamplingDetector):
     thread_name = "labotel-memory-leak"
     view_name = "heap"
 
-    def configure(self, settings: Any) -> None:
+    def configure(self, settings: Settings) -> None:
         self.min_rate = settings.memory_leak_min_rate
         self.limit = settings.memory_limit_bytes
         self.attribution_seconds = settings.leak_attribution_seconds

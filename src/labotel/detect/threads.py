@@ -28,6 +28,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
+from labotel.config import Settings
 from labotel.detect.detection import Detection, Stack
 from labotel.detect.periodic import SamplingDetector
 from labotel.detect.trend import trend
@@ -254,7 +255,7 @@ class ConcurrencyLeakDetector(SamplingDetector):
     thread_name = "labotel-thread-leak"
     view_name = "goroutines"
 
-    def configure(self, settings: Any) -> None:
+    def configure(self, settings: Settings) -> None:
         self.min_growth = settings.leak_min_growth
 
     def _reset(self) -> None:
