@@ -244,6 +244,7 @@ def start(**options: Any) -> Monitor:
     global _current
     settings = Settings.load(options)
     with _lock:
+        _register_fork_hooks()
         if _current is not None and _current.running:
             if options and _current.settings != settings:
                 log.warning("labotel.start(): already running; new options ignored "
@@ -302,8 +303,17 @@ def _after_fork_in_child() -> None:
         log.exception("labotel: setting up the forked child %d failed", os.getpid())
 
 
-# labotel's only fork hooks, in one place and in this order. Registered when labotel is
-# imported, which is after threading's own (so the hook layer's runs after it).
-if hasattr(os, "register_at_fork"):
+_fork_hooks_registered = False
+
+
+def _register_fork_hooks() -> None:
+    """(Under ``_lock``) labotel's only fork hooks, registered by the first ``start()``:
+    importing labotel changes nothing at fork. They cannot be unregistered, so they are
+    registered once and do nothing while no monitor runs. Registered long after
+    threading's own, so the hook layer's part runs after it."""
+    global _fork_hooks_registered
+    if _fork_hooks_registered or not hasattr(os, "register_at_fork"):
+        return
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_after_fork_in_child)
+    _fork_hooks_registered = True
