@@ -39,6 +39,9 @@ _THREADING_FILES = _SKIP_DIRS[-2:]  # threading.py and concurrent/
 
 _task_origins: weakref.WeakKeyDictionary[asyncio.Future, tuple[Frame, ...]] = (
     weakref.WeakKeyDictionary())
+# coroutines handed to run_coroutine_threadsafe -> the caller's frames: their task is made
+# on the loop's thread, whose stack holds no application frame
+_coro_origins: weakref.WeakKeyDictionary[Any, tuple[Frame, ...]] = weakref.WeakKeyDictionary()
 _patcher = Patcher()  # Thread.start
 _task_patcher = Patcher()  # BaseEventLoop.create_task
 _holders: dict[str, bool] = {}  # holder -> wants every loop's tasks
@@ -165,14 +168,28 @@ def _patch_create_task() -> None:
                     **kwargs: Any) -> asyncio.Task:
         task = original(self, coro, *args, **kwargs)
         try:
-            if task not in _task_origins:  # a factory of track_loop_tasks may have
-                _task_origins[task] = capture(2)
+            if not _task_origins.get(task):  # a factory of track_loop_tasks may have one
+                handed = _coro_origins.pop(coro, None) if _coro_origins else None
+                _task_origins[task] = handed or capture(2)
         except Exception:  # not weak-referenceable, or a hostile __hash__: no origin
             pass
         return task
 
+    original_threadsafe = asyncio.run_coroutine_threadsafe
+
+    def run_coroutine_threadsafe(coro: Any, loop: asyncio.AbstractEventLoop) -> Any:
+        try:
+            _coro_origins[coro] = capture(2)
+        except Exception:  # not a coroutine: run_coroutine_threadsafe says so
+            pass
+        return original_threadsafe(coro, loop)
+
     create_task.__wrapped__ = original  # type: ignore[attr-defined]
+    run_coroutine_threadsafe.__wrapped__ = original_threadsafe  # type: ignore[attr-defined]
     _task_patcher.replace(asyncio.BaseEventLoop, "create_task", create_task)
+    for module in (asyncio, asyncio.tasks):
+        if module.__dict__.get("run_coroutine_threadsafe") is original_threadsafe:
+            _task_patcher.replace(module, "run_coroutine_threadsafe", run_coroutine_threadsafe)
 
 
 def recorded_tasks() -> list[asyncio.Future]:
