@@ -161,9 +161,17 @@ class Checks:
     # -- each test -----------------------------------------------------------------
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Any:
-        settings = self._settings(item)  # a bad marker is the test's error, raised here
-        self._guard("preparing the checks", self._before_test, item, settings)
-        return (yield)
+        problem = None
+        try:
+            settings = self._settings(item)
+        except pytest.UsageError as error:
+            problem = error
+        else:
+            self._guard("preparing the checks", self._before_test, item, settings)
+        result = yield
+        if problem is not None:  # a bad marker: the test's setup error, raised once the
+            raise problem  # setup ran (other plugins' teardown expects what it set up)
+        return result
 
     def _before_test(self, item: pytest.Item, settings: TestSettings) -> None:
         self.current = item
@@ -276,9 +284,10 @@ class Checks:
         options = dict(marker.kwargs) if marker is not None else {}
         unknown = sorted(set(options) - set(MARKER_OPTIONS))
         if unknown or (marker is not None and marker.args):
+            got = ", ".join(unknown) if unknown else repr(marker.args)
             raise pytest.UsageError(
                 f"@pytest.mark.labotel: takes only keyword arguments {', '.join(MARKER_OPTIONS)}"
-                f"; got {', '.join(unknown) or marker.args!r}")
+                f"; got {got}")
         try:
             extra = options.get("leaks_ignore", ())
             ignore = self.ignore + check_names("labotel(leaks_ignore=...)", extra)
