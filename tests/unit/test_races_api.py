@@ -364,3 +364,15 @@ def test_fork_child_keeps_detecting():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=60)
     assert "child-exit 0" in result.stdout, result.stderr
+
+
+def test_truth_of_a_shared_container_is_the_container_s_and_a_read():
+    # list, dict and set have no __bool__ of their own: truth comes from __len__
+    assert not labotel.shared([], "empty-list") and labotel.shared([1], "full-list")
+    assert not labotel.shared({}, "empty-dict") and labotel.shared({"k": 1}, "full-dict")
+    assert not labotel.shared(set(), "empty-set")
+
+    class Plain:
+        pass
+
+    assert labotel.shared(Plain(), "plain")
