@@ -554,6 +554,15 @@ def test_a_failure_inside_the_plugin_is_a_warning_not_a_test_failure(pytester):
     assert "labotel plugin problems" in text
 
 
+def test_a_suite_that_stops_labotel_itself_is_told_race_detection_stopped(pytester):
+    pytester.makepyfile(test_stops="import labotel\n\n\ndef test_stops_labotel():\n"
+                        "    labotel.shutdown()\n\n\ndef test_after():\n    pass\n")
+    result = run(pytester, "--race")
+    result.assert_outcomes(passed=2, warnings=1)
+    assert "race detection: RuntimeError: it was stopped during the session" in \
+        result.stdout.str()
+
+
 def test_a_bad_marker_or_option_says_what_is_wrong(pytester):
     pytester.makepyfile(test_marker='''
         import pytest

@@ -139,6 +139,7 @@ class Checks:
 
             self.race_running = False
             self._guard("stopping race detection", labotel.shutdown)
+        if self._log_filter is not None:
             logging.getLogger("labotel").removeFilter(self._log_filter)
         if self.leaks:
             leaks.uninstall()
@@ -227,6 +228,7 @@ class Checks:
         races.clear()
         if when == "teardown":
             self.current = None
+            self._check_race_detection_runs()
             baseline = item.stash.get(BASELINE, None)
             if baseline is not None:
                 del item.stash[BASELINE]
@@ -240,6 +242,15 @@ class Checks:
                         "'created by' or 'top' function), or @pytest.mark.labotel(leaks=False)"))
         for title, text in failures:
             _fail(report, title, text)
+
+    def _check_race_detection_runs(self) -> None:
+        from labotel.detect import races
+
+        if self.race_running and races.active() is None:
+            self.race_running = False
+            self._problem("race detection", RuntimeError(
+                "it was stopped during the session (labotel.shutdown() in the test suite?); "
+                "--race checked nothing after that"))
 
     # -- the session ---------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
