@@ -59,21 +59,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser,
                                   args: list[str]) -> None:
-    _activate(early_config, early_config.known_args_namespace)
+    _activate(early_config, early_config.known_args_namespace, early=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
-    _activate(config, config.option)  # loaded too late for the early hook (-p in a conftest)
+    # loaded too late for the early hook (pytest_plugins in a conftest file)
+    _activate(config, config.option, early=False)
 
 
-def _activate(config: pytest.Config, options: Any) -> None:
+def _activate(config: pytest.Config, options: Any, early: bool) -> None:
     if config.pluginmanager.has_plugin(CHECKS):
         return
     if not (getattr(options, "labotel_leaks", False) or getattr(options, "labotel_race", False)):
         return
     from labotel.testing.plugin import Checks
 
-    config.pluginmanager.register(Checks(config, options), CHECKS)
+    config.pluginmanager.register(Checks(config, options, early), CHECKS)
 
 

@@ -582,3 +582,11 @@ def test_a_bad_marker_or_option_says_what_is_wrong(pytester):
         bad = run(pytester, "--leaks", option)
         assert bad.ret == pytest.ExitCode.USAGE_ERROR
         assert message in bad.stderr.str()
+
+
+def test_loaded_from_a_conftest_the_plugin_says_race_detection_started_late(pytester):
+    pytester.makeconftest('pytest_plugins = ["labotel.pytest_plugin"]\n')
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    result = run(pytester, "-p", "no:labotel", "--race")
+    result.assert_outcomes(passed=1)
+    assert "started after the conftest files were imported" in result.stdout.str()

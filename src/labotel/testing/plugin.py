@@ -77,8 +77,9 @@ def _grace(option: str, value: Any) -> float:
 
 
 class Checks:
-    def __init__(self, config: pytest.Config, options: Any):
+    def __init__(self, config: pytest.Config, options: Any, early: bool = True):
         self.config = config
+        self.early = early
         self.leaks = bool(getattr(options, "labotel_leaks", False))
         self.race = bool(getattr(options, "labotel_race", False))
         try:
@@ -151,6 +152,9 @@ class Checks:
             lines.append(f"labotel: --leaks (grace {self.grace:g} s{ignoring})")
         if self.race:
             state = "on" if self.race_running else "FAILED TO START"
+            if self.race_running and not self.early:
+                state += (", started after the conftest files were imported: locks they made"
+                          " are invisible to it (load labotel as a plugin, not from a conftest)")
             if race_instrument_supported():
                 scope = f"instrumenting {', '.join(self.instrument) or 'nothing'}"
             else:
