@@ -12,6 +12,11 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class Unavailable(Exception):
+    """Raised by ``Component.start`` when this interpreter cannot run the component safely;
+    the monitor logs the reason once, shows it in ``/admin/monitoring/`` and runs the rest."""
+
+
 class Component:
     """A part of labotel that starts with the monitor and undoes itself on stop.
 

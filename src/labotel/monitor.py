@@ -6,16 +6,19 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import psutil
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from labotel import sdk
-from labotel.component import Component
+from labotel.component import Component, Unavailable, guarded_callback
 from labotel.components import default_components
 from labotel.config import Settings, parse_address
 from labotel.detect.detection import Reporter
+from labotel.footprint import Footprint
 from labotel.runtime import loops, origins
 from labotel.server import admin
 from labotel.server.debug_server import DebugServer, check_exposure
@@ -32,6 +35,7 @@ class Monitor:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.components: list[Component] = []
+        self.unavailable: dict[str, str] = {}  # component name -> why it cannot run here
         self.server: DebugServer | None = None
         self._views: dict[str, list[Callable[[], dict[str, Any]]]] = {}
         self._started_pid = os.getpid()
@@ -44,9 +48,18 @@ class Monitor:
             check_exposure(settings.admin_address, settings.admin_token,
                            settings.admin_allow_insecure)
         self.providers = sdk.build_providers(settings)
+        sdk.watch_exports(self.providers)
         self.meter = self.providers.meter_provider.get_meter(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.tracer = self.providers.tracer_provider.get_tracer(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.reporter = Reporter(self.tracer, self.meter, settings.detection_buffer_size)
+        self.footprint = Footprint()
+        self.footprint.add("reporter", self.reporter.bytes)
+        self.footprint.add("span_queue", lambda: sdk.span_queue_length(self.providers)
+                           * self.reporter.span_bytes)
+        self.meter.create_observable_gauge(
+            "labotel.internal.memory", [guarded_callback(self, "footprint", self._own_memory)],
+            unit="By", description="Memory labotel itself keeps, by part (estimates): race "
+            "shadow state, detections, queued spans")
         self.router = Router(settings.admin_token, on_error=self.reporter.component_failed,
                              max_body_bytes=settings.admin_max_body_bytes)
         admin.add_routes(self)
@@ -58,11 +71,19 @@ class Monitor:
         if settings.admin_address:
             self._start_server()
 
+    def _own_memory(self, _: CallbackOptions):
+        for part, size in self.footprint.breakdown().items():
+            yield Observation(size, {"labotel.component": part})
+
     def _start_component(self, component: Component) -> None:
         try:
             component.start(self)
         except ValueError:
             raise  # a configuration error: the caller must hear about it
+        except Unavailable as reason:
+            log.warning("labotel: %s is off: %s", component.name, reason)
+            self.unavailable[component.name] = str(reason)
+            return
         except Exception:
             self.reporter.component_failed(component.name)
             return
@@ -89,8 +110,10 @@ class Monitor:
                  self.server.url)
 
     def stop(self) -> None:
+        """Undo everything; at most ``shutdown_timeout`` (+ ``sdk.ABORT_GRACE``) in all."""
         if not self.running:
             return
+        deadline = time.monotonic() + self.settings.shutdown_timeout
         self.running = False
         if self.server is not None:
             self.server.stop()
@@ -103,7 +126,14 @@ class Monitor:
         self.components.clear()
         loops.uninstall()
         origins.uninstall()
-        self.providers.shutdown()
+        self.reporter.close()
+        if not self.providers.owns_meter_provider:  # the app's provider lives on: leave it
+            try:
+                sdk.forget_instruments(self.meter, self.providers.meter_provider)
+            except Exception:
+                log.exception("labotel: removing its instruments from the application's "
+                              "MeterProvider failed")
+        self.providers.shutdown(deadline)
 
     def after_fork_in_child(self) -> None:
         """Make a forked child (gunicorn worker, multiprocessing) a process of its own.
@@ -198,6 +228,9 @@ def _parent_listens_on(port: int) -> bool:
         return False
 
 
+# Held for the whole of start() and shutdown(): calls from several threads run one after
+# the other, so the state left is always that of the last call. (Overlapping, an old
+# monitor's stop removed the patches and the port of the one started meanwhile.)
 _lock = threading.RLock()
 _current: Monitor | None = None
 
@@ -226,11 +259,12 @@ def start(**options: Any) -> Monitor:
 
 
 def shutdown() -> None:
+    """Stop the running monitor; waits at most ``shutdown_timeout`` (+0.2 s) for exports."""
     global _current
     with _lock:
         monitor, _current = _current, None
-    if monitor is not None:
-        monitor.stop()
+        if monitor is not None:
+            monitor.stop()
 
 
 def _safe_stop(monitor: Monitor) -> None:
@@ -254,7 +288,7 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.RLock()  # a parent thread may have held it at fork time
-    sdk.release_collection_after_fork()
+    sdk.release_collection_after_fork(in_child=True)
     monitor = _current
     if monitor is None or not monitor.running:
         return

@@ -98,22 +98,24 @@ class PrometheusReader(MetricReader):
         super().__init__(preferred_temporality={
             kind: CUMULATIVE for kind in (Counter, UpDownCounter, Histogram, ObservableCounter,
                                           ObservableUpDownCounter, ObservableGauge)})
-        self._scrape_lock = threading.Lock()
-        self._received: MetricsData | None = None
+        # each scrape's data, handed from collect() to take() on the scraping thread (by
+        # thread ident): no lock of labotel's is held while the SDK runs observable
+        # callbacks (the application's own, on a MeterProvider it owns). Not a
+        # threading.local: freed in a garbage cycle, one can deadlock CPython 3.11
+        # (runtime/thread_frames.py).
+        self._received: dict[int, MetricsData | None] = {}
         self._registry = registry
         self._collector = MetricsCollector(self, scope_labels)
         registry.register(self._collector)
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
                          **kwargs: Any) -> None:
-        self._received = metrics_data
+        self._received[threading.get_ident()] = metrics_data  # from collect(), this thread
 
     def take(self) -> MetricsData | None:
-        """Collect the SDK now and hand back what it produced (one scrape at a time)."""
-        with self._scrape_lock:
-            self.collect()
-            received, self._received = self._received, None
-        return received
+        """Collect the SDK now and hand back what it produced for this scrape."""
+        self.collect()
+        return self._received.pop(threading.get_ident(), None)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         try:

@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.util.types import Attributes
 
+from labotel import exporting
 from labotel.config import Settings
 from labotel.prometheus import is_prometheus_reader, make_prometheus_reader
 
@@ -56,25 +57,29 @@ class Providers:
     prometheus_reader: MetricReader | None = None
     shutdown_timeout: float = 5.0  # seconds shutdown() waits for the final exports
 
-    def shutdown(self) -> None:
+    def shutdown(self, deadline: float | None = None) -> None:
         """Flush and shut down what labotel created; leave the app's providers alone.
 
-        Bounded by ``shutdown_timeout`` in all: an unreachable collector must not hang the
-        app's exit. Each provider is closed on a thread of its own, so both stop taking
-        data at once, and whatever has not finished by the deadline is left behind.
+        Bounded by ``deadline`` (default: ``shutdown_timeout`` from now): an unreachable
+        collector must not hang the app's exit. Each provider is closed on a thread of its
+        own, so both stop taking data at once. At the deadline every exporter still sending
+        is aborted (its own ``shutdown()``: a gRPC channel is closed, cancelling the call in
+        flight; an HTTP request's socket is shut), and the export threads end within
+        ``ABORT_GRACE``.
         """
+        if deadline is None:
+            deadline = time.monotonic() + self.shutdown_timeout
         if self.prometheus_reader is not None:
             try:
                 self.meter_provider.remove_metric_reader(self.prometheus_reader)
             except Exception:
                 log.exception("labotel: removing its Prometheus reader failed")
             self.prometheus_reader = None
-        deadline = time.monotonic() + self.shutdown_timeout
+        owned = [provider for is_owned, provider in (
+            (self.owns_tracer_provider, self.tracer_provider),
+            (self.owns_meter_provider, self.meter_provider)) if is_owned]
         closers = []
-        for owned, provider in ((self.owns_tracer_provider, self.tracer_provider),
-                                (self.owns_meter_provider, self.meter_provider)):
-            if not owned:
-                continue
+        for provider in owned:
             # The SDK's own exit hook would only warn "shutdown can only be called once"
             # after a shutdown left behind at the deadline.
             atexit.unregister(provider.shutdown)
@@ -83,17 +88,34 @@ class Providers:
                                       name=f"labotel-shutdown-{kind}")
             try:
                 closer.start()
-            except RuntimeError:  # interpreter finalizing (atexit, Python 3.12+): inline
+            except RuntimeError:  # interpreter finalizing (atexit, Python 3.12+): no thread
+                # to bound the wait with, so nothing is waited for: drop what is unsent
+                self._abort_exports()
                 _close(provider, deadline)
                 continue
             closers.append((kind, closer))
         for _, closer in closers:
             closer.join(max(0.0, deadline - time.monotonic()))
         stuck = [kind for kind, closer in closers if closer.is_alive()]
-        if stuck:
-            log.warning("labotel: %s did not finish exporting within shutdown_timeout=%gs (is "
-                        "the collector reachable?); not waiting longer, unsent telemetry is "
-                        "dropped", " and ".join(stuck), self.shutdown_timeout)
+        unwatch_exports(self)
+        if not stuck:
+            return
+        self._abort_exports()
+        threads = [closer for _, closer in closers] + _export_threads(self)
+        for thread in threads:
+            thread.join(max(0.0, deadline + ABORT_GRACE - time.monotonic()))
+        left = [thread.name for thread in threads if thread.is_alive()]
+        log.warning("labotel: %s did not finish exporting within shutdown_timeout=%gs (is "
+                    "the collector reachable?); not waiting longer, unsent telemetry is "
+                    "dropped%s", " and ".join(stuck), self.shutdown_timeout,
+                    f"; still running: {', '.join(left)}" if left else "")
+
+    def _abort_exports(self) -> None:
+        for exporter in _owned_exporters(self):
+            exporting.abort(exporter)
+
+
+ABORT_GRACE = 0.15  # seconds the aborted export threads get to end
 
 
 def _close(provider: metrics.MeterProvider | trace.TracerProvider, deadline: float) -> None:
@@ -106,6 +128,35 @@ def _close(provider: metrics.MeterProvider | trace.TracerProvider, deadline: flo
             provider.shutdown()  # type: ignore[union-attr]
     except Exception:
         log.exception("labotel: shutting down %s failed", type(provider).__name__)
+
+
+def forget_instruments(meter: metrics.Meter, meter_provider: metrics.MeterProvider) -> None:
+    """Take labotel's instruments off a MeterProvider the application owns (and keeps).
+
+    The SDK has no way to remove an instrument: without this, every observable callback of
+    a stopped labotel kept being called at each collection and its series kept being
+    exported. So ``meter``'s instruments leave the collection (asynchronous instruments'
+    callbacks) and every reader's storage, and the meter forgets them, so a later
+    ``start()`` registers fresh ones.
+    """
+    instruments = list(getattr(meter, "_instrument_id_instrument", {}).values())
+    if not instruments:
+        return
+    ours = {id(instrument) for instrument in instruments}
+    consumer = getattr(meter_provider, "_measurement_consumer", None)
+    if consumer is not None:
+        with consumer._lock:
+            consumer._async_instruments[:] = [
+                i for i in consumer._async_instruments if id(i) not in ours]
+            storages = list(consumer._reader_storages.values())
+        for storage in storages:
+            with storage._lock:
+                for instrument in instruments:
+                    storage._instrument_view_instrument_matches.pop(instrument, None)
+    with meter._instrument_registration_lock:
+        meter._instrument_id_instrument.clear()
+    with meter._instrument_ids_lock:
+        meter._instrument_ids.clear()
 
 
 def global_meter_provider_set() -> bool:
@@ -155,13 +206,28 @@ def build_providers(settings: Settings) -> Providers:
         resource = resource or build_resource(settings)
         tracer_provider = TracerProvider(resource=resource)
         for exporter in _span_exporters(settings):
-            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+            tracer_provider.add_span_processor(BatchSpanProcessor(
+                exporter, max_queue_size=None if "OTEL_BSP_MAX_QUEUE_SIZE" in os.environ
+                else SPAN_QUEUE_SIZE))
         owns_tracer = True
     providers = Providers(meter_provider, tracer_provider, owns_meter, owns_tracer, resource,
                           prometheus_reader, settings.shutdown_timeout)
     if not (owns_meter and owns_tracer):
         _add_missing_identity(providers)
     return providers
+
+
+# Detection spans queued for a collector (the SDK's default is 2048): with the collector
+# down the queue stays full, so this is labotel's worst case for it.
+SPAN_QUEUE_SIZE = 512
+
+
+def span_queue_length(providers: Providers) -> int:
+    """Spans waiting in labotel's own TracerProvider's batch queues (0 on the app's)."""
+    if not providers.owns_tracer_provider:
+        return 0
+    return sum(len(getattr(getattr(processor, "_batch_processor", None), "_queue", ()))
+               for processor in _span_processors_of(providers.tracer_provider))
 
 
 def _attach_prometheus_reader(meter_provider: metrics.MeterProvider) -> MetricReader | None:
@@ -199,35 +265,79 @@ def process_identity(parent_pid: int | None = None) -> dict[str, object]:
 # Held across fork so no metric collection is half-done in the child (the SDK holds this
 # lock while it runs every observable callback; a copy locked at fork stays locked forever).
 _held_for_fork: list = []
-FORK_QUIESCE_SECONDS = 5.0
-FORK_EXPORT_WAIT_SECONDS = 0.5  # a healthy export takes milliseconds; a stuck one, seconds
+_collection_missed_at_fork: list = []  # the collection lock, when it was busy at fork
+FORK_COLLECTION_WAIT = 0.005  # a collection takes a millisecond or two
 
 
 def hold_collection_for_fork(providers: Providers) -> None:
-    """Before fork: wait for an OTLP export in flight to end, then for a metric collection.
+    """Before fork: hold each push exporter's lock, and the metric-collection lock.
 
     A gRPC call in flight at fork time can leave gRPC's internal locks held in the child,
-    whose exports then never arrive even on a fresh channel. So each exporter's export lock
-    is held across fork when it frees up within ``FORK_EXPORT_WAIT_SECONDS``; an export
-    stuck on an unreachable collector is not waited for longer (the child resets that lock).
+    whose exports then never arrive even on a fresh channel. So an export in flight to a
+    collector that answers is waited for (``exporting.HEALTHY_WAIT``, 0.5 s at most); one
+    to a collector that failed its last export (down, hung, unreachable) is not, so fork
+    stays fast then: the child resets that lock and opens its own channel. The collection
+    lock is waited for a few milliseconds; a collection still running (a slow observable
+    callback of the app) is left to the parent and the child gets a fresh lock.
     """
-    deadline = time.monotonic() + FORK_EXPORT_WAIT_SECONDS
-    for lock in _export_locks(providers):
-        if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+    for exporter, lock in _push_exports(providers):
+        watched = exporting.watch_of(exporter)
+        wait = watched.fork_wait() if watched is not None else exporting.FIRST_WAIT
+        if lock.acquire(timeout=wait) if wait > 0 else lock.acquire(blocking=False):
             _held_for_fork.append(lock)
     consumer = getattr(providers.meter_provider, "_measurement_consumer", None)
     lock = getattr(consumer, "_lock", None)
-    if lock is not None and lock.acquire(timeout=FORK_QUIESCE_SECONDS):
-        _held_for_fork.append(lock)
+    if lock is not None:
+        if lock.acquire(timeout=FORK_COLLECTION_WAIT):
+            _held_for_fork.append(lock)
+        else:
+            _collection_missed_at_fork.append(consumer)
 
 
-def _export_locks(providers: Providers) -> list:
-    """The locks the SDK holds while a push exporter sends (metric readers, span batches)."""
-    locks = [getattr(reader, "_export_lock", None)
-             for reader in _metric_readers_of(providers.meter_provider)]
-    locks += [getattr(getattr(processor, "_batch_processor", None), "_export_lock", None)
-              for processor in _span_processors_of(providers.tracer_provider)]
-    return [lock for lock in locks if lock is not None]
+def _push_exports(providers: Providers) -> list[tuple[object, object]]:
+    """(exporter, the lock the SDK holds while it sends) of every push exporter."""
+    exports = [(getattr(reader, "_exporter", None), getattr(reader, "_export_lock", None))
+               for reader in _metric_readers_of(providers.meter_provider)]
+    for processor in _span_processors_of(providers.tracer_provider):
+        batch = getattr(processor, "_batch_processor", None)
+        exports.append((getattr(batch, "_exporter", None), getattr(batch, "_export_lock", None)))
+    return [(exporter, lock) for exporter, lock in exports
+            if exporter is not None and lock is not None]
+
+
+def watch_exports(providers: Providers) -> None:
+    """Record the health of every push exporter (see ``exporting.ExportWatch``)."""
+    for exporter, _ in _push_exports(providers):
+        exporting.watch(exporter)
+
+
+def unwatch_exports(providers: Providers) -> None:
+    for exporter, _ in _push_exports(providers):
+        exporting.unwatch(exporter)
+
+
+def _owned_exporters(providers: Providers) -> list[object]:
+    """The push exporters of labotel's own providers."""
+    exporters = []
+    if providers.owns_meter_provider:
+        exporters += [getattr(reader, "_exporter", None)
+                      for reader in _metric_readers_of(providers.meter_provider)]
+    if providers.owns_tracer_provider:
+        exporters += [getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
+                      for processor in _span_processors_of(providers.tracer_provider)]
+    return [exporter for exporter in exporters if exporter is not None]
+
+
+def _export_threads(providers: Providers) -> list[threading.Thread]:
+    """The SDK's export threads in labotel's own providers."""
+    threads = []
+    if providers.owns_meter_provider:
+        threads += [getattr(reader, "_daemon_thread", None)
+                    for reader in _metric_readers_of(providers.meter_provider)]
+    if providers.owns_tracer_provider:
+        threads += [getattr(getattr(processor, "_batch_processor", None), "_worker_thread", None)
+                    for processor in _span_processors_of(providers.tracer_provider)]
+    return [thread for thread in threads if isinstance(thread, threading.Thread)]
 
 
 def _metric_readers_of(meter_provider: metrics.MeterProvider) -> list:
@@ -241,9 +351,13 @@ def _span_processors_of(tracer_provider: trace.TracerProvider) -> tuple:
     return tuple(getattr(active, "_span_processors", ()))
 
 
-def release_collection_after_fork() -> None:
+def release_collection_after_fork(in_child: bool = False) -> None:
     while _held_for_fork:
         _held_for_fork.pop().release()
+    while _collection_missed_at_fork:
+        consumer = _collection_missed_at_fork.pop()
+        if in_child:  # the parent's collection holds the copy of the lock: a fresh one
+            consumer._lock = threading.Lock()
 
 
 def _reset_readers(meter_provider: metrics.MeterProvider) -> None:
@@ -414,9 +528,11 @@ def _otlp_exporter(settings: Settings, signal: str):
         else:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         cls = OTLPMetricExporter if signal == "metrics" else OTLPSpanExporter
-        if endpoint:
-            return cls(endpoint=endpoint.rstrip("/") + f"/v1/{signal}")
-        return cls()
+        session = exporting.abortable_session()  # so shutdown can end a request now
+        exporter = (cls(endpoint=endpoint.rstrip("/") + f"/v1/{signal}", session=session)
+                    if endpoint else cls(session=session))
+        exporter._labotel_session = session
+        return exporter
     if signal == "metrics":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         cls = OTLPMetricExporter

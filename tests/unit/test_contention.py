@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 import labotel
-from labotel.hooks.primitives import InstrumentedLock
+from labotel.hooks.primitives import instrumented
 from labotel.profile import contention
 from tests.unit.test_pprof_support import decode, get
 
@@ -85,7 +85,7 @@ def contended_program(lock, waiting_threads: int = 2) -> None:
 
     def others_wait() -> None:
         holding.set()
-        if isinstance(lock, InstrumentedLock):
+        if instrumented(lock):
             wait_until(lambda: waiters(lock) == waiting_threads)
         else:  # a plain lock tells nothing: give them time
             time.sleep(0.1)
@@ -434,7 +434,7 @@ def contend_on_the_early_lock() -> None:
 def test_module_level_locks_made_before_start_follow_the_adoption_rules(adopt):
     monitor = start(race_adopt_locks=adopt)
     try:
-        assert isinstance(_EARLY_LOCK, InstrumentedLock) == adopt
+        assert instrumented(_EARLY_LOCK) == adopt
         contend_on_the_early_lock()
         profiler = monitor.component("profile.contention")
         seen = bool(waits_in(profiler, "mutex", "hold_lock"))

@@ -378,8 +378,7 @@ def test_instrumented_rlock_keeps_the_rlock_api():
         with rlock:
             with rlock:
                 assert rlock._is_owned()  # noqa: SLF001
-                if sys.version_info >= (3, 11):  # RLock._recursion_count() came in 3.11
-                    assert rlock._recursion_count() == 2  # noqa: SLF001
+                assert rlock._recursion_count() == 2  # noqa: SLF001
         cond = threading.Condition(rlock)
         with cond:
             assert not cond.wait(0.01)

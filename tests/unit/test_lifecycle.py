@@ -99,7 +99,8 @@ def test_existing_global_providers_are_reused_not_replaced():
 def test_shutdown_with_a_hung_collector_is_bounded(monkeypatch, caplog, protocol):
     """The collector accepts connections and never answers: every export waits out the
     exporter's own timeout (3 s here, 10 s by default). shutdown() gives up at
-    shutdown_timeout and says why."""
+    shutdown_timeout, says why, and ends the exports still running: no export thread is
+    left behind (four were, until their own timeouts: issue 11, item 8)."""
     with socket.socket() as hung:
         hung.bind(("127.0.0.1", 0))
         hung.listen(16)  # the kernel completes the connections; nobody reads them
@@ -108,8 +109,10 @@ def test_shutdown_with_a_hung_collector_is_bounded(monkeypatch, caplog, protocol
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3")  # seconds
-        monitor = labotel.start(admin_address="", shutdown_timeout=1.0)
+        monitor = labotel.start(admin_address="", shutdown_timeout=1.0,
+                                metric_export_interval=0.2)
         monitor.reporter.report(Detection(kind="memory_leak", summary="a span to export"))
+        time.sleep(0.5)  # a metric export is in flight too
         began = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="labotel"):
             labotel.shutdown()
@@ -117,8 +120,9 @@ def test_shutdown_with_a_hung_collector_is_bounded(monkeypatch, caplog, protocol
         assert time.monotonic() - began < 2.5
         assert "shutdown_timeout=1s" in caplog.text and "collector reachable" in caplog.text
         assert labotel.monitor.current() is None
-        left_behind = [t for t in threading.enumerate() if t.name.startswith("labotel-shutdown")]
-        assert left_behind  # still exporting; they give up at the exporter's timeout
-        for thread in left_behind:
-            thread.join(15)
-            assert not thread.is_alive()
+        # aborted, they end now (on a loaded machine, maybe just after shutdown returned),
+        # not at the exporter's 3 s timeout
+        for thread in threading.enumerate():
+            if thread.name.startswith(("labotel", "Otel")):
+                thread.join(1.0)
+                assert not thread.is_alive(), thread.name

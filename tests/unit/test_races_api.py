@@ -19,6 +19,7 @@ from threading import Lock as ImportedLock  # bound by name before any start()
 import pytest
 
 import labotel
+from labotel.compat import python
 from labotel.config import Settings
 from labotel.detect import races, vectorclock
 from labotel.hooks.primitives import InstrumentedLock
@@ -26,12 +27,14 @@ from labotel.runtime import origins
 from tests.unit.race_support import races_on, run_all, spawn, start_detector, wait_until
 
 _MODULE_LOCK = threading.Lock()  # created at import time, before any start()
+# what the import above bound: _thread.allocate_lock, or from 3.13 the lock type itself
+_ORIGINAL_LOCK_FACTORY = ImportedLock
 
 
 def test_lock_factory_imported_by_name_is_rebound():
     start_detector()
     lock = ImportedLock()
-    assert isinstance(lock, InstrumentedLock)
+    assert type(lock) is InstrumentedLock
 
     def bump():
         with lock:
@@ -40,7 +43,9 @@ def test_lock_factory_imported_by_name_is_rebound():
     run_all(bump, bump)
     assert not races_on("imported-lock")
     labotel.shutdown()
-    assert ImportedLock is _thread.allocate_lock
+    assert ImportedLock is _ORIGINAL_LOCK_FACTORY
+    assert ImportedLock is (python.PLAIN_LOCK_TYPE if python.LOCK_IS_A_TYPE
+                            else _thread.allocate_lock)
 
 
 def bump_under_module_lock() -> None:
@@ -54,7 +59,7 @@ def test_module_level_lock_created_before_start(adopt):
     run_all(bump_under_module_lock, bump_under_module_lock)
     if adopt:
         assert not races_on("module-locked")
-        assert isinstance(_MODULE_LOCK, InstrumentedLock)
+        assert type(_MODULE_LOCK) is InstrumentedLock
     else:  # invisible to the detector: the correctly locked program looks racy
         assert races_on("module-locked")
     labotel.shutdown()
@@ -376,3 +381,50 @@ def test_truth_of_a_shared_container_is_the_container_s_and_a_read():
         pass
 
     assert labotel.shared(Plain(), "plain")
+
+
+def test_a_finalizer_run_by_gc_inside_the_detector_does_not_deadlock():
+    """The GC runs finalizers on whichever thread allocates, also while it holds one of the
+    detector's raw locks; one that synchronises (a gRPC channel's __del__ takes a Condition)
+    hung the whole process there (seen in the suite on 3.13; this program hung on 3.11,
+    3.12 and 3.13 alike)."""
+    script = textwrap.dedent("""
+        import gc, threading, labotel
+        monitor = labotel.start(race_detection=True, admin_address="",
+                                runtime_metrics=False, leak_detection=False)
+        detector = monitor.component("detect.races").detector
+        event, cond = threading.Event(), threading.Condition()
+
+        class Finalized:
+            def __init__(self):
+                self.cycle = self  # only the cyclic GC frees it, at any allocation
+            def __del__(self):
+                event.set()
+                with cond:
+                    labotel.record_access("in-finalizer", write=True)
+                labotel.happens_before("finalizer-token")
+
+        def work():
+            for i in range(2000):
+                Finalized()
+                event.set()
+                event.wait()
+                labotel.happens_before("token")
+                labotel.happens_after("token")
+                labotel.record_access("resource", write=True)
+                if i % 100 == 0:
+                    detector.stats()
+
+        gc.set_threshold(1, 1, 1)
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        gc.set_threshold(700, 10, 10)
+        labotel.shutdown()
+        print("finished")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "finished" in result.stdout, result.stderr[-2000:]

@@ -6,6 +6,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from labotel.detect import detection
 from labotel.detect.detection import Detection, Reporter, Stack
 
 
@@ -110,3 +111,46 @@ def test_a_broken_exporter_never_reaches_the_caller():
     assert reporter.report(race()) is False
     assert counter_values(reader, "labotel.internal.errors") == {
         (("labotel.component", "reporter"),): 1}
+
+
+def test_a_storm_of_new_detections_is_counted_but_only_a_budget_becomes_spans(caplog):
+    """~400 new races a second became as many spans and log records, queued for a collector
+    that was down (issue 11, item 2): now each kind gets REPORT_RATE a second."""
+    reporter, spans, reader = make_reporter()
+    with caplog.at_level(logging.WARNING, logger="labotel"):
+        for n in range(400):
+            reporter.report(race(f"app.py:{n}"))
+        leak = Detection(kind="memory_leak", summary="leak", fingerprint=("site",))
+        assert reporter.report(leak) is True  # another kind's budget is its own
+    reported = len(spans.get_finished_spans())
+    assert detection.REPORT_BURST <= reported <= detection.REPORT_BURST + 5
+    assert counter_values(reader, "labotel.detections")[
+        (("labotel.detection.kind", "race_condition"),)] == 400
+    stats = reporter.stats()
+    assert stats["suppressed_by_kind"]["race_condition"] == 400 - (reported - 1)
+    alerts = [r for r in caplog.records if "RACE CONDITION" in r.getMessage()]
+    summaries = [r for r in caplog.records if "report budget" in r.getMessage()]
+    assert len(alerts) == reported - 1 and len(summaries) == 1
+    # a suppressed one is still known: its repeats are counted, not reported
+    assert reporter.report(race("app.py:399")) is False
+    assert len(reporter.detections("race_condition")) == reported - 1
+
+
+def test_what_the_reporter_keeps_is_bounded_in_bytes():
+    reporter, spans, _ = make_reporter(buffer_size=10_000)
+    huge = "x" * (1 << 20)
+    for n in range(60):
+        reporter.report(Detection(kind=detection.KINDS[n % 4], summary=huge, message=huge,
+                                  attributes={"labotel.race.resource": huge,
+                                              "labotel.leak.sites": [huge] * 100},
+                                  fingerprint=(str(n),)))
+    kept = reporter.detections()
+    assert all(len(d.message) < 20_000 and len(d.summary) < 2000 for d in kept)
+    assert all(len(d.attributes["labotel.leak.sites"]) <= detection.MAX_LIST_ITEMS
+               for d in kept)
+    assert reporter.bytes() < 2 * (detection.BUFFER_BYTES + detection.FINGERPRINT_BYTES)
+    for span in spans.get_finished_spans():
+        for value in span.attributes.values():
+            items = list(value) if isinstance(value, tuple) else [value]
+            assert len(items) <= detection.MAX_LIST_ITEMS
+            assert all(len(str(item)) < 2000 for item in items)

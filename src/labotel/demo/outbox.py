@@ -63,7 +63,7 @@ class OutboxRelay:
                 await self._publish(event)
             try:
                 await asyncio.wait_for(self._stop.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _publish(self, event: dict) -> None:

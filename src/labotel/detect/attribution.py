@@ -1,69 +1,75 @@
-"""Name what grows: tracemalloc for a bounded time, plus object counts by type.
+"""Name what grows, within a budget: the containers that keep growing, and the lines that
+allocate what goes into them.
 
-Only the memory-leak detector uses this, and only while a leak is suspected: tracemalloc
-makes every allocation several times slower, so it runs for ``leak_attribution_seconds``
-and is then stopped again. It is taken as a lease from ``profile.heap``, which the heap
-profiler shares: a tracer that was already running (heap profiling, a ``?seconds=``
-request, the application itself) is left on, and nobody stops it under the other's feet.
+Only the memory-leak detector uses this, only while a leak is suspected, and it must not
+slow the application much even then. On a thread of its own, for
+``leak_attribution_seconds``:
 
-A snapshot taken at one instant also holds whatever short-lived objects happen to be
-alive (a request being built, a batch being parsed). So the traced size of every
-allocation site is observed at each sample during attribution, and only sites whose size
-rose steadily across those observations are named.
+1. the containers are found by walking out from the application's roots
+   (``detect.census``: no heap walk, paced to ``WALK_SHARE`` of the time);
+2. every ``PERIOD`` (1 s) a *burst* of tracing (tracemalloc on for ``BURST_SECONDS``,
+   0.05 s, then off again: it makes allocation-heavy code about three times slower while
+   on, so on for a twentieth of the time costs the application about 3% of any second) ends
+   with an observation: each container's length, and for those that grew, where their
+   newest items (and the objects those hold) were allocated
+   (``tracemalloc.get_object_traceback``);
+3. at the end, the containers that grew at every observation are named with the lines
+   that allocated their new items, their item types, and how they are held.
+
+tracemalloc is taken as a lease from ``profile.heap``, which the heap profiler shares: a
+tracer that was already running (heap profiling, a ``?seconds=`` request, the application
+itself) is left on, and then every item's allocation is known, not only the bursts'.
+
+No snapshot of all traces is taken (with a million traces that alone held the GIL for a
+third of a second), and nothing is collected by ``gc.collect()`` here.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import gc
 import linecache
-import operator
-import os
+import logging
+import sys
+import threading
 import time
 import tracemalloc
 from collections import Counter
 from typing import Any
 
-from labotel.detect.census import (
-    Census,
-    GrowingContainer,
-    count_types,
-    growing_containers,
-    take_census,
-    type_name,
-)
+from labotel.budget import Pacer, Stopped
+from labotel.detect import census as census_module
+from labotel.detect.census import Census, GrowingContainer, instance_dict, newest_items
 from labotel.detect.detection import Stack
 from labotel.detect.frames import application_frame
 from labotel.profile import heap as tracer
-from labotel.runtime.origins import APPLICATION_DIRS
+
+log = logging.getLogger("labotel")
 
 FRAMES = 10  # deep enough to walk out of stdlib helpers to the application line
 TOP_SITES = 5
 TOP_TYPES = 8
-
-_OWN_DIRS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
-             os.path.dirname(tracemalloc.__file__) + os.sep + "tracemalloc.py")
-MIN_TYPE_SHARE = 0.05  # likewise for object types, relative to the type that grew most
-MIN_TYPE_GROWTH = 50  # objects: fewer is bookkeeping, not a leak
-_SIZE = operator.itemgetter(1)
-OBSERVATIONS = 4  # snapshots spread over the attribution time
-MIN_SITE_SHARE = 0.02  # sites below 2% of the steady growth are noise, not the leak
-MAX_FALLS = 0  # observations where a leaking site's size may fall
-MIN_RISE_SHARE = 0.5  # share of observations where it must rise
+BURST_SECONDS = 0.05  # tracemalloc on, per burst...
+PERIOD = 1.0  # ...once a second: on 5% of the time
+MIN_OBSERVATIONS = 3  # a container must rise through these to be named
+WALK_SHARE = 0.1  # of the time the container walk may take...
+WALK_TIME_SHARE = 0.25  # ...for at most this share of the attribution (it then watches
+MIN_WALK_SECONDS = 2.0  # the containers found so far: threads and the app's modules first)
+GROWN_LOOKED_AT = 5  # containers (the fastest growing) whose new items are traced back
+CONTENTS_LOOKED_AT = 8  # objects inside an item also traced back (a dict's values)
+MIN_SITE_SHARE = 0.02  # sites below 2% of the named growth are noise
 
 
 @dataclasses.dataclass
 class SiteGrowth:
-    """Traced memory at one application line: its size, or how much it grew."""
+    """Memory kept by the items one application line allocated into growing containers."""
 
     site: str  # file:line
-    size: int  # bytes
-    count: int  # blocks
+    size: int  # bytes (estimated from the items' sizes)
+    count: int  # items
     frames: tuple[tuple[str, int, str], ...]  # innermost first; "function" is the source line
 
     def describe(self) -> str:
-        return f"{self.site} +{format_bytes(self.size)} in {self.count} blocks"
+        return f"{self.site} +{format_bytes(self.size)} in {self.count} items"
 
     def stack(self) -> Stack:
         return Stack(name=f"+{format_bytes(self.size)} allocated at {self.site}",
@@ -73,180 +79,269 @@ class SiteGrowth:
 @dataclasses.dataclass
 class AttributionResult:
     seconds: float
-    traced_growth: int  # bytes the steadily growing sites gained
+    traced_growth: int  # bytes the named sites' items account for (estimated)
     sites: list[SiteGrowth]
     types: list[tuple[str, int]]  # (type name, count growth), biggest first
     containers: list[GrowingContainer]
     observations: int
     started_tracemalloc: bool
+    walk: dict[str, Any] = dataclasses.field(default_factory=dict)
+    traced_seconds: float = 0.0  # tracemalloc was on this long, in bursts
 
     def as_dict(self) -> dict[str, Any]:
         return {"seconds": round(self.seconds, 3), "traced_growth_bytes": self.traced_growth,
                 "observations": self.observations,
-                "sites": [{"site": s.site, "size_bytes": s.size, "blocks": s.count,
+                "sites": [{"site": s.site, "size_bytes": s.size, "items": s.count,
                            "traceback": [f"{f}:{ln}  {src}" for f, ln, src in s.frames]}
                           for s in self.sites],
                 "types": [{"type": name, "count_growth": n} for name, n in self.types],
                 "containers": [c.describe() for c in self.containers],
-                "started_tracemalloc": self.started_tracemalloc}
+                "started_tracemalloc": self.started_tracemalloc,
+                "traced_seconds": round(self.traced_seconds, 3), "walk": self.walk}
+
+
+class _Tally:
+    """Where the new items of one growing container were allocated."""
+
+    def __init__(self) -> None:
+        self.sites: Counter[str] = Counter()
+        self.frames: dict[str, tuple[tuple[str, int, str], ...]] = {}
+        self.sampled = 0  # items looked at
+        self.item_bytes = 0  # their estimated sizes
 
 
 class Attribution:
-    """One bounded tracemalloc session: ``begin()``, ``observe()`` at every sample, then
-    ``finish()`` (or ``abandon()``)."""
+    """One bounded attribution: ``begin()``, then ``done()`` is polled, then ``finish()``
+    (or ``abandon()``)."""
 
     def __init__(self, seconds: float, frames: int = FRAMES):
         self.seconds = seconds
         self.frames = frames
-        self._last_observed = 0.0
         self.started_tracemalloc = False
-        self._leased = False
         self.began = 0.0
-        self._observed: list[dict[str, SiteGrowth]] = []
-        self._types: list[Counter[type]] = []
+        self.observations = 0
+        self.traced_seconds = 0.0
         self._census: Census | None = None
+        self._walking: census_module.Walk | None = None
+        self._walk: dict[str, Any] = {}
+        self._tallies: dict[int, _Tally] = {}
+        self._stop = threading.Event()
+        self._leased = False
+        self._lease_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()  # set while no burst of labotel's is tracing
+        self._idle.set()
+        self.failed = False
 
     def begin(self, now: float | None = None) -> None:
-        """Start tracing; ``now`` is the sample time the attribution is counted from."""
-        self._census = take_census()  # before tracing: it would be traced itself
-        self.started_tracemalloc = not tracemalloc.is_tracing()
-        tracer.acquire(self.frames)
-        self._leased = True
+        """Start the attribution thread; ``now`` is the sample time it is counted from."""
         self.began = time.monotonic() if now is None else now
-        self._observed, self._types = [], []
-        if not self.started_tracemalloc:  # already tracing: now is a real baseline
-            self.observe()
+        self.started_tracemalloc = not tracemalloc.is_tracing()
+        self._thread = threading.Thread(target=self._run, name="labotel-attribution",
+                                        daemon=True)
+        self._thread.start()
 
     def done(self, now: float) -> bool:
-        """Time is up and there are enough observations to tell a ramp from noise."""
-        return now - self.began >= self.seconds and len(self._observed) >= 2
+        """Time is up and there were enough observations (or the thread gave up)."""
+        if self.failed:
+            return True
+        return now - self.began >= self.seconds and self.observations >= MIN_OBSERVATIONS
 
-    def due(self, now: float) -> bool:
-        """Observations are spread over the attribution time, whatever the sample rate."""
-        return now - self._last_observed >= self.seconds / OBSERVATIONS * 0.9
-
-    def observe(self) -> None:
-        """One observation of every site's traced size and of object counts by type."""
-        self._last_observed = time.monotonic()
-        if gc.isenabled():
-            gc.collect()  # uncollected cycles pile up between collections: not a leak
-        self._types.append(count_types())  # before the snapshot: its objects stay out
-        if self._census is not None:
-            self._census.observe()
-        if tracemalloc.is_tracing():
-            self._observed.append(site_sizes(tracemalloc.take_snapshot()))
-
-    def finish(self) -> AttributionResult:
-        """Name what grew steadily, and stop tracemalloc if nobody else needs it."""
-        census = self._census
+    # -- the attribution thread ----------------------------------------------------------
+    def _run(self) -> None:
         try:
-            self.observe()
+            pacer = Pacer(WALK_SHARE, stop=self._stop,
+                          seconds=max(MIN_WALK_SECONDS, self.seconds * WALK_TIME_SHARE))
+            self._walking = census_module.Walk()
+            census = census_module.take_census(pacer, walk=self._walking)
+            self._walk = {**census.as_dict(), "seconds_of_work": round(pacer.worked, 3)}
+            self._census = census
+            self._walking = None
+            while not self._stop.is_set():
+                self._burst()
+                if self._stop.wait(max(0.0, PERIOD - BURST_SECONDS)):
+                    break
+        except Stopped:
+            pass
+        except Exception:
+            self.failed = True
+            log.debug("labotel: leak attribution failed", exc_info=True)
         finally:
-            self._census = None
-            self.abandon()
-        sites = steady_sites(self._observed)
-        traced = sum(site.size for site in sites)
-        sites = [site for site in sites if site.size >= traced * MIN_SITE_SHARE]
-        types: list[tuple[str, int]] = []
+            self._walking = None
+            self._release()
+
+    def _burst(self) -> None:
+        self._idle.clear()
+        self._lease()
+        began = time.monotonic()
+        try:
+            if self._stop.wait(BURST_SECONDS):
+                return
+            self._observe()
+        finally:
+            self._release()
+            self._idle.set()
+            self.traced_seconds += time.monotonic() - began
+
+    def bytes(self) -> int:
+        """labotel's own memory here: the walk's working set while it runs, then the
+        census records and the tallies."""
+        walking, census = self._walking, self._census
+        return ((walking.bytes() if walking is not None else 0)
+                + (census.bytes() if census is not None else 0)
+                + 300 * sum(len(t.sites) for t in list(self._tallies.values())))
+
+    def wait_idle(self, timeout: float) -> None:
+        """Wait for the burst in progress to end: memory samples are taken between bursts,
+        so tracemalloc's tables (freed when a burst ends) never show as growth."""
+        self._idle.wait(timeout)
+
+    def _observe(self) -> None:
+        census = self._census
+        if census is None:
+            return
+        before = [found.sizes[-1] for found in census.containers]
+        census.observe()
+        self.observations += 1
+        grown = sorted(((found.sizes[-1] - size, found) for size, found
+                        in zip(before, census.containers, strict=False)
+                        if found.sizes[-1] > size), key=lambda pair: pair[0], reverse=True)
+        for growth, found in grown[:GROWN_LOOKED_AT]:
+            tally = self._tallies.setdefault(id(found.container), _Tally())
+            for item in newest_items(found.container, min(growth, census_module.ITEM_SAMPLE)):
+                tally.sampled += 1
+                tally.item_bytes += approximate_size(item)
+                site, frames = allocation_site(item)
+                if site is not None:
+                    tally.sites[site] += 1
+                    tally.frames.setdefault(site, frames)
+
+    def _lease(self) -> None:
+        with self._lease_lock:
+            if not self._leased and not self._stop.is_set():
+                tracer.acquire(self.frames)
+                self._leased = True
+
+    def _release(self) -> None:
+        with self._lease_lock:
+            if self._leased:
+                self._leased = False
+                tracer.release()
+        self._idle.set()
+
+    # -- the detector's side ------------------------------------------------------------
+    def finish(self) -> AttributionResult:
+        """Name what grew steadily; tracemalloc is off again unless someone else needs it."""
+        self._end()
+        census = self._census
+        self._census = None
         containers: list[GrowingContainer] = []
-        types = steady_types(self._types)[:TOP_TYPES]
-        if types:  # drop the bookkeeping noise next to what really grew
-            types = [(name, n) for name, n in types
-                     if n >= max(types[0][1] * MIN_TYPE_SHARE, MIN_TYPE_GROWTH)]
+        sites: dict[str, SiteGrowth] = {}
+        types: Counter[str] = Counter()
         if census is not None:
-            containers = growing_containers(census)
+            for growth, found in census_module.growing_containers(census, limit=10):
+                described = census_module.describe_growing(growth, found)
+                if len(containers) < 3:
+                    containers.append(described)
+                sampled = sum(n for _, n in described.items) or 1
+                for name, n in described.items:
+                    types[name] += growth * n // sampled
+                tally = self._tallies.get(id(found.container))
+                if tally is None or not tally.sampled:
+                    continue
+                item_size = tally.item_bytes / tally.sampled
+                traced = sum(tally.sites.values()) or 1
+                for site, n in tally.sites.items():
+                    share = n / traced
+                    entry = sites.setdefault(site, SiteGrowth(site, 0, 0, tally.frames[site]))
+                    entry.size += int(growth * share * item_size)
+                    entry.count += int(growth * share)
             census.release()
-        known = {name for name, _ in types}
-        for container in containers:  # untracked items (str, bytes, simple dicts) show here
-            sampled = sum(n for _, n in container.items) or 1
-            types += [(name, container.growth * n // sampled) for name, n in container.items
-                      if name not in known]
-            known.update(name for name, _ in container.items)
-        observations = len(self._observed)
-        self._observed, self._types = [], []
+        ranked = sorted(sites.values(), key=lambda s: s.size, reverse=True)
+        total = sum(site.size for site in ranked)
+        ranked = [site for site in ranked if site.size >= total * MIN_SITE_SHARE]
+        self._tallies = {}
         return AttributionResult(
-            seconds=time.monotonic() - self.began, traced_growth=traced,
-            sites=sites[:TOP_SITES], types=types, containers=containers,
-            observations=observations, started_tracemalloc=self.started_tracemalloc)
+            seconds=time.monotonic() - self.began, traced_growth=sum(s.size for s in ranked),
+            sites=ranked[:TOP_SITES], types=types.most_common(TOP_TYPES),
+            containers=containers, observations=self.observations,
+            started_tracemalloc=self.started_tracemalloc, walk=self._walk,
+            traced_seconds=self.traced_seconds)
+
+    def _end(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+        self._release()
 
     def abandon(self) -> None:
-        """Return the lease: tracemalloc stops (freeing every trace) if nobody else holds it."""
+        """Stop now; tracemalloc stops (freeing every trace) if nobody else holds it."""
+        self._end()
         if self._census is not None:
             self._census.release()  # do not keep the containers alive
             self._census = None
-        if self._leased:
-            self._leased = False
-            tracer.release()
+        self._tallies = {}
 
     def forget(self) -> None:
-        """In a forked child: the profiler already reset the leases; just let go."""
+        """In a forked child: the thread stayed in the parent and the profiler already
+        reset the leases; just let go."""
+        self._stop.set()
         self._leased = False
         self._census = None
-        self._observed, self._types = [], []
+        self._tallies = {}
 
 
-def site_sizes(snapshot: tracemalloc.Snapshot) -> dict[str, SiteGrowth]:
-    """Traced size per application line (several tracebacks can end at one line)."""
-    # Sum by raw traceback first: one tight loop over the traces, where the public
-    # Snapshot.statistics() builds objects per trace and costs several times more.
-    # Group raw traces by traceback with no allocation per trace: while tracemalloc runs,
-    # every new object (even an int above 256) costs a traceback capture.
-    by_traceback: collections.defaultdict[tuple, list] = collections.defaultdict(list)
-    for trace in snapshot.traces._traces:  # (domain, size, traceback, total frames)
-        by_traceback[trace[2]].append(trace)
-    by_site: dict[str, SiteGrowth] = {}
-    biggest: dict[str, int] = {}
-    for traceback, traces in by_traceback.items():
-        size, count = sum(map(_SIZE, traces)), len(traces)
-        # tracemalloc stores frames innermost first
-        if any(filename.startswith(_OWN_DIRS) and not filename.startswith(APPLICATION_DIRS)
-               for filename, _ in traceback):
-            continue  # labotel's own allocations (this sampler, the census) are not the app's
-        frames = tuple((filename, lineno, "") for filename, lineno in traceback)
+# -- what an item is, and where it was allocated ------------------------------------------
+_SMALL = (str, bytes, bytearray, int, float)
+
+
+def _contents(item: Any) -> list[Any]:
+    """Objects an item holds (one level), read through built-in methods only."""
+    kind = type(item)
+    if issubclass(kind, dict):
+        return newest_items(item, CONTENTS_LOOKED_AT)
+    if issubclass(kind, (list, tuple)):
+        return newest_items(item, CONTENTS_LOOKED_AT)
+    if issubclass(kind, _SMALL):
+        return []
+    namespace = instance_dict(item)
+    return list(dict.values(namespace))[:CONTENTS_LOOKED_AT] if namespace else []
+
+
+def allocation_site(item: Any) -> tuple[str | None, tuple[tuple[str, int, str], ...]]:
+    """The application line that allocated ``item`` (or, if it came from a free list or
+    was allocated while nothing traced, the objects it holds), by majority."""
+    votes: Counter[str] = Counter()
+    frames_of: dict[str, tuple[tuple[str, int, str], ...]] = {}
+    for obj in [item, *_contents(item)]:
+        traceback = tracemalloc.get_object_traceback(obj)
+        if not traceback:
+            continue
+        frames = tuple((frame.filename, frame.lineno, "") for frame in reversed(traceback))
         index = application_frame(frames)
         site = f"{frames[index][0]}:{frames[index][1]}"
-        entry = by_site.get(site)
-        if entry is None:
-            entry = by_site[site] = SiteGrowth(site, 0, 0, ())
-        entry.size += size
-        entry.count += count
-        if size > biggest.get(site, 0):  # show the traceback that holds the most
-            biggest[site] = size
-            entry.frames = tuple((f, ln, _source(f, ln)) for f, ln, _ in
-                                 frames[index:index + 6])
-    return by_site
+        votes[site] += 1
+        frames_of.setdefault(site, tuple((f, ln, _source(f, ln))
+                                         for f, ln, _ in frames[index:index + 6]))
+    if not votes:
+        return None, ()
+    site = votes.most_common(1)[0][0]
+    return site, frames_of[site]
 
 
-def steady(sizes: list[int]) -> bool:
-    """Never fell, mostly rose, and ended higher than it began."""
-    steps = [b - a for a, b in zip(sizes, sizes[1:], strict=False)]
-    return (len(steps) >= 1 and sizes[-1] > sizes[0]
-            and sum(step < 0 for step in steps) <= MAX_FALLS
-            and sum(step > 0 for step in steps) >= MIN_RISE_SHARE * len(steps))
+def approximate_size(item: Any) -> int:
+    """Bytes an item keeps, itself and one level of what it holds (built-in types only)."""
+    size = _own_size(item)
+    return size + sum(_own_size(obj) for obj in _contents(item))
 
 
-def steady_sites(observed: list[dict[str, SiteGrowth]]) -> list[SiteGrowth]:
-    """Sites whose traced size rose steadily across the observations, by growth."""
-    if len(observed) < 2:
-        return []
-    first, last = observed[0], observed[-1]
-    grown = []
-    for site, now in last.items():
-        if steady([o[site].size if site in o else 0 for o in observed]):
-            before = first.get(site)
-            grown.append(SiteGrowth(site, now.size - (before.size if before else 0),
-                                    now.count - (before.count if before else 0), now.frames))
-    return sorted(grown, key=lambda s: s.size, reverse=True)
+_SIZED = frozenset({str, bytes, bytearray, int, float, tuple, list, dict, set, frozenset})
 
 
-def steady_types(counts: list[Counter[type]]) -> list[tuple[str, int]]:
-    """Object types whose count rose steadily, by growth."""
-    if len(counts) < 2:
-        return []
-    grown = [(type_name(kind), n - counts[0].get(kind, 0)) for kind, n in counts[-1].items()
-             if steady([c.get(kind, 0) for c in counts])]
-    return sorted(((name, n) for name, n in grown if not name.startswith("labotel.")),
-                  key=lambda pair: pair[1], reverse=True)
+def _own_size(obj: Any) -> int:
+    # sys.getsizeof only where __sizeof__ is the built-in one
+    return sys.getsizeof(obj) if type(obj) in _SIZED else 64
 
 
 def _source(filename: str, lineno: int) -> str:

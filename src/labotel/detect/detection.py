@@ -4,6 +4,15 @@ A detection becomes: a span ``labotel.<kind>`` (attributes + one event per stack
 increment of ``labotel.detections{labotel.detection.kind}``, one WARNING log record with
 readable alert text, and an entry in a bounded ring buffer. Identical detections (same
 kind and fingerprint) are kept as one entry whose ``count`` grows.
+
+A storm of new detections (hundreds of new races a second) must not become hundreds of
+spans and log records a second, queued for a collector that may be down: each kind has a
+budget of ``REPORT_RATE`` full reports a second (bursts of ``REPORT_BURST``). Past it a
+detection is *suppressed*: still counted in ``labotel.detections`` and remembered by
+fingerprint (repeats are counted), but without span, log record or buffer entry; a log
+line says how many every ``SUPPRESSED_LOG_EVERY`` seconds. Everything kept is bounded in
+bytes: text and attributes are truncated, and the buffer and fingerprint table have byte
+budgets.
 """
 
 from __future__ import annotations
@@ -22,6 +31,16 @@ log = logging.getLogger("labotel")
 
 KINDS = ("race_condition", "memory_leak", "thread_leak", "task_leak", "loop_blocked")
 MAX_FINGERPRINTS = 10_000
+REPORT_RATE = 10.0  # full reports (span + log record) per second and kind, on average
+REPORT_BURST = 50.0
+SUPPRESSED_LOG_EVERY = 10.0
+BUFFER_BYTES = 4 << 20  # detections kept for the view
+FINGERPRINT_BYTES = 4 << 20  # detections remembered to count repeats
+MAX_TEXT_CHARS = 16_384  # a message
+MAX_VALUE_CHARS = 1024  # a summary, an attribute value, an item of a list attribute
+MAX_LIST_ITEMS = 32
+MAX_STACKS = 8
+MAX_FRAMES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +65,7 @@ class Detection:
     time: float = dataclasses.field(default_factory=time.time)
     count: int = 1
     last_seen: float = 0.0
+    suppressed: bool = False  # over the report budget: counted, no span or log record
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +81,40 @@ class Detection:
             "message": self.message or self.summary,
         }
 
+    def bounded(self) -> Detection:
+        """This detection with its text, attributes and stacks cut to size."""
+        self.summary = _cut(self.summary, MAX_VALUE_CHARS)
+        self.message = _cut(self.message, MAX_TEXT_CHARS)
+        self.attributes = {_cut(str(k), 128): _bounded_value(v)
+                           for k, v in list(self.attributes.items())[:64]}
+        self.stacks = tuple(Stack(_cut(s.name, MAX_VALUE_CHARS), s.frames[:MAX_FRAMES])
+                            for s in list(self.stacks)[:MAX_STACKS])
+        return self
+
+    def size(self) -> int:
+        """Bytes this detection keeps (an estimate)."""
+        size = 600 + len(self.summary) + len(self.message)
+        for key, value in self.attributes.items():
+            size += 80 + len(key) + (sum(len(str(v)) + 60 for v in value)
+                                     if isinstance(value, (list, tuple)) else
+                                     len(value) if isinstance(value, str) else 32)
+        for stack in self.stacks:
+            size += 120 + len(stack.name) + sum(150 + len(f[0]) for f in stack.frames)
+        return size
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more chars]"
+
+
+def _bounded_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _cut(value, MAX_VALUE_CHARS)
+    if isinstance(value, (list, tuple)):
+        return [_cut(v, MAX_VALUE_CHARS) if isinstance(v, str) else v
+                for v in list(value)[:MAX_LIST_ITEMS]]
+    return value
+
 
 def _otel_value(value: Any) -> Any:
     if isinstance(value, (bool, int, float, str)):
@@ -70,6 +124,30 @@ def _otel_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     return str(value)
+
+
+class _Budget:
+    """A token bucket: ``rate`` a second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+    def available(self) -> bool:
+        self._refill()
+        return self.tokens >= 1
+
+    def take(self) -> bool:
+        self._refill()
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class Reporter:
@@ -83,13 +161,35 @@ class Reporter:
         self._errors = meter.create_counter(
             "labotel.internal.errors", unit="{error}",
             description="Failures inside labotel components (the app keeps running)")
-        self._buffer: collections.deque[Detection] = collections.deque(maxlen=buffer_size)
+        self._buffer: collections.deque[Detection] = collections.deque()
+        self._buffer_size = buffer_size
+        self._buffer_bytes = 0
         self._by_fingerprint: collections.OrderedDict[tuple, Detection] = collections.OrderedDict()
+        self._fingerprint_bytes = 0
+        self._budgets = {kind: _Budget(REPORT_RATE, REPORT_BURST) for kind in KINDS}
         self._lock = threading.Lock()
         self._failed_components: set[str] = set()
+        self._closed = False  # after shutdown: nothing is recorded on the instruments
+        self.reported = 0
+        self.suppressed: collections.Counter[str] = collections.Counter()
+        self._suppressed_logged = 0
+        self._suppressed_log_at = time.monotonic()
+        self.span_bytes = 0.0  # running mean of the spans' size
+
+    def close(self) -> None:
+        """Stop recording on the instruments (labotel is shutting down)."""
+        self._closed = True
+
+    def admits(self, kind: str) -> bool:
+        """Would a new detection of ``kind`` be fully reported now? (A detector can then
+        skip building text and stacks for one that would be suppressed.)"""
+        budget = self._budgets.get(kind)
+        with self._lock:
+            return budget is None or budget.available()
 
     def report(self, detection: Detection) -> bool:
-        """Report ``detection``; returns False when it repeats one already reported."""
+        """Report ``detection``; returns False when it repeats one already reported (or is
+        over the report budget)."""
         try:
             return self._report(detection)
         except Exception:
@@ -97,6 +197,7 @@ class Reporter:
             return False
 
     def _report(self, detection: Detection) -> bool:
+        detection.bounded()
         key = (detection.kind, detection.fingerprint) if detection.fingerprint else None
         with self._lock:
             if key is not None and key in self._by_fingerprint:
@@ -105,16 +206,67 @@ class Reporter:
                 previous.last_seen = detection.time
                 self._by_fingerprint.move_to_end(key)
                 return False
+            budget = self._budgets.setdefault(detection.kind,
+                                              _Budget(REPORT_RATE, REPORT_BURST))
+            if not budget.take():
+                detection.suppressed = True
+                detection.message, detection.stacks = "", ()  # what a repeat needs only
+                self.suppressed[detection.kind] += 1
+            size = detection.size()
             if key is not None:
                 self._by_fingerprint[key] = detection
-                while len(self._by_fingerprint) > MAX_FINGERPRINTS:
-                    self._by_fingerprint.popitem(last=False)
-            self._buffer.append(detection)
+                self._fingerprint_bytes += size
+                while len(self._by_fingerprint) > 1 and (
+                        len(self._by_fingerprint) > MAX_FINGERPRINTS
+                        or self._fingerprint_bytes > FINGERPRINT_BYTES):
+                    self._fingerprint_bytes -= self._by_fingerprint.popitem(last=False)[1].size()
+            if not detection.suppressed:
+                self.reported += 1
+                self._buffer.append(detection)
+                self._buffer_bytes += size
+                while len(self._buffer) > 1 and (len(self._buffer) > self._buffer_size
+                                                 or self._buffer_bytes > BUFFER_BYTES):
+                    self._buffer_bytes -= self._buffer.popleft().size()
+            log_suppressed = self._suppressed_to_log()
+        if self._closed:
+            return not detection.suppressed
         self._counter.add(1, {"labotel.detection.kind": detection.kind})
+        if log_suppressed:
+            log.warning("labotel: %d more detections (%s) came faster than the report budget "
+                        "(%g/s per kind): counted in labotel.detections, without a span or "
+                        "log record of their own", *log_suppressed, REPORT_RATE)
+        if detection.suppressed:
+            return False
         self._emit_span(detection)
         log.warning("%s", detection.message or detection.summary,
                     extra={"labotel_detection": detection.kind})
         return True
+
+    def _suppressed_to_log(self) -> tuple[int, str] | None:
+        """(count, by kind) to log now, at most every SUPPRESSED_LOG_EVERY s (under lock)."""
+        total = sum(self.suppressed.values())
+        now = time.monotonic()
+        if total == self._suppressed_logged:
+            return None
+        if self._suppressed_logged and now - self._suppressed_log_at < SUPPRESSED_LOG_EVERY:
+            return None
+        new, self._suppressed_logged, self._suppressed_log_at = (
+            total - self._suppressed_logged, total, now)
+        return new, ", ".join(f"{kind}: {n}" for kind, n in self.suppressed.items())
+
+    def bytes(self) -> int:
+        """labotel's own memory here: the buffer and the fingerprint table (an estimate;
+        detections in both are counted twice)."""
+        return self._buffer_bytes + self._fingerprint_bytes
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"reported": self.reported, "suppressed": sum(self.suppressed.values()),
+                    "suppressed_by_kind": dict(self.suppressed),
+                    "buffer_entries": len(self._buffer), "buffer_bytes": self._buffer_bytes,
+                    "fingerprints": len(self._by_fingerprint),
+                    "fingerprint_bytes": self._fingerprint_bytes,
+                    "report_rate_per_kind": REPORT_RATE, "report_burst": REPORT_BURST}
 
     def _emit_span(self, detection: Detection) -> None:
         attributes = {k: _otel_value(v) for k, v in detection.attributes.items() if v is not None}
@@ -122,16 +274,21 @@ class Reporter:
         start_ns = int(detection.time * 1e9)
         span = self._tracer.start_span(f"labotel.{detection.kind}", attributes=attributes,
                                        start_time=start_ns)
+        size = 300 + len(detection.summary) + sum(
+            len(str(v)) + len(k) + 40 for k, v in attributes.items())
         try:
             span.set_attribute("labotel.detection.summary", detection.summary)
             for stack in detection.stacks:
+                text = _cut(stack.format(), MAX_VALUE_CHARS * 4)
+                size += len(text) + 100
                 span.add_event("stack", {
                     "thread.name": stack.name,
-                    "exception.stacktrace": stack.format(),
+                    "exception.stacktrace": text,
                 }, timestamp=start_ns)
             span.set_status(trace.Status(trace.StatusCode.ERROR, detection.summary[:200]))
         finally:
             span.end()
+            self.span_bytes += (size - self.span_bytes) * (0.1 if self.span_bytes else 1.0)
 
     def detections(self, kind: str | None = None) -> list[Detection]:
         """Reported detections, newest first."""
@@ -143,7 +300,8 @@ class Reporter:
     def component_failed(self, component: str) -> None:
         """Count a failure in ``component`` and log it once (with traceback)."""
         try:
-            self._errors.add(1, {"labotel.component": component})
+            if not self._closed:
+                self._errors.add(1, {"labotel.component": component})
         except Exception:
             pass
         if component not in self._failed_components:

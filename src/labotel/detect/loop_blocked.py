@@ -41,6 +41,7 @@ from labotel.detect.frames import application_frame
 from labotel.profile import symbols
 from labotel.profile.stacks import thread_state
 from labotel.runtime import aio, origins
+from labotel.runtime.thread_frames import current_frames
 
 # CPython internals used here (for the compat seam): the function asyncio runs every
 # callback and task step in. Loops that do not run callbacks through it (uvloop) are not
@@ -103,16 +104,17 @@ class BlockedLoopDetector(Component):
         self.blocked_time = meter.create_counter(
             "labotel.asyncio.loop.blocked_time", unit="s",
             description="Time asyncio event loops were held by such callbacks")
+        self._loop_found = threading.Event()  # wakes an idle watchdog when a loop starts
+        self._series = False
+        # made after _loop_found: a loop already running calls _first_loop at once
         self.probe = aio.LoopProbe(self.period, on_loop=self._first_loop,
                                    on_error=self._failed)
-        self._series = False
         self.probe.start()
         self._start_watchdog()
         monitor.add_view("goroutines", self.view)
 
     def _start_watchdog(self) -> None:
         self._stopping = False
-        self._loop_found = threading.Event()  # wakes an idle watchdog when a loop starts
         self.watchdog = threading.Thread(target=self._watch, name="labotel-loop-watchdog",
                                          daemon=True)
         self.watchdog.start()
@@ -126,6 +128,7 @@ class BlockedLoopDetector(Component):
 
     def after_fork_in_child(self) -> None:
         self.suspects = {}
+        self._loop_found = threading.Event()  # the parent's may have been locked at fork
         self.probe.reset_after_fork()
         self._start_watchdog()  # the parent's thread does not exist here
 
@@ -181,7 +184,7 @@ class BlockedLoopDetector(Component):
                 self._ended(beat, now)
                 continue
             if frames is None:  # only when some probe is overdue
-                frames = sys._current_frames()
+                frames = current_frames()
             frame = frames.get(beat.thread_id)
             callback = _running_callback(frame)
             suspect = self.suspects.get(beat)

@@ -6,8 +6,9 @@ collection when that fits in a small CPU budget. A leak is *suspected* when eith
 has grown steadily (``detect.trend``) at ``memory_leak_min_rate`` bytes/s or faster over at
 least half of ``leak_window``.
 
-While suspected: tracemalloc runs for ``leak_attribution_seconds``, then the growing
-allocation sites and object types are named and tracemalloc is stopped. The leak is
+While suspected: for ``leak_attribution_seconds`` the containers that keep growing are
+watched and their new items traced back to the lines that allocate them, in short bursts
+of tracemalloc (``detect.attribution``, within a budget). The leak is
 *reported* only if memory kept growing all through the attribution too (each third of its
 samples above the one before); otherwise the suspicion is cleared (a cache that finished
 filling, one big allocation) and judged afresh.
@@ -30,14 +31,17 @@ from typing import Any
 
 import psutil
 
+from labotel.budget import STALL_BUDGET, Pacer, Stopped
+from labotel.detect import census as census_module
 from labotel.detect.attribution import Attribution, AttributionResult, format_bytes
-from labotel.detect.census import take_census, type_name
 from labotel.detect.detection import Detection
 from labotel.detect.periodic import SamplingDetector
 from labotel.detect.trend import Trend, trend
 from labotel.runtime.heap import malloc_in_use, small_object_blocks
 
 GC_BUDGET = 0.005  # share of wall time the sampler may spend in gc.collect()
+GC_SECONDS_PER_BLOCK = 20e-9  # a full collection's cost per pymalloc block, until measured
+BURST_WAIT = 0.5  # seconds a sample waits for an attribution burst to end
 MIN_POINTS = 5  # samples needed before any verdict
 CONFIRM_POINTS = 3  # samples during attribution needed to confirm
 EXPLAINED_SHARE = 0.1  # traced growth / memory growth below which the leak is native
@@ -54,6 +58,7 @@ class MemorySample:
     heap: int | None  # malloc in use; None without glibc
     small_blocks: int  # pymalloc blocks (objects <= 512 B)
     after_gc: bool
+    own: int = 0  # labotel's own memory, already taken off rss and heap
 
     def value(self, series: str) -> int | None:
         return self.rss if series == "rss" else self.heap
@@ -67,7 +72,7 @@ class Suspicion:
 
 
 def kept_growing(during: Trend | None, overall: Trend | None, min_rate: float) -> bool:
-    """Did memory keep growing while allocations were traced (``during``), and over the
+    """Did memory keep growing while attribution watched (``during``), and over the
     window as a whole (``overall``)?
 
     Growth must go on all through the tracing (each third of its samples higher than the
@@ -102,10 +107,22 @@ class MemoryLeakDetector(SamplingDetector):
         self._limit_armed = True
         self._unexplained = False
         self._gc_cost = 0.0
+        self._gc_per_block = GC_SECONDS_PER_BLOCK
+        self.gc_skipped: str | None = None
         self._last_collect = float("-inf")
         self.reports = 0
+        self.attributions = 0
+
+    def start(self, monitor: Any) -> None:
+        super().start(monitor)
+        monitor.footprint.add("leak_attribution", self._attribution_bytes)
+
+    def _attribution_bytes(self) -> int:
+        attribution = self._attribution
+        return attribution.bytes() if attribution is not None else 0
 
     def stop(self) -> None:
+        self.monitor.footprint.remove("leak_attribution")
         super().stop()
         with self._lock:
             if self._attribution is not None:
@@ -121,25 +138,43 @@ class MemoryLeakDetector(SamplingDetector):
 
     # -- sampling ----------------------------------------------------------------------
     def take_sample(self) -> MemorySample:
+        """RSS and C heap less what is not the application's: tracemalloc's own tables and
+        labotel's own memory (``monitor.footprint``: shadow state, detections, queued
+        spans), so neither can be reported as the application's leak."""
+        attribution = self._attribution
+        if attribution is not None:
+            attribution.wait_idle(BURST_WAIT)
         now = time.monotonic()
         after_gc = self._maybe_collect(now)
         overhead = tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
+        own = self.monitor.footprint.total()
         heap = malloc_in_use()
         return MemorySample(
-            time=now, rss=self._process.memory_info().rss - overhead,
-            heap=None if heap is None else heap - overhead,
-            small_blocks=small_object_blocks(), after_gc=after_gc)
+            time=now, rss=self._process.memory_info().rss - overhead - own,
+            heap=None if heap is None else heap - overhead - own,
+            small_blocks=small_object_blocks(), after_gc=after_gc, own=own)
 
     def _maybe_collect(self, now: float) -> bool:
         """A full collection first, so garbage cycles are not mistaken for growth — but
-        only as often as ``GC_BUDGET`` allows for what the last collection cost."""
+        only as often as ``GC_BUDGET`` allows for what the last collection cost, and never
+        one that would stop every thread for longer than ``STALL_BUDGET`` (its cost is
+        predicted from the heap's size and the last collection's cost per block)."""
         if not gc.isenabled():  # the application turned GC off on purpose
             return False
         if now - self._last_collect < self._gc_cost / GC_BUDGET:
             return False
+        blocks = small_object_blocks()
+        predicted = blocks * self._gc_per_block
+        if predicted > STALL_BUDGET:
+            self.gc_skipped = (f"a full collection would stop the application for about "
+                               f"{predicted * 1000:.0f} ms (over {STALL_BUDGET * 1000:.0f} ms): "
+                               "samples are taken without one")
+            return False
+        self.gc_skipped = None
         began = time.perf_counter()
         gc.collect()
         self._gc_cost = time.perf_counter() - began
+        self._gc_per_block = self._gc_cost / max(blocks, 1)
         self._last_collect = now
         return True
 
@@ -154,8 +189,6 @@ class MemoryLeakDetector(SamplingDetector):
             assert self.suspicion is not None and self._attribution is not None
             if self._attribution.done(sample.time):
                 self._finish_attribution(sample.time)
-            elif self._attribution.due(sample.time):
-                self._attribution.observe()
             return
         if self.state == "cooldown":
             if sample.time < self._cooldown_until:
@@ -192,6 +225,7 @@ class MemoryLeakDetector(SamplingDetector):
     def _begin_attribution(self, suspicion: Suspicion) -> None:
         attribution = Attribution(self.attribution_seconds)
         attribution.begin(suspicion.since)
+        self.attributions += 1
         with self._lock:
             self._attribution, self.suspicion, self.state = attribution, suspicion, "attributing"
 
@@ -262,7 +296,7 @@ class MemoryLeakDetector(SamplingDetector):
         lines = [
             f"Memory leak in pid {os.getpid()}: {SERIES_LABEL[series]} grew steadily at "
             f"{rate} (Theil-Sen slope) over the last {found.span:.0f} s, and kept growing "
-            f"while allocations were traced for {result.seconds:.0f} s.",
+            f"while attribution watched it for {result.seconds:.0f} s.",
             f"Now: RSS {format_bytes(last.rss)}, C heap "
             f"{format_bytes(last.heap) if last.heap is not None else 'n/a'}, "
             f"{last.small_blocks} small objects; limit {format_bytes(self.limit)}.",
@@ -270,8 +304,8 @@ class MemoryLeakDetector(SamplingDetector):
         if not top:
             lines.append(f"{where}.")
         if result.sites:
-            lines.append(f"Allocation sites that grew (+{format_bytes(result.traced_growth)} "
-                         "traced in total):")
+            lines.append(f"Allocation sites of the new items (+{format_bytes(result.traced_growth)}"
+                         " in all, estimated from the items' sizes):")
             for number, growth in enumerate(result.sites, 1):
                 lines.append(f"  {number}. {growth.describe()}")
                 lines += [f"       {src}  ({f}:{ln})" for f, ln, src in growth.frames[:4]]
@@ -304,16 +338,25 @@ class MemoryLeakDetector(SamplingDetector):
             stacks=[g.stack() for g in result.sites], fingerprint=(site,))
 
     def _limit_detection(self, sample: MemorySample) -> Detection:
-        census = take_census(top=3)
-        types = [(type_name(kind), n) for kind, n in census.types.most_common(5)]
-        largest = [f"{type_name(type(c))} with {n} items" for c, n in census.largest]
+        try:  # paced: this runs on the sampler thread, in the application's process
+            census = census_module.take_census(Pacer(0.1, stop=self._sampler.stopping), top=3)
+        except Stopped:  # labotel is shutting down
+            census = census_module.Census([], 0, False)
+        largest = [f"{census_module.type_name(type(f.container))} with {f.sizes[0]} items, "
+                   f"{f.held_by()}" for f in census.containers]
+        counted: dict[str, int] = {}
+        for found in census.containers:
+            for name, n in census_module.item_types(found.container):
+                counted[name] = counted.get(name, 0) + n
+        types = sorted(counted.items(), key=lambda pair: pair[1], reverse=True)[:5]
         census.release()
         current = self.trends(sample.time - self.window).get("rss")
         rate = current.slope if current else 0.0
         summary = (f"memory limit: resident memory {format_bytes(sample.rss)} passed "
                    f"memory_limit_bytes={format_bytes(self.limit)}")
         message = (f"{summary} in pid {os.getpid()} (trend {format_bytes(rate)}/s over the "
-                   f"last {current.span if current else 0:.0f} s). Most numerous objects: "
+                   f"last {current.span if current else 0:.0f} s). Item types in the largest "
+                   "containers: "
                    + ", ".join(f"{name} {n}" for name, n in types)
                    + ". Largest containers: " + ", ".join(largest)
                    + ". A steady leak is named by line once its trend is confirmed; "
@@ -350,8 +393,10 @@ class MemoryLeakDetector(SamplingDetector):
             "last_attribution": None if last is None else {
                 **last, "finished_seconds_ago": round(now - self._last_attribution_at, 3)},
             "gc_collect_seconds": round(self._gc_cost, 6),
+            "gc_collect_skipped": self.gc_skipped,
             "reports": self.reports,
+            "attributions": self.attributions,
             "samples": [{"seconds_ago": round(now - s.time, 3), "rss_bytes": s.rss,
                          "heap_bytes": s.heap, "small_objects": s.small_blocks,
-                         "after_gc": s.after_gc} for s in samples],
+                         "after_gc": s.after_gc, "labotel_own_bytes": s.own} for s in samples],
         }}

@@ -30,7 +30,12 @@ class PeriodicThread:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    @property
+    def stopping(self) -> threading.Event:
+        """Set when the thread is asked to stop (long paced work inside a tick waits on it)."""
+        return self._stop
+
+    def stop(self, timeout: float = 1.0) -> None:
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():

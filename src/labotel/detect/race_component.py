@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from labotel.component import Component
+from labotel.compat import python
+from labotel.component import Component, Unavailable
 from labotel.detect import races, sync, vectorclock
 from labotel.server.http import Request, Response, json_response
 
@@ -20,6 +21,13 @@ class RaceDetection(Component):
         self.adopted_locks = 0
 
     def start(self, monitor: Monitor) -> None:
+        if not python.gil_enabled():
+            # Never run without the GIL (no free-threaded build was at hand to verify it),
+            # and its one detector lock would serialise every recorded access of threads
+            # the app runs in parallel: refuse rather than risk the app in an untested mode.
+            raise Unavailable("the GIL is disabled (free-threaded build) and the race "
+                              "detector is only verified with it on; run Python with "
+                              "PYTHON_GIL=1 (or -X gil=1) to use it")
         settings = monitor.settings
         reporter = monitor.reporter
 
@@ -29,13 +37,16 @@ class RaceDetection(Component):
         vectorclock.configure(settings.race_max_threads)
         self.detector = races.Detector(reporter, failed,
                                        max_resources=settings.race_max_resources,
-                                       stack_depth=settings.race_stack_depth)
+                                       stack_depth=settings.race_stack_depth,
+                                       max_bytes=settings.race_max_bytes)
         try:
             self.adopted_locks = sync.install(failed, settings.race_adopt_locks)
         except BaseException:
             self.stop()  # a half-done start must not leave patches behind
             raise
         races.activate(self.detector)
+        self.monitor = monitor
+        monitor.footprint.add("race_detector", self.detector.bytes)
         monitor.router.add("/admin/monitoring/races", self._view(monitor))
 
     def _view(self, monitor: Monitor):
@@ -45,7 +56,8 @@ class RaceDetection(Component):
             detector = self.detector
             return json_response({
                 "enabled": detector is not None,
-                "stats": {**detector.stats(), "adopted_module_locks": self.adopted_locks}
+                "stats": {**detector.stats(), "adopted_module_locks": self.adopted_locks,
+                          "reporter": monitor.reporter.stats()}
                 if detector is not None else {},
                 "count": len(reports),
                 "races": [report.to_dict() for report in reports],
@@ -54,6 +66,9 @@ class RaceDetection(Component):
         return races_view
 
     def stop(self) -> None:
+        monitor = getattr(self, "monitor", None)
+        if monitor is not None:
+            monitor.footprint.remove("race_detector")
         races.activate(None)
         sync.uninstall()
         self.detector = None

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from labotel.detect.detection import Detection, Stack
+from labotel.detect.keys import display
 from labotel.detect.shadow import CLOCK, FRAMES, LOCATION, STATE, TID, WHEN, WRITE, Access
 from labotel.profile.symbols import qualname
 
@@ -55,13 +56,14 @@ def fingerprint(previous: Access, current: Access) -> tuple:
 
 def repeat(resource: Any, key: tuple) -> Detection:
     """A cheap stand-in for a race already reported: the reporter only counts it."""
-    return Detection(kind="race_condition", summary=f"race on {resource} at {' / '.join(key)}",
-                     attributes={"labotel.race.resource": str(resource)},
+    name = display(resource)
+    return Detection(kind="race_condition", summary=f"race on {name} at {' / '.join(key)}",
+                     attributes={"labotel.race.resource": name},
                      fingerprint=key, time=time.time())
 
 
 def build(resource: Any, previous: Access, current: Access) -> Detection:
-    name = str(resource)
+    name = display(resource)
     now_where, before_where = _where(current), _where(previous)
     now_state, before_state = current[STATE], previous[STATE]
     elapsed = max(0.0, current[WHEN] - previous[WHEN])

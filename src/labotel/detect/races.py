@@ -18,32 +18,45 @@ from typing import Any
 
 from labotel.detect import race_report, vectorclock
 from labotel.detect.detection import Reporter
-from labotel.detect.shadow import ShadowMemory
+from labotel.detect.keys import MAX_KEY_CHARS, plain_key, plain_text
+from labotel.detect.shadow import ShadowMemory, key_bytes
 from labotel.detect.vectorclock import _local
 
 _detector: Detector | None = None
 # Fingerprints we know the reporter holds (it keeps MAX_FINGERPRINTS, more, and refreshes
 # an entry on every repeat), so a repeat can be reported without building the full text.
 RECENT_REPORTS = 1000
+TOKEN_SHARE = 0.2  # of race_max_bytes, for annotation tokens; shadow state has the rest
+TOKEN_BYTES = 200  # a token's table entry and clock, before its clock's entries
+CLOCK_ENTRY_BYTES = 72  # one thread's entry in a clock (dict slot + two ints)
+RECENT_BYTES = RECENT_REPORTS * 400  # the known fingerprints: two sites each
 
 
 class Detector:
-    """Shadow memory + annotation tokens behind one raw lock, reporting through ``reporter``."""
+    """Shadow memory + annotation tokens behind one raw lock, reporting through ``reporter``.
+
+    Nothing under the lock runs application code: resources, locations and tokens are made
+    plain keys (``detect.keys``) before it is taken.
+    """
 
     def __init__(self, reporter: Reporter, on_failure: Callable[[], None], *,
-                 max_resources: int, stack_depth: int):
+                 max_resources: int, stack_depth: int, max_bytes: int = 32 << 20):
         self.reporter = reporter
         self.on_failure = on_failure
-        self.shadow = ShadowMemory(max_resources, stack_depth)
-        self.tokens: collections.OrderedDict[Any, vectorclock.AccumulatedClock] = (
+        self.shadow = ShadowMemory(max_resources, stack_depth,
+                                   int(max_bytes * (1 - TOKEN_SHARE)))
+        self.tokens: collections.OrderedDict[Any, tuple[vectorclock.AccumulatedClock, int]] = (
             collections.OrderedDict())
         self.max_tokens = max_resources
+        self.max_token_bytes = int(max_bytes * TOKEN_SHARE)
+        self.token_bytes = 0
+        self.tokens_forgotten = 0
         self.mu = _thread.allocate_lock()  # raw: instrumented locks call into us
         self.races_seen = 0
         self.recent: collections.OrderedDict[tuple, None] = collections.OrderedDict()
 
     def access(self, resource: Any, write: bool, frame: FrameType | None,
-               location: str | None) -> None:
+               location: Any) -> None:
         try:
             try:
                 state = _local.state
@@ -51,12 +64,32 @@ class Detector:
                 state = vectorclock.current()
             if state.busy:
                 return
-            with self.mu:
-                conflicts = self.shadow.access(resource, write, state, frame, location)
+            if type(resource) is not str or len(resource) > MAX_KEY_CHARS or location is not None:
+                resource, location = self._plain(state, resource, location)
+            state.busy = True  # vectorclock.quiet(): a finalizer must not re-enter self.mu
+            try:
+                with self.mu:
+                    conflicts = self.shadow.access(resource, write, state, frame, location)
+            finally:
+                state.busy = False
             if conflicts:
                 self._report(state, conflicts)
         except Exception:
             self.on_failure()
+
+    @staticmethod
+    def _plain(state: vectorclock.ThreadState, resource: Any, location: Any) -> tuple[Any, Any]:
+        """Plain keys, made before the lock; labotel calls from inside the application's
+        ``__str__`` are ignored (this thread is busy)."""
+        state.busy = True
+        try:
+            return plain_key(resource), None if location is None else plain_text(location)
+        finally:
+            state.busy = False
+
+    def bytes(self) -> int:
+        """labotel's own memory here: shadow state, tokens, known fingerprints."""
+        return self.shadow.bytes + self.token_bytes + RECENT_BYTES
 
     def _report(self, state: vectorclock.ThreadState, conflicts: list) -> None:
         state.busy = True  # the reporter's own locks and logging must not feed the detector
@@ -70,28 +103,46 @@ class Detector:
                     self.recent.move_to_end(key)
                     if len(self.recent) > RECENT_REPORTS:
                         self.recent.popitem(last=False)
-                if known:  # already reported: skip building stacks and text
+                if known or not self.reporter.admits("race_condition"):
+                    # already reported, or over the report budget (counted only): no need
+                    # to build stacks and text
                     self.reporter.report(race_report.repeat(resource, key))
                 else:
                     self.reporter.report(race_report.build(resource, previous, current))
         finally:
             state.busy = False
 
-    def _token(self, token: Any) -> vectorclock.AccumulatedClock:
-        try:
-            hash(token)
-            key = token
-        except TypeError:  # unhashable (a dict, a socket wrapper): the object is the token
-            key = ("labotel.token.id", id(token))
+    def _token(self, key: Any) -> vectorclock.AccumulatedClock:
+        tokens = self.tokens
         with self.mu:
-            clock = self.tokens.get(key)
-            if clock is None:
-                clock = self.tokens[key] = vectorclock.AccumulatedClock()
-                if len(self.tokens) > self.max_tokens:
-                    self.tokens.popitem(last=False)
-            else:
-                self.tokens.move_to_end(key)
-        return clock
+            entry = tokens.get(key)
+            if entry is None:
+                clock, cost = vectorclock.AccumulatedClock(), TOKEN_BYTES + key_bytes(key)
+                tokens[key] = (clock, cost)
+                self.token_bytes += cost
+                self._trim_tokens()
+                return clock
+            tokens.move_to_end(key)
+            return entry[0]
+
+    def _trim_tokens(self) -> None:
+        """Forget the least recently used tokens while over either bound (under ``mu``)."""
+        tokens = self.tokens
+        while len(tokens) > 1 and (len(tokens) > self.max_tokens
+                                   or self.token_bytes > self.max_token_bytes):
+            self.token_bytes -= tokens.popitem(last=False)[1][1]
+            self.tokens_forgotten += 1
+
+    def _recount(self, key: Any, clock: vectorclock.AccumulatedClock) -> None:
+        """A release may have added entries to the token's clock: count them."""
+        with self.mu:
+            entry = self.tokens.get(key)
+            if entry is None or entry[0] is not clock:
+                return
+            cost = TOKEN_BYTES + key_bytes(key) + CLOCK_ENTRY_BYTES * len(clock.vc)
+            self.token_bytes += cost - entry[1]
+            self.tokens[key] = (clock, cost)
+            self._trim_tokens()
 
     def annotate(self, token: Any, release: bool) -> None:
         """``happens_before`` (release=True) or ``happens_after`` on ``token``'s clock."""
@@ -99,20 +150,28 @@ class Detector:
             state = vectorclock.current()
             if state.busy:
                 return
-            clock = self._token(token)
+            key = self._plain(state, token, None)[0]
+            with vectorclock.quiet(state):
+                clock = self._token(key)
             if release:
                 clock.release(state)
+                with vectorclock.quiet(state):
+                    self._recount(key, clock)
             else:
                 clock.acquire(state)
         except Exception:
             self.on_failure()
 
     def stats(self) -> dict[str, Any]:
-        with self.mu:
-            figures = {"resources_tracked": len(self.shadow), "max_resources":
-                       self.shadow.max_resources, "resources_forgotten": self.shadow.evicted,
-                       "annotation_tokens": len(self.tokens)}
-        figures.update(vectorclock.thread_counts())
+        with vectorclock.quiet(vectorclock.current()):
+            with self.mu:
+                figures = {"resources_tracked": len(self.shadow), "max_resources":
+                           self.shadow.max_resources, "resources_forgotten":
+                           self.shadow.evicted, "shadow_bytes": self.shadow.bytes,
+                           "max_shadow_bytes": self.shadow.max_bytes, "annotation_tokens":
+                           len(self.tokens), "token_bytes": self.token_bytes,
+                           "tokens_forgotten": self.tokens_forgotten}
+            figures.update(vectorclock.thread_counts())
         figures["races_seen"] = self.races_seen
         return figures
 
@@ -135,7 +194,8 @@ def record_access(resource: str, write: bool = False, location: str | None = Non
     """Record a read (or a write) of ``resource`` by the calling thread.
 
     ``location`` defaults to the caller's file and line. A no-op unless ``labotel.start()``
-    ran with ``race_detection=True``.
+    ran with ``race_detection=True``. A resource that is not a ``str`` is named by
+    ``str(resource)`` (``dict``/``list``/``set`` by identity); see ``detect.keys``.
     """
     detector = _detector
     if detector is None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from labotel.detect import races
+from labotel.detect.keys import plain_key
 
 _DICT_WRITES = frozenset({"pop", "popitem", "setdefault", "update", "clear", "move_to_end"})
 _LIST_WRITES = frozenset({"append", "extend", "insert", "pop", "remove", "clear", "sort",
@@ -146,6 +147,7 @@ def make_proxy(obj: Any, name: str) -> Any:
         raise ValueError(f"shared(): name must be a non-empty string, got {name!r}")
     if isinstance(obj, _Proxy):
         raise ValueError("shared(): the object is already a shared proxy")
+    name = plain_key(name)  # an exact, bounded str: hashed under the detector's lock
     if isinstance(obj, collections.defaultdict):
         return _DefaultDictProxy(obj, name)
     if isinstance(obj, dict):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import sys
 import threading
 import time
 import weakref
@@ -34,6 +33,7 @@ from labotel.detect.frames import application_frame
 from labotel.detect.periodic import SamplingDetector
 from labotel.detect.trend import trend
 from labotel.runtime import aio, origins
+from labotel.runtime.thread_frames import current_frames
 
 Frame = tuple[str, int, str]  # (filename, lineno, function)
 
@@ -84,7 +84,10 @@ class LeakTracker:
         self.window = window
         self.min_growth = min_growth
         self.limit = limit
-        self.members: weakref.WeakKeyDictionary[Any, Member] = weakref.WeakKeyDictionary()
+        # by id, with a weak reference to tell a member from a later object at the same
+        # address: a WeakKeyDictionary would hash the Thread/Task (a subclass's __hash__
+        # is the application's code) under the detector's lock
+        self.members: dict[int, tuple[weakref.ref, Member]] = {}
         self.groups: dict[str, Group] = {}
         self._last_sample: float | None = None
         self._limit_armed = True
@@ -95,12 +98,16 @@ class LeakTracker:
         """Record one sample: ``live`` yields (member, creation frames, current place)."""
         counts: Counter[str] = Counter()
         arrived: Counter[str] = Counter()
+        members = self.members
+        for key, (ref, _) in list(members.items()):
+            if ref() is None:  # finished and gone
+                del members[key]
         for member, origin, signature in live:
             site = origins.site(origin)
             counts[site] += 1
-            state = self.members.get(member)
+            state = self.member(member)
             if state is None:
-                self.members[member] = Member(signature)
+                members[id(member)] = (weakref.ref(member), Member(signature))
                 arrived[site] += 1
                 if site not in self.groups:
                     self._new_group(site, origin or ())
@@ -127,11 +134,15 @@ class LeakTracker:
         if len(self.groups) > MAX_GROUPS:
             del self.groups[next(iter(self.groups))]
 
+    def member(self, member: Any) -> Member | None:
+        entry = self.members.get(id(member))
+        return entry[1] if entry is not None and entry[0]() is member else None
+
     def stuck_members(self, site: str, members: Iterable[tuple[Any, str]]) -> tuple[int, int]:
         """(members found at the same place twice running, members seen twice or more)."""
         stuck = older = 0
         for member, member_site in members:
-            state = self.members.get(member)
+            state = self.member(member)
             if member_site != site or state is None or state.samples < 2:
                 continue
             older += 1
@@ -262,7 +273,7 @@ class ConcurrencyLeakDetector(SamplingDetector):
 
     def tick(self) -> None:
         now = time.monotonic()
-        frames = sys._current_frames()
+        frames = current_frames()
         threads = threading.enumerate()
         thread_sites = []
         live_threads = []

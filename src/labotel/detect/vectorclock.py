@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import _thread
 import collections
+import contextlib
 import itertools
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 Snapshot = tuple  # (tid, clock, vc dict) — never mutated after it is published
@@ -32,16 +34,34 @@ _registry_mu = _thread.allocate_lock()  # raw: never one of the instrumented loc
 _live: set[int] = set()
 _exited_queue: collections.deque[int] = collections.deque()
 _exited: collections.OrderedDict[int, None] = collections.OrderedDict()
-_limits = {"max_exited": 1024}
+_limits = {"max_exited": 1024, "epoch": 0}  # epoch: bumped when the limit changes
 _active = threading._active  # type: ignore[attr-defined]  # ident -> Thread, no side effects
 _limbo = threading._limbo  # type: ignore[attr-defined]  # threads between start() and run
+
+
+class ThreadLabel:
+    """Who made an access, as shadow memory keeps it: the thread's id and name, not its
+    clock (so an exited thread's clock is freed while its accesses still name it)."""
+
+    __slots__ = ("tid", "thread", "fallback_name")
+
+    def __init__(self, tid: int, thread: threading.Thread | None, name: str):
+        self.tid = tid
+        self.thread = weakref.ref(thread) if thread is not None else None
+        self.fallback_name = name
+
+    @property
+    def name(self) -> str:
+        thread = self.thread() if self.thread is not None else None
+        return thread.name if thread is not None else self.fallback_name
 
 
 class ThreadState:
     """The clock of one thread (only that thread mutates it)."""
 
-    __slots__ = ("tid", "clock", "vc", "shared", "joined", "busy", "thread", "fallback_name",
-                 "prune_at", "__weakref__")
+    __slots__ = ("tid", "clock", "vc", "shared", "joined", "busy", "label", "prune_at",
+                 "prune_epoch",
+                 "__weakref__")
 
     def __init__(self, tid: int, thread: threading.Thread | None, name: str):
         self.tid = tid
@@ -49,15 +69,14 @@ class ThreadState:
         self.vc: dict[int, int] = {}
         self.shared = False  # vc is referenced by a published snapshot: copy before writing
         self.joined: dict[int, int] | None = None  # last vc joined (skip repeats cheaply)
-        self.busy = False  # inside labotel's own reporting: hooks ignore this thread
-        self.thread = weakref.ref(thread) if thread is not None else None
-        self.fallback_name = name
+        self.busy = False  # inside labotel's own work: hooks ignore this thread
+        self.label = ThreadLabel(tid, thread, name)
         self.prune_at = 64
+        self.prune_epoch = _limits["epoch"]
 
     @property
     def name(self) -> str:
-        thread = self.thread() if self.thread is not None else None
-        return thread.name if thread is not None else self.fallback_name
+        return self.label.name
 
     def snapshot(self) -> Snapshot:
         self.shared = True
@@ -87,7 +106,8 @@ class ThreadState:
                 vc = self.vc = dict(vc)
                 self.shared = False
             vc.update(updates)
-            if len(vc) > self.prune_at:
+            # (a thread older than the current limit was sized by the previous one)
+            if len(vc) > self.prune_at or self.prune_epoch != _limits["epoch"]:
                 self._prune()
         self.joined = others
 
@@ -96,10 +116,29 @@ class ThreadState:
         return tid == self.tid or self.vc.get(tid, 0) >= clock
 
     def _prune(self) -> None:
-        keep = {k: v for k, v in self.vc.items() if not forgotten(k)}
+        with quiet(self):  # forgotten() takes _registry_mu
+            keep = {k: v for k, v in self.vc.items() if not forgotten(k)}
         self.vc = keep
         self.shared = False
         self.prune_at = len(keep) + max(64, _limits["max_exited"])
+        self.prune_epoch = _limits["epoch"]
+
+
+@contextlib.contextmanager
+def quiet(state: ThreadState) -> Iterator[None]:
+    """Hooks ignore this thread while it holds one of the detector's raw locks.
+
+    The garbage collector may run finalizers at any allocation, on the thread that happens
+    to be allocating (a gRPC channel's ``__del__`` takes a Condition); if that thread holds
+    one of these non-reentrant locks, a hook inside the finalizer that takes it again would
+    wait for itself forever. The finalizer's own sync events go unseen instead. The hot
+    paths write the flag inline rather than through this context manager.
+    """
+    busy, state.busy = state.busy, True
+    try:
+        yield
+    finally:
+        state.busy = busy
 
 
 class _ExitSentinel:
@@ -142,9 +181,13 @@ def _new_state() -> ThreadState:
     state = ThreadState(next(_ids), thread, thread.name if thread else f"thread-{ident}")
     _local.state = state
     _local.exit_sentinel = _ExitSentinel(state.tid)
-    with _registry_mu:
-        _live.add(state.tid)
-        _drain_exited()
+    state.busy = True  # see quiet()
+    try:
+        with _registry_mu:
+            _live.add(state.tid)
+            _drain_exited()
+    finally:
+        state.busy = False
     if thread is not None:
         fork = getattr(thread, "_labotel_fork", None)
         if fork is not None:
@@ -174,7 +217,9 @@ def forgotten(tid: int) -> bool:
 
 
 def configure(max_exited: int) -> None:
-    _limits["max_exited"] = max_exited
+    if max_exited != _limits["max_exited"]:
+        _limits["max_exited"] = max_exited
+        _limits["epoch"] += 1
 
 
 def thread_counts() -> dict[str, int]:
@@ -204,20 +249,28 @@ class AccumulatedClock:
         self.vc: dict[int, int] = {}
 
     def release(self, state: ThreadState) -> None:
-        with self._mu:
-            vc = self.vc
-            for k, v in state.vc.items():
-                if vc.get(k, 0) < v:
-                    vc[k] = v
-            if vc.get(state.tid, 0) < state.clock:
-                vc[state.tid] = state.clock
+        busy, state.busy = state.busy, True  # see quiet(): a finalizer must not re-enter _mu
+        try:
+            with self._mu:
+                vc = self.vc
+                for k, v in state.vc.items():
+                    if vc.get(k, 0) < v:
+                        vc[k] = v
+                if vc.get(state.tid, 0) < state.clock:
+                    vc[state.tid] = state.clock
+        finally:
+            state.busy = busy
         state.clock += 1
 
     def acquire(self, state: ThreadState) -> None:
-        with self._mu:
-            if not self.vc:
-                return
-            snapshot = (0, 0, dict(self.vc))
+        busy, state.busy = state.busy, True
+        try:
+            with self._mu:
+                if not self.vc:
+                    return
+                snapshot = (0, 0, dict(self.vc))
+        finally:
+            state.busy = busy
         state.acquire(snapshot)
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from labotel.hooks import active, patches, primitives
 from labotel.hooks.adopt import LockAdopter
-from labotel.hooks.primitives import InstrumentedLock
 from labotel.patching import Patcher
 
 _lock = _thread.allocate_lock()  # raw: never one of the instrumented locks
@@ -92,7 +91,7 @@ def _after_fork_in_child() -> None:
     # threading's own after-fork hook rebuilt _active_limbo_lock with threading.RLock, which
     # is ours while patched: put the plain lock back under it.
     limbo = getattr(threading, "_active_limbo_lock", None)
-    if isinstance(limbo, InstrumentedLock):
+    if primitives.instrumented(limbo):
         threading._active_limbo_lock = limbo._lock  # type: ignore[attr-defined]
 
 

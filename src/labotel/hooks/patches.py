@@ -35,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import thread as futures_thread
 from typing import Any
 
-from labotel.hooks import active
+from labotel.hooks import active, primitives
 from labotel.hooks.primitives import (
     InstrumentedLock,
     InstrumentedRLock,
@@ -143,12 +143,12 @@ def _patch_condition_edges(replace: Replace) -> None:
 
     def __enter__(self: threading.Condition) -> bool:
         entered = previous_enter(self)
-        if active.edges is not None and not isinstance(self._lock, InstrumentedLock):  # type: ignore[attr-defined]
+        if active.edges is not None and not primitives.instrumented(self._lock):  # type: ignore[attr-defined]
             _edge("acquire_from", self, "_labotel_clock")
         return entered
 
     def __exit__(self: threading.Condition, *exc_info: Any) -> None:
-        if active.edges is not None and not isinstance(self._lock, InstrumentedLock):  # type: ignore[attr-defined]
+        if active.edges is not None and not primitives.instrumented(self._lock):  # type: ignore[attr-defined]
             _edge("release_into", self, "_labotel_clock")
         return previous_exit(self, *exc_info)
 
@@ -162,7 +162,7 @@ def _patch_condition_wait(replace: Replace) -> None:
     previous_wait = threading.Condition.wait
 
     def wait(self: threading.Condition, timeout: float | None = None) -> bool:
-        plain = active.edges is not None and not isinstance(self._lock, InstrumentedLock)  # type: ignore[attr-defined]
+        plain = active.edges is not None and not primitives.instrumented(self._lock)  # type: ignore[attr-defined]
         if plain:  # wait() lets go of the lock...
             _edge("release_into", self, "_labotel_clock")
         if active.waits is not None and timeout != 0:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from labotel.compat import python
 from labotel.hooks import active
 
 # The subscribers again, as globals of this module: the lock methods below read them on
@@ -200,7 +201,18 @@ def _handed_off(lock: InstrumentedLock, waiting: list, site: str) -> None:
         call_waits("handed_off", site, sys._getframe(2), delay)
 
 
-class InstrumentedLock:
+class _LockClass(type):
+    """From 3.13 ``threading.Lock`` is a type that code may ``isinstance``-check. While it is
+    patched, a plain lock made before start() still passes and an RLock still does not,
+    as with the real type; labotel's own checks use ``instrumented()`` instead."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        if cls is InstrumentedLock:
+            return type(obj) is InstrumentedLock or type(obj) is python.PLAIN_LOCK_TYPE
+        return type.__instancecheck__(cls, obj)
+
+
+class InstrumentedLock(metaclass=_LockClass):
     """``threading.Lock`` that tells the subscribers about its waits and hand-offs."""
 
     __slots__ = ("_lock", "_sync", "_waiting", "_charged", "__weakref__")
@@ -309,6 +321,11 @@ class InstrumentedRLock(InstrumentedLock):
 
 
 _simple_get = queue.SimpleQueue.get
+
+
+def instrumented(lock: Any) -> bool:
+    """One of ours (not ``isinstance``: that also accepts plain locks, see _LockClass)."""
+    return type(lock) is InstrumentedLock or type(lock) is InstrumentedRLock
 
 
 class InstrumentedSimpleQueue(queue.SimpleQueue):

@@ -21,10 +21,13 @@ from typing import Any
 from labotel.profile import symbols, text
 from labotel.profile.pprof import ProfileBuilder
 from labotel.runtime import aio, origins
+from labotel.runtime.thread_frames import current_frames
 
 _LINUX_STATES = {"R": "running", "S": "sleeping", "D": "disk wait", "T": "stopped",
                  "t": "stopped", "Z": "zombie", "I": "idle"}
-_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+# by id, each with a weak reference to tell it from a later object at the same address: a
+# WeakKeyDictionary would hash the thread or task (a subclass's __hash__) under our lock
+_ids: dict[int, tuple[weakref.ref, int]] = {}
 _next_id = itertools.count(1)
 _ids_lock = threading.Lock()
 
@@ -48,11 +51,23 @@ class Goroutine:
 
 def goroutine_id(obj: Any) -> int:
     """A small number that stays the same for a thread or task while it lives."""
+    key = id(obj)
+    ref = weakref.ref(obj, lambda _, key=key: _forget(key))
     with _ids_lock:
-        number = _ids.get(obj)
-        if number is None:
-            number = _ids[obj] = next(_next_id)
+        known = _ids.get(key)
+        if known is not None and known[0]() is obj:
+            return known[1]
+        number = next(_next_id)
+        _ids[key] = (ref, number)
         return number
+
+
+def _forget(key: int) -> None:
+    # a weakref callback may run in any thread, even one holding _ids_lock: no lock here,
+    # and a later object at the same address keeps its own entry
+    entry = _ids.get(key)
+    if entry is not None and entry[0]() is None:
+        _ids.pop(key, None)
 
 
 def thread_state(native_id: int | None) -> str:
@@ -69,7 +84,7 @@ def thread_state(native_id: int | None) -> str:
 
 def collect(builder: ProfileBuilder) -> list[Goroutine]:
     """Every live thread, then every unfinished task of every running loop."""
-    frames = sys._current_frames()
+    frames = current_frames()
     result = []
     threads_by_ident = {t.ident: t for t in threading.enumerate()}
     for ident, frame in frames.items():

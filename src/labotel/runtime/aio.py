@@ -19,6 +19,7 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from labotel.compat import python
 from labotel.component import Component, guarded_callback
 from labotel.runtime import loops, origins
 
@@ -31,27 +32,31 @@ def all_tasks_by_loop() -> dict[asyncio.AbstractEventLoop, list[asyncio.Task]]:
     running = loops.running_loops()
     if not running:  # a thread-only process: no task registry to copy
         return result
-    registry = getattr(asyncio.tasks, "_all_tasks", None)
-    if registry is None:  # Python versions without the module-level registry
+    registries = python.TASK_REGISTRIES
+    if registries is None:  # no module-level registry found: one pass per loop
         for loop in running:
             result[loop] = list(asyncio.all_tasks(loop))
         return result
     for loop in running:
         result[loop] = []
-    for _ in range(100):  # the weak set may change size while other threads run
-        try:
-            tasks = list(registry)
-            break
-        except RuntimeError:
-            continue
-    else:
-        tasks = []
+    tasks: set[asyncio.Task] = set()
+    for registry in registries:  # a task moving from one to the next is seen once
+        tasks.update(_copy(registry))
     for task in tasks:
         if not task.done():
             bucket = result.get(task.get_loop())
             if bucket is not None:
                 bucket.append(task)
     return result
+
+
+def _copy(registry: Any) -> list[asyncio.Task]:
+    for _ in range(100):  # a weak set may change size while other threads run
+        try:
+            return list(registry)
+        except RuntimeError:
+            continue
+    return []
 
 
 def task_state(task: asyncio.Task, current: asyncio.Task | None) -> str:
@@ -86,8 +91,10 @@ class LoopProbe:
         self._on_error = on_error
         self._stopped = threading.Event()
         self._lock = threading.Lock()
-        self._beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Beat] = (
-            weakref.WeakKeyDictionary())
+        # by id, the beat's weak reference telling a loop from a later one at the same
+        # address: a WeakKeyDictionary would hash the loop (a custom loop class's
+        # __hash__, the application's code) under our lock
+        self._beats: dict[int, Beat] = {}
 
     def start(self) -> None:
         loops.add_listener(self._found)
@@ -98,17 +105,22 @@ class LoopProbe:
 
     def beats(self) -> list[Beat]:
         with self._lock:
+            for key, beat in list(self._beats.items()):
+                if beat.loop() is None:
+                    del self._beats[key]
             return list(self._beats.values())
 
     def reset_after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def _found(self, loop: asyncio.AbstractEventLoop) -> None:  # in the loop's thread
+        ref = weakref.ref(loop)
         with self._lock:
-            if loop in self._beats:
+            known = self._beats.get(id(loop))
+            if known is not None and known.loop() is loop:
                 return
-            beat = self._beats[loop] = Beat(weakref.ref(loop), threading.get_ident(),
-                                            threading.get_native_id())
+            beat = self._beats[id(loop)] = Beat(ref, threading.get_ident(),
+                                                threading.get_native_id())
         if self._on_loop is not None:
             self._call(self._on_loop, loop)
         self._schedule(loop, beat)

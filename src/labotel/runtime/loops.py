@@ -9,20 +9,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 import weakref
 from collections.abc import Callable
 
 from labotel.patching import Patcher
+from labotel.runtime.thread_frames import current_frames
 
 log = logging.getLogger("labotel")
 LoopListener = Callable[[asyncio.AbstractEventLoop], None]
 
-_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+# Loops by id, each with a weak reference to tell it from a later loop at the same address:
+# a WeakSet would hash the loop (a custom loop class's __hash__) under our lock.
+_loops: dict[int, weakref.ref] = {}
 _listeners: list[LoopListener] = []
 _lock = threading.Lock()
 _patcher = Patcher()
+
+
+def _known(loop: asyncio.AbstractEventLoop) -> bool:
+    """(under ``_lock``) Whether ``loop`` is registered; forgets dead loops on the way."""
+    ref = _loops.get(id(loop))
+    return ref is not None and ref() is loop
+
+
+def _alive() -> list[asyncio.AbstractEventLoop]:
+    """(under ``_lock``) The registered loops still alive."""
+    loops = []
+    for key, ref in list(_loops.items()):
+        loop = ref()
+        if loop is None:
+            del _loops[key]
+        else:
+            loops.append(loop)
+    return loops
 
 
 def running_loops() -> list[asyncio.AbstractEventLoop]:
@@ -30,7 +50,7 @@ def running_loops() -> list[asyncio.AbstractEventLoop]:
     if not _loops:  # the usual answer in a thread-only process, without the lock
         return []
     with _lock:
-        loops = list(_loops)
+        loops = _alive()
     return [loop for loop in loops if loop.is_running() and not loop.is_closed()]
 
 
@@ -42,7 +62,7 @@ def add_listener(listener: LoopListener) -> None:
     """
     with _lock:
         _listeners.append(listener)
-        loops = list(_loops)
+        loops = _alive()
     for loop in loops:
         if loop.is_running() and not loop.is_closed():
             loop.call_soon_threadsafe(_notify_one, listener, loop)
@@ -63,10 +83,11 @@ def _notify_one(listener: LoopListener, loop: asyncio.AbstractEventLoop) -> None
 
 def register(loop: asyncio.AbstractEventLoop) -> None:
     """Announce a running loop (called from its own thread)."""
+    ref = weakref.ref(loop)
     with _lock:
-        if loop in _loops:
+        if _known(loop):
             return
-        _loops.add(loop)
+        _loops[id(loop)] = ref
         listeners = list(_listeners)
     for listener in listeners:
         _notify_one(listener, loop)
@@ -85,7 +106,7 @@ def install() -> None:
     _patcher.replace(asyncio.BaseEventLoop, "run_forever", run_forever)
     for loop in _find_running_loops():
         with _lock:
-            known = loop in _loops
+            known = _known(loop)
         if not known:
             loop.call_soon_threadsafe(register, loop)
 
@@ -100,7 +121,7 @@ def uninstall() -> None:
 def _find_running_loops() -> list[asyncio.AbstractEventLoop]:
     """Loops in a ``run_forever`` call on some thread right now (one-off frame scan)."""
     found = []
-    for frame in sys._current_frames().values():
+    for frame in current_frames().values():
         while frame is not None:
             if frame.f_code.co_name == "run_forever":
                 candidate = frame.f_locals.get("self")

@@ -48,7 +48,8 @@ _holders: dict[str, bool] = {}  # holder -> wants every loop's tasks
 _install_lock = threading.Lock()
 _MISSING = object()
 _loop_patcher_lock = threading.Lock()
-_patched_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+# by id, with a weak reference (a WeakSet would hash a custom loop under our lock)
+_patched_loops: dict[int, weakref.ref] = {}
 
 
 def capture(skip: int = 1, limit: int = MAX_FRAMES) -> tuple[Frame, ...]:
@@ -137,11 +138,14 @@ def uninstall(holder: str = "monitor") -> None:
             return
         _patcher.undo()
     with _loop_patcher_lock:
-        for loop in list(_patched_loops):
-            factory = loop.get_task_factory()
-            if getattr(factory, "_labotel_previous", _MISSING) is not _MISSING:
-                loop.set_task_factory(factory._labotel_previous)
+        loops = [ref() for ref in _patched_loops.values()]
         _patched_loops.clear()
+    for loop in loops:  # the loop's own methods: outside our lock
+        if loop is None:
+            continue
+        factory = loop.get_task_factory()
+        if getattr(factory, "_labotel_previous", _MISSING) is not _MISSING:
+            loop.set_task_factory(factory._labotel_previous)
 
 
 def _patch_thread_start() -> None:
@@ -204,23 +208,29 @@ def recorded_tasks() -> list[asyncio.Future]:
 
 def track_loop_tasks(loop: asyncio.AbstractEventLoop) -> None:
     """Wrap ``loop``'s task factory (keeping any the app set) to record task origins."""
-    with _loop_patcher_lock:
-        if loop in _patched_loops or loop.is_closed():
+    ref = weakref.ref(loop)
+    with _loop_patcher_lock:  # claim the loop; its own methods run outside the lock
+        known = _patched_loops.get(id(loop))
+        if known is not None and known() is loop:
             return
-        previous = loop.get_task_factory()
+        _patched_loops[id(loop)] = ref
+    if loop.is_closed():
+        with _loop_patcher_lock:
+            _patched_loops.pop(id(loop), None)
+        return
+    previous = loop.get_task_factory()
 
-        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future:
-            if previous is not None:
-                task = previous(loop, coro, **kwargs)
-            else:
-                task = asyncio.Task(coro, loop=loop, **kwargs)
-            try:
-                _task_origins[task] = capture(2)
-            except TypeError:  # not weak-referenceable: no origin
-                pass
-            return task
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future:
+        if previous is not None:
+            task = previous(loop, coro, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        try:
+            _task_origins[task] = capture(2)
+        except TypeError:  # not weak-referenceable: no origin
+            pass
+        return task
 
-        factory._labotel_previous = previous  # type: ignore[attr-defined]
-        loop.set_task_factory(factory)
-        _patched_loops.add(loop)
+    factory._labotel_previous = previous  # type: ignore[attr-defined]
+    loop.set_task_factory(factory)
 

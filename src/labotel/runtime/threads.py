@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import traceback
 from operator import attrgetter
@@ -12,6 +11,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from labotel.component import Component, guarded_callback
 from labotel.runtime import origins
+from labotel.runtime.thread_frames import current_frames
 
 # the flag behind Thread.daemon, read without the property call: half the cost of
 # counting 500 threads (falls back to the property where the attribute is not there)
@@ -36,7 +36,7 @@ class ThreadCollector(Component):
 
 def thread_view(stacks: bool = False) -> list[dict[str, Any]]:
     """Every live Python thread: name, ids, daemon flag, creation site, optional stack."""
-    frames = sys._current_frames() if stacks else {}
+    frames = current_frames() if stacks else {}
     result = []
     for thread in threading.enumerate():
         origin = origins.thread_origin(thread)

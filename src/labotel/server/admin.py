@@ -42,17 +42,34 @@ def add_routes(monitor: Monitor) -> None:
         return json_response(data)
 
     def heap_view(request: Request) -> Response:
-        if _flag(request, "gc"):
-            gc.collect()
-        snapshot = monitor.process_snapshot()
+        """What can be read: a failing source (psutil, /proc, mallinfo) leaves its fields
+        null and says why under ``errors``, instead of failing the whole view."""
+        collect = _flag(request, "gc")
+        errors: dict[str, str] = {}
+
+        def read(name: str, reader: Any) -> Any:
+            try:
+                return reader()
+            except Exception as error:
+                errors[name] = f"{type(error).__name__}: {error}"
+                monitor.reporter.component_failed("view.heap")
+                return None
+
+        if collect:
+            read("gc_collect", gc.collect)
+        snapshot = read("process", monitor.process_snapshot)
+        memory = snapshot.get("memory") if snapshot else None
         data: dict[str, Any] = {
             "pid": os.getpid(),
-            "rss_bytes": snapshot["memory"].rss if snapshot else None,
-            "vms_bytes": snapshot["memory"].vms if snapshot else None,
-            **heap.heap_figures(),
+            "rss_bytes": getattr(memory, "rss", None),
+            "vms_bytes": getattr(memory, "vms", None),
+            "malloc_in_use_bytes": read("malloc_in_use", heap.malloc_in_use),
+            "small_object_blocks": read("small_object_blocks", heap.small_object_blocks),
             "gc_tracked_generations": gc.get_count(),
         }
         data.update(monitor.extra_view("heap"))
+        if errors:
+            data["errors"] = errors
         return json_response(data)
 
     def gc_view(_: Request) -> Response:
@@ -71,13 +88,19 @@ def add_routes(monitor: Monitor) -> None:
 
     def races_off(_: Request) -> Response:
         # replaced by the race detector's own view when race_detection is on
-        return json_response({"enabled": False, "count": 0, "races": [],
-                              "hint": "race detection is off: start labotel with "
-                                      "race_detection=True or LABOTEL_RACE_DETECTION=1"})
+        reason = monitor.unavailable.get("detect.races")
+        hint = (f"race detection cannot run here: {reason}" if reason else
+                "race detection is off: start labotel with race_detection=True or "
+                "LABOTEL_RACE_DETECTION=1")
+        return json_response({"enabled": False, "count": 0, "races": [], "hint": hint})
 
     def index(_: Request) -> Response:
-        return json_response({"service": monitor.service_name, "uptime_seconds":
-                              round(time.time() - started, 3), "endpoints": router.paths()})
+        return json_response({
+            "service": monitor.service_name,
+            "uptime_seconds": round(time.time() - started, 3),
+            "components": {"running": [c.name for c in monitor.components],
+                           "unavailable": dict(monitor.unavailable)},
+            "endpoints": router.paths()})
 
     router.add("/healthz", healthz)
     router.add("/metrics", metrics)

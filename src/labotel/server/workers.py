@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ class WorkerPool:
         self._idle = 0  # threads waiting for a job and not yet promised one
         self._threads = 0
         self._stopped = False
+        self._members: list[threading.Thread] = []
 
     @property
     def threads(self) -> int:
@@ -55,22 +57,33 @@ class WorkerPool:
                 spawn = True
         self._jobs.put((function, args))
         if spawn:
+            thread = threading.Thread(target=self._work, name=self._thread_name, daemon=True)
+            with self._lock:
+                self._members = [member for member in self._members if member.is_alive()]
+                self._members.append(thread)
             try:
-                threading.Thread(target=self._work, name=self._thread_name,
-                                 daemon=True).start()
+                thread.start()
             except RuntimeError:  # can't start new thread: the job still waits for one
                 with self._lock:
                     self._threads -= 1
                 self._on_error()
         return True
 
-    def stop(self) -> None:
-        """Let every thread leave once its current job ends (running jobs are not waited for)."""
+    def stop(self, wait: float = 1.0) -> None:
+        """Let every thread leave once its current job ends; wait up to ``wait`` seconds for
+        them (idle ones leave at once, so shutdown() leaves no thread behind; a job still
+        running past that is not waited for)."""
         with self._lock:
             self._stopped = True
             count = self._threads
+            members = list(self._members)
         for _ in range(count):
             self._jobs.put(None)
+        deadline = time.monotonic() + wait
+        current = threading.current_thread()
+        for member in members:
+            if member is not current and member.ident is not None:
+                member.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
         while True:

@@ -1,0 +1,46 @@
+"""Each scenario of ``bench/harm.py`` for a few seconds: the application sees no exception
+and no hang, labotel's memory stays bounded, shutdown is bounded and leaves no thread.
+
+The throughput and latency figures these runs also print are the benchmark's business
+(``bench/harm.py`` at full length); here only what must hold at any length is asserted.
+"""
+
+from __future__ import annotations
+
+import pytest
+from bench.harm_scenarios import REGISTRY
+
+from tests.chaos.support import assert_unharmed, run_scenario
+
+
+def labotel(result):
+    return result.get("labotel", {})
+
+
+EXTRA_CHECKS = {
+    # item 1: attribution really ran while the app built tuples (and none failed)
+    "leak_attribution": lambda r: labotel(r)["memory_detector"]["attributions"] >= 1,
+    # item 2: the storm's detections are counted, only a budget of them becomes spans and
+    # log records; labotel's own growth is not taken for the application's leak
+    "race_storm_dead_collector": lambda r: (
+        labotel(r)["reporter"]["suppressed"] > 0
+        and labotel(r)["memory_detector"]["attributions"] == 0
+        and "memory_leak" not in labotel(r)["detections"]),
+    # item 3: the races view kept answering while hostile resources were in use
+    "hostile_resources": lambda r: (r["figures"]["answers"].get("/admin/monitoring/races 200")
+                                    and all(key.endswith(" 200")
+                                            for key in r["figures"]["answers"])),
+    # item 9: every view answered every time
+    "scrape_storm": lambda r: all(key.endswith(" 200") for key in r["figures"]["answers"]),
+    # item 5: 1 MB names are kept as bounded keys
+    "huge_resource_names": lambda r: labotel(r)["races"]["shadow_bytes"] < 1 << 20,
+}
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_scenario_does_not_hurt_the_application(name):
+    result = run_scenario(name)
+    assert_unharmed(result)
+    check = EXTRA_CHECKS.get(name)
+    if check is not None:
+        assert check(result), result
