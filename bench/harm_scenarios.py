@@ -178,6 +178,17 @@ def race_storm(ctx: Context, per_second: int, stop: threading.Event) -> None:
 
 
 # -- the scenarios of issue 11 ------------------------------------------------------------
+class _RefusingCollectorScenario(Scenario):
+    """OTLP over gRPC to a port that refuses connections."""
+
+    def __init__(self) -> None:
+        self.endpoint = refused_endpoint()
+
+    def environment(self) -> dict[str, str]:
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_TRACES_EXPORTER": "otlp"}
+
+
 @register
 class LeakAttribution(Scenario):
     name = "leak_attribution"
@@ -216,17 +227,10 @@ def _numbers(n: int):
 
 
 @register
-class RaceStormDeadCollector(Scenario):
+class RaceStormDeadCollector(_RefusingCollectorScenario):
     name = "race_storm_dead_collector"
     summary = ("item 2: ~400 new races/s with race detection on and the OTLP collector's "
                "port refusing connections (gRPC)")
-
-    def __init__(self) -> None:
-        self.endpoint = refused_endpoint()
-
-    def environment(self) -> dict[str, str]:
-        return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-                "OTEL_TRACES_EXPORTER": "otlp"}
 
     def options(self) -> dict[str, Any]:
         return {"race_detection": True, "metric_export_interval": 1.0}
@@ -424,17 +428,10 @@ class HugeResourceNames(Scenario):
 
 
 @register
-class ForkStorm(Scenario):
+class ForkStorm(_RefusingCollectorScenario):
     name = "fork_storm"
     summary = "item 7: a fork every 50 ms while the OTLP collector refuses connections"
     fork_every = 0.05
-
-    def __init__(self) -> None:
-        self.endpoint = refused_endpoint()
-
-    def environment(self) -> dict[str, str]:
-        return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-                "OTEL_TRACES_EXPORTER": "otlp"}
 
     def options(self) -> dict[str, Any]:
         return {"metric_export_interval": 0.5}

@@ -2,6 +2,8 @@ import pytest
 
 import labotel
 
+pytest_plugins = ["pytester"]  # tests/unit/test_pytest_plugin.py runs sample projects
+
 
 @pytest.fixture
 def monitor():

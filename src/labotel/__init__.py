@@ -2,22 +2,59 @@
 
     import labotel
     labotel.start(service_name="orders")
+
+Importing labotel is cheap: the public names below load their modules on first use, so
+the pytest plugin (loaded in every test run of a project that installs labotel) and code
+that only calls ``record_access`` pay for the OpenTelemetry SDK, psutil and
+prometheus_client only once ``start()`` is looked up.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from labotel.detect.detection import Detection
-from labotel.monitor import Monitor
-from labotel.monitor import shutdown as shutdown
-from labotel.monitor import start as start
-from labotel.version import VERSION
-
-__version__ = VERSION
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["Detection", "Monitor", "start", "shutdown", "record_access", "shared",
            "happens_before", "happens_after", "detections", "asgi_app", "wsgi_app"]
+
+# public name -> the module that defines it (imported on first access, then cached here)
+_LAZY = {
+    "Detection": "labotel.detect.detection",
+    "Monitor": "labotel.monitor",
+    "start": "labotel.monitor",
+    "shutdown": "labotel.monitor",
+    # the race-detection API: near-free while detection is off
+    "record_access": "labotel.detect.races",
+    "shared": "labotel.detect.races",
+    "happens_before": "labotel.detect.races",
+    "happens_after": "labotel.detect.races",
+}
+
+if TYPE_CHECKING:
+    from labotel.detect.detection import Detection
+    from labotel.detect.races import happens_after, happens_before, record_access, shared
+    from labotel.monitor import Monitor, shutdown, start
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if name == "__version__":  # the package metadata, read once asked for
+        from labotel.version import VERSION
+
+        value: Any = VERSION
+    elif module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}"):
+        value = importlib.import_module(f"{__name__}.{name}")  # `labotel.monitor.current()`
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def detections(kind: str | None = None) -> list[Detection]:
@@ -56,18 +93,3 @@ def _router() -> Any:
         router.add("/", not_started, prefix=True, methods=("GET", "HEAD", "POST"))
         return router
     return monitor.router
-
-
-# Race-detection API: implemented in labotel.detect.races (near-free while detection is off).
-from labotel.detect.races import (  # noqa: E402
-    happens_after as happens_after,
-)
-from labotel.detect.races import (  # noqa: E402
-    happens_before as happens_before,
-)
-from labotel.detect.races import (  # noqa: E402
-    record_access as record_access,
-)
-from labotel.detect.races import (  # noqa: E402
-    shared as shared,
-)

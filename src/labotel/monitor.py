@@ -40,8 +40,9 @@ class Monitor:
         self.unavailable: dict[str, str] = {}  # component name -> why it cannot run here
         self.server: DebugServer | None = None
         self._started_pid = os.getpid()
-        # every patch labotel itself installs (the hook layer keeps its own, shared by
-        # the subscribing components and undone when they stop)
+        # the patches the monitor alone installs; those it shares keep their own and are
+        # undone by their last holder: the hook layer's (race detector, contention
+        # profiler) and runtime/origins' (the monitor, labotel.testing)
         self.patcher = Patcher()
         self.running = False
 
@@ -70,7 +71,7 @@ class Monitor:
             "labotel.internal.memory", [self.context.guarded("footprint", self._own_memory)],
             unit="By", description="Memory labotel itself keeps, by part (estimates): race "
             "shadow state, detections, queued spans")
-        origins.install(self.patcher)
+        origins.install()
         loops.install(self.patcher)
         for component in default_components(settings):
             self._start_component(component)

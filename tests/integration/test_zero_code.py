@@ -126,11 +126,14 @@ def test_plain_app_otlp_configurator(tmp_path, receiver):
     app = launch(["python", "app.py"], tmp_path, env)
     try:
         _, pid, _ = read_line(app, "READY").split()
-        exports = wait_for(lambda: receiver.metric_resources("labotel"))
-        assert exports, "no labotel metrics reached the OTLP receiver"
+        wanted = {"process.thread.count", "process.memory.usage"}
+        # an export may come between start()'s first instrument and the collectors' (300 ms)
+        exports = wait_for(lambda: [(resource, names) for resource, names
+                                    in receiver.metric_resources("labotel") if wanted <= names])
+        assert exports, ("labotel's runtime metrics never reached the OTLP receiver: "
+                         f"{receiver.metric_resources('labotel')}")
         resource, names = exports[-1]
         assert resource["process.pid"] == int(pid) and resource["service.name"] == "otlp-app"
-        assert {"process.thread.count", "process.memory.usage"} <= names, names
 
         status, body = get(f"http://127.0.0.1:{admin}/metrics")
         assert status == 200

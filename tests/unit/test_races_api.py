@@ -371,6 +371,18 @@ def test_fork_child_keeps_detecting():
     assert "child-exit 0" in result.stdout, result.stderr
 
 
+def test_truth_of_a_shared_container_is_the_container_s_and_a_read():
+    # list, dict and set have no __bool__ of their own: truth comes from __len__
+    assert not labotel.shared([], "empty-list") and labotel.shared([1], "full-list")
+    assert not labotel.shared({}, "empty-dict") and labotel.shared({"k": 1}, "full-dict")
+    assert not labotel.shared(set(), "empty-set")
+
+    class Plain:
+        pass
+
+    assert labotel.shared(Plain(), "plain")
+
+
 def test_a_finalizer_run_by_gc_inside_the_detector_does_not_deadlock():
     """The GC runs finalizers on whichever thread allocates, also while it holds one of the
     detector's raw locks; one that synchronises (a gRPC channel's __del__ takes a Condition)

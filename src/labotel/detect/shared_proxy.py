@@ -84,7 +84,10 @@ class _Proxy:
     __str__ = _forward("__str__", False)
     __eq__ = _forward("__eq__", False)
     __ne__ = _forward("__ne__", False)
-    __bool__ = _forward("__bool__", False)
+
+    def __bool__(self) -> bool:  # bool(): containers have no __bool__, only __len__
+        _record(self, False)
+        return bool(object.__getattribute__(self, "_labotel_target"))
 
 
 def _methods(reads: Iterable[str], writes: Iterable[str],

@@ -1,8 +1,14 @@
 """Where threads and asyncio tasks were created: a few frames, captured cheaply.
 
 Thread creation is ``Thread.start()`` (the analogue of Go's ``go`` statement); task
-creation is the loop's task factory. Frames inside threading, asyncio, concurrent.futures
-and labotel itself are skipped so the site names the application line.
+creation is the loop's task factory (``track_loop_tasks``, for loops the monitor finds
+running) or, for ``labotel.testing``, ``BaseEventLoop.create_task`` itself (every loop,
+from its first step on). Frames inside threading, asyncio, concurrent.futures and labotel
+itself are skipped so the site names the application line.
+
+Several holders may install the hooks at once (the monitor, ``labotel.testing``): they
+stay until the last holder uninstalls, so ``labotel.shutdown()`` in a test suite does not
+take creation sites away from the leak checks.
 """
 
 from __future__ import annotations
@@ -18,11 +24,17 @@ from labotel import frames as frames_module
 from labotel.patching import Patcher
 
 Frame = frames_module.Frame
-
 MAX_FRAMES = 6
 
 _task_origins: weakref.WeakKeyDictionary[asyncio.Future, tuple[Frame, ...]] = (
     weakref.WeakKeyDictionary())
+# coroutines handed to run_coroutine_threadsafe -> the caller's frames: their task is made
+# on the loop's thread, whose stack holds no application frame
+_coro_origins: weakref.WeakKeyDictionary[Any, tuple[Frame, ...]] = weakref.WeakKeyDictionary()
+_patcher = Patcher()  # Thread.start
+_task_patcher = Patcher()  # BaseEventLoop.create_task
+_holders: dict[str, bool] = {}  # holder -> wants every loop's tasks
+_install_lock = threading.Lock()
 _MISSING = object()
 _loop_patcher_lock = threading.Lock()
 # by id, with a weak reference (a WeakSet would hash a custom loop under our lock)
@@ -35,8 +47,7 @@ def capture(skip: int = 1, limit: int = MAX_FRAMES) -> tuple[Frame, ...]:
     frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         filename = frame.f_code.co_filename
-        if not (frames_module.is_labotel(filename)
-                or frames_module.is_concurrency_machinery(filename)):
+        if not is_machinery(filename):
             frames.append((filename, frame.f_lineno, frame.f_code.co_name))
         frame = frame.f_back
     return tuple(frames)
@@ -48,6 +59,13 @@ def site(frames: tuple[Frame, ...] | None) -> str:
         return "unknown"
     filename, lineno, _ = frames[0]
     return f"{filename}:{lineno}"
+
+
+def is_machinery(filename: str) -> bool:
+    """Whether a frame of ``filename`` is threading/asyncio/concurrent.futures or labotel
+    (the frames every thread and task passes through), not application code."""
+    return frames_module.is_labotel(filename) or frames_module.is_concurrency_machinery(
+        filename)
 
 
 def thread_origin(thread: threading.Thread) -> tuple[Frame, ...] | None:
@@ -87,9 +105,40 @@ def task_origin(task: asyncio.Future) -> tuple[Frame, ...] | None:
     return _task_origins.get(task)
 
 
-def install(patcher: Patcher) -> None:
-    """Record creation sites of threads started and tasks created from now on; the
-    patch goes into ``patcher`` (the monitor's), which undoes it."""
+def install(holder: str = "monitor", *, every_loop: bool = False) -> None:
+    """Record creation sites of threads started from now on; with ``every_loop``, also of
+    tasks created through any asyncio loop's ``create_task`` (``asyncio.create_task``,
+    ``TaskGroup``, ``gather``, ``run_coroutine_threadsafe``...), which ``recorded_tasks()``
+    then lists. Idempotent per ``holder``."""
+    with _install_lock:
+        _holders[holder] = _holders.get(holder, False) or every_loop
+        if not _patcher:
+            _patch_thread_start()
+        if every_loop and not _task_patcher:
+            _patch_create_task()
+
+
+def uninstall(holder: str = "monitor") -> None:
+    """Drop ``holder``'s hooks; the last holder out undoes every patch and task factory."""
+    with _install_lock:
+        _holders.pop(holder, None)
+        if not any(_holders.values()):
+            _task_patcher.undo()
+        if _holders:
+            return
+        _patcher.undo()
+    with _loop_patcher_lock:
+        loops = [ref() for ref in _patched_loops.values()]
+        _patched_loops.clear()
+    for loop in loops:  # the loop's own methods: outside our lock
+        if loop is None:
+            continue
+        factory = loop.get_task_factory()
+        if getattr(factory, "_labotel_previous", _MISSING) is not _MISSING:
+            loop.set_task_factory(factory._labotel_previous)
+
+
+def _patch_thread_start() -> None:
     original_start = threading.Thread.start
 
     def start(self: threading.Thread) -> None:
@@ -103,20 +152,48 @@ def install(patcher: Patcher) -> None:
         original_start(self)
 
     start.__wrapped__ = original_start  # type: ignore[attr-defined]
-    patcher.replace(threading.Thread, "start", start)
+    _patcher.replace(threading.Thread, "start", start)
 
 
-def uninstall() -> None:
-    """Give the loops their task factories back (``Thread.start`` is the patcher's)."""
-    with _loop_patcher_lock:
-        loops = [ref() for ref in _patched_loops.values()]
-        _patched_loops.clear()
-    for loop in loops:  # the loop's own methods: outside our lock
-        if loop is None:
+def _patch_create_task() -> None:
+    original = asyncio.BaseEventLoop.create_task
+
+    def create_task(self: asyncio.BaseEventLoop, coro: Any, *args: Any,
+                    **kwargs: Any) -> asyncio.Task:
+        task = original(self, coro, *args, **kwargs)
+        try:
+            if not _task_origins.get(task):  # a factory of track_loop_tasks may have one
+                handed = _coro_origins.pop(coro, None) if _coro_origins else None
+                _task_origins[task] = handed or capture(2)
+        except Exception:  # not weak-referenceable, or a hostile __hash__: no origin
+            pass
+        return task
+
+    original_threadsafe = asyncio.run_coroutine_threadsafe
+
+    def run_coroutine_threadsafe(coro: Any, loop: asyncio.AbstractEventLoop) -> Any:
+        try:
+            _coro_origins[coro] = capture(2)
+        except Exception:  # not a coroutine: run_coroutine_threadsafe says so
+            pass
+        return original_threadsafe(coro, loop)
+
+    create_task.__wrapped__ = original  # type: ignore[attr-defined]
+    run_coroutine_threadsafe.__wrapped__ = original_threadsafe  # type: ignore[attr-defined]
+    _task_patcher.replace(asyncio.BaseEventLoop, "create_task", create_task)
+    for module in (asyncio, asyncio.tasks):
+        if module.__dict__.get("run_coroutine_threadsafe") is original_threadsafe:
+            _task_patcher.replace(module, "run_coroutine_threadsafe", run_coroutine_threadsafe)
+
+
+def recorded_tasks() -> list[asyncio.Future]:
+    """Tasks with a recorded creation site that are still referenced somewhere."""
+    for _ in range(100):  # another thread may add one while we copy
+        try:
+            return list(_task_origins.keys())
+        except RuntimeError:
             continue
-        factory = loop.get_task_factory()
-        if getattr(factory, "_labotel_previous", _MISSING) is not _MISSING:
-            loop.set_task_factory(factory._labotel_previous)
+    return []
 
 
 def track_loop_tasks(loop: asyncio.AbstractEventLoop) -> None:
