@@ -20,7 +20,6 @@ from labotel.footprint import Footprint
 from labotel.server.http import Handler, Router
 
 if TYPE_CHECKING:
-    from labotel.component import Component
     from labotel.detect.detection import Reporter
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class Context:
     def __init__(self, settings: Settings, meter: metrics.Meter, tracer: trace.Tracer,
                  reporter: Reporter, *, router: Router | None = None,
                  footprint: Footprint | None = None, views: Views | None = None,
-                 peers: Callable[[str], Component | None] | None = None) -> None:
+                 peers: Callable[[str], object | None] | None = None) -> None:
         self.settings = settings
         self.meter = meter
         self.tracer = tracer
@@ -95,6 +94,7 @@ class Context:
         return run
 
     # -- other components --------------------------------------------------------------
-    def peer(self, name: str) -> Component | None:
-        """The running component called ``name`` (the GC collector, the contention profiler)."""
+    def peer(self, name: str) -> object | None:
+        """The running component called ``name`` (the GC collector, the contention profiler);
+        callers check its type, as a component may be off."""
         return self._peers(name) if self._peers is not None else None

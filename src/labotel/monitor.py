@@ -75,7 +75,7 @@ class Monitor:
         loops.install(self.patcher)
         for component in default_components(settings):
             self._start_component(component)
-        admin.add_routes(self)
+        admin.add_routes(self.context, self.router, self.status)
         self.running = True
         if settings.admin_address:
             self._start_server()
@@ -215,9 +215,11 @@ class Monitor:
         """The sections components added to the admin view ``view``."""
         return self.context.views.collect(view)
 
-    def process_snapshot(self) -> dict[str, Any] | None:
-        collector = self.component("runtime.process")
-        return collector.snapshot.get() if collector else None
+    def status(self) -> dict[str, Any]:
+        """The service name and which components run or are unavailable (and why)."""
+        return {"service": self.service_name,
+                "components": {"running": [c.name for c in self.components],
+                               "unavailable": dict(self.unavailable)}}
 
 
 def _parent_listens_on(port: int) -> bool:

@@ -9,26 +9,30 @@ from __future__ import annotations
 import gc
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
+from labotel.context import Context
 from labotel.detect.detection import KINDS
 from labotel.runtime import aio, heap, threads
 from labotel.runtime.gc import GCCollector
-from labotel.server.http import HTTPError, Request, Response, json_response, text_response
-
-if TYPE_CHECKING:
-    from labotel.monitor import Monitor
+from labotel.runtime.process import ProcessCollector
+from labotel.server.http import HTTPError, Request, Response, Router, json_response, text_response
 
 RACES = "/admin/monitoring/races"
 
 
-def add_routes(monitor: Monitor) -> None:
-    context = monitor.context
-    router = monitor.router
+def add_routes(context: Context, router: Router, status: Callable[[], dict[str, Any]]) -> None:
+    """``status()`` is the monitor's own account of itself: ``service`` and ``components``
+    (``running`` names, ``unavailable`` name -> why)."""
     started = time.time()
+
+    def process_snapshot() -> dict[str, Any] | None:
+        collector = context.peer(ProcessCollector.name)
+        return collector.snapshot.get() if isinstance(collector, ProcessCollector) else None
 
     def healthz(_: Request) -> Response:
         return text_response("ok\n")
@@ -65,7 +69,7 @@ def add_routes(monitor: Monitor) -> None:
 
         if collect:
             read("gc_collect", gc.collect)
-        snapshot = read("process", monitor.process_snapshot)
+        snapshot = read("process", process_snapshot)
         memory = snapshot.get("memory") if snapshot else None
         data: dict[str, Any] = {
             "pid": os.getpid(),
@@ -91,22 +95,22 @@ def add_routes(monitor: Monitor) -> None:
         if kind is not None and kind not in KINDS:
             raise HTTPError(400, f"invalid value for kind: {kind!r} (one of {', '.join(KINDS)})")
         limit = request.int_arg("limit", 100, minimum=1, maximum=10_000)
-        items = [d.to_dict() for d in monitor.reporter.detections(kind)[:limit]]
+        items = [d.to_dict() for d in context.reporter.detections(kind)[:limit]]
         return json_response({"count": len(items), "detections": items})
 
     def races_off(_: Request) -> Response:
-        reason = monitor.unavailable.get("detect.races")
+        reason = status()["components"]["unavailable"].get("detect.races")
         hint = (f"race detection cannot run here: {reason}" if reason else
                 "race detection is off: start labotel with race_detection=True or "
                 "LABOTEL_RACE_DETECTION=1")
         return json_response({"enabled": False, "count": 0, "races": [], "hint": hint})
 
     def index(_: Request) -> Response:
+        state = status()
         return json_response({
-            "service": monitor.service_name,
+            "service": state["service"],
             "uptime_seconds": round(time.time() - started, 3),
-            "components": {"running": [c.name for c in monitor.components],
-                           "unavailable": dict(monitor.unavailable)},
+            "components": state["components"],
             "endpoints": router.paths()})
 
     add = context.add_route
