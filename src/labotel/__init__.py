@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = ["Detection", "Monitor", "start", "shutdown", "record_access", "shared",
            "happens_before", "happens_after", "detections", "asgi_app", "wsgi_app"]
-__version__ = "0.1.0"
 
 # public name -> the module that defines it (imported on first access, then cached here)
 _LAZY = {
@@ -40,7 +39,11 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
-    if module is not None:
+    if name == "__version__":  # the package metadata, read once asked for
+        from labotel.version import VERSION
+
+        value: Any = VERSION
+    elif module is not None:
         value = getattr(importlib.import_module(module), name)
     elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}"):
         value = importlib.import_module(f"{__name__}.{name}")  # `labotel.monitor.current()`

@@ -29,7 +29,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from labotel.environment_variables import apply_launcher_flags
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 
 
 def disabled_by_environment(environ: Any = os.environ) -> bool:

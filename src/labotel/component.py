@@ -1,15 +1,11 @@
-"""The life cycle every labotel part follows, and the guard that keeps failures contained."""
+"""The life cycle every labotel part follows."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from labotel.monitor import Monitor
-
-F = TypeVar("F", bound=Callable[..., Any])
+    from labotel.context import Context
 
 
 class Unavailable(Exception):
@@ -20,14 +16,15 @@ class Unavailable(Exception):
 class Component:
     """A part of labotel that starts with the monitor and undoes itself on stop.
 
-    ``start`` may register instruments, routes (``monitor.router``), patches and
-    threads; ``stop`` must undo all of it. ``after_fork_in_child`` restarts whatever
-    background threads the component owns (threads do not survive ``fork``).
+    ``start`` gets a ``Context`` and may register instruments, routes and views through
+    it, install patches and start threads; ``stop`` must undo all of it.
+    ``after_fork_in_child`` restarts whatever background threads the component owns
+    (threads do not survive ``fork``).
     """
 
     name = "component"
 
-    def start(self, monitor: Monitor) -> None:
+    def start(self, context: Context) -> None:
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -35,18 +32,3 @@ class Component:
 
     def after_fork_in_child(self) -> None:
         """Restart background threads in a forked child."""
-
-
-def guarded_callback(monitor: Monitor, component: str,
-                     callback: Callable[[Any], Iterable]) -> Callable[[Any], list]:
-    """An observable-instrument callback that never raises: failures are counted, logged once."""
-
-    @functools.wraps(callback)
-    def run(options: Any) -> list:
-        try:
-            return list(callback(options))
-        except Exception:
-            monitor.reporter.component_failed(component)
-            return []
-
-    return run

@@ -224,6 +224,7 @@ def parse_address(address: str) -> tuple[str, int]:
 
 def _convert(name: str, source: str, raw: Any, field: dataclasses.Field) -> Any:
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    value: Any
     try:
         if kind.startswith("bool"):
             value = _to_bool(raw)

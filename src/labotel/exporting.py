@@ -22,7 +22,7 @@ import time
 import weakref
 from typing import Any
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 
 HEALTHY_WAIT = 0.5  # seconds fork waits for an export to a collector that answers
 FIRST_WAIT = 0.1  # ... for the first export, before anything is known about the collector

@@ -7,26 +7,28 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from labotel import sdk
-from labotel.component import Component, Unavailable, guarded_callback
+from labotel.component import Component, Unavailable
 from labotel.components import default_components
 from labotel.config import Settings, parse_address
+from labotel.context import Context, Views
 from labotel.detect.detection import Reporter
 from labotel.footprint import Footprint
-from labotel.runtime import loops, origins
+from labotel.hooks import layer as hooks_layer
+from labotel.patching import Patcher
+from labotel.runtime import heap, loops, origins
 from labotel.server import admin
 from labotel.server.debug_server import DebugServer, check_exposure
 from labotel.server.http import Router
 from labotel.server.limits import ServerLimits
+from labotel.version import VERSION
 
-log = logging.getLogger("labotel")
-VERSION = "0.1.0"
+log = logging.getLogger(__name__)
 
 
 class Monitor:
@@ -37,8 +39,11 @@ class Monitor:
         self.components: list[Component] = []
         self.unavailable: dict[str, str] = {}  # component name -> why it cannot run here
         self.server: DebugServer | None = None
-        self._views: dict[str, list[Callable[[], dict[str, Any]]]] = {}
         self._started_pid = os.getpid()
+        # the patches the monitor alone installs; those it shares keep their own and are
+        # undone by their last holder: the hook layer's (race detector, contention
+        # profiler) and runtime/origins' (the monitor, labotel.testing)
+        self.patcher = Patcher()
         self.running = False
 
     # -- life cycle -----------------------------------------------------------------
@@ -54,19 +59,23 @@ class Monitor:
         self.reporter = Reporter(self.tracer, self.meter, settings.detection_buffer_size)
         self.footprint = Footprint()
         self.footprint.add("reporter", self.reporter.bytes)
-        self.footprint.add("span_queue", lambda: sdk.span_queue_length(self.providers)
-                           * self.reporter.span_bytes)
-        self.meter.create_observable_gauge(
-            "labotel.internal.memory", [guarded_callback(self, "footprint", self._own_memory)],
-            unit="By", description="Memory labotel itself keeps, by part (estimates): race "
-            "shadow state, detections, queued spans")
+        self.footprint.add("span_queue", lambda: int(sdk.span_queue_length(self.providers)
+                                                     * self.reporter.span_bytes))
         self.router = Router(settings.admin_token, on_error=self.reporter.component_failed,
                              max_body_bytes=settings.admin_max_body_bytes)
-        admin.add_routes(self)
+        self.context = Context(settings, self.meter, self.tracer, self.reporter,
+                               router=self.router, footprint=self.footprint,
+                               views=Views(self.reporter.component_failed),
+                               peers=self.component)
+        self.meter.create_observable_gauge(
+            "labotel.internal.memory", [self.context.guarded("footprint", self._own_memory)],
+            unit="By", description="Memory labotel itself keeps, by part (estimates): race "
+            "shadow state, detections, queued spans")
         origins.install()
-        loops.install()
+        loops.install(self.patcher)
         for component in default_components(settings):
             self._start_component(component)
+        admin.add_routes(self.context, self.router, self.status)
         self.running = True
         if settings.admin_address:
             self._start_server()
@@ -77,7 +86,7 @@ class Monitor:
 
     def _start_component(self, component: Component) -> None:
         try:
-            component.start(self)
+            component.start(self.context)
         except ValueError:
             raise  # a configuration error: the caller must hear about it
         except Unavailable as reason:
@@ -90,14 +99,15 @@ class Monitor:
         self.components.append(component)
 
     def _start_server(self) -> None:
+        address = cast(str, self.settings.admin_address)  # called only when it is set
         try:
-            self.server = DebugServer(self.settings.admin_address, self.router,
+            self.server = DebugServer(address, self.router,
                                       limits=ServerLimits.from_settings(self.settings))
             self.server.start()
         except OSError as error:
             self.server = None
             if (error.errno == errno.EADDRINUSE and self.settings.admin_worker_ports
-                    and _parent_listens_on(parse_address(self.settings.admin_address)[1])):
+                    and _parent_listens_on(parse_address(address)[1])):
                 # a spawned worker (multiprocessing spawn/forkserver, a re-exec'd server)
                 # of a labotel process: the same port scheme as a forked one
                 self._start_worker_server()
@@ -124,6 +134,7 @@ class Monitor:
             except Exception:
                 log.exception("labotel: stopping %s failed", component.name)
         self.components.clear()
+        self.patcher.undo()
         loops.uninstall()
         origins.uninstall()
         self.reporter.close()
@@ -160,7 +171,7 @@ class Monitor:
 
     def _start_worker_server(self) -> None:
         """Bind the first free port of ``port+1 .. port+admin_worker_ports`` (``:0`` stays 0)."""
-        host, port = parse_address(self.settings.admin_address)
+        host, port = parse_address(cast(str, self.settings.admin_address))
         span = self.settings.admin_worker_ports
         candidates = [0] if port == 0 else range(port + 1, min(port + 1 + span, 65536))
         bracketed = f"[{host}]" if ":" in host else host
@@ -187,35 +198,28 @@ class Monitor:
     def service_name(self) -> str | None:
         resource = self.providers.resource
         if resource is not None:
-            return resource.attributes.get("service.name")
+            return cast("str | None", resource.attributes.get("service.name"))
         return self.settings.service_name
 
     @property
     def admin_url(self) -> str | None:
         return self.server.url if self.server else None
 
-    def component(self, name: str) -> Any:
+    def component(self, name: str) -> Any:  # Any: tests and benches reach into each kind
         for component in self.components:
             if component.name == name:
                 return component
         return None
 
-    def add_view(self, view: str, provider: Callable[[], dict[str, Any]]) -> None:
-        """Let a component add sections to an admin view (``heap``, ``goroutines``)."""
-        self._views.setdefault(view, []).append(provider)
-
     def extra_view(self, view: str) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        for provider in self._views.get(view, []):
-            try:
-                data.update(provider())
-            except Exception:
-                self.reporter.component_failed(f"view.{view}")
-        return data
+        """The sections components added to the admin view ``view``."""
+        return self.context.views.collect(view)
 
-    def process_snapshot(self) -> dict[str, Any] | None:
-        collector = self.component("runtime.process")
-        return collector.snapshot.get() if collector else None
+    def status(self) -> dict[str, Any]:
+        """The service name and which components run or are unavailable (and why)."""
+        return {"service": self.service_name,
+                "components": {"running": [c.name for c in self.components],
+                               "unavailable": dict(self.unavailable)}}
 
 
 def _parent_listens_on(port: int) -> bool:
@@ -243,6 +247,7 @@ def start(**options: Any) -> Monitor:
     global _current
     settings = Settings.load(options)
     with _lock:
+        _register_fork_hooks()
         if _current is not None and _current.running:
             if options and _current.settings != settings:
                 log.warning("labotel.start(): already running; new options ignored "
@@ -288,6 +293,9 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.RLock()  # a parent thread may have held it at fork time
+    # module state a parent thread may have been using at fork time
+    heap.forget_readings()
+    hooks_layer.after_fork_in_child()
     sdk.release_collection_after_fork(in_child=True)
     monitor = _current
     if monitor is None or not monitor.running:
@@ -298,6 +306,17 @@ def _after_fork_in_child() -> None:
         log.exception("labotel: setting up the forked child %d failed", os.getpid())
 
 
-if hasattr(os, "register_at_fork"):
+_fork_hooks_registered = False
+
+
+def _register_fork_hooks() -> None:
+    """(Under ``_lock``) labotel's only fork hooks, registered by the first ``start()``:
+    importing labotel changes nothing at fork. They cannot be unregistered, so they are
+    registered once and do nothing while no monitor runs. Registered long after
+    threading's own, so the hook layer's part runs after it."""
+    global _fork_hooks_registered
+    if _fork_hooks_registered or not hasattr(os, "register_at_fork"):
+        return
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_after_fork_in_child)
+    _fork_hooks_registered = True

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+log = logging.getLogger(__name__)
 _MISSING = object()
 
 
 class Patcher:
-    """Replace attributes and restore them, newest first, on ``undo()``."""
+    """Replace attributes and restore them, newest first, on ``undo()``.
+
+    ``undo`` restores a value only while it is still the one we set: if someone else
+    (another instrumentation, the application) replaced it since, theirs stays, and that
+    is logged once per attribute. Ours then stays reachable inside theirs, which is why
+    every labotel patch does nothing once its subscriber is gone.
+    """
 
     def __init__(self) -> None:
-        self._saved: list[tuple[Any, str, Any]] = []
+        self._saved: list[tuple[Any, str, Any]] = []  # (owner, name, original or _MISSING)
+        self._ours: list[Any] = []  # the value we set, one per entry of _saved
 
     def replace(self, owner: Any, name: str, value: Any) -> Any:
         """Set ``owner.name = value`` and return the previous value."""
@@ -21,12 +30,20 @@ class Patcher:
         else:
             original_value = original
         self._saved.append((owner, name, original))
+        self._ours.append(value)
         setattr(owner, name, value)
         return original_value
 
     def undo(self) -> None:
         while self._saved:
             owner, name, original = self._saved.pop()
+            ours = self._ours.pop()
+            now = owner.__dict__.get(name, _MISSING) if hasattr(owner, "__dict__") else \
+                getattr(owner, name, _MISSING)
+            if now is not ours:
+                log.warning("labotel: %s.%s was replaced by someone else after labotel "
+                            "patched it; leaving theirs in place", _label(owner), name)
+                continue
             if original is _MISSING:
                 try:
                     delattr(owner, name)
@@ -37,3 +54,9 @@ class Patcher:
 
     def __bool__(self) -> bool:
         return bool(self._saved)
+
+
+def _label(owner: Any) -> str:
+    if isinstance(owner, type):
+        return f"{owner.__module__}.{owner.__qualname__}"
+    return getattr(owner, "__name__", type(owner).__name__)

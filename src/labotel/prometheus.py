@@ -65,7 +65,7 @@ try:  # the exporter's own mapping, so names never drift from it
 except ImportError:  # a future exporter moved it: make_prometheus_reader falls back
     map_unit = sanitize_attribute = sanitize_full_name = None  # type: ignore[assignment]
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 CACHE_LIMIT = 10_000  # attribute sets remembered; past this the cache starts over
 TARGET_INFO = ("target", "Target metadata")
 CUMULATIVE = AggregationTemporality.CUMULATIVE

@@ -42,7 +42,7 @@ from labotel import exporting
 from labotel.config import Settings
 from labotel.prometheus import is_prometheus_reader, make_prometheus_reader
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 INSTRUMENTATION_SCOPE = "labotel"
 
 

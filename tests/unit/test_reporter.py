@@ -56,7 +56,7 @@ def test_detection_becomes_span_counter_log_and_buffer_entry(caplog):
     assert "write (app.py:10)" in span.events[0].attributes["exception.stacktrace"]
     assert counter_values(reader, "labotel.detections") == {
         (("labotel.detection.kind", "race_condition"),): 1}
-    [record] = [r for r in caplog.records if r.name == "labotel"]
+    [record] = [r for r in caplog.records if r.name == "labotel.detect.races"]
     assert record.levelno == logging.WARNING
     assert "RACE CONDITION DETECTED" in record.getMessage()
     [stored] = reporter.detections()

@@ -40,10 +40,10 @@ from labotel.budget import Pacer, Stopped
 from labotel.detect import census as census_module
 from labotel.detect.census import Census, GrowingContainer, instance_dict, newest_items
 from labotel.detect.detection import Stack
-from labotel.detect.frames import application_frame
+from labotel.frames import application_frame
 from labotel.profile import heap as tracer
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 
 FRAMES = 10  # deep enough to walk out of stdlib helpers to the application line
 TOP_SITES = 5

@@ -34,14 +34,13 @@ import dataclasses
 import gc
 import heapq
 import itertools
-import os
 import sys
-import sysconfig
 import threading
 import types
 from collections import Counter
 from typing import Any
 
+from labotel import frames
 from labotel.budget import Pacer
 
 TOP_CONTAINERS = 2000  # containers remembered per walk (the longest)
@@ -67,12 +66,8 @@ _TYPE_DICT = type.__dict__["__dict__"].__get__
 _TYPE_MRO = type.__dict__["__mro__"].__get__
 _TYPE_NAME = type.__dict__["__name__"].__get__
 _TYPE_QUALNAME = type.__dict__["__qualname__"].__get__
-_MODULE_DICT = types.ModuleType.__dict__["__dict__"].__get__
+_MODULE_DICT = types.ModuleType.__dict__["__dict__"].__get__  # type: ignore[index]
 _OWN = "labotel"
-_OWN_APPLICATION = "labotel.demo"
-_LIBRARY_DIRS = tuple({os.path.normpath(p) + os.sep for key in ("stdlib", "platstdlib",
-                                                                 "purelib", "platlib")
-                       if (p := sysconfig.get_paths().get(key))})
 
 Root = tuple  # ("module", name) | ("thread", name) | ("task", name)
 
@@ -226,7 +221,7 @@ def take_census(pacer: Pacer | None = None, top: int = TOP_CONTAINERS,
             break
     found = []
     for length, _, obj in sorted(longest, key=lambda e: e[0], reverse=True):
-        chain = []
+        chain: list[Any] = []
         holder = parent_of.get(id(obj))
         while holder is not None and len(chain) <= MAX_DEPTH:
             chain.append(holder)
@@ -255,15 +250,16 @@ def _roots() -> list[list[tuple[Any, Root]]]:
                 first.append((task, ("task", _task_name(task))))
     except Exception:
         pass
-    libraries = []
+    libraries: list[tuple[dict[str, Any], Root]] = []
     for name, module in list(sys.modules.items()):
         if not isinstance(module, types.ModuleType) or (
                 (name == _OWN or name.startswith(_OWN + ".")) and
-                not name.startswith(_OWN_APPLICATION)):
+                not name.startswith(frames.DEMO_PACKAGE)):
             continue
         namespace = _MODULE_DICT(module)
         path = namespace.get("__file__")
-        library = not isinstance(path, str) or path.startswith(_LIBRARY_DIRS)
+        library = not isinstance(path, str) or not frames.is_application(path) or \
+            frames.is_installed(path)
         (libraries if library else first).append((namespace, ("module", name)))
     return [first, libraries]
 
@@ -330,23 +326,23 @@ def describe(root: Root, chain: tuple, container: Any) -> str:
     path = [*chain, container]
     labels = [_edge(holder, held, path[index - 1] if index else None)
               for index, (holder, held) in enumerate(zip(path, path[1:], strict=False))]
-    labels = [label for label in labels if label is not None]
+    named = [label for label in labels if label is not None]
     kind, name = root
     if kind == "thread":
         if any(label[0] == "attribute" and label[2] in ("_args", "_kwargs", "_target")
-               for label in labels):
+               for label in named):
             return f"an argument of thread {name!r}"
         root_text = f"thread {name!r}"
     elif kind == "task":
         root_text = f"task {name!r}"
-    elif labels and labels[0][0] == "key":  # a module global
-        root_text = f"global {labels[0][1]!r} of module {name}"
-        labels = labels[1:]
+    elif named and named[0][0] == "key":  # a module global
+        root_text = f"global {named[0][1]!r} of module {name}"
+        named = named[1:]
     else:
         root_text = f"module {name}"
-    if not labels:
+    if not named:
         return root_text
-    return f"{_label(labels[-1])}, reached from {root_text}"
+    return f"{_label(named[-1])}, reached from {root_text}"
 
 
 def _edge(holder: Any, held: Any, holder_of_holder: Any) -> tuple | None:

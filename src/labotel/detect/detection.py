@@ -27,9 +27,15 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 
 KINDS = ("race_condition", "memory_leak", "thread_leak", "task_leak", "loop_blocked")
+# Each detection's log record goes to its detector's logger, so one kind can be tuned
+# alone (``logging.getLogger("labotel.detect.races").setLevel(logging.ERROR)``).
+DETECTOR_LOGGERS = {kind: logging.getLogger(name) for kind, name in (
+    ("race_condition", "labotel.detect.races"), ("memory_leak", "labotel.detect.memory"),
+    ("thread_leak", "labotel.detect.threads"), ("task_leak", "labotel.detect.threads"),
+    ("loop_blocked", "labotel.detect.loop_blocked"))}
 MAX_FINGERPRINTS = 10_000
 REPORT_RATE = 10.0  # full reports (span + log record) per second and kind, on average
 REPORT_BURST = 50.0
@@ -238,8 +244,9 @@ class Reporter:
         if detection.suppressed:
             return False
         self._emit_span(detection)
-        log.warning("%s", detection.message or detection.summary,
-                    extra={"labotel_detection": detection.kind})
+        DETECTOR_LOGGERS.get(detection.kind, log).warning(
+            "%s", detection.message or detection.summary,
+            extra={"labotel_detection": detection.kind})
         return True
 
     def _suppressed_to_log(self) -> tuple[int, str] | None:

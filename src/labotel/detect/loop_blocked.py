@@ -36,11 +36,13 @@ from types import FrameType
 from typing import Any
 
 from labotel.component import Component
+from labotel.context import Context
 from labotel.detect.detection import Detection, Stack
-from labotel.detect.frames import application_frame
+from labotel.frames import application_frame
 from labotel.profile import symbols
 from labotel.profile.stacks import thread_state
 from labotel.runtime import aio, origins
+from labotel.runtime.gc import GCCollector
 from labotel.runtime.thread_frames import current_frames
 
 # CPython internals used here (for the compat seam): the function asyncio runs every
@@ -87,16 +89,16 @@ class BlockedLoopDetector(Component):
 
     name = "detect.loop_blocked"
 
-    def start(self, monitor: Any) -> None:
-        self.monitor = monitor
-        self.threshold = monitor.settings.loop_block_threshold
+    def start(self, context: Context) -> None:
+        self.context = context
+        self.threshold = context.settings.loop_block_threshold
         self.period = self.threshold / 2  # heartbeat
         self.slack = self.threshold / 8  # a probe this late is overdue
         self.fast = self.threshold / 4  # how often to look while a probe is overdue
         self.suspects: dict[aio.Beat, Suspect] = {}
         self.reports = 0
         self.starved = 0
-        meter = monitor.meter
+        meter = context.meter
         self.blocks = meter.create_counter(
             "labotel.asyncio.loop.blocks", unit="{block}",
             description="Times one callback held an asyncio event loop for "
@@ -111,7 +113,7 @@ class BlockedLoopDetector(Component):
                                    on_error=self._failed)
         self.probe.start()
         self._start_watchdog()
-        monitor.add_view("goroutines", self.view)
+        context.add_view("goroutines", self.view)
 
     def _start_watchdog(self) -> None:
         self._stopping = False
@@ -133,7 +135,7 @@ class BlockedLoopDetector(Component):
         self._start_watchdog()  # the parent's thread does not exist here
 
     def _failed(self) -> None:
-        self.monitor.reporter.component_failed(self.name)
+        self.context.failed(self.name)
 
     def _first_loop(self, _: asyncio.AbstractEventLoop) -> None:
         self._loop_found.set()
@@ -234,15 +236,17 @@ class BlockedLoopDetector(Component):
         self.blocks.add(1)
         self.blocked_time.add(held)
         now_gc = self._gc_seconds()
-        in_gc = now_gc - suspect.gc_at_first if None not in (now_gc, suspect.gc_at_first) \
-            else None
-        self.monitor.reporter.report(blocked_loop_detection(suspect.taken, held, still, in_gc))
+        first_gc = suspect.gc_at_first
+        in_gc = now_gc - first_gc if now_gc is not None and first_gc is not None else None
+        self.context.reporter.report(blocked_loop_detection(suspect.taken, held, still, in_gc))
 
     def _gc_seconds(self) -> float | None:
         """Garbage-collection time of the process so far, as the GC collector measures it
         (None without it): a collection stops the loop's thread wherever it is."""
-        collector = self.monitor.component("runtime.gc")
-        return sum(collector.recorder.totals) if collector is not None else None
+        collector = self.context.peer(GCCollector.name)
+        if not isinstance(collector, GCCollector):
+            return None
+        return sum(collector.recorder.totals)
 
     def _take(self, loop: asyncio.AbstractEventLoop, beat: aio.Beat, frame: FrameType | None,
               callback: FrameType, held: float) -> Taken:
@@ -301,7 +305,7 @@ def _running_callback(frame: FrameType | None) -> FrameType | None:
 
 
 def _stack(frame: FrameType | None) -> tuple[Frame, ...]:
-    frames = []
+    frames: list[Frame] = []
     while frame is not None and len(frames) < STACK_FRAMES:
         code = frame.f_code
         frames.append((code.co_filename, frame.f_lineno or code.co_firstlineno,

@@ -32,6 +32,8 @@ from typing import Any
 import psutil
 
 from labotel.budget import STALL_BUDGET, Pacer, Stopped
+from labotel.config import Settings
+from labotel.context import Context
 from labotel.detect import census as census_module
 from labotel.detect.attribution import Attribution, AttributionResult, format_bytes
 from labotel.detect.detection import Detection
@@ -89,7 +91,7 @@ class MemoryLeakDetector(SamplingDetector):
     thread_name = "labotel-memory-leak"
     view_name = "heap"
 
-    def configure(self, settings: Any) -> None:
+    def configure(self, settings: Settings) -> None:
         self.min_rate = settings.memory_leak_min_rate
         self.limit = settings.memory_limit_bytes
         self.attribution_seconds = settings.leak_attribution_seconds
@@ -113,16 +115,16 @@ class MemoryLeakDetector(SamplingDetector):
         self.reports = 0
         self.attributions = 0
 
-    def start(self, monitor: Any) -> None:
-        super().start(monitor)
-        monitor.footprint.add("leak_attribution", self._attribution_bytes)
+    def start(self, context: Context) -> None:
+        super().start(context)
+        context.footprint.add("leak_attribution", self._attribution_bytes)
 
     def _attribution_bytes(self) -> int:
         attribution = self._attribution
         return attribution.bytes() if attribution is not None else 0
 
     def stop(self) -> None:
-        self.monitor.footprint.remove("leak_attribution")
+        self.context.footprint.remove("leak_attribution")
         super().stop()
         with self._lock:
             if self._attribution is not None:
@@ -139,7 +141,7 @@ class MemoryLeakDetector(SamplingDetector):
     # -- sampling ----------------------------------------------------------------------
     def take_sample(self) -> MemorySample:
         """RSS and C heap less what is not the application's: tracemalloc's own tables and
-        labotel's own memory (``monitor.footprint``: shadow state, detections, queued
+        labotel's own memory (``context.footprint``: shadow state, detections, queued
         spans), so neither can be reported as the application's leak."""
         attribution = self._attribution
         if attribution is not None:
@@ -147,7 +149,7 @@ class MemoryLeakDetector(SamplingDetector):
         now = time.monotonic()
         after_gc = self._maybe_collect(now)
         overhead = tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
-        own = self.monitor.footprint.total()
+        own = self.context.footprint.total()
         heap = malloc_in_use()
         return MemorySample(
             time=now, rss=self._process.memory_info().rss - overhead - own,
@@ -204,9 +206,10 @@ class MemoryLeakDetector(SamplingDetector):
             samples = [s for s in self.samples if s.time >= since]
         result = {}
         for series in SERIES:
-            points = [(s.time, s.value(series)) for s in samples if s.value(series) is not None]
+            points = [(s.time, value) for s in samples
+                      if (value := s.value(series)) is not None]
             if len(points) >= 2:
-                result[series] = trend([t for t, _ in points], [v for _, v in points])
+                result[series] = trend([t for t, _ in points], [float(v) for _, v in points])
         return result
 
     def judge(self, now: float) -> Suspicion | None:
@@ -271,7 +274,7 @@ class MemoryLeakDetector(SamplingDetector):
         if confirmed:
             assert overall is not None
             self.reports += 1
-            self.monitor.reporter.report(
+            self.context.reporter.report(
                 self._leak_detection(suspicion.series, overall, result, explained))
 
     def _check_limit(self, sample: MemorySample) -> None:
@@ -281,7 +284,7 @@ class MemoryLeakDetector(SamplingDetector):
             return
         self._limit_armed = False
         self.reports += 1
-        self.monitor.reporter.report(self._limit_detection(sample))
+        self.context.reporter.report(self._limit_detection(sample))
 
     # -- reports -----------------------------------------------------------------------
     def _leak_detection(self, series: str, found: Trend, result: AttributionResult,

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from labotel.component import Component
+from labotel.config import Settings
+from labotel.context import Context
 
 
 class PeriodicThread:
@@ -69,7 +71,7 @@ class PeriodicThread:
 class SamplingDetector(Component):
     """A leak detector: ``tick()`` every ``leak_sample_interval`` on a thread of its own.
 
-    Subclasses name the thread and the monitor view they add to, read their options in
+    Subclasses name the thread and the admin view they add to, read their options in
     ``configure()``, and keep all judging state in ``_reset()``, which also starts them
     afresh in a forked child.
     """
@@ -77,19 +79,19 @@ class SamplingDetector(Component):
     thread_name = "labotel-sampler"
     view_name = ""
 
-    def start(self, monitor: Any) -> None:
-        self.monitor = monitor
-        self.interval = monitor.settings.leak_sample_interval
-        self.window = monitor.settings.leak_window
-        self.configure(monitor.settings)
+    def start(self, context: Context) -> None:
+        self.context = context
+        self.interval = context.settings.leak_sample_interval
+        self.window = context.settings.leak_window
+        self.configure(context.settings)
         self._lock = threading.Lock()
         self._reset()
         self._sampler = PeriodicThread(self.thread_name, self.interval, self.tick,
                                        self._failed)
-        monitor.add_view(self.view_name, self.view)
+        context.add_view(self.view_name, self.view)
         self._sampler.start()
 
-    def configure(self, settings: Any) -> None:
+    def configure(self, settings: Settings) -> None:
         """Read the detector's own options."""
 
     def _reset(self) -> None:
@@ -112,4 +114,4 @@ class SamplingDetector(Component):
         self._sampler.restart_after_fork()
 
     def _failed(self) -> None:
-        self.monitor.reporter.component_failed(self.name)
+        self.context.failed(self.name)

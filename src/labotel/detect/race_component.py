@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 from labotel.compat import python
 from labotel.component import Component, Unavailable
 from labotel.detect import races, sync, vectorclock
-from labotel.server.http import Request, Response, json_response
+from labotel.server.http import Handler, Request, Response, json_response
 
 if TYPE_CHECKING:
-    from labotel.monitor import Monitor
+    from labotel.context import Context
 
 
 class RaceDetection(Component):
@@ -19,8 +19,9 @@ class RaceDetection(Component):
     def __init__(self) -> None:
         self.detector: races.Detector | None = None
         self.adopted_locks = 0
+        self.context: Context | None = None
 
-    def start(self, monitor: Monitor) -> None:
+    def start(self, context: Context) -> None:
         if not python.gil_enabled():
             # Never run without the GIL (no free-threaded build was at hand to verify it),
             # and its one detector lock would serialise every recorded access of threads
@@ -28,8 +29,8 @@ class RaceDetection(Component):
             raise Unavailable("the GIL is disabled (free-threaded build) and the race "
                               "detector is only verified with it on; run Python with "
                               "PYTHON_GIL=1 (or -X gil=1) to use it")
-        settings = monitor.settings
-        reporter = monitor.reporter
+        settings = context.settings
+        reporter = context.reporter
 
         def failed() -> None:
             reporter.component_failed(self.name)
@@ -45,19 +46,19 @@ class RaceDetection(Component):
             self.stop()  # a half-done start must not leave patches behind
             raise
         races.activate(self.detector)
-        self.monitor = monitor
-        monitor.footprint.add("race_detector", self.detector.bytes)
-        monitor.router.add("/admin/monitoring/races", self._view(monitor))
+        self.context = context
+        context.footprint.add("race_detector", self.detector.bytes)
+        context.add_route("/admin/monitoring/races", self._view(context))
 
-    def _view(self, monitor: Monitor):
+    def _view(self, context: Context) -> Handler:
         def races_view(request: Request) -> Response:
             limit = request.int_arg("limit", 100, minimum=1, maximum=10_000)
-            reports = monitor.reporter.detections("race_condition")[:limit]
+            reports = context.reporter.detections("race_condition")[:limit]
             detector = self.detector
             return json_response({
                 "enabled": detector is not None,
                 "stats": {**detector.stats(), "adopted_module_locks": self.adopted_locks,
-                          "reporter": monitor.reporter.stats()}
+                          "reporter": context.reporter.stats()}
                 if detector is not None else {},
                 "count": len(reports),
                 "races": [report.to_dict() for report in reports],
@@ -66,9 +67,8 @@ class RaceDetection(Component):
         return races_view
 
     def stop(self) -> None:
-        monitor = getattr(self, "monitor", None)
-        if monitor is not None:
-            monitor.footprint.remove("race_detector")
+        if self.context is not None:
+            self.context.footprint.remove("race_detector")
         races.activate(None)
         sync.uninstall()
         self.detector = None

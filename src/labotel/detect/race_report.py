@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from labotel.detect.detection import Detection, Stack
 from labotel.detect.keys import display
 from labotel.detect.shadow import CLOCK, FRAMES, LOCATION, STATE, TID, WHEN, WRITE, Access
+from labotel.frames import is_labotel
 from labotel.profile.symbols import qualname
 
 PREVIOUS = "labotel.race.previous."
@@ -39,12 +39,9 @@ def _kind(access: Access) -> str:
     return "write" if access[WRITE] else "read"
 
 
-_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
-
 def _stack(label: str, access: Access) -> Stack:
     frames = tuple((code.co_filename, line, qualname(code)) for code, line in access[FRAMES]
-                   if not code.co_filename.startswith(_OWN_DIR))  # our wrappers are noise
+                   if not is_labotel(code.co_filename))  # our wrappers are noise
     state = access[STATE]
     return Stack(f"{label} {_kind(access)} by thread {state.tid} ({state.name})", frames)
 

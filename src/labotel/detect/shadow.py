@@ -134,7 +134,7 @@ class ShadowMemory:
                 self.bytes -= self._readers_bytes(shadow)
                 shadow.reads = None
             else:
-                read = shadow.read
+                read = shadow.read  # type: ignore[assignment]
                 if read is not None and read[TID] != tid and vc.get(read[TID], 0) < read[CLOCK]:
                     conflicts = self._conflict(conflicts, resource, read, current)
             shadow.read = None  # every earlier read is now ordered before, or reported

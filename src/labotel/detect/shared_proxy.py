@@ -100,10 +100,6 @@ def _methods(reads: Iterable[str], writes: Iterable[str],
     return namespace
 
 
-_CONTAINER_READS = ("__getitem__", "__contains__", "__iter__", "__len__", "__reversed__",
-                    "__lt__", "__le__", "__gt__", "__ge__", "__or__", "__ror__", "__and__",
-                    "__rand__", "__sub__", "__rsub__", "__xor__", "__rxor__", "__add__",
-                    "__radd__", "__mul__", "__rmul__")
 _DictProxy = type("SharedDict", (_Proxy,), {
     **_methods(("__getitem__", "__contains__", "__iter__", "__len__", "__reversed__",
                 "__or__", "__ror__"), ("__setitem__", "__delitem__"), ("__ior__",)),

@@ -28,10 +28,11 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
+from labotel.config import Settings
 from labotel.detect.detection import Detection, Stack
-from labotel.detect.frames import application_frame
 from labotel.detect.periodic import SamplingDetector
 from labotel.detect.trend import trend
+from labotel.frames import application_frame
 from labotel.runtime import aio, origins
 from labotel.runtime.thread_frames import current_frames
 
@@ -223,7 +224,7 @@ class LeakTracker:
 # -- where members are now --------------------------------------------------------------
 def thread_stack(frame: Any, limit: int = STACK_FRAMES) -> tuple[Frame, ...]:
     """A thread's current stack, innermost first."""
-    frames = []
+    frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         frames.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
         frame = frame.f_back
@@ -231,19 +232,11 @@ def thread_stack(frame: Any, limit: int = STACK_FRAMES) -> tuple[Frame, ...]:
 
 
 def task_stack(task: asyncio.Task, limit: int = STACK_FRAMES) -> tuple[Frame, ...]:
-    """Where a task is suspended: its ``await`` chain, innermost first."""
-    frames = []
-    awaitable: Any = task.get_coro()
-    while awaitable is not None and len(frames) < limit:
-        frame = (getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
-                 or getattr(awaitable, "ag_frame", None))
-        if frame is None:
-            break
-        frames.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
-        awaitable = (getattr(awaitable, "cr_await", None)
-                     or getattr(awaitable, "gi_yieldfrom", None)
-                     or getattr(awaitable, "ag_await", None))
-    return tuple(reversed(frames))
+    """Where a task is suspended: the innermost ``limit`` frames of its await chain,
+    innermost first."""
+    chain = aio.await_chain(task)[-limit:]
+    return tuple((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+                 for frame in reversed(chain))
 
 
 def _describe(frame: Frame) -> str:
@@ -262,11 +255,11 @@ class ConcurrencyLeakDetector(SamplingDetector):
     thread_name = "labotel-thread-leak"
     view_name = "goroutines"
 
-    def configure(self, settings: Any) -> None:
+    def configure(self, settings: Settings) -> None:
         self.min_growth = settings.leak_min_growth
 
     def _reset(self) -> None:
-        settings = self.monitor.settings
+        settings = self.context.settings
         self.threads = LeakTracker(self.window, self.min_growth, settings.thread_limit)
         self.tasks = LeakTracker(self.window, self.min_growth, settings.task_limit)
         self.reports = 0
@@ -321,7 +314,7 @@ class ConcurrencyLeakDetector(SamplingDetector):
     def _report(self, kind: str, verdict: Verdict, stacks: list[tuple[Frame, ...]],
                 tracker: LeakTracker) -> None:
         self.reports += 1
-        self.monitor.reporter.report(leak_detection(kind, verdict, stacks, tracker))
+        self.context.reporter.report(leak_detection(kind, verdict, stacks, tracker))
 
     def view(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import _thread
 import os
-import site
 import sys
-import sysconfig
 from types import ModuleType
 from typing import Any
 
+from labotel import frames
 from labotel.hooks.primitives import (
     ORIGINAL_FACTORIES,
     InstrumentedLock,
@@ -34,23 +33,14 @@ _LOCK_TYPE = type(_thread.allocate_lock())
 _RLOCK_TYPE = type(_thread.RLock())
 
 
-def _library_dirs() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
-    try:
-        dirs.update(site.getsitepackages())
-        dirs.add(site.getusersitepackages())
-    except AttributeError:  # some virtualenv builds of site lack these
-        pass
-    dirs.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # labotel itself
-    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs if d)
-
-
-def is_application_module(module: ModuleType, library_dirs: tuple[str, ...]) -> bool:
+def is_application_module(module: ModuleType) -> bool:
+    """The application's own module: not labotel's, the standard library's or an
+    installed package's (whose locks their authors made safe already)."""
     filename = getattr(module, "__file__", None)
-    if not filename:
+    if not isinstance(filename, str) or not filename:
         return False
-    return not os.path.realpath(filename).startswith(library_dirs)
+    path = os.path.realpath(filename)
+    return frames.is_application(path) and not frames.is_installed(path)
 
 
 class LockAdopter:
@@ -60,13 +50,12 @@ class LockAdopter:
     def adopt(self) -> int:
         """Wrap module-global plain locks of application modules, and rebind the lock and
         SimpleQueue factories they imported by name; returns how many globals changed."""
-        library_dirs = _library_dirs()
         replacements = {id(ORIGINAL_FACTORIES["Lock"]): InstrumentedLock,
                         id(ORIGINAL_FACTORIES["RLock"]): InstrumentedRLock,
                         id(ORIGINAL_FACTORIES["SimpleQueue"]): InstrumentedSimpleQueue}
         originals = {id(value) for value in ORIGINAL_FACTORIES.values()}
         for module in list(sys.modules.values()):
-            if module is None or not is_application_module(module, library_dirs):
+            if module is None or not is_application_module(module):
                 continue
             namespace = vars(module)
             for name, value in list(namespace.items()):

@@ -8,7 +8,6 @@ contention profiler for waits).
 from __future__ import annotations
 
 import _thread
-import os
 import threading
 from typing import Any
 
@@ -82,8 +81,9 @@ def _undo() -> None:
     _installed.clear()
 
 
-def _after_fork_in_child() -> None:
-    """Waiter marks of the parent's threads go stale; raw locks may be held by them."""
+def after_fork_in_child() -> None:
+    """(Run by the monitor's fork hook, after threading's own.) Waiter marks of the
+    parent's threads go stale; raw locks may be held by them."""
     global _lock
     _lock = _thread.allocate_lock()
     primitives._waiting_lists_lock = _thread.allocate_lock()
@@ -91,9 +91,6 @@ def _after_fork_in_child() -> None:
     # threading's own after-fork hook rebuilt _active_limbo_lock with threading.RLock, which
     # is ours while patched: put the plain lock back under it.
     limbo = getattr(threading, "_active_limbo_lock", None)
-    if primitives.instrumented(limbo):
+    if limbo is not None and primitives.instrumented(limbo):
         threading._active_limbo_lock = limbo._lock  # type: ignore[attr-defined]
 
-
-if hasattr(os, "register_at_fork"):  # registered after threading's own, so it runs after
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -414,7 +414,7 @@ def _patch_asyncio_waits(replace: Replace) -> None:
             code = sys._getframe(1).f_code
             if code is _WRAP_FUTURE or not code.co_filename.startswith(_ASYNCIO_DIR):
                 return TimedFuture(loop=self)
-        return previous(self)
+        return previous(self)  # type: ignore[arg-type]
 
     replace(asyncio.BaseEventLoop, "create_future", create_future)
 

@@ -220,7 +220,7 @@ class InstrumentedLock(metaclass=_LockClass):
     _release_site = LOCK_RELEASE
 
     def __init__(self, lock: Any = None) -> None:
-        self._lock = _allocate_lock() if lock is None else lock
+        self._lock: Any = _allocate_lock() if lock is None else lock
         self._sync: tuple | None = None  # the edges subscriber's: the last releaser's clock
         self._waiting: list | None = None  # [generation, since] per thread blocked on it
         self._charged = 0  # when a release last charged the waiters' waiting (clock ns)

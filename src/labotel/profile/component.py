@@ -12,16 +12,16 @@ from labotel.profile.cpu import CPU, WALL, ProfileSlot
 from labotel.profile.routes import PprofRoutes
 
 if TYPE_CHECKING:
-    from labotel.monitor import Monitor
+    from labotel.context import Context
     from labotel.server.http import Request
 
 
 class ProfilingComponent(Component):
     name = "profile"
 
-    def start(self, monitor: Monitor) -> None:
-        self.monitor = monitor
-        settings = monitor.settings
+    def start(self, context: Context) -> None:
+        self.context = context
+        settings = context.settings
         self.backends = Backends(settings.profile_backend, settings.profile_cpu_budget)
         self.cpu = ProfileSlot(CPU, self.backends.start)
         self.wall = ProfileSlot(WALL, self.backends.start)
@@ -29,8 +29,8 @@ class ProfilingComponent(Component):
         self._waiting: set[threading.Event] = set()  # requests waiting out ?seconds=
         self._waiting_lock = threading.Lock()
         self._heap_lease = False
-        if monitor.settings.heap_profiling:
-            heap.acquire(monitor.settings.heap_profile_frames)
+        if settings.heap_profiling:
+            heap.acquire(settings.heap_profile_frames)
             self._heap_lease = True
         PprofRoutes(self).register()
 

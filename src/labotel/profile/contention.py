@@ -21,7 +21,7 @@ from labotel.profile.pprof import ProfileBuilder
 from labotel.profile.waits import Samples, WaitRecorder, delta
 
 if TYPE_CHECKING:
-    from labotel.monitor import Monitor
+    from labotel.context import Context
 
 PROFILES = ("block", "mutex")
 __all__ = ["PROFILES", "ContentionProfiling", "debug_text", "delta"]
@@ -30,11 +30,11 @@ __all__ = ["PROFILES", "ContentionProfiling", "debug_text", "delta"]
 class ContentionProfiling(Component):
     name = "profile.contention"
 
-    def start(self, monitor: Monitor) -> None:
-        settings = monitor.settings
+    def start(self, context: Context) -> None:
+        settings = context.settings
         self.recorder = WaitRecorder(
             settings.contention_profile_rate, settings.contention_profile_max_bytes,
-            lambda: monitor.reporter.component_failed(self.name))
+            lambda: context.failed(self.name))
         self.adopted_locks = hooks.subscribe(self.name, waits=self.recorder,
                                              adopt=settings.race_adopt_locks)
 

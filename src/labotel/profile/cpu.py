@@ -249,7 +249,7 @@ class Sampler:
         for ident in list(self._threads):
             if ident not in live:
                 del self._threads[ident]
-        for ident, thread in live.items():
+        for ident, thread in live.items():  # type: ignore[assignment]
             if ident is None:
                 continue
             state = self._threads.get(ident)
@@ -473,16 +473,3 @@ class ProfileSlot:
         self._busy = False
         self._sampler = None
         self._finished = threading.Event()
-
-
-def profile_for(slot: ProfileSlot, seconds: float, rate_hz: int,
-                on_failure: Callable[[], None]) -> ProfileBuilder:
-    """Run one profile of ``seconds`` in ``slot``; returns the builder (raises Busy)."""
-    sampler = slot.begin(rate_hz, on_failure, seconds)
-    try:
-        slot.wait(seconds)
-    finally:
-        builder = slot.end(sampler)
-    if sampler.error is not None:
-        raise RuntimeError(f"the {slot.mode} sampler failed: {sampler.error!r}")
-    return builder

@@ -167,7 +167,7 @@ class ProfileBuilder:
     def frame_stack(self, frame: FrameType | None) -> Stack:
         """Location ids of ``frame`` and its callers, innermost first (the hot path)."""
         by_code = self._by_code
-        ids = []
+        ids: list[int] = []
         append = ids.append
         depth = 0
         while frame is not None and depth < _MAX_DEPTH:

@@ -75,7 +75,7 @@ def _environment() -> dict[str, str]:
 
 def _thread_names() -> dict[int, str]:
     return {thread.native_id: thread.name for thread in threading.enumerate()
-            if getattr(thread, "native_id", None)}
+            if thread.native_id}
 
 
 class PySpyProfile:

@@ -15,7 +15,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from labotel.profile import contention, cpu, heap, stacks, symbols
 from labotel.profile.pprof import ProfileBuilder
@@ -47,7 +47,6 @@ NOT_IN_PYTHON = {
     "allocs": "tracemalloc records live allocations only; use heap",
     "trace": "there is no Go execution tracer in Python",
 }
-DELTA_PROFILES = ("goroutine", "heap", "threadcreate")
 MAX_SYMBOL_ADDRESSES = 100_000  # per /symbol request (a 1 MiB body holds about 80,000)
 MAX_ADDRESS_CHARS = 24
 Handler = Callable[[Request], Response]
@@ -95,7 +94,7 @@ def seconds(request: Request, maximum: int, default: int | None) -> int | None:
 class PprofRoutes:
     def __init__(self, component: ProfilingComponent):
         self.component = component
-        self.settings = component.monitor.settings
+        self.settings = component.context.settings
         self.handlers: dict[str, Handler] = {
             "": self.index, "cmdline": self.cmdline, "profile": self.profile,
             "wall": self.wall, "symbol": self.symbol, "heap": self.heap,
@@ -104,12 +103,12 @@ class PprofRoutes:
         }
 
     def register(self) -> None:
-        router = self.component.monitor.router
-        router.add("/debug/pprof", self.redirect)
+        add = self.component.context.add_route
+        add("/debug/pprof", self.redirect)
         for name, handler in self.handlers.items():
             methods = ("GET", "HEAD", "POST") if name == "symbol" else ("GET", "HEAD")
-            router.add(PREFIX + name, self.guarded(name, handler), methods=methods)
-        router.add(PREFIX, self.unknown, prefix=True)
+            add(PREFIX + name, self.guarded(name, handler), methods=methods)
+        add(PREFIX, self.unknown, prefix=True)
 
     def guarded(self, name: str, handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -119,7 +118,7 @@ class PprofRoutes:
             except HTTPError:
                 raise
             except Exception as error:
-                self.component.monitor.reporter.component_failed(f"profile.{name or 'index'}")
+                self.component.context.failed(f"profile.{name or 'index'}")
                 raise pprof_error(500, f"Could not write the {name} profile: {error}") from None
         return run
 
@@ -161,7 +160,7 @@ class PprofRoutes:
         counts = {"goroutine": threads + tasks, "threadcreate": threads}
         if tracemalloc.is_tracing():
             counts["heap"] = len(heap.snapshot(False).statistics("traceback"))
-        profiler = self.component.monitor.component(contention.ContentionProfiling.name)
+        profiler = self._contention()
         if profiler is not None:
             for name in contention.PROFILES:
                 counts[name] = profiler.recorder.records(name)
@@ -203,12 +202,12 @@ class PprofRoutes:
 
     def _sampled(self, request: Request, slot: cpu.ProfileSlot, name: str,
                  what: str) -> Response:
-        duration = seconds(request, self.settings.profile_max_seconds, 30)
+        duration = cast(int, seconds(request, self.settings.profile_max_seconds, 30))
         component_name = f"profile.{slot.mode}"
         try:
             sampler = slot.begin(
                 self.settings.profile_rate_hz,
-                lambda: self.component.monitor.reporter.component_failed(component_name),
+                lambda: self.component.context.failed(component_name),
                 duration)
         except cpu.Busy as busy:
             raise pprof_error(500, f"Could not enable {what}: {busy}") from None
@@ -259,17 +258,21 @@ class PprofRoutes:
                                    "heap profile") from None
 
     def block(self, request: Request) -> Response:
-        return self._contention(request, "block")
+        return self._contention_profile(request, "block")
 
     def mutex(self, request: Request) -> Response:
-        return self._contention(request, "mutex")
+        return self._contention_profile(request, "mutex")
 
-    def _contention(self, request: Request, name: str) -> Response:
+    def _contention(self) -> contention.ContentionProfiling | None:
+        peer = self.component.context.peer(contention.ContentionProfiling.name)
+        return peer if isinstance(peer, contention.ContentionProfiling) else None
+
+    def _contention_profile(self, request: Request, name: str) -> Response:
         window = seconds(request, self.settings.profile_max_seconds, None)
         debug = integer(request, "debug")
         if window is not None and debug:
             raise pprof_error(400, "seconds and debug params are incompatible")
-        profiler = self.component.monitor.component(contention.ContentionProfiling.name)
+        profiler = self._contention()
         if profiler is None:
             raise pprof_error(
                 400, f"{name} profiling is off: contention profiling is not enabled. Start "

@@ -52,7 +52,7 @@ class Goroutine:
 def goroutine_id(obj: Any) -> int:
     """A small number that stays the same for a thread or task while it lives."""
     key = id(obj)
-    ref = weakref.ref(obj, lambda _, key=key: _forget(key))
+    ref = weakref.ref(obj, lambda _, key=key: _forget(key))  # type: ignore[misc]
     with _ids_lock:
         known = _ids.get(key)
         if known is not None and known[0]() is obj:
@@ -100,26 +100,15 @@ def collect(builder: ProfileBuilder) -> list[Goroutine]:
             origins.thread_origin(thread) if thread is not None else None, tuple(details)))
     for loop, tasks in aio.all_tasks_by_loop().items():
         current = asyncio.current_task(loop)
-        loop_frame = frames.get(getattr(loop, "_thread_id", None))
+        loop_frame = frames.get(getattr(loop, "_thread_id", None))  # type: ignore[arg-type]
         for task in tasks:
-            state = _task_state(task, current)
+            state = aio.task_wait(task, current)
             result.append(Goroutine(
                 goroutine_id(task), "task", task.get_name(), state,
-                builder.frames_stack(task_frames(task, loop_frame if state == "running"
+                builder.frames_stack(task_frames(task, loop_frame if state == aio.RUNNING
                                                  else None)),
                 origins.task_origin(task)))
     return result
-
-
-def _task_state(task: asyncio.Task, current: asyncio.Task | None) -> str:
-    if task is current:
-        return "running"
-    waiter = getattr(task, "_fut_waiter", None)
-    if waiter is None:
-        return "runnable"
-    if isinstance(waiter, asyncio.Task):
-        return f"awaiting task {waiter.get_name()}"
-    return f"awaiting {type(waiter).__name__}"
 
 
 def task_frames(task: asyncio.Task, thread_frame: FrameType | None = None) -> list[FrameType]:
@@ -128,17 +117,7 @@ def task_frames(task: asyncio.Task, thread_frame: FrameType | None = None) -> li
     A suspended task is the ``cr_await`` chain; a running one is its loop thread's live
     frames down to (and including) the task's outermost coroutine frame.
     """
-    chain: list[FrameType] = []
-    awaitable: Any = task.get_coro()
-    while awaitable is not None:
-        frame = (getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
-                 or getattr(awaitable, "ag_frame", None))
-        if frame is None:
-            break
-        chain.append(frame)
-        awaitable = (getattr(awaitable, "cr_await", None)
-                     or getattr(awaitable, "gi_yieldfrom", None)
-                     or getattr(awaitable, "ag_await", None))
+    chain = aio.await_chain(task)
     if thread_frame is not None and chain:
         live = []
         frame: FrameType | None = thread_frame

@@ -36,10 +36,8 @@ from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
-import labotel
-from labotel.detect.frames import is_library
+from labotel import frames as whose
 from labotel.profile.pprof import ProfileBuilder
-from labotel.runtime.origins import APPLICATION_DIRS
 
 SAMPLE_TYPES = [("contentions", "count"), ("delay", "nanoseconds")]
 MAX_DEPTH = 64  # frames kept per stack, innermost first (Go keeps 32)
@@ -50,7 +48,6 @@ FRAME_BYTES = 240
 STACK_BYTES = 200
 OVERFLOW = "(labotel: contention_profile_max_bytes reached; stacks merged)"
 LIBRARY, LABOTEL, TELEMETRY, APPLICATION = 0, 1, 2, 3
-_LABOTEL_DIR = os.path.dirname(os.path.abspath(labotel.__file__)) + os.sep
 _TELEMETRY_DIR = os.sep + "opentelemetry" + os.sep
 
 Samples = dict[tuple[int, ...], list]  # stack of frame ids -> [contentions, delay_ns]
@@ -58,11 +55,9 @@ Frame = tuple[CodeType | None, int, int, str]  # code, lasti, line, name (code N
 
 
 def _frame_kind(filename: str) -> int:
-    if filename.startswith(APPLICATION_DIRS):
-        return APPLICATION
-    if filename.startswith(_LABOTEL_DIR):
+    if whose.is_labotel(filename):
         return LABOTEL
-    if is_library(filename):
+    if whose.is_stdlib(filename):
         return LIBRARY
     return TELEMETRY if _TELEMETRY_DIR in filename else APPLICATION
 

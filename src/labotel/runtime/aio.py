@@ -15,12 +15,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from labotel.compat import python
-from labotel.component import Component, guarded_callback
+from labotel.component import Component
+from labotel.context import Context
 from labotel.runtime import loops, origins
 
 LAG_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
@@ -59,8 +61,44 @@ def _copy(registry: Any) -> list[asyncio.Task]:
     return []
 
 
+# -- one vocabulary for task states, one walker of a task's await chain ----------------
+RUNNING, PENDING = "running", "pending"  # the metric's asyncio.task.state values
+
+
 def task_state(task: asyncio.Task, current: asyncio.Task | None) -> str:
-    return "running" if task is current else "pending"
+    """``running`` (its loop is inside it now) or ``pending`` (suspended or scheduled)."""
+    return RUNNING if task is current else PENDING
+
+
+def task_wait(task: asyncio.Task, current: asyncio.Task | None) -> str:
+    """``task_state`` with what a pending task waits for, as the goroutine dump shows it:
+    ``runnable`` (scheduled, waiting for its turn), ``awaiting task <name>`` or
+    ``awaiting <Future type>``."""
+    if task_state(task, current) == RUNNING:
+        return RUNNING
+    waiter = getattr(task, "_fut_waiter", None)
+    if waiter is None:
+        return "runnable"
+    if isinstance(waiter, asyncio.Task):
+        return f"awaiting task {waiter.get_name()}"
+    return f"awaiting {type(waiter).__name__}"
+
+
+def await_chain(task: asyncio.Task) -> list[FrameType]:
+    """The frames of the coroutines a task is suspended in, outermost first: from the
+    task's coroutine down its ``cr_await`` (``gi_yieldfrom``, ``ag_await``) links."""
+    chain: list[FrameType] = []
+    awaitable: Any = task.get_coro()
+    while awaitable is not None:
+        frame = (getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+                 or getattr(awaitable, "ag_frame", None))
+        if frame is None:
+            break
+        chain.append(frame)
+        awaitable = (getattr(awaitable, "cr_await", None)
+                     or getattr(awaitable, "gi_yieldfrom", None)
+                     or getattr(awaitable, "ag_await", None))
+    return chain
 
 
 @dataclasses.dataclass(eq=False)
@@ -151,21 +189,20 @@ class LoopProbe:
 class AsyncioCollector(Component):
     name = "runtime.asyncio"
 
-    def start(self, monitor: Any) -> None:
-        self.monitor = monitor
-        self.lag = monitor.meter.create_histogram(
+    def start(self, context: Context) -> None:
+        self.lag = context.meter.create_histogram(
             "labotel.asyncio.loop.lag", unit="s",
             description="How late a callback scheduled on the event loop ran",
             explicit_bucket_boundaries_advisory=LAG_BUCKETS)
-        monitor.meter.create_observable_up_down_counter(
-            "labotel.asyncio.tasks", [guarded_callback(monitor, self.name, self._tasks)],
+        context.meter.create_observable_up_down_counter(
+            "labotel.asyncio.tasks", [context.guarded(self.name, self._tasks)],
             unit="{task}", description="Unfinished asyncio tasks across all running loops")
-        monitor.meter.create_observable_up_down_counter(
-            "labotel.asyncio.loops", [guarded_callback(monitor, self.name, self._loops)],
+        context.meter.create_observable_up_down_counter(
+            "labotel.asyncio.loops", [context.guarded(self.name, self._loops)],
             unit="{loop}", description="Running asyncio event loops")
-        self.probe = LoopProbe(monitor.settings.loop_lag_interval, self.lag.record,
+        self.probe = LoopProbe(context.settings.loop_lag_interval, self.lag.record,
                                origins.track_loop_tasks,
-                               lambda: monitor.reporter.component_failed(self.name))
+                               lambda: context.failed(self.name))
         self.probe.start()
 
     def stop(self) -> None:

@@ -19,11 +19,13 @@ import threading
 import time
 from array import array
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel.component import Component, guarded_callback
+from labotel.component import Component
+from labotel.context import Context
 
 RING = 4096
 PAUSE_BUCKETS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
@@ -75,20 +77,19 @@ class PauseRecorder:
 class GCCollector(Component):
     name = "runtime.gc"
 
-    def start(self, monitor: Any) -> None:
-        self.monitor = monitor
+    def start(self, context: Context) -> None:
         self.recorder = PauseRecorder()
         # for /admin/monitoring/gc percentiles; a deque, so keeping them costs O(new pauses)
         self.recent: deque[tuple[int, float]] = deque(maxlen=RING)
         self._stats = gc.get_stats()
-        meter = monitor.meter
+        meter = context.meter
         self.histogram = meter.create_histogram(
             "labotel.gc.pause.duration", unit="s",
             description="Time the garbage collector stopped the interpreter, per generation",
             explicit_bucket_boundaries_advisory=PAUSE_BUCKETS)
 
-        def guard(callback):
-            return [guarded_callback(monitor, self.name, callback)]
+        def guard(callback: Callable[[CallbackOptions], Iterable[Observation]]) -> list:
+            return [context.guarded(self.name, callback)]
 
         meter.create_observable_counter(
             "cpython.gc.collections", guard(self._collections), unit="{collection}",

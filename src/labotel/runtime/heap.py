@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import sys
-from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel.component import Component, guarded_callback
+from labotel.component import Component
+from labotel.context import Context
 from labotel.runtime.reading import SharedReading
 
 
@@ -62,14 +61,11 @@ _malloc = SharedReading(_read_mallinfo2)
 _blocks = SharedReading(sys.getallocatedblocks)
 
 
-def _forget_readings() -> None:
-    # the leak sampler may be inside a reading when another thread forks
+def forget_readings() -> None:
+    """(In a forked child: the monitor's fork hook) the leak sampler may have been
+    inside a reading when another thread forked."""
     _malloc.forget()
     _blocks.forget()
-
-
-if hasattr(os, "register_at_fork"):  # (not on Windows)
-    os.register_at_fork(after_in_child=_forget_readings)
 
 
 def malloc_in_use(max_age: float = 0.0) -> int | None:
@@ -83,23 +79,19 @@ def small_object_blocks(max_age: float = 0.0) -> int:
     return _blocks.get(max_age)
 
 
-def heap_figures() -> dict[str, Any]:
-    return {"malloc_in_use_bytes": malloc_in_use(), "small_object_blocks": small_object_blocks()}
-
-
 class HeapCollector(Component):
     name = "runtime.heap"
 
-    def start(self, monitor: Any) -> None:
-        self.max_age = monitor.settings.leak_sample_interval
-        meter = monitor.meter
+    def start(self, context: Context) -> None:
+        self.max_age = context.settings.leak_sample_interval
+        meter = context.meter
         meter.create_observable_up_down_counter(
-            "labotel.python.heap.size", [guarded_callback(monitor, self.name, self._size)],
+            "labotel.python.heap.size", [context.guarded(self.name, self._size)],
             unit="By", description="Bytes in use from the C allocator (glibc mallinfo2): "
             "objects > 512 B, container buffers, C extensions; read at most "
             "leak_sample_interval seconds earlier")
         meter.create_observable_up_down_counter(
-            "labotel.python.heap.objects", [guarded_callback(monitor, self.name, self._objects)],
+            "labotel.python.heap.objects", [context.guarded(self.name, self._objects)],
             unit="{object}", description="Blocks handed out by pymalloc (objects <= 512 B), "
             "read at most leak_sample_interval seconds earlier")
 

@@ -12,11 +12,12 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from types import FrameType
 
 from labotel.patching import Patcher
 from labotel.runtime.thread_frames import current_frames
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 LoopListener = Callable[[asyncio.AbstractEventLoop], None]
 
 # Loops by id, each with a weak reference to tell it from a later loop at the same address:
@@ -24,7 +25,6 @@ LoopListener = Callable[[asyncio.AbstractEventLoop], None]
 _loops: dict[int, weakref.ref] = {}
 _listeners: list[LoopListener] = []
 _lock = threading.Lock()
-_patcher = Patcher()
 
 
 def _known(loop: asyncio.AbstractEventLoop) -> bool:
@@ -93,9 +93,8 @@ def register(loop: asyncio.AbstractEventLoop) -> None:
         _notify_one(listener, loop)
 
 
-def install() -> None:
-    if _patcher:
-        return
+def install(patcher: Patcher) -> None:
+    """Announce loops from now on; the patch goes into ``patcher`` (the monitor's)."""
     original = asyncio.BaseEventLoop.run_forever
 
     def run_forever(self: asyncio.BaseEventLoop) -> None:
@@ -103,7 +102,7 @@ def install() -> None:
         return original(self)
 
     run_forever.__wrapped__ = original  # type: ignore[attr-defined]
-    _patcher.replace(asyncio.BaseEventLoop, "run_forever", run_forever)
+    patcher.replace(asyncio.BaseEventLoop, "run_forever", run_forever)
     for loop in _find_running_loops():
         with _lock:
             known = _known(loop)
@@ -112,7 +111,7 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    _patcher.undo()
+    """Forget loops and listeners (``run_forever`` is the patcher's to undo)."""
     with _lock:
         _listeners.clear()
         _loops.clear()
@@ -121,6 +120,7 @@ def uninstall() -> None:
 def _find_running_loops() -> list[asyncio.AbstractEventLoop]:
     """Loops in a ``run_forever`` call on some thread right now (one-off frame scan)."""
     found = []
+    frame: FrameType | None
     for frame in current_frames().values():
         while frame is not None:
             if frame.f_code.co_name == "run_forever":

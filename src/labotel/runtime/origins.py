@@ -14,28 +14,17 @@ take creation sites away from the leak checks.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import threading
 import weakref
+from types import FrameType
 from typing import Any
 
+from labotel import frames as frames_module
 from labotel.patching import Patcher
 
-Frame = tuple[str, int, str]  # (filename, lineno, function)
-
-_SKIP_DIRS = tuple(
-    os.path.dirname(mod.__file__) + os.sep
-    for mod in (asyncio, sys.modules["labotel"])
-) + (os.path.dirname(threading.__file__) + os.sep + "threading.py",
-     os.path.dirname(threading.__file__) + os.sep + "concurrent" + os.sep)
-# The demo service lives inside the package but is application code: its lines are the
-# ones a report should name.
-APPLICATION_DIRS = (os.path.join(os.path.dirname(sys.modules["labotel"].__file__), "demo")
-                     + os.sep,)
+Frame = frames_module.Frame
 MAX_FRAMES = 6
-_LABOTEL_DIR = os.path.dirname(sys.modules["labotel"].__file__) + os.sep
-_THREADING_FILES = _SKIP_DIRS[-2:]  # threading.py and concurrent/
 
 _task_origins: weakref.WeakKeyDictionary[asyncio.Future, tuple[Frame, ...]] = (
     weakref.WeakKeyDictionary())
@@ -54,11 +43,11 @@ _patched_loops: dict[int, weakref.ref] = {}
 
 def capture(skip: int = 1, limit: int = MAX_FRAMES) -> tuple[Frame, ...]:
     """The caller's stack, innermost first, without library frames."""
-    frame = sys._getframe(skip)
+    frame: FrameType | None = sys._getframe(skip)
     frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         filename = frame.f_code.co_filename
-        if not filename.startswith(_SKIP_DIRS) or filename.startswith(APPLICATION_DIRS):
+        if not is_machinery(filename):
             frames.append((filename, frame.f_lineno, frame.f_code.co_name))
         frame = frame.f_back
     return tuple(frames)
@@ -75,7 +64,8 @@ def site(frames: tuple[Frame, ...] | None) -> str:
 def is_machinery(filename: str) -> bool:
     """Whether a frame of ``filename`` is threading/asyncio/concurrent.futures or labotel
     (the frames every thread and task passes through), not application code."""
-    return filename.startswith(_SKIP_DIRS) and not filename.startswith(APPLICATION_DIRS)
+    return frames_module.is_labotel(filename) or frames_module.is_concurrency_machinery(
+        filename)
 
 
 def thread_origin(thread: threading.Thread) -> tuple[Frame, ...] | None:
@@ -101,12 +91,12 @@ def _started_by_labotel(frame: Any) -> bool:
     start = threading.Thread.start
     while getattr(start, "__wrapped__", None) is not None:
         wrappers.add(getattr(start, "__code__", None))
-        start = start.__wrapped__
+        start = start.__wrapped__  # type: ignore[attr-defined]
     while frame is not None:
         code = frame.f_code
-        if code not in wrappers and not code.co_filename.startswith(_THREADING_FILES):
-            return code.co_filename.startswith(_LABOTEL_DIR) and not code.co_filename.startswith(
-                APPLICATION_DIRS)
+        if code not in wrappers and not frames_module.is_concurrency_machinery(
+                code.co_filename):
+            return frames_module.is_labotel(code.co_filename)
         frame = frame.f_back
     return False
 
@@ -153,10 +143,10 @@ def _patch_thread_start() -> None:
 
     def start(self: threading.Thread) -> None:
         try:
-            self._labotel_origin = capture(2)
+            self._labotel_origin = capture(2)  # type: ignore[attr-defined]
             if is_labotel_thread(threading.current_thread()) or _started_by_labotel(
                     sys._getframe(1)):
-                self._labotel_own = True
+                self._labotel_own = True  # type: ignore[attr-defined]
         except Exception:  # a thread subclass with __slots__: no origin, still starts
             pass
         original_start(self)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 try:
@@ -18,7 +19,8 @@ except ImportError:  # Windows: psutil answers instead
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel.component import Component, guarded_callback
+from labotel.component import Component
+from labotel.context import Context
 from labotel.runtime.reading import SharedReading
 
 SNAPSHOT_TTL = 0.2  # seconds a reading serves the later instruments of a collection cycle
@@ -113,12 +115,12 @@ class ProcessCollector(Component):
     def after_fork_in_child(self) -> None:
         self.snapshot.forget()
 
-    def start(self, monitor: Any) -> None:
+    def start(self, context: Context) -> None:
         self.snapshot = ProcessSnapshot()
-        meter = monitor.meter
+        meter = context.meter
 
-        def guard(callback):
-            return [guarded_callback(monitor, self.name, callback)]
+        def guard(callback: Callable[[CallbackOptions], Iterable[Observation]]) -> list:
+            return [context.guarded(self.name, callback)]
 
         meter.create_observable_counter(
             "process.cpu.time", guard(self._cpu_time), unit="s",

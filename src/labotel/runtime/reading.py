@@ -15,7 +15,9 @@ class SharedReading(Generic[T]):
 
     def __init__(self, read: Callable[[], T]) -> None:
         self._read = read
-        self.forget()
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._taken = float("-inf")
 
     def get(self, max_age: float) -> T:
         """A reading at most ``max_age`` seconds old (0: always a new one)."""
@@ -28,5 +30,5 @@ class SharedReading(Generic[T]):
     def forget(self) -> None:
         """Drop the reading; a new lock too, as a forked child inherits a held one as held."""
         self._lock = threading.Lock()
-        self._value: T | None = None
+        self._value = None
         self._taken = float("-inf")

@@ -9,7 +9,8 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel.component import Component, guarded_callback
+from labotel.component import Component
+from labotel.context import Context
 from labotel.runtime import origins
 from labotel.runtime.thread_frames import current_frames
 
@@ -22,9 +23,9 @@ _is_daemon = attrgetter("_daemonic" if hasattr(threading.main_thread(), "_daemon
 class ThreadCollector(Component):
     name = "runtime.threads"
 
-    def start(self, monitor: Any) -> None:
-        monitor.meter.create_observable_up_down_counter(
-            "labotel.python.threads", [guarded_callback(monitor, self.name, self._count)],
+    def start(self, context: Context) -> None:
+        context.meter.create_observable_up_down_counter(
+            "labotel.python.threads", [context.guarded(self.name, self._count)],
             unit="{thread}", description="Live Python threads, by daemon flag")
 
     def _count(self, _: CallbackOptions):

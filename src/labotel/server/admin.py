@@ -1,26 +1,38 @@
-"""Core routes: /healthz, /metrics and the JSON views under /admin/monitoring/."""
+"""Core routes: /healthz, /metrics and the JSON views under /admin/monitoring/.
+
+Added by the monitor after its components start, through the same ``Context.add_route``
+they use.
+"""
 
 from __future__ import annotations
 
 import gc
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
+from labotel.context import Context
 from labotel.detect.detection import KINDS
 from labotel.runtime import aio, heap, threads
-from labotel.server.http import HTTPError, Request, Response, json_response, text_response
+from labotel.runtime.gc import GCCollector
+from labotel.runtime.process import ProcessCollector
+from labotel.server.http import HTTPError, Request, Response, Router, json_response, text_response
 
-if TYPE_CHECKING:
-    from labotel.monitor import Monitor
+RACES = "/admin/monitoring/races"
 
 
-def add_routes(monitor: Monitor) -> None:
-    router = monitor.router
+def add_routes(context: Context, router: Router, status: Callable[[], dict[str, Any]]) -> None:
+    """``status()`` is the monitor's own account of itself: ``service`` and ``components``
+    (``running`` names, ``unavailable`` name -> why)."""
     started = time.time()
+
+    def process_snapshot() -> dict[str, Any] | None:
+        collector = context.peer(ProcessCollector.name)
+        return collector.snapshot.get() if isinstance(collector, ProcessCollector) else None
 
     def healthz(_: Request) -> Response:
         return text_response("ok\n")
@@ -38,7 +50,7 @@ def add_routes(monitor: Monitor) -> None:
             "threads": {"count": len(thread_list), "items": thread_list},
             "tasks": {"count": len(task_list), "items": task_list},
         }
-        data.update(monitor.extra_view("goroutines"))
+        data.update(context.views.collect("goroutines"))
         return json_response(data)
 
     def heap_view(request: Request) -> Response:
@@ -52,12 +64,12 @@ def add_routes(monitor: Monitor) -> None:
                 return reader()
             except Exception as error:
                 errors[name] = f"{type(error).__name__}: {error}"
-                monitor.reporter.component_failed("view.heap")
+                context.failed("view.heap")
                 return None
 
         if collect:
             read("gc_collect", gc.collect)
-        snapshot = read("process", monitor.process_snapshot)
+        snapshot = read("process", process_snapshot)
         memory = snapshot.get("memory") if snapshot else None
         data: dict[str, Any] = {
             "pid": os.getpid(),
@@ -67,14 +79,14 @@ def add_routes(monitor: Monitor) -> None:
             "small_object_blocks": read("small_object_blocks", heap.small_object_blocks),
             "gc_tracked_generations": gc.get_count(),
         }
-        data.update(monitor.extra_view("heap"))
+        data.update(context.views.collect("heap"))
         if errors:
             data["errors"] = errors
         return json_response(data)
 
     def gc_view(_: Request) -> Response:
-        collector = monitor.component("runtime.gc")
-        if collector is None:
+        collector = context.peer(GCCollector.name)
+        if not isinstance(collector, GCCollector):
             raise HTTPError(404, "the GC collector is not running (runtime_metrics is off)")
         return json_response(collector.view())
 
@@ -83,35 +95,36 @@ def add_routes(monitor: Monitor) -> None:
         if kind is not None and kind not in KINDS:
             raise HTTPError(400, f"invalid value for kind: {kind!r} (one of {', '.join(KINDS)})")
         limit = request.int_arg("limit", 100, minimum=1, maximum=10_000)
-        items = [d.to_dict() for d in monitor.reporter.detections(kind)[:limit]]
+        items = [d.to_dict() for d in context.reporter.detections(kind)[:limit]]
         return json_response({"count": len(items), "detections": items})
 
     def races_off(_: Request) -> Response:
-        # replaced by the race detector's own view when race_detection is on
-        reason = monitor.unavailable.get("detect.races")
+        reason = status()["components"]["unavailable"].get("detect.races")
         hint = (f"race detection cannot run here: {reason}" if reason else
                 "race detection is off: start labotel with race_detection=True or "
                 "LABOTEL_RACE_DETECTION=1")
         return json_response({"enabled": False, "count": 0, "races": [], "hint": hint})
 
     def index(_: Request) -> Response:
+        state = status()
         return json_response({
-            "service": monitor.service_name,
+            "service": state["service"],
             "uptime_seconds": round(time.time() - started, 3),
-            "components": {"running": [c.name for c in monitor.components],
-                           "unavailable": dict(monitor.unavailable)},
+            "components": state["components"],
             "endpoints": router.paths()})
 
-    router.add("/healthz", healthz)
-    router.add("/metrics", metrics)
-    router.add("/admin/monitoring", index)
-    router.add("/admin/monitoring/", index)
-    router.add("/admin/monitoring/goroutines", goroutines)
-    router.add("/admin/monitoring/threads", goroutines)
-    router.add("/admin/monitoring/heap", heap_view)
-    router.add("/admin/monitoring/gc", gc_view)
-    router.add("/admin/monitoring/detections", detections)
-    router.add("/admin/monitoring/races", races_off)
+    add = context.add_route
+    add("/healthz", healthz)
+    add("/metrics", metrics)
+    add("/admin/monitoring", index)
+    add("/admin/monitoring/", index)
+    add("/admin/monitoring/goroutines", goroutines)
+    add("/admin/monitoring/threads", goroutines)
+    add("/admin/monitoring/heap", heap_view)
+    add("/admin/monitoring/gc", gc_view)
+    add("/admin/monitoring/detections", detections)
+    if not router.has(RACES):  # the race detector serves it when it runs
+        add(RACES, races_off)
 
 
 def _flag(request: Request, name: str) -> bool:

@@ -40,6 +40,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import parse_qs
 
 from labotel.server import wire
@@ -48,7 +49,7 @@ from labotel.server.limits import ServerLimits
 from labotel.server.poller import HANGUP, READ, new_poller
 from labotel.server.workers import WorkerPool
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 
 IDLE, HEAD, BODY, BUSY, CLOSING = "idle", "head", "body", "busy", "closing"
 READ_SIZE = 65536
@@ -248,7 +249,7 @@ class ConnectionLoop:
         with self._lock:
             if connection.state == BUSY:  # the hang-up watch fired: the client has left
                 connection.hung_up = True  # (fires once: a request taken later must know)
-                connection.cancelled.set()
+                cast(threading.Event, connection.cancelled).set()
                 return
         if connection.state == CLOSING:
             self._linger(connection)

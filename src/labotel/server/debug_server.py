@@ -13,7 +13,7 @@ from labotel.server.connections import ConnectionLoop
 from labotel.server.http import Router
 from labotel.server.limits import ServerLimits
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 # Connections the kernel completes before they are accepted (it caps this at
 # net.core.somaxconn). socketserver's 5 made a burst of 60 connects wait 8 s in SYN
 # retries; 128 still overflowed under a burst of idle connects faster than accept.

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -117,11 +117,20 @@ class Router:
 
     def add(self, path: str, handler: Handler, *, prefix: bool = False,
             methods: tuple[str, ...] = ("GET", "HEAD")) -> None:
+        # Two owners of one path is a programming error: say so now, not by serving
+        # whichever registered last.
         if prefix:
+            if any(taken == path for taken, _, _ in self._prefixes):
+                raise ValueError(f"labotel route {path}* is registered already")
             self._prefixes.append((path, handler, methods))
             self._prefixes.sort(key=lambda item: -len(item[0]))
         else:
+            if path in self._exact:
+                raise ValueError(f"labotel route {path} is registered already")
             self._exact[path] = (handler, methods)
+
+    def has(self, path: str) -> bool:
+        return path in self._exact or any(p == path for p, _, _ in self._prefixes)
 
     def paths(self) -> list[str]:
         return sorted(self._exact) + sorted(p + "*" for p, _, _ in self._prefixes)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 Job = tuple[Callable[..., Any], tuple[Any, ...]]
 
 

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from labotel import frames as whose
 from labotel.runtime import loops, origins
 from labotel.testing.functions import Frame, FunctionSet, ModuleNames, check_names
 
@@ -31,7 +32,6 @@ MAX_PAUSE = 0.05
 STACK_FRAMES = 12
 HOLDER = "labotel.testing"
 _THREADING_FILE = threading.__file__
-_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 # Test runners: a creation stack is cut where the runner's frames begin (they are the same
 # for every test and say nothing about the leak).
 RUNNER_MODULES = ("_pytest", "pluggy", "unittest")
@@ -317,19 +317,18 @@ def _candidates(baseline: Baseline | None) -> tuple[list[threading.Thread], list
     threads = [t for t in _live_threads() if baseline is None or t not in baseline]
     tasks = [t for t in _all_tasks()
              if t is not current and (baseline is None or t not in baseline)]
-    return threads, tasks
+    return threads, tasks  # type: ignore[return-value]
 
 
 def _thread_stack(frame: Any) -> tuple[Frame, ...]:
     """A thread's stack, innermost first, without labotel's wrappers (the race detector's
     hooks on Event.wait...) and threading's bootstrap frames."""
-    frames = []
+    frames: list[Frame] = []
     while frame is not None and len(frames) < STACK_FRAMES:
         code = frame.f_code
         filename = code.co_filename
         if not ((filename == _THREADING_FILE and code.co_name.startswith("_bootstrap"))
-                or (filename.startswith(_OWN_DIR) and not filename.startswith(
-                    origins.APPLICATION_DIRS))):
+                or whose.is_labotel(filename)):
             frames.append((filename, frame.f_lineno, code.co_name))
         frame = frame.f_back
     return tuple(frames)
@@ -395,7 +394,8 @@ def _groups(candidates: tuple[list[threading.Thread], list[asyncio.Task]],
         groups.append(LeakGroup(
             kind=kind, site=site, created_at=origin, count=len(group), stack=stack,
             at_stack=at_stack, names=tuple(m[4] for m in group),
-            created_by=names.qualified(origin[0] if origin else None),
-            top=names.qualified(top_frame(stack)), members=tuple(m[1] for m in group)))
+            created_by=names.qualified(origin[0] if origin else None),  # type: ignore[union-attr]
+            top=names.qualified(top_frame(stack)),  # type: ignore[union-attr]
+            members=tuple(m[1] for m in group)))
     groups.sort(key=lambda g: (g.kind != "thread", -g.count, g.site))
     return groups

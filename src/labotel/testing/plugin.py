@@ -132,7 +132,7 @@ class Checks:
         self.race_running = True
         # each race is in the failing test's report (or the summary): not again in its log
         self._log_filter = _WithoutRaces()
-        logging.getLogger("labotel").addFilter(self._log_filter)
+        logging.getLogger("labotel.detect.races").addFilter(self._log_filter)
 
     def pytest_unconfigure(self) -> None:
         if self.race_running:
@@ -141,7 +141,7 @@ class Checks:
             self.race_running = False
             self._guard("stopping race detection", labotel.shutdown)
         if self._log_filter is not None:
-            logging.getLogger("labotel").removeFilter(self._log_filter)
+            logging.getLogger("labotel.detect.races").removeFilter(self._log_filter)
         if self.leaks:
             leaks.uninstall()
 
@@ -299,7 +299,7 @@ class Checks:
         options = dict(marker.kwargs) if marker is not None else {}
         unknown = sorted(set(options) - set(MARKER_OPTIONS))
         if unknown or (marker is not None and marker.args):
-            got = ", ".join(unknown) if unknown else repr(marker.args)
+            got = ", ".join(unknown) if unknown else repr(marker.args)  # type: ignore[union-attr]
             raise pytest.UsageError(
                 f"@pytest.mark.labotel: takes only keyword arguments {', '.join(MARKER_OPTIONS)}"
                 f"; got {got}")
