@@ -14,6 +14,7 @@ import threading
 import weakref
 from typing import Any
 
+from labotel.compat import cpython
 from labotel.patching import Patcher
 
 Frame = tuple[str, int, str]  # (filename, lineno, function)
@@ -42,7 +43,7 @@ _patched_loops: dict[int, weakref.ref] = {}
 
 def capture(skip: int = 1, limit: int = MAX_FRAMES) -> tuple[Frame, ...]:
     """The caller's stack, innermost first, without library frames."""
-    frame = sys._getframe(skip)
+    frame = cpython.getframe(skip)
     frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         filename = frame.f_code.co_filename
@@ -107,7 +108,7 @@ def install() -> None:
         try:
             self._labotel_origin = capture(2)
             if is_labotel_thread(threading.current_thread()) or _started_by_labotel(
-                    sys._getframe(1)):
+                    cpython.getframe(1)):
                 self._labotel_own = True
         except Exception:  # a thread subclass with __slots__: no origin, still starts
             pass
