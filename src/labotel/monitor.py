@@ -13,7 +13,8 @@ from typing import Any
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel import sdk
+from labotel import compat, sdk
+from labotel.compat.capability import Capability
 from labotel.component import Component, Unavailable, guarded_callback
 from labotel.components import default_components
 from labotel.config import Settings, parse_address
@@ -36,6 +37,7 @@ class Monitor:
         self.settings = settings
         self.components: list[Component] = []
         self.unavailable: dict[str, str] = {}  # component name -> why it cannot run here
+        self.capabilities: dict[str, Capability] = {}  # borrowed internals, probed at start
         self.server: DebugServer | None = None
         self._views: dict[str, list[Callable[[], dict[str, Any]]]] = {}
         self._started_pid = os.getpid()
@@ -60,6 +62,10 @@ class Monitor:
             "labotel.internal.memory", [guarded_callback(self, "footprint", self._own_memory)],
             unit="By", description="Memory labotel itself keeps, by part (estimates): race "
             "shadow state, detections, queued spans")
+        try:
+            self.capabilities = compat.probe()
+        except Exception:  # the probe itself broke: every feature still guards itself
+            self.reporter.component_failed("compat")
         self.router = Router(settings.admin_token, on_error=self.reporter.component_failed,
                              max_body_bytes=settings.admin_max_body_bytes)
         admin.add_routes(self)

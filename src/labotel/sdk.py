@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 
-from opentelemetry import _logs, metrics, trace
+from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import (
     AlwaysOffExemplarFilter,
@@ -397,7 +397,7 @@ def _add_missing_identity(providers: Providers) -> None:
 
 def _update_resources(providers: Providers, attributes: dict[str, object]) -> None:
     update = Resource(attributes)
-    targets = [providers.meter_provider, providers.tracer_provider, _logs.get_logger_provider()]
+    targets = [providers.meter_provider, providers.tracer_provider, otel.logger_provider()]
     for provider in targets:
         try:
             otel.update_resource(provider, update)  # nothing on an API no-op/proxy provider

@@ -73,6 +73,12 @@ def acquire_restore(lock: Any) -> Callable[[Any], None]:
     return lock._acquire_restore
 
 
+event_flag: Callable[[threading.Event], bool] = operator.attrgetter("_flag")
+"""``Event.is_set()`` without calling it (labotel replaces is_set itself)."""
+condition_lock: Callable[[threading.Condition], Any] = operator.attrgetter("_lock")
+"""The lock a Condition was built on."""
+
+
 # -- concurrent.futures -----------------------------------------------------------------------
 EXECUTOR_WORK_ITEM: type | None = getattr(futures_thread, "_WorkItem", None)
 """What ThreadPoolExecutor.submit() queues and a worker runs: where a submit -> run
@@ -119,6 +125,11 @@ def probe() -> list[Capability]:
             all(hasattr(rlock, name) for name in (
                 "_is_owned", "_release_save", "_acquire_restore", "_at_fork_reinit")),
             "RLock._is_owned/_release_save/_acquire_restore/_at_fork_reinit are missing"),
+        Capability.check(
+            "cpython.event_condition", "happens-before edges of Events and of Conditions made "
+            "before start()", hasattr(threading.Event(), "_flag")
+            and hasattr(threading.Condition(), "_lock"),
+            "Event._flag / Condition._lock are missing"),
         Capability.check(
             "cpython.thread_started", "a join seen through Thread.is_alive() polling",
             hasattr(threading.main_thread(), "_started"), "Thread._started is missing"),

@@ -144,6 +144,13 @@ def resource_of(provider: object) -> object | None:
     return resource
 
 
+def logger_provider() -> object:
+    """The global LoggerProvider (the logs API still lives in ``opentelemetry._logs``)."""
+    from opentelemetry import _logs
+
+    return _logs.get_logger_provider()
+
+
 def forget_exit_hook(provider: object) -> None:
     """The SDK registers ``provider.shutdown`` with atexit; after labotel's own bounded
     shutdown it would only warn "shutdown can only be called once"."""

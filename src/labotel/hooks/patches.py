@@ -115,7 +115,7 @@ def _patch_event(replace: Replace) -> None:
         previous_set(self)
 
     def is_set(self: threading.Event) -> bool:
-        flag = self._flag  # type: ignore[attr-defined]
+        flag = cpython.event_flag(self)
         if flag:
             _edge("acquire_from", self, "_labotel_clock")
         return flag
@@ -142,12 +142,12 @@ def _patch_condition_edges(replace: Replace) -> None:
 
     def __enter__(self: threading.Condition) -> bool:
         entered = previous_enter(self)
-        if active.edges is not None and not primitives.instrumented(self._lock):  # type: ignore[attr-defined]
+        if active.edges is not None and not primitives.instrumented(cpython.condition_lock(self)):
             _edge("acquire_from", self, "_labotel_clock")
         return entered
 
     def __exit__(self: threading.Condition, *exc_info: Any) -> None:
-        if active.edges is not None and not primitives.instrumented(self._lock):  # type: ignore[attr-defined]
+        if active.edges is not None and not primitives.instrumented(cpython.condition_lock(self)):
             _edge("release_into", self, "_labotel_clock")
         return previous_exit(self, *exc_info)
 
@@ -161,7 +161,8 @@ def _patch_condition_wait(replace: Replace) -> None:
     previous_wait = threading.Condition.wait
 
     def wait(self: threading.Condition, timeout: float | None = None) -> bool:
-        plain = active.edges is not None and not primitives.instrumented(self._lock)  # type: ignore[attr-defined]
+        plain = (active.edges is not None
+                 and not primitives.instrumented(cpython.condition_lock(self)))
         if plain:  # wait() lets go of the lock...
             _edge("release_into", self, "_labotel_clock")
         if active.waits is not None and timeout != 0:

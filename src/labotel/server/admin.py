@@ -100,6 +100,9 @@ def add_routes(monitor: Monitor) -> None:
             "uptime_seconds": round(time.time() - started, 3),
             "components": {"running": [c.name for c in monitor.components],
                            "unavailable": dict(monitor.unavailable)},
+            # what labotel borrows from the SDK and the interpreter (labotel.compat)
+            "capabilities": {name: capability.as_dict()
+                             for name, capability in monitor.capabilities.items()},
             "endpoints": router.paths()})
 
     router.add("/healthz", healthz)
