@@ -49,11 +49,18 @@ class Monitor:
         if settings.admin_address:
             check_exposure(settings.admin_address, settings.admin_token,
                            settings.admin_allow_insecure)
+        # first: what the SDK and the interpreter offer decides what the rest can do
+        try:
+            self.capabilities, probe_failed = compat.probe(), False
+        except Exception:  # the probe itself broke: every feature still guards itself
+            probe_failed = True
         self.providers = sdk.build_providers(settings)
         sdk.watch_exports(self.providers)
         self.meter = self.providers.meter_provider.get_meter(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.tracer = self.providers.tracer_provider.get_tracer(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.reporter = Reporter(self.tracer, self.meter, settings.detection_buffer_size)
+        if probe_failed:
+            self.reporter.component_failed("compat")
         self.footprint = Footprint()
         self.footprint.add("reporter", self.reporter.bytes)
         self.footprint.add("span_queue", lambda: sdk.span_queue_length(self.providers)
@@ -62,10 +69,6 @@ class Monitor:
             "labotel.internal.memory", [guarded_callback(self, "footprint", self._own_memory)],
             unit="By", description="Memory labotel itself keeps, by part (estimates): race "
             "shadow state, detections, queued spans")
-        try:
-            self.capabilities = compat.probe()
-        except Exception:  # the probe itself broke: every feature still guards itself
-            self.reporter.component_failed("compat")
         self.router = Router(settings.admin_token, on_error=self.reporter.component_failed,
                              max_body_bytes=settings.admin_max_body_bytes)
         admin.add_routes(self)
