@@ -25,7 +25,12 @@ from typing import Any
 from labotel.compat.capability import Capability
 
 getframe: Callable[..., Any] = sys._getframe
-current_frames: Callable[[], dict[int, Any]] = sys._current_frames
+
+
+def current_frames_function() -> Callable[[], dict[int, Any]]:
+    """``sys._current_frames`` itself, looked up now (a caller that must run it inside one
+    C-level sequence, with no bytecode around it, takes the function, not a wrapper)."""
+    return sys._current_frames
 
 # -- threading ------------------------------------------------------------------------------
 THREADS_ACTIVE: dict[int, threading.Thread] = getattr(threading, "_active", {})

@@ -25,10 +25,11 @@ _AFFECTED = sys.version_info[:2] == (3, 11)
 
 
 def current_frames() -> dict[int, FrameType]:
-    """``cpython.current_frames()``: thread ident -> innermost frame."""
+    """``sys._current_frames()``: thread ident -> innermost frame."""
+    read = cpython.current_frames_function()
     if not _AFFECTED:
-        return cpython.current_frames()
+        return read()
     old = gc.get_threshold()
-    steps = (functools.partial(gc.set_threshold, 1 << 30, *old[1:]), cpython.current_frames,
+    steps = (functools.partial(gc.set_threshold, 1 << 30, *old[1:]), read,
              functools.partial(gc.set_threshold, *old))
     return list(map(_CALL, steps))[1]
