@@ -180,7 +180,7 @@ class Settings:
             else:
                 continue
             values[name] = _convert(name, source, raw, field)
-        settings = cls(**values)
+        settings: Settings = cls(**values)
         settings._check()
         return settings
 

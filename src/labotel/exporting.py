@@ -22,6 +22,8 @@ import time
 import weakref
 from typing import Any
 
+from labotel.compat import otel
+
 log = logging.getLogger(__name__)
 
 HEALTHY_WAIT = 0.5  # seconds fork waits for an export to a collector that answers
@@ -107,15 +109,7 @@ def abortable_session() -> Any:
     aborted = [False]
 
     def tracked(base: type) -> type:
-        class Tracked(base):  # type: ignore[misc, valid-type]
-            def _new_conn(self) -> socket.socket:
-                if aborted[0]:
-                    raise OSError("labotel is shutting down: no new export connections")
-                sock = super()._new_conn()
-                sockets.add(sock)
-                return sock
-
-        return Tracked
+        return otel.connection_class_reporting_sockets(base, sockets.add, lambda: aborted[0])
 
     pools = {"http": type("Pool", (HTTPConnectionPool,),
                           {"ConnectionCls": tracked(HTTPConnection)}),

@@ -12,7 +12,8 @@ from typing import Any, cast
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel import sdk
+from labotel import compat, sdk
+from labotel.compat.capability import Capability
 from labotel.component import Component, Unavailable
 from labotel.components import default_components
 from labotel.config import Settings, parse_address
@@ -38,6 +39,7 @@ class Monitor:
         self.settings = settings
         self.components: list[Component] = []
         self.unavailable: dict[str, str] = {}  # component name -> why it cannot run here
+        self.capabilities: dict[str, Capability] = {}  # borrowed internals, probed at start
         self.server: DebugServer | None = None
         self._started_pid = os.getpid()
         # the patches the monitor alone installs; those it shares keep their own and are
@@ -52,11 +54,18 @@ class Monitor:
         if settings.admin_address:
             check_exposure(settings.admin_address, settings.admin_token,
                            settings.admin_allow_insecure)
+        # first: what the SDK and the interpreter offer decides what the rest can do
+        try:
+            self.capabilities, probe_failed = compat.probe(), False
+        except Exception:  # the probe itself broke: every feature still guards itself
+            probe_failed = True
         self.providers = sdk.build_providers(settings)
         sdk.watch_exports(self.providers)
         self.meter = self.providers.meter_provider.get_meter(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.tracer = self.providers.tracer_provider.get_tracer(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.reporter = Reporter(self.tracer, self.meter, settings.detection_buffer_size)
+        if probe_failed:
+            self.reporter.component_failed("compat")
         self.footprint = Footprint()
         self.footprint.add("reporter", self.reporter.bytes)
         self.footprint.add("span_queue", lambda: int(sdk.span_queue_length(self.providers)
@@ -219,7 +228,9 @@ class Monitor:
         """The service name and which components run or are unavailable (and why)."""
         return {"service": self.service_name,
                 "components": {"running": [c.name for c in self.components],
-                               "unavailable": dict(self.unavailable)}}
+                               "unavailable": dict(self.unavailable)},
+                "capabilities": {name: capability.as_dict()
+                                 for name, capability in self.capabilities.items()}}
 
 
 def _parent_listens_on(port: int) -> bool:

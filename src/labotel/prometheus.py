@@ -56,14 +56,8 @@ from prometheus_client.core import (
 from prometheus_client.core import Metric as PrometheusMetric
 from prometheus_client.samples import Sample
 
-try:  # the exporter's own mapping, so names never drift from it
-    from opentelemetry.exporter.prometheus._mapping import (
-        map_unit,
-        sanitize_attribute,
-        sanitize_full_name,
-    )
-except ImportError:  # a future exporter moved it: make_prometheus_reader falls back
-    map_unit = sanitize_attribute = sanitize_full_name = None  # type: ignore[assignment]
+from labotel.compat import otel
+from labotel.compat.otel import map_unit, sanitize_attribute, sanitize_full_name
 
 log = logging.getLogger(__name__)
 CACHE_LIMIT = 10_000  # attribute sets remembered; past this the cache starts over
@@ -78,7 +72,7 @@ def make_prometheus_reader(registry: CollectorRegistry = REGISTRY,
     ``scope_labels`` adds the exporter's ``otel_scope_*`` labels: needed on a provider
     the application owns, where another instrumentation may export the same metric name.
     """
-    if sanitize_full_name is None:
+    if not otel.PROMETHEUS_MAPPING:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
         return PrometheusMetricReader(scope_info_enabled=scope_labels, registry=registry)
@@ -117,6 +111,10 @@ class PrometheusReader(MetricReader):
         self.collect()
         return self._received.pop(threading.get_ident(), None)
 
+    def forget_target_info(self) -> None:
+        """A forked child must not serve the parent's cached Resource."""
+        self._collector.forget_target_info()
+
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         try:
             self._registry.unregister(self._collector)
@@ -130,19 +128,10 @@ class FamilySpec:
     def __init__(self, factory: type[PrometheusMetric], name: str, documentation: str,
                  unit: str) -> None:
         self.key = (name, documentation, unit, factory)
-        # prometheus_client's constructor applies the naming rules (unit suffix, _total);
-        # each scrape gets a copy of this checked template instead of re-checking names
-        template = factory(name, documentation, labels=(), unit=unit)
-        self._fields = {key: value for key, value in vars(template).items() if key != "samples"}
-        self._factory = factory
+        # each scrape gets a copy of a template whose names were checked once
+        template, self.new_family = otel.family_copier(factory, name, documentation, unit)
         self.name = template.name
         self.sample = self.name + "_total" if template.type == "counter" else self.name
-
-    def new_family(self) -> PrometheusMetric:
-        family = object.__new__(self._factory)
-        family.__dict__.update(self._fields)
-        family.samples = []
-        return family
 
 
 class MetricsCollector:
@@ -154,8 +143,11 @@ class MetricsCollector:
         self._unscoped = LabelRows({})
         self._scopes: dict[InstrumentationScope, LabelRows] = {}
         self._specs: dict[tuple, FamilySpec | None] = {}
-        self._target_info: InfoMetricFamily | None = None  # reset by sdk after fork
+        self._target_info: InfoMetricFamily | None = None  # forgotten after fork
         self._target_resource: Resource | None = None
+
+    def forget_target_info(self) -> None:
+        self._target_info = None
 
     def describe(self) -> list:
         # registering must not trigger a collection (the reader may not be attached yet)

@@ -9,7 +9,6 @@ keeps them private to labotel, and shuts them down in ``shutdown()``.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import logging
 import os
@@ -18,7 +17,7 @@ import threading
 import time
 import uuid
 
-from opentelemetry import _logs, metrics, trace
+from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import (
     AlwaysOffExemplarFilter,
@@ -39,6 +38,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.util.types import Attributes
 
 from labotel import exporting
+from labotel.compat import otel
 from labotel.config import Settings
 from labotel.prometheus import is_prometheus_reader, make_prometheus_reader
 
@@ -82,7 +82,7 @@ class Providers:
         for provider in owned:
             # The SDK's own exit hook would only warn "shutdown can only be called once"
             # after a shutdown left behind at the deadline.
-            atexit.unregister(provider.shutdown)
+            otel.forget_exit_hook(provider)
             kind = type(provider).__name__
             closer = threading.Thread(target=_close, args=(provider, deadline), daemon=True,
                                       name=f"labotel-shutdown-{kind}")
@@ -139,24 +139,7 @@ def forget_instruments(meter: metrics.Meter, meter_provider: metrics.MeterProvid
     callbacks) and every reader's storage, and the meter forgets them, so a later
     ``start()`` registers fresh ones.
     """
-    instruments = list(getattr(meter, "_instrument_id_instrument", {}).values())
-    if not instruments:
-        return
-    ours = {id(instrument) for instrument in instruments}
-    consumer = getattr(meter_provider, "_measurement_consumer", None)
-    if consumer is not None:
-        with consumer._lock:
-            consumer._async_instruments[:] = [
-                i for i in consumer._async_instruments if id(i) not in ours]
-            storages = list(consumer._reader_storages.values())
-        for storage in storages:
-            with storage._lock:
-                for instrument in instruments:
-                    storage._instrument_view_instrument_matches.pop(instrument, None)
-    with meter._instrument_registration_lock:
-        meter._instrument_id_instrument.clear()
-    with meter._instrument_ids_lock:
-        meter._instrument_ids.clear()
+    otel.forget_instruments(meter, meter_provider)
 
 
 def global_meter_provider_set() -> bool:
@@ -226,8 +209,8 @@ def span_queue_length(providers: Providers) -> int:
     """Spans waiting in labotel's own TracerProvider's batch queues (0 on the app's)."""
     if not providers.owns_tracer_provider:
         return 0
-    return sum(len(getattr(getattr(processor, "_batch_processor", None), "_queue", ()))
-               for processor in _span_processors_of(providers.tracer_provider))
+    return sum(otel.span_queue_length(processor)
+               for processor in otel.span_processors(providers.tracer_provider))
 
 
 def _attach_prometheus_reader(meter_provider: metrics.MeterProvider) -> MetricReader | None:
@@ -240,10 +223,9 @@ def _attach_prometheus_reader(meter_provider: metrics.MeterProvider) -> MetricRe
     (``OTEL_METRICS_EXPORTER=otlp``) and never opens a Prometheus port of its own.
     """
     add = getattr(meter_provider, "add_metric_reader", None)
-    readers = getattr(meter_provider, "_all_metric_readers", None)
-    if add is None or readers is None:  # not the SDK, or an SDK without add_metric_reader
+    if add is None:  # not the SDK's provider (an SDK without it is below labotel's floor)
         return None
-    if any(is_prometheus_reader(reader) for reader in readers):
+    if any(is_prometheus_reader(reader) for reader in otel.metric_readers(meter_provider)):
         return None
     # with otel_scope_* labels: the app's other instrumentations (system-metrics) may
     # export the same names, which only the scope then tells apart
@@ -285,22 +267,20 @@ def hold_collection_for_fork(providers: Providers) -> None:
         wait = watched.fork_wait() if watched is not None else exporting.FIRST_WAIT
         if lock.acquire(timeout=wait) if wait > 0 else lock.acquire(blocking=False):
             _held_for_fork.append(lock)
-    consumer = getattr(providers.meter_provider, "_measurement_consumer", None)
-    lock = getattr(consumer, "_lock", None)
+    lock = otel.collection_lock(providers.meter_provider)
     if lock is not None:
         if lock.acquire(timeout=FORK_COLLECTION_WAIT):
             _held_for_fork.append(lock)
         else:
-            _collection_missed_at_fork.append(consumer)
+            _collection_missed_at_fork.append(providers.meter_provider)
 
 
 def _push_exports(providers: Providers) -> list[tuple[object, object]]:
     """(exporter, the lock the SDK holds while it sends) of every push exporter."""
-    exports = [(getattr(reader, "_exporter", None), getattr(reader, "_export_lock", None))
-               for reader in _metric_readers_of(providers.meter_provider)]
-    for processor in _span_processors_of(providers.tracer_provider):
-        batch = getattr(processor, "_batch_processor", None)
-        exports.append((getattr(batch, "_exporter", None), getattr(batch, "_export_lock", None)))
+    exports = [otel.reader_export(reader)
+               for reader in otel.metric_readers(providers.meter_provider)]
+    exports += [otel.processor_export(processor)
+                for processor in otel.span_processors(providers.tracer_provider)]
     return [(exporter, lock) for exporter, lock in exports
             if exporter is not None and lock is not None]
 
@@ -320,11 +300,11 @@ def _owned_exporters(providers: Providers) -> list[object]:
     """The push exporters of labotel's own providers."""
     exporters = []
     if providers.owns_meter_provider:
-        exporters += [getattr(reader, "_exporter", None)
-                      for reader in _metric_readers_of(providers.meter_provider)]
+        exporters += [otel.reader_export(reader)[0]
+                      for reader in otel.metric_readers(providers.meter_provider)]
     if providers.owns_tracer_provider:
-        exporters += [getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
-                      for processor in _span_processors_of(providers.tracer_provider)]
+        exporters += [otel.processor_export(processor)[0]
+                      for processor in otel.span_processors(providers.tracer_provider)]
     return [exporter for exporter in exporters if exporter is not None]
 
 
@@ -332,32 +312,21 @@ def _export_threads(providers: Providers) -> list[threading.Thread]:
     """The SDK's export threads in labotel's own providers."""
     threads = []
     if providers.owns_meter_provider:
-        threads += [getattr(reader, "_daemon_thread", None)
-                    for reader in _metric_readers_of(providers.meter_provider)]
+        threads += [otel.reader_thread(reader)
+                    for reader in otel.metric_readers(providers.meter_provider)]
     if providers.owns_tracer_provider:
-        threads += [getattr(getattr(processor, "_batch_processor", None), "_worker_thread", None)
-                    for processor in _span_processors_of(providers.tracer_provider)]
-    return [thread for thread in threads if isinstance(thread, threading.Thread)]
-
-
-def _metric_readers_of(meter_provider: metrics.MeterProvider) -> list:
-    """The SDK provider's readers (none for a provider that is not the SDK's)."""
-    return list(getattr(meter_provider, "_all_metric_readers", ()))
-
-
-def _span_processors_of(tracer_provider: trace.TracerProvider) -> tuple:
-    """The SDK provider's span processors (none for a provider that is not the SDK's)."""
-    active = getattr(tracer_provider, "_active_span_processor", None)
-    return tuple(getattr(active, "_span_processors", ()))
+        threads += [otel.processor_thread(processor)
+                    for processor in otel.span_processors(providers.tracer_provider)]
+    return [thread for thread in threads if thread is not None]
 
 
 def release_collection_after_fork(in_child: bool = False) -> None:
     while _held_for_fork:
         _held_for_fork.pop().release()
     while _collection_missed_at_fork:
-        consumer = _collection_missed_at_fork.pop()
+        meter_provider = _collection_missed_at_fork.pop()
         if in_child:  # the parent's collection holds the copy of the lock: a fresh one
-            consumer._lock = threading.Lock()
+            otel.replace_collection_lock(meter_provider)
 
 
 def _reset_readers(meter_provider: metrics.MeterProvider) -> None:
@@ -371,12 +340,11 @@ def _reset_readers(meter_provider: metrics.MeterProvider) -> None:
     - The Prometheus reader caches ``target_info`` (the Resource) at its first scrape;
       a child forked after one would keep serving the parent's pid and instance id.
     """
-    for reader in _metric_readers_of(meter_provider):
-        if hasattr(reader, "_export_lock"):
-            reader._export_lock = threading.Lock()
-        collector = getattr(reader, "_collector", None)
-        if hasattr(collector, "_target_info"):
-            collector._target_info = None
+    for reader in otel.metric_readers(meter_provider):
+        forget = getattr(reader, "forget_target_info", None)  # labotel's own reader
+        if forget is not None:
+            forget()
+        otel.reset_reader_after_fork(reader)
 
 
 # gRPC channels inherited through fork, kept referenced so the child never finalizes
@@ -389,19 +357,15 @@ def _fresh_grpc_channels(providers: Providers) -> None:
 
     gRPC channels do not survive fork: an RPC in flight in the parent at fork time leaves
     the channel's locks held in the child, whose exports (and exit) then hang. The
-    exporter's own reconnect hook, ``_initialize_channel_and_stub``, opens a new channel.
+    exporter's own reconnect hook opens a new channel (``compat.otel.grpc_reconnect``).
     """
-    exporters = [getattr(reader, "_exporter", None)
-                 for reader in _metric_readers_of(providers.meter_provider)]
+    exporters = [otel.reader_export(reader)[0]
+                 for reader in otel.metric_readers(providers.meter_provider)]
     exporters += [getattr(processor, "span_exporter", None)
-                  for processor in _span_processors_of(providers.tracer_provider)]
+                  for processor in otel.span_processors(providers.tracer_provider)]
     for exporter in exporters:
-        reconnect = getattr(exporter, "_initialize_channel_and_stub", None)
-        if reconnect is None:
-            continue
-        _inherited_channels.append(getattr(exporter, "_channel", None))
         try:
-            reconnect()
+            otel.grpc_reconnect(exporter, _inherited_channels.append)
         except Exception:
             log.exception("labotel: reopening the gRPC channel of %s failed",
                           type(exporter).__name__)
@@ -412,7 +376,7 @@ def refresh_after_fork(providers: Providers, parent_pid: int) -> None:
 
     Without this every gunicorn worker reports the parent's Resource and their series
     collide in the backend. The SDK re-runs only its process-dependent resource detectors
-    after fork; its ``_update_resource`` (the hook it uses for exactly that) also updates
+    after fork; its resource-update hook (the hook it uses for exactly that) also updates
     the tracers already handed out, so the app's own instrumentation follows too.
     """
     _reset_readers(providers.meter_provider)
@@ -433,13 +397,10 @@ def _add_missing_identity(providers: Providers) -> None:
 
 def _update_resources(providers: Providers, attributes: dict[str, object]) -> None:
     update = Resource(attributes)
-    targets = [providers.meter_provider, providers.tracer_provider, _logs.get_logger_provider()]
+    targets = [providers.meter_provider, providers.tracer_provider, otel.logger_provider()]
     for provider in targets:
-        updater = getattr(provider, "_update_resource", None)
-        if updater is None:  # an API no-op/proxy provider, or an older SDK
-            continue
         try:
-            updater(update)
+            otel.update_resource(provider, update)  # nothing on an API no-op/proxy provider
         except Exception:
             log.exception("labotel: updating the Resource of %s failed", type(provider).__name__)
     if providers.resource is not None:
@@ -447,10 +408,7 @@ def _update_resources(providers: Providers, attributes: dict[str, object]) -> No
 
 
 def _resource_of(provider: object) -> Resource | None:
-    resource = getattr(provider, "resource", None)  # TracerProvider
-    if resource is None:
-        config = getattr(provider, "_sdk_config", None)  # MeterProvider
-        resource = getattr(config, "resource", None)
+    resource = otel.resource_of(provider)
     return resource if isinstance(resource, Resource) else None
 
 

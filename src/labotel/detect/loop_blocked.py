@@ -35,6 +35,7 @@ import time
 from types import FrameType
 from typing import Any
 
+from labotel.compat import cpython
 from labotel.component import Component
 from labotel.context import Context
 from labotel.detect.detection import Detection, Stack
@@ -45,10 +46,9 @@ from labotel.runtime import aio, origins
 from labotel.runtime.gc import GCCollector
 from labotel.runtime.thread_frames import current_frames
 
-# CPython internals used here (for the compat seam): the function asyncio runs every
-# callback and task step in. Loops that do not run callbacks through it (uvloop) are not
-# watched.
-_HANDLE_RUN = asyncio.events.Handle._run.__code__  # type: ignore[attr-defined]
+# the function asyncio runs every callback and task step in (None: the detector is off,
+# said once at start). Loops that do not run callbacks through it (uvloop) are not watched.
+_HANDLE_RUN = cpython.HANDLE_RUN_CODE
 STACK_FRAMES = 64
 STILL_BLOCKED = 1.0  # report a block that has not ended this long after the threshold
 IDLE_PERIOD = 0.5  # how often the watchdog looks for loops while none runs

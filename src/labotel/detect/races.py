@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import _thread
 import collections
-import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from labotel.compat import cpython
 from labotel.detect import race_report, vectorclock
 from labotel.detect.detection import Reporter
 from labotel.detect.keys import MAX_KEY_CHARS, plain_key, plain_text
@@ -200,7 +200,7 @@ def record_access(resource: str, write: bool = False, location: str | None = Non
     detector = _detector
     if detector is None:
         return
-    detector.access(resource, write, sys._getframe(1), location)
+    detector.access(resource, write, cpython.getframe(1), location)
 
 
 def shared(obj: Any, name: str) -> Any:

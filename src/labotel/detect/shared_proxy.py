@@ -13,10 +13,10 @@ while detection is off each operation costs one extra Python call.
 from __future__ import annotations
 
 import collections
-import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from labotel.compat import cpython
 from labotel.detect import races
 from labotel.detect.keys import plain_key
 
@@ -32,7 +32,7 @@ def _record(proxy: Any, write: bool) -> None:
     detector = races._detector
     if detector is not None:
         detector.access(object.__getattribute__(proxy, "_labotel_name"), write,
-                        sys._getframe(2), None)
+                        cpython.getframe(2), None)
 
 
 def _forward(method: str, write: bool) -> Callable[..., Any]:
@@ -75,7 +75,7 @@ class _Proxy:
         detector = races._detector
         if detector is not None:
             detector.access(object.__getattribute__(self, "_labotel_name"), write,
-                            sys._getframe(1), None)
+                            cpython.getframe(1), None)
         return getattr(object.__getattribute__(self, "_labotel_target"), attribute)
 
     def __repr__(self) -> str:

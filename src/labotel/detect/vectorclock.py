@@ -26,6 +26,8 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from labotel.compat import cpython
+
 Snapshot = tuple  # (tid, clock, vc dict) — never mutated after it is published
 
 _ids = itertools.count(1)
@@ -35,8 +37,8 @@ _live: set[int] = set()
 _exited_queue: collections.deque[int] = collections.deque()
 _exited: collections.OrderedDict[int, None] = collections.OrderedDict()
 _limits = {"max_exited": 1024, "epoch": 0}  # epoch: bumped when the limit changes
-_active = threading._active  # type: ignore[attr-defined]  # ident -> Thread, no side effects
-_limbo = threading._limbo  # type: ignore[attr-defined]  # threads between start() and run
+_active = cpython.THREADS_ACTIVE  # ident -> Thread, no side effects
+_limbo = cpython.THREADS_LIMBO  # threads between start() and run
 
 
 class ThreadLabel:
@@ -170,7 +172,7 @@ def _find_thread(ident: int) -> threading.Thread | None:
     thread = _active.get(ident)
     if thread is None:  # between start() and registration in _active: still in _limbo
         for candidate in list(_limbo):
-            if getattr(candidate, "_ident", None) == ident:
+            if cpython.thread_ident(candidate) == ident:
                 return candidate
     return thread
 

@@ -8,9 +8,9 @@ contention profiler for waits).
 from __future__ import annotations
 
 import _thread
-import threading
 from typing import Any
 
+from labotel.compat import cpython
 from labotel.hooks import active, patches, primitives
 from labotel.hooks.adopt import LockAdopter
 from labotel.patching import Patcher
@@ -90,7 +90,7 @@ def after_fork_in_child() -> None:
     active.generation += 1
     # threading's own after-fork hook rebuilt _active_limbo_lock with threading.RLock, which
     # is ours while patched: put the plain lock back under it.
-    limbo = getattr(threading, "_active_limbo_lock", None)
-    if limbo is not None and primitives.instrumented(limbo):
-        threading._active_limbo_lock = limbo._lock  # type: ignore[attr-defined]
+    limbo = cpython.active_limbo_lock()
+    if primitives.instrumented(limbo):
+        cpython.set_active_limbo_lock(primitives.raw_lock(limbo))
 

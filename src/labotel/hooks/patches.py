@@ -29,12 +29,11 @@ import functools
 import inspect
 import os
 import queue
-import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import thread as futures_thread
 from typing import Any
 
+from labotel.compat import cpython
 from labotel.hooks import active, primitives
 from labotel.hooks.primitives import (
     InstrumentedLock,
@@ -91,7 +90,7 @@ def _patch_thread_join(replace: Replace) -> None:
     def join(self: threading.Thread, timeout: float | None = None) -> None:
         if active.waits is not None and (timeout is None or timeout > 0) \
                 and previous_is_alive(self):
-            timed_wait(THREAD_JOIN, sys._getframe(1), previous_join, self, timeout)
+            timed_wait(THREAD_JOIN, cpython.getframe(1), previous_join, self, timeout)
         else:
             previous_join(self, timeout)
         if active.edges is not None and not previous_is_alive(self):
@@ -99,7 +98,7 @@ def _patch_thread_join(replace: Replace) -> None:
 
     def is_alive(self: threading.Thread) -> bool:
         alive = previous_is_alive(self)
-        if not alive and active.edges is not None and self._started._flag:  # type: ignore[attr-defined]
+        if not alive and active.edges is not None and cpython.thread_started(self):
             _edge("thread_joined", self)  # polling is_alive() until False is a join
         return alive
 
@@ -116,7 +115,7 @@ def _patch_event(replace: Replace) -> None:
         previous_set(self)
 
     def is_set(self: threading.Event) -> bool:
-        flag = self._flag  # type: ignore[attr-defined]
+        flag = cpython.event_flag(self)
         if flag:
             _edge("acquire_from", self, "_labotel_clock")
         return flag
@@ -143,12 +142,12 @@ def _patch_condition_edges(replace: Replace) -> None:
 
     def __enter__(self: threading.Condition) -> bool:
         entered = previous_enter(self)
-        if active.edges is not None and not primitives.instrumented(self._lock):  # type: ignore[attr-defined]
+        if active.edges is not None and not primitives.instrumented(cpython.condition_lock(self)):
             _edge("acquire_from", self, "_labotel_clock")
         return entered
 
     def __exit__(self: threading.Condition, *exc_info: Any) -> None:
-        if active.edges is not None and not primitives.instrumented(self._lock):  # type: ignore[attr-defined]
+        if active.edges is not None and not primitives.instrumented(cpython.condition_lock(self)):
             _edge("release_into", self, "_labotel_clock")
         return previous_exit(self, *exc_info)
 
@@ -162,11 +161,12 @@ def _patch_condition_wait(replace: Replace) -> None:
     previous_wait = threading.Condition.wait
 
     def wait(self: threading.Condition, timeout: float | None = None) -> bool:
-        plain = active.edges is not None and not primitives.instrumented(self._lock)  # type: ignore[attr-defined]
+        plain = (active.edges is not None
+                 and not primitives.instrumented(cpython.condition_lock(self)))
         if plain:  # wait() lets go of the lock...
             _edge("release_into", self, "_labotel_clock")
         if active.waits is not None and timeout != 0:
-            notified = timed_wait(CONDITION_WAIT, sys._getframe(1), previous_wait, self,
+            notified = timed_wait(CONDITION_WAIT, cpython.getframe(1), previous_wait, self,
                                   timeout)
         else:
             notified = previous_wait(self, timeout)
@@ -223,7 +223,7 @@ def _patch_queue_mutex(replace: Replace) -> None:
         previous_init(self, *args, **kwargs)
         mutex = self.mutex
         if active.edges is None and type(mutex) is InstrumentedLock:
-            plain = mutex._lock
+            plain = primitives.raw_lock(mutex)
             self.mutex = plain  # type: ignore[assignment]
             self.not_empty = threading.Condition(plain)
             self.not_full = threading.Condition(plain)
@@ -238,7 +238,9 @@ def _patch_simple_queue(replace: Replace) -> None:
 
 def _patch_executor(replace: Replace) -> None:
     """submit -> task even when the executor (and its work queue) predates start()."""
-    work_item = futures_thread._WorkItem
+    work_item = cpython.EXECUTOR_WORK_ITEM
+    if work_item is None:  # said once at start (compat probe)
+        return
     previous_init = work_item.__init__
     previous_run = work_item.run
 
@@ -322,9 +324,9 @@ async def _timed(awaitable: Any, site: str) -> Any:
     except GeneratorExit:  # closed unfinished: no wait to speak of
         raise
     except BaseException:  # cancelled (a timeout): it waited all the same
-        _record_await(site, sys._getframe(1), started)
+        _record_await(site, cpython.getframe(1), started)
         raise
-    _record_await(site, sys._getframe(1), started)
+    _record_await(site, cpython.getframe(1), started)
     return result
 
 
@@ -338,14 +340,14 @@ async def _timed_outer(awaitable: Any, site: str) -> Any:
     except GeneratorExit:
         raise
     except BaseException:
-        _record_await(site, sys._getframe(1), started)
+        _record_await(site, cpython.getframe(1), started)
         raise
     finally:
         try:
             _in_timed_await.reset(token)
         except ValueError:  # closed by the garbage collector, in another context
             pass
-    _record_await(site, sys._getframe(1), started)
+    _record_await(site, cpython.getframe(1), started)
     return result
 
 
@@ -393,9 +395,9 @@ class TimedFuture(asyncio.Future):
         except GeneratorExit:  # closed unfinished: no wait to speak of
             raise
         except BaseException:  # cancelled (a timeout): it waited all the same
-            _record_await(FUTURE_AWAIT, sys._getframe(1), started)
+            _record_await(FUTURE_AWAIT, cpython.getframe(1), started)
             raise
-        _record_await(FUTURE_AWAIT, sys._getframe(1), started)
+        _record_await(FUTURE_AWAIT, cpython.getframe(1), started)
         return result
 
 
@@ -411,7 +413,7 @@ def _patch_asyncio_waits(replace: Replace) -> None:
 
     def create_future(self: asyncio.AbstractEventLoop) -> asyncio.Future:
         if active.waits is not None:
-            code = sys._getframe(1).f_code
+            code = cpython.getframe(1).f_code
             if code is _WRAP_FUTURE or not code.co_filename.startswith(_ASYNCIO_DIR):
                 return TimedFuture(loop=self)
         return previous(self)  # type: ignore[arg-type]

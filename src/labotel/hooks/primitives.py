@@ -19,13 +19,12 @@ from __future__ import annotations
 import _thread
 import queue
 import random
-import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from labotel.compat import python
+from labotel.compat import cpython, python
 from labotel.hooks import active
 
 # The subscribers again, as globals of this module: the lock methods below read them on
@@ -198,7 +197,7 @@ def _handed_off(lock: InstrumentedLock, waiting: list, site: str) -> None:
         since, mark[1] = mark[1], now
         delay += now - since
     if delay > 0 and kept(waits, delay):
-        call_waits("handed_off", site, sys._getframe(2), delay)
+        call_waits("handed_off", site, cpython.getframe(2), delay)
 
 
 class _LockClass(type):
@@ -232,7 +231,7 @@ class InstrumentedLock(metaclass=_LockClass):
         elif lock.acquire(False):
             got = True
         else:
-            got = _contended(self, lock.acquire, (True, timeout), sys._getframe(1),
+            got = _contended(self, lock.acquire, (True, timeout), cpython.getframe(1),
                              self._acquire_site)
         if got and _edges is not None and self._sync is not None:
             _join(self._sync)
@@ -242,7 +241,7 @@ class InstrumentedLock(metaclass=_LockClass):
         # acquire() without its arguments: ``with lock:`` is the common case, keep it short
         lock = self._lock
         if not lock.acquire(False):
-            _contended(self, lock.acquire, (), sys._getframe(1), self._acquire_site)
+            _contended(self, lock.acquire, (), cpython.getframe(1), self._acquire_site)
         if _edges is not None and self._sync is not None:
             _join(self._sync)
         return True
@@ -274,7 +273,7 @@ class InstrumentedLock(metaclass=_LockClass):
         return self._lock.locked
 
     def _at_fork_reinit(self) -> None:
-        self._lock._at_fork_reinit()
+        cpython.at_fork_reinit(self._lock)
         self._sync = None
         self._waiting = None
 
@@ -294,13 +293,13 @@ class InstrumentedRLock(InstrumentedLock):
 
     @property
     def _is_owned(self) -> Callable[[], bool]:
-        return self._lock._is_owned
+        return cpython.lock_is_owned(self._lock)
 
     def _release_save(self) -> Any:
         if _edges is not None:
             _publish(self)
         waiting = self._waiting
-        saved = self._lock._release_save()
+        saved = cpython.release_save(self._lock)
         if waiting:
             _handed_off(self, waiting, self._release_site)
         return saved
@@ -309,10 +308,10 @@ class InstrumentedRLock(InstrumentedLock):
         # Only Condition.wait() calls this, as it takes the lock back: that wait is timed
         # as a whole, so only a releaser that kept it waiting is charged (mutex profile).
         if _waits is not None:
-            _contended(self, self._lock._acquire_restore, (saved,), sys._getframe(1),
+            _contended(self, cpython.acquire_restore(self._lock), (saved,), cpython.getframe(1),
                        self._acquire_site, inside=True)
         else:
-            self._lock._acquire_restore(saved)
+            cpython.acquire_restore(self._lock)(saved)
         if _edges is not None and self._sync is not None:
             _join(self._sync)
 
@@ -326,6 +325,11 @@ _simple_get = queue.SimpleQueue.get
 def instrumented(lock: Any) -> bool:
     """One of ours (not ``isinstance``: that also accepts plain locks, see _LockClass)."""
     return type(lock) is InstrumentedLock or type(lock) is InstrumentedRLock
+
+
+def raw_lock(lock: InstrumentedLock) -> Any:
+    """The plain lock an instrumented one wraps."""
+    return lock._lock
 
 
 class InstrumentedSimpleQueue(queue.SimpleQueue):
@@ -349,7 +353,7 @@ class InstrumentedSimpleQueue(queue.SimpleQueue):
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         if _waits is not None and block and (timeout is None or timeout > 0) \
                 and self.empty():
-            item = timed_wait(SIMPLE_QUEUE_GET, sys._getframe(1), _simple_get, self, block,
+            item = timed_wait(SIMPLE_QUEUE_GET, cpython.getframe(1), _simple_get, self, block,
                               timeout, waited_errors=(queue.Empty,))
         else:
             item = _simple_get(self, block, timeout)

@@ -34,11 +34,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
+from labotel.compat import cpython
 from labotel.profile.pprof import ProfileBuilder
 from labotel.runtime.thread_frames import current_frames
 
 CPU, WALL = "cpu", "wall"
-_registered_threads: dict[int, threading.Thread] = getattr(threading, "_active", {})
+_registered_threads: dict[int, threading.Thread] = cpython.THREADS_ACTIVE
 _MAX_DEPTH = 256  # as ProfileBuilder.frame_stack: deeper stacks keep their innermost frames
 _HOLD_DEPTH = 20  # stacks up to this deep are walked whole every time (cheaper, measured)
 _SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR

@@ -18,6 +18,7 @@ import weakref
 from types import FrameType
 from typing import Any
 
+from labotel.compat import cpython
 from labotel.profile import symbols, text
 from labotel.profile.pprof import ProfileBuilder
 from labotel.runtime import aio, origins
@@ -100,7 +101,7 @@ def collect(builder: ProfileBuilder) -> list[Goroutine]:
             origins.thread_origin(thread) if thread is not None else None, tuple(details)))
     for loop, tasks in aio.all_tasks_by_loop().items():
         current = asyncio.current_task(loop)
-        loop_frame = frames.get(getattr(loop, "_thread_id", None))  # type: ignore[arg-type]
+        loop_frame = frames.get(cpython.loop_thread_id(loop))
         for task in tasks:
             state = aio.task_wait(task, current)
             result.append(Goroutine(

@@ -20,7 +20,7 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel.compat import python
+from labotel.compat import cpython, python
 from labotel.component import Component
 from labotel.context import Context
 from labotel.runtime import loops, origins
@@ -76,7 +76,7 @@ def task_wait(task: asyncio.Task, current: asyncio.Task | None) -> str:
     ``awaiting <Future type>``."""
     if task_state(task, current) == RUNNING:
         return RUNNING
-    waiter = getattr(task, "_fut_waiter", None)
+    waiter = cpython.task_waiter(task)
     if waiter is None:
         return "runnable"
     if isinstance(waiter, asyncio.Task):

@@ -14,13 +14,12 @@ take creation sites away from the leak checks.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import weakref
-from types import FrameType
 from typing import Any
 
 from labotel import frames as frames_module
+from labotel.compat import cpython
 from labotel.patching import Patcher
 
 Frame = frames_module.Frame
@@ -43,7 +42,7 @@ _patched_loops: dict[int, weakref.ref] = {}
 
 def capture(skip: int = 1, limit: int = MAX_FRAMES) -> tuple[Frame, ...]:
     """The caller's stack, innermost first, without library frames."""
-    frame: FrameType | None = sys._getframe(skip)
+    frame = cpython.getframe(skip)
     frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         filename = frame.f_code.co_filename
@@ -145,7 +144,7 @@ def _patch_thread_start() -> None:
         try:
             self._labotel_origin = capture(2)  # type: ignore[attr-defined]
             if is_labotel_thread(threading.current_thread()) or _started_by_labotel(
-                    sys._getframe(1)):
+                    cpython.getframe(1)):
                 self._labotel_own = True  # type: ignore[attr-defined]
         except Exception:  # a thread subclass with __slots__: no origin, still starts
             pass

@@ -111,6 +111,8 @@ def add_routes(context: Context, router: Router, status: Callable[[], dict[str, 
             "service": state["service"],
             "uptime_seconds": round(time.time() - started, 3),
             "components": state["components"],
+            # what labotel borrows from the SDK and the interpreter (labotel.compat)
+            "capabilities": state["capabilities"],
             "endpoints": router.paths()})
 
     add = context.add_route

@@ -24,6 +24,7 @@ from typing import Any
 
 from labotel import frames as whose
 from labotel.runtime import loops, origins
+from labotel.runtime.thread_frames import current_frames
 from labotel.testing.functions import Frame, FunctionSet, ModuleNames, check_names
 
 DEFAULT_GRACE = 1.0  # seconds a check keeps retrying before members count as leaked
@@ -367,7 +368,7 @@ def _groups(candidates: tuple[list[threading.Thread], list[asyncio.Task]],
     threads, tasks = candidates
     if not threads and not tasks:
         return []
-    frames = sys._current_frames()
+    frames = current_frames()
     members: list[tuple[str, Any, tuple[Frame, ...], tuple[Frame, ...], str]] = []
     for thread in threads:
         frame = frames.get(thread.ident) if thread.ident is not None else None

@@ -1,0 +1,292 @@
+"""What labotel borrows from the OpenTelemetry SDK, its exporters and prometheus_client.
+
+Every private name of those packages that labotel reads or replaces is touched here and
+nowhere else (``tests/unit/test_compat_seam.py`` scans the rest of the package). Each
+borrowed capability is probed once, at ``start()``, by ``probe()``: a missing one turns a
+feature off, with one log line and an entry under ``capabilities`` on
+``/admin/monitoring/``; the functions below then answer "nothing" (no readers, no lock, no
+update) instead of raising.
+
+Per-provider answers come from the provider's own measurement consumer, never from the
+SDK's class-level ``MeterProvider._all_metric_readers`` set, which holds the readers of
+every provider in the process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from labotel.compat.capability import Capability
+
+try:  # the exporter's own name and unit mapping, so /metrics names never drift from it
+    from opentelemetry.exporter.prometheus._mapping import (
+        map_unit,
+        sanitize_attribute,
+        sanitize_full_name,
+    )
+except ImportError:  # a future exporter moved it: labotel serves the exporter's reader
+    map_unit = sanitize_attribute = sanitize_full_name = None  # type: ignore[assignment]
+
+PROMETHEUS_MAPPING = sanitize_full_name is not None
+
+
+# -- metric readers, span processors and their exporters ----------------------------------
+def metric_readers(meter_provider: object) -> list:
+    """The readers of this one SDK MeterProvider (none for an API or proxy provider)."""
+    consumer = getattr(meter_provider, "_measurement_consumer", None)
+    storages = getattr(consumer, "_reader_storages", None)
+    return list(storages) if isinstance(storages, dict) else []
+
+
+def span_processors(tracer_provider: object) -> tuple:
+    """The SDK TracerProvider's span processors (none for a provider that is not the SDK's)."""
+    active = getattr(tracer_provider, "_active_span_processor", None)
+    return tuple(getattr(active, "_span_processors", ()))
+
+
+def _batch(processor: object) -> object | None:
+    return getattr(processor, "_batch_processor", None)
+
+
+def span_queue_length(processor: object) -> int:
+    """Spans waiting in a BatchSpanProcessor's queue (0 for any other processor)."""
+    return len(getattr(_batch(processor), "_queue", ()))
+
+
+def reader_export(reader: object) -> tuple[object | None, Any]:
+    """(exporter, the lock the SDK holds while it sends) of a push reader."""
+    return getattr(reader, "_exporter", None), getattr(reader, "_export_lock", None)
+
+
+def processor_export(processor: object) -> tuple[object | None, Any]:
+    """(exporter, the lock the SDK holds while it sends) of a batch span processor."""
+    batch = _batch(processor)
+    return getattr(batch, "_exporter", None), getattr(batch, "_export_lock", None)
+
+
+def reader_thread(reader: object) -> threading.Thread | None:
+    thread = getattr(reader, "_daemon_thread", None)
+    return thread if isinstance(thread, threading.Thread) else None
+
+
+def processor_thread(processor: object) -> threading.Thread | None:
+    thread = getattr(_batch(processor), "_worker_thread", None)
+    return thread if isinstance(thread, threading.Thread) else None
+
+
+def reset_reader_after_fork(reader: object) -> None:
+    """In a forked child: a fresh export lock (opentelemetry-python#3307) and, for the
+    exporter's Prometheus reader, no cached ``target_info`` (the parent's Resource)."""
+    if hasattr(reader, "_export_lock"):
+        reader._export_lock = threading.Lock()  # type: ignore[attr-defined]
+    collector = getattr(reader, "_collector", None)
+    if hasattr(collector, "_target_info") and not hasattr(collector, "forget_target_info"):
+        collector._target_info = None  # type: ignore[union-attr]
+
+
+# -- the collection lock: held while the SDK runs every observable callback ---------------
+def collection_lock(meter_provider: object) -> Any:
+    return getattr(getattr(meter_provider, "_measurement_consumer", None), "_lock", None)
+
+
+def replace_collection_lock(meter_provider: object) -> None:
+    """In a forked child whose copy of the lock a parent collection held: a fresh one."""
+    consumer = getattr(meter_provider, "_measurement_consumer", None)
+    if consumer is not None:
+        consumer._lock = threading.Lock()
+
+
+def forget_instruments(meter: object, meter_provider: object) -> None:
+    """Take ``meter``'s instruments off the provider's collection and every reader's
+    storage, and make the meter forget them (the SDK has no way to remove an instrument)."""
+    instruments = list(getattr(meter, "_instrument_id_instrument", {}).values())
+    if not instruments:
+        return
+    ours = {id(instrument) for instrument in instruments}
+    consumer = getattr(meter_provider, "_measurement_consumer", None)
+    if consumer is not None:
+        with consumer._lock:
+            consumer._async_instruments[:] = [
+                i for i in consumer._async_instruments if id(i) not in ours]
+            storages = list(consumer._reader_storages.values())
+        for storage in storages:
+            with storage._lock:
+                for instrument in instruments:
+                    storage._instrument_view_instrument_matches.pop(instrument, None)
+    with meter._instrument_registration_lock:  # type: ignore[attr-defined]
+        meter._instrument_id_instrument.clear()  # type: ignore[attr-defined]
+    with meter._instrument_ids_lock:  # type: ignore[attr-defined]
+        meter._instrument_ids.clear()  # type: ignore[attr-defined]
+
+
+# -- resources ------------------------------------------------------------------------------
+def can_update_resource(provider: object) -> bool:
+    return callable(getattr(provider, "_update_resource", None))
+
+
+def update_resource(provider: object, update: object) -> bool:
+    """Merge ``update`` into the provider's Resource (the SDK's own after-fork hook, which
+    also updates the tracers and meters already handed out); False where there is none."""
+    updater = getattr(provider, "_update_resource", None)
+    if updater is None:  # an API no-op/proxy provider
+        return False
+    updater(update)
+    return True
+
+
+def resource_of(provider: object) -> object | None:
+    resource = getattr(provider, "resource", None)  # TracerProvider: public
+    if resource is None:  # MeterProvider keeps it in its configuration
+        resource = getattr(getattr(provider, "_sdk_config", None), "resource", None)
+    return resource
+
+
+def logger_provider() -> object:
+    """The global LoggerProvider (the logs API still lives in ``opentelemetry._logs``)."""
+    from opentelemetry import _logs
+
+    return _logs.get_logger_provider()
+
+
+def forget_exit_hook(provider: object) -> None:
+    """The SDK registers ``provider.shutdown`` with atexit; after labotel's own bounded
+    shutdown it would only warn "shutdown can only be called once"."""
+    atexit.unregister(provider.shutdown)  # type: ignore[attr-defined]
+
+
+# -- OTLP/gRPC ------------------------------------------------------------------------------
+def grpc_reconnect(exporter: object, keep: Callable[[object], None]) -> None:
+    """Open a new gRPC channel for an OTLP/gRPC exporter (nothing for any other exporter);
+    the old channel is handed to ``keep`` first, so it is never finalized in the child."""
+    reconnect = getattr(exporter, "_initialize_channel_and_stub", None)
+    if reconnect is None:
+        return
+    keep(getattr(exporter, "_channel", None))
+    reconnect()
+
+
+# -- urllib3 (the OTLP/HTTP exporter's transport) ------------------------------------------
+def connection_class_reporting_sockets(base: type, new_socket: Callable[[Any], None],
+                                       refuse: Callable[[], bool]) -> type:
+    """A urllib3 connection class telling ``new_socket`` of each socket it opens, and
+    opening none once ``refuse()`` says so (its ``_new_conn`` is the one place they open)."""
+
+    class Reporting(base):  # type: ignore[misc, valid-type]
+        def _new_conn(self) -> Any:
+            if refuse():
+                raise OSError("labotel is shutting down: no new export connections")
+            sock = super()._new_conn()
+            new_socket(sock)
+            return sock
+
+    return Reporting
+
+
+# -- prometheus_client families ------------------------------------------------------------
+def family_copier(factory: type, name: str, documentation: str, unit: str
+                  ) -> tuple[Any, Callable[[], Any]]:
+    """(a checked template family, a function making empty copies of it).
+
+    prometheus_client's constructor applies its naming rules (unit suffix, ``_total``) on
+    every call; a scrape builds its families as copies of a template checked once."""
+    template = factory(name, documentation, labels=(), unit=unit)
+    fields = {key: value for key, value in vars(template).items() if key != "samples"}
+
+    def new_family() -> Any:
+        family = object.__new__(factory)
+        family.__dict__.update(fields)
+        family.samples = []
+        return family
+
+    return template, new_family
+
+
+# -- the probe --------------------------------------------------------------------------------
+def _assigns(function: Any, *names: str) -> bool:
+    """Whether a constructor's code assigns or reads every one of ``names`` (read from
+    its bytecode: the probe builds no object that would start a thread)."""
+    code = getattr(function, "__code__", None)
+    return code is not None and set(names) <= set(code.co_names)
+
+
+def probe() -> list[Capability]:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = MeterProvider(shutdown_on_exit=False)
+    consumer = getattr(provider, "_measurement_consumer", None)
+    meter = provider.get_meter("labotel.compat.probe")
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    try:
+        from opentelemetry.sdk._shared_internal import BatchProcessor
+    except ImportError:
+        BatchProcessor = None  # type: ignore[assignment, misc]
+    capabilities = [
+        Capability.check(
+            "otel.add_metric_reader", "/metrics for a MeterProvider the application owns",
+            callable(getattr(provider, "add_metric_reader", None)),
+            "MeterProvider.add_metric_reader is missing (opentelemetry-sdk < 1.43)"),
+        Capability.check(
+            "otel.update_resource", "a forked worker's own pid and service.instance.id",
+            can_update_resource(provider) and can_update_resource(tracer_provider),
+            "MeterProvider/TracerProvider._update_resource is missing (opentelemetry-sdk < 1.44)"),
+        Capability.check(
+            "otel.metric_readers", "per-provider reader checks, fork safety of metric exports",
+            isinstance(getattr(consumer, "_reader_storages", None), dict),
+            "MeterProvider._measurement_consumer._reader_storages is not a dict"),
+        Capability.check(
+            "otel.collection_lock", "no metric collection half-done in a forked child",
+            hasattr(getattr(consumer, "_lock", None), "acquire"),
+            "MeterProvider._measurement_consumer._lock is missing"),
+        Capability.check(
+            "otel.forget_instruments", "labotel's instruments leave an app-owned provider at "
+            "shutdown",
+            all(hasattr(meter, name) for name in (
+                "_instrument_id_instrument", "_instrument_registration_lock",
+                "_instrument_ids_lock", "_instrument_ids"))
+            and all(hasattr(consumer, name) for name in ("_async_instruments", "_lock")),
+            "Meter._instrument_* / the consumer's _async_instruments are missing"),
+        Capability.check(
+            "otel.span_processors", "span exporters found for fork safety and bounded shutdown",
+            isinstance(getattr(getattr(tracer_provider, "_active_span_processor", None),
+                               "_span_processors", None), tuple),
+            "TracerProvider._active_span_processor._span_processors is missing"),
+        Capability.check(
+            "otel.metric_export_lock", "metric exports held across fork, bounded shutdown",
+            _assigns(PeriodicExportingMetricReader.__init__, "_exporter", "_export_lock",
+                     "_daemon_thread"),
+            "PeriodicExportingMetricReader no longer sets _exporter/_export_lock/_daemon_thread"),
+        Capability.check(
+            "otel.span_export_lock", "span exports held across fork, bounded shutdown, the "
+            "span queue length",
+            _assigns(BatchSpanProcessor.__init__, "_batch_processor") and BatchProcessor
+            is not None and _assigns(BatchProcessor.__init__, "_exporter", "_export_lock",
+                                     "_queue", "_worker_thread"),
+            "BatchSpanProcessor no longer keeps _batch_processor with _exporter/_export_lock/"
+            "_queue/_worker_thread"),
+        Capability.check(
+            "otel.prometheus_mapping", "labotel's cached /metrics reader (else the exporter's)",
+            PROMETHEUS_MAPPING, "opentelemetry.exporter.prometheus._mapping moved"),
+        _probe_grpc(),
+    ]
+    provider.shutdown()
+    tracer_provider.shutdown()
+    return capabilities
+
+
+def _probe_grpc() -> Capability:
+    feature = "a fresh OTLP/gRPC channel in a forked child"
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.exporter import OTLPExporterMixin
+    except ImportError as error:
+        return Capability.check("otel.grpc_reconnect", feature, False, f"no OTLP/gRPC: {error}")
+    reconnect = getattr(OTLPExporterMixin, "_initialize_channel_and_stub", None)
+    return Capability.check(
+        "otel.grpc_reconnect", feature,
+        reconnect is not None and _assigns(reconnect, "_channel"),
+        "OTLPExporterMixin._initialize_channel_and_stub is missing")
