@@ -4,7 +4,6 @@ Nothing here calls labotel: every access is found by the import-time rewrite. Ea
 function is what one thread runs; the tests start the threads.
 """
 
-import threading
 
 hits = 0
 stopped = False
