@@ -516,3 +516,51 @@ def test_cachetools_cached_with_a_lock_is_silent(cachetools_module):
     run_all(lambda: _fill(square, 0), lambda: _fill(square, 5))
     assert square(3) == 9
     assert_silent()
+
+
+# --- hostile objects (issue 11's rules hold in instrumented code) ------------------------------
+
+HOSTILE = "tests.race_programs.hostile"
+
+
+@pytest.fixture
+def hostile():
+    for module in [m for m in sys.modules if m.startswith(HOSTILE)]:
+        del sys.modules[module]
+    start_detector(race_instrument=HOSTILE)
+    yield fresh(HOSTILE)
+    labotel.shutdown()
+
+
+def test_hostile_objects_never_deadlock_or_raise_into_the_app(hostile):
+    from tests.chaos.support import call_with_deadline
+
+    errors: list = []
+    objects = [hostile.Hostile(), hostile.NoWeakref(), hostile.Lock()]
+    table: dict = {}
+    buffer = bytearray(4)
+
+    def work():
+        try:
+            for _ in range(50):
+                for obj in objects:
+                    if isinstance(obj, hostile.NoWeakref):
+                        hostile.bump_slots(obj)
+                    elif not isinstance(obj, hostile.Lock):
+                        hostile.bump_attr(obj)
+                    hostile.missing_attr(obj)
+                    hostile.bump_item(table, obj)
+                    hostile.contains_then_store(table, obj)
+                hostile.bump_bytes(buffer)
+        except BaseException as error:  # noqa: BLE001 - the app must see none
+            errors.append(error)
+
+    call_with_deadline(lambda: run_all(work, work), 30)
+    assert not errors, errors
+    assert objects[0].n == 100 and objects[1].n == 100
+    assert buffer[0] == 100
+    names = {d.attributes["labotel.race.resource"].split("#")[0] for d in races()}
+    # found on every kind of object, named without calling the hostile hooks
+    assert {"Hostile.n", "NoWeakref.n", "buffer[0]"} <= names, names
+    assert "d[<Hostile>]" in names or "d[<Lock>]" in names, names
+    assert labotel_stats()["instrumented_locations"] > 0

@@ -65,6 +65,7 @@ def repeat(resource: Any, key: tuple) -> Detection:
 SITE, RMW = 7, 8  # instrumented accesses (``detect.locations``) carry their site
 _type_name = type.__dict__["__qualname__"].__get__  # never a metaclass's __getattribute__
 _REPR_CHARS = 60
+_PLAIN = (int, str, float, bool, bytes)
 
 
 def _source(access: Access) -> str | None:
@@ -94,8 +95,9 @@ def location_name(obj: Any, key: Any, site: tuple, keyobj: Any) -> str:
         return f"{label}#{short_id(obj)}"
     shown = key[1] if keyobj is None else keyobj
     try:
-        text = repr(shown) if type(shown) in (int, str, float, bool, bytes, tuple) or (
-            shown is None) else f"<{_type_name(type(shown))}>"
+        kind = type(shown)  # compared by identity: a metaclass' __eq__ must not run
+        text = repr(shown) if shown is None or any(kind is plain for plain in _PLAIN) else (
+            f"<{_type_name(kind)}>")
     except Exception:
         text = "?"
     if len(text) > _REPR_CHARS:
