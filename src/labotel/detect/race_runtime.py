@@ -63,10 +63,16 @@ def _seen(state: Any) -> dict:
 
 
 def _read(obj: Any, key: Any) -> None:
-    state = _state()
-    if state is None:
-        return
-    seen = _seen(state)
+    # (inlined by hand in ga and gi, the most frequent: a call costs as much as the rest)
+    try:
+        state = _local.state
+    except AttributeError:
+        state = current()
+    if state.seen_clock != state.clock or state.busy:
+        if state.busy:
+            return
+        _seen(state)
+    seen = state.seen
     marker = (id(obj), key)
     flags = seen.get(marker, 0)
     if not flags & READ:
@@ -74,10 +80,15 @@ def _read(obj: Any, key: Any) -> None:
 
 
 def _write(obj: Any, key: Any, site: tuple, keyobj: Any = None) -> None:
-    state = _state()
-    if state is None:
-        return
-    seen = _seen(state)
+    try:
+        state = _local.state
+    except AttributeError:
+        state = current()
+    if state.seen_clock != state.clock or state.busy:
+        if state.busy:
+            return
+        _seen(state)
+    seen = state.seen
     marker = (id(obj), key)
     flags = seen.get(marker, 0)
     if flags & READ:
@@ -130,7 +141,19 @@ def _plain(key: Any) -> Any:
 def ga(obj: Any, name: str, site: tuple) -> Any:
     value = getattr(obj, name)
     if _detector is not None:
-        _read(obj, name)
+        try:
+            state = _local.state
+        except AttributeError:
+            state = current()
+        if state.seen_clock != state.clock or state.busy:
+            if state.busy:
+                return value
+            _seen(state)
+        seen = state.seen
+        marker = (id(obj), name)
+        flags = seen.get(marker, 0)
+        if not flags & READ:
+            seen[marker] = flags | READ
     return value
 
 
@@ -168,7 +191,22 @@ def aa(obj: Any, name: str, op: int, value: Any, site: tuple) -> None:
 def gi(obj: Any, key: Any, site: tuple) -> Any:
     value = obj[key]
     if _detector is not None:
-        _read(obj, _item(key))
+        kind = type(key)
+        location = ("i", key) if kind is int or kind is str and len(key) <= MAX_KEY_CHARS else (
+            _item(key))
+        try:
+            state = _local.state
+        except AttributeError:
+            state = current()
+        if state.seen_clock != state.clock or state.busy:
+            if state.busy:
+                return value
+            _seen(state)
+        seen = state.seen
+        marker = (id(obj), location)
+        flags = seen.get(marker, 0)
+        if not flags & READ:
+            seen[marker] = flags | READ
     return value
 
 
@@ -273,7 +311,8 @@ def cm(obj: Any, name: str, site: tuple, /, *args: Any, **kwargs: Any) -> Any:
     method = getattr(obj, name)
     if _detector is None:
         return method(*args, **kwargs)
-    table = _table(type(obj))
+    entry = _by_type.get(id(type(obj)))
+    table = entry[1] if entry is not None and entry[0] is type(obj) else _table(type(obj))
     kind = table.get(name) if table is not None else None
     if kind is None:
         return method(*args, **kwargs)
