@@ -564,3 +564,41 @@ def test_hostile_objects_never_deadlock_or_raise_into_the_app(hostile):
     assert {"Hostile.n", "NoWeakref.n", "buffer[0]"} <= names, names
     assert "d[<Hostile>]" in names or "d[<Lock>]" in names, names
     assert labotel_stats()["instrumented_locations"] > 0
+
+
+# --- the rewrite keeps Python's behaviour ------------------------------------------------------
+
+def _stdlib_work(difflib, fractions, statistics, json) -> list:
+    return [difflib.SequenceMatcher(None, "abcdefgh" * 20, "abxdefzh" * 20).ratio(),
+            list(difflib.unified_diff(["a\n", "b\n", "c\n"], ["a\n", "c\n", "d\n"])),
+            str(sum(fractions.Fraction(1, n) for n in range(1, 30))),
+            statistics.median([5, 3, 9, 1]), statistics.pstdev([1.5, 2.5, 2.75, 4.75]),
+            json.dumps(json.loads('{"a": [1, 2.5, "x", null, true], "b": {"c": "\\u00e9"}}'),
+                       indent=1, sort_keys=True)]
+
+
+def test_instrumented_stdlib_modules_compute_the_same_results():
+    """Real code with classes, private names, generators, comprehensions, closures and
+    match-free control flow: instrumented, it must behave exactly as compiled normally."""
+    import difflib
+    import fractions
+    import json
+    import statistics
+
+    names = ("difflib", "fractions", "statistics", "json")
+    expected = _stdlib_work(difflib, fractions, statistics, json)
+    saved = {name: module for name, module in sys.modules.items()
+             if name.split(".")[0] in names}
+    try:
+        for name in saved:
+            del sys.modules[name]
+        start_detector(race_instrument=",".join(names))
+        modules = [importlib.import_module(name) for name in names]
+        assert all(isinstance(m.__loader__, import_hook.InstrumentingLoader) for m in modules)
+        assert _stdlib_work(*modules) == expected
+        assert not races()
+    finally:
+        labotel.shutdown()
+        for name in [n for n in sys.modules if n.split(".")[0] in names]:
+            del sys.modules[name]
+        sys.modules.update(saved)

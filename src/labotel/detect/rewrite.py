@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 
 REWRITE_VERSION = 1
 PREFIX = "_labotel_"
@@ -109,8 +110,13 @@ def _module_facts(tree: ast.Module) -> tuple[set[str], set[str]]:
     return written, modules
 
 
+def _lines(source: str) -> list[str]:
+    """Lines as the compiler numbers them (``str.splitlines`` also splits on \\f, \\v, …)."""
+    return re.split(r"\r\n|\r|\n", source)
+
+
 def _ignored_lines(source: str) -> frozenset[int]:
-    return frozenset(number for number, line in enumerate(source.splitlines(), 1)
+    return frozenset(number for number, line in enumerate(_lines(source), 1)
                      if IGNORE_COMMENT in line and "#" in line)
 
 
@@ -127,7 +133,7 @@ class Rewriter(ast.NodeTransformer):
     def __init__(self, module: str, source: str, tree: ast.Module):
         self.module = module
         self.source = source
-        self.lines = source.splitlines()
+        self.encoded = [line.encode("utf-8") for line in _lines(source)]
         self.ignored = _ignored_lines(source)
         self.written_globals, self.module_names = _module_facts(tree)
         self.classes: list[str | None] = []
@@ -137,8 +143,17 @@ class Rewriter(ast.NodeTransformer):
 
     # --- helpers ----------------------------------------------------------------------
     def _text(self, node: ast.AST) -> str:
+        """The node's source text on one line (``ast.get_source_segment`` re-splits the
+        whole source on every call: quadratic in a module's size)."""
         try:
-            text = ast.get_source_segment(self.source, node) or ""
+            first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined]
+            start, end = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]
+            lines = self.encoded[first:last + 1]
+            if first == last:
+                pieces = [lines[0][start:end]]
+            else:
+                pieces = [lines[0][start:], *lines[1:-1], lines[-1][:end]]
+            text = b" ".join(pieces).decode("utf-8", "replace")
         except Exception:
             text = ""
         text = " ".join(text.split())
@@ -355,6 +370,13 @@ class Rewriter(ast.NodeTransformer):
             node.orelse = self._statements(node.orelse)
             return node
         return self.generic_visit(node)
+
+    def visit_match_case(self, node: ast.match_case) -> ast.AST:
+        # patterns (`case Color.RED:`, `case Point(x=0):`) must stay names and constants
+        if node.guard is not None:
+            node.guard = self.visit(node.guard)
+        node.body = self._statements(node.body)
+        return node
 
     # --- expressions -----------------------------------------------------------------
     @staticmethod
