@@ -153,3 +153,16 @@ def fail_attribute(obj):
 
 def add_item(s, x):
     s.add(x)
+
+
+def drop(d, key):
+    del d[key]
+
+
+def drop_if_present(d, key):
+    if key in d:
+        del d[key]
+
+
+def drop_attribute(obj):
+    del obj.conn

@@ -128,6 +128,17 @@ def test_check_then_act_that_does_not_act_is_silent(programs):
     assert_silent()
 
 
+def test_deletes_are_atomic_writes_and_check_then_delete_races(programs):
+    shared = {"k": 1, "j": 1}
+    account = programs.Account()
+    sequenced(lambda: (programs.drop(shared, "j"), programs.drop_attribute(account)),
+              lambda: (programs.store_item(shared, "j", 2), account.close()))
+    assert_silent()
+    sequenced(lambda: programs.drop_if_present(shared, "k"),
+              lambda: programs.store_item(shared, "k", 2))
+    assert races_named("d['k']#")
+
+
 def test_lazy_initialisation_is_reported(programs):
     account = programs.Account()
     sequenced(account.connection, account.close)

@@ -31,7 +31,9 @@ _thread_local = _thread._local
 
 READ, WRITE, RMW = 1, 2, 4
 WHOLE = ("*",)  # a container as a whole: len(), iteration, list membership, append
-MAX_SEEN = 65536  # per-thread locations marked in one epoch before the table is reset
+# Locations a thread marks in one epoch before its table is reset (a read before the reset
+# no longer pairs with a later write: missed, never invented): ~1 MB per thread at most.
+MAX_SEEN = 8192
 
 
 def enable(detector: Any) -> None:
@@ -170,9 +172,7 @@ def wa(obj: Any, name: str, site: tuple) -> None:
 
 
 def da(obj: Any, name: str, site: tuple) -> None:
-    if _detector is not None:
-        _read(obj, name)  # a delete reads the attribute (it raises if absent)
-    delattr(obj, name)
+    delattr(obj, name)  # one atomic operation: a write
     if _detector is not None:
         _write(obj, name, site)
 
@@ -217,11 +217,9 @@ def si(value: Any, obj: Any, key: Any, site: tuple) -> None:
 
 
 def di(obj: Any, key: Any, site: tuple) -> None:
-    del obj[key]
+    del obj[key]  # one atomic operation: a write
     if _detector is not None:
-        location = _item(key)
-        _read(obj, location)
-        _write(obj, location, site, key)
+        _write(obj, _item(key), site, key)
 
 
 def ai(obj: Any, key: Any, op: int, value: Any, site: tuple) -> None:
