@@ -37,4 +37,10 @@ def default_components(settings: Settings) -> list[Component]:
         from labotel.detect.race_component import RaceDetection
 
         components.append(RaceDetection())
+    elif settings.race_instrument:
+        import logging
+
+        logging.getLogger("labotel.races").warning(
+            "labotel: race_instrument=%r is ignored because race_detection is off "
+            "(set race_detection=True / LABOTEL_RACE_DETECTION=1)", settings.race_instrument)
     return components

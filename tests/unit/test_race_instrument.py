@@ -613,3 +613,34 @@ def test_instrumented_stdlib_modules_compute_the_same_results():
         for name in [n for n in sys.modules if n.split(".")[0] in names]:
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+def test_env_vars_turn_instrumentation_on(monkeypatch):
+    monkeypatch.setenv("LABOTEL_RACE_DETECTION", "1")
+    monkeypatch.setenv("LABOTEL_RACE_INSTRUMENT", f" {PROGRAMS} , cachetools")
+    monkeypatch.setenv("LABOTEL_RACE_SUPPRESSIONS", "*.deposit")
+    for module in [m for m in sys.modules if m.startswith(PROGRAMS)]:
+        del sys.modules[module]
+    labotel.shutdown()
+    labotel.start(admin_address="", runtime_metrics=False, leak_detection=False)
+    try:
+        module = fresh(PROGRAMS)
+        assert isinstance(module.__loader__, import_hook.InstrumentingLoader)
+        account = module.Account()
+        twice(account.deposit, 1)
+        assert_silent()
+        assert labotel_stats()["races_suppressed"] == 1
+    finally:
+        labotel.shutdown()
+
+
+def test_instrument_without_detection_warns_and_installs_nothing(caplog):
+    caplog.set_level(logging.WARNING, logger="labotel")
+    labotel.shutdown()
+    labotel.start(race_instrument=PROGRAMS, admin_address="", runtime_metrics=False,
+                  leak_detection=False)
+    try:
+        assert not any(isinstance(f, import_hook.InstrumentingFinder) for f in sys.meta_path)
+        assert any("race_detection is off" in r.getMessage() for r in caplog.records)
+    finally:
+        labotel.shutdown()
