@@ -166,3 +166,7 @@ def drop_if_present(d, key):
 
 def drop_attribute(obj):
     del obj.conn
+
+
+def bump_module_counter(module):
+    module.hits += 1

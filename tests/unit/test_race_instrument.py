@@ -152,6 +152,11 @@ def test_global_counter_is_reported_and_named_like_code(programs):
     assert race.attributes["labotel.race.source"] == "hits += 1"
 
 
+def test_module_attribute_from_outside_is_the_global(programs):
+    run_all(programs.count_global, lambda: programs.bump_module_counter(programs))
+    assert [d.attributes["labotel.race.resource"] for d in races()] == [f"{PROGRAMS}.hits"]
+
+
 def test_global_counter_behind_a_lock_is_silent(programs):
     twice(programs.count_global_locked, threading.Lock())
     assert_silent()

@@ -18,6 +18,7 @@ import _thread
 import sys
 from collections import OrderedDict, defaultdict
 from collections import deque as _deque
+from types import ModuleType as _ModuleType
 from typing import Any
 
 from labotel.detect.keys import MAX_KEY_CHARS
@@ -107,6 +108,11 @@ def _write(obj: Any, key: Any, site: tuple, keyobj: Any = None) -> None:
     detector = _detector
     if detector is None or (obj is not None and issubclass(type(obj), _thread_local)):
         return
+    if type(obj) is _ModuleType and type(key) is str:
+        # `module.x = v` from elsewhere is the same location as `global x; x = v` inside
+        module_name = obj.__dict__.get("__name__")
+        if type(module_name) is str:
+            obj, marker, key = None, (id(None), (module_name, key)), (module_name, key)
     detector.located(obj, marker, key, rmw, state, _getframe(2), site, keyobj)
 
 
