@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from labotel.component import Component
 from labotel.config import Settings
 
@@ -37,4 +39,8 @@ def default_components(settings: Settings) -> list[Component]:
         from labotel.detect.race_component import RaceDetection
 
         components.append(RaceDetection())
+    elif settings.race_instrument:
+        logging.getLogger(__name__).warning(
+            "labotel: race_instrument=%r is ignored because race_detection is off "
+            "(set race_detection=True / LABOTEL_RACE_DETECTION=1)", settings.race_instrument)
     return components

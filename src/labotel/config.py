@@ -135,6 +135,13 @@ class Settings:
     race_adopt_locks: bool = _option(
         True, "at start, wrap plain module-level locks of the application's own modules "
         "(created before start) so the race detector and the contention profiler see them")
+    race_instrument: str | None = _option(
+        None, "comma list of module/package name prefixes (myapp,cachetools) whose code is "
+        "instrumented at import for race detection without annotations (needs "
+        "race_detection; only modules imported after start())")
+    race_suppressions: str | None = _option(
+        None, "comma list of glob patterns; a race whose resource, function or file:line "
+        "matches one is counted, not reported")
     # --- leak detection --------------------------------------------------------------
     leak_detection: bool = _option(True, "run the memory/thread/task leak detectors")
     leak_sample_interval: float = _option(
@@ -195,6 +202,10 @@ class Settings:
         if self.profile_backend not in PROFILE_BACKENDS:
             raise ValueError(f"profile_backend: expected one of {', '.join(PROFILE_BACKENDS)}, "
                              f"got {self.profile_backend!r}")
+        if self.race_instrument:
+            from labotel.detect.import_hook import parse_prefixes
+
+            parse_prefixes(self.race_instrument)
         if self.otlp_protocol not in (None, "grpc", "http/protobuf"):
             raise ValueError("otlp_protocol: expected 'grpc' or 'http/protobuf', "
                              f"got {self.otlp_protocol!r}")

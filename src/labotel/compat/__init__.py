@@ -16,7 +16,7 @@ import logging
 
 from labotel.compat.capability import Capability
 
-log = logging.getLogger("labotel")
+log = logging.getLogger(__name__)
 _probed: dict[str, Capability] = {}  # what this process's interpreter and SDK offer
 
 

@@ -85,7 +85,7 @@ condition_lock: Callable[[threading.Condition], Any] = operator.attrgetter("_loc
 
 
 # -- concurrent.futures -----------------------------------------------------------------------
-EXECUTOR_WORK_ITEM: type | None = getattr(futures_thread, "_WorkItem", None)
+EXECUTOR_WORK_ITEM: Any = getattr(futures_thread, "_WorkItem", None)
 """What ThreadPoolExecutor.submit() queues and a worker runs: where a submit -> run
 happens-before edge is drawn."""
 

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from labotel.compat import python
 from labotel.component import Component, Unavailable
-from labotel.detect import races, sync, vectorclock
+from labotel.detect import import_hook, race_runtime, races, sync, vectorclock
+from labotel.detect.suppress import Suppressions, parse
 from labotel.server.http import Handler, Request, Response, json_response
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ class RaceDetection(Component):
         self.detector: races.Detector | None = None
         self.adopted_locks = 0
         self.context: Context | None = None
+        self.finder: import_hook.InstrumentingFinder | None = None
 
     def start(self, context: Context) -> None:
         if not python.gil_enabled():
@@ -36,16 +38,23 @@ class RaceDetection(Component):
             reporter.component_failed(self.name)
 
         vectorclock.configure(settings.race_max_threads)
+        prefixes = import_hook.parse_prefixes(settings.race_instrument)
         self.detector = races.Detector(reporter, failed,
                                        max_resources=settings.race_max_resources,
                                        stack_depth=settings.race_stack_depth,
-                                       max_bytes=settings.race_max_bytes)
+                                       max_bytes=settings.race_max_bytes,
+                                       instrumented=bool(prefixes),
+                                       suppressions=Suppressions(
+                                           parse(settings.race_suppressions)))
         try:
             self.adopted_locks = sync.install(failed, settings.race_adopt_locks)
         except BaseException:
             self.stop()  # a half-done start must not leave patches behind
             raise
         races.activate(self.detector)
+        if prefixes:
+            race_runtime.enable(self.detector)
+            self.finder = import_hook.install(prefixes, failed)
         self.context = context
         context.footprint.add("race_detector", self.detector.bytes)
         context.add_route("/admin/monitoring/races", self._view(context))
@@ -57,6 +66,8 @@ class RaceDetection(Component):
             detector = self.detector
             return json_response({
                 "enabled": detector is not None,
+                "instrumented_modules": list(self.finder.instrumented)
+                if self.finder is not None else [],
                 "stats": {**detector.stats(), "adopted_module_locks": self.adopted_locks,
                           "reporter": context.reporter.stats()}
                 if detector is not None else {},
@@ -70,6 +81,9 @@ class RaceDetection(Component):
         if self.context is not None:
             self.context.footprint.remove("race_detector")
         races.activate(None)
+        race_runtime.disable()
+        import_hook.uninstall()
+        self.finder = None
         sync.uninstall()
         self.detector = None
 

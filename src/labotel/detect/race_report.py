@@ -59,6 +59,49 @@ def repeat(resource: Any, key: tuple) -> Detection:
                      fingerprint=key, time=time.time())
 
 
+SITE, RMW = 7, 8  # instrumented accesses (``detect.locations``) carry their site
+_type_name = type.__dict__["__qualname__"].__get__  # never a metaclass's __getattribute__
+_REPR_CHARS = 60
+_PLAIN = (int, str, float, bool, bytes)
+
+
+def _source(access: Access) -> str | None:
+    return access[SITE][2] or None if len(access) > SITE and access[SITE] else None
+
+
+def _describe(access: Access) -> str:
+    """"read-modify-write" / "write" / "read", and the source text when known."""
+    kind = "read-modify-write" if len(access) > RMW and access[RMW] else _kind(access)
+    text = _source(access)
+    return f"{kind} `{text}`" if text else kind
+
+
+def short_id(obj: Any) -> str:
+    return f"{id(obj) & 0xFFFFFF:06x}"
+
+
+def location_name(obj: Any, key: Any, site: tuple, keyobj: Any) -> str:
+    """How a location reads in code: ``Account.balance#1a2b3c``, ``myapp.cache.hits``,
+    ``cache[42]#1a2b3c``, ``seen#1a2b3c`` (a container as a whole)."""
+    if obj is None:  # a module global: key is (module, name)
+        return f"{key[0]}.{key[1]}"
+    if type(key) is str:
+        return f"{_type_name(type(obj))}.{key}#{short_id(obj)}"
+    label = site[3] or _type_name(type(obj))
+    if key == ("*",):
+        return f"{label}#{short_id(obj)}"
+    shown = key[1] if keyobj is None else keyobj
+    try:
+        kind = type(shown)  # compared by identity: a metaclass' __eq__ must not run
+        text = repr(shown) if shown is None or any(kind is plain for plain in _PLAIN) else (
+            f"<{_type_name(kind)}>")
+    except Exception:
+        text = "?"
+    if len(text) > _REPR_CHARS:
+        text = text[:_REPR_CHARS - 1] + "…"
+    return f"{label}[{text}]#{short_id(obj)}"
+
+
 def build(resource: Any, previous: Access, current: Access) -> Detection:
     name = display(resource)
     now_where, before_where = _where(current), _where(previous)
@@ -82,18 +125,26 @@ def build(resource: Any, previous: Access, current: Access) -> Detection:
         "labotel.race.epochs": (f"{previous[TID]}@{previous[CLOCK]} vs "
                                 f"{current[TID]}@{current[CLOCK]}"),
     }
+    for prefix, access in (("", current), (PREVIOUS, previous)):
+        if _source(access):
+            attributes[prefix + "labotel.race.source"] = _source(access)
+        if len(access) > RMW:
+            attributes[prefix + "labotel.race.access"] = _describe(access).split(" `")[0]
     now_site, before_site = _site(now_where), _site(before_where)
     fingerprint = tuple(sorted((now_site, before_site)))
-    summary = (f"race on {name}: {_kind(current)} at {now_site} (thread {now_state.name}) "
-               f"unordered with {_kind(previous)} at {before_site} (thread {before_state.name})")
+    summary = (f"race on {name}: {_describe(current)} at {now_site} (thread "
+               f"{now_state.name}) unordered with {_describe(previous)} at {before_site} "
+               f"(thread {before_state.name})")
     message = "\n".join([
         "RACE CONDITION DETECTED",
         "",
         f"Resource: {name}",
         f"Thread 1: id {current[TID]} ({now_state.name}), Location: {now_site} in "
         f"{now_where[2]}, Write: {str(bool(current[WRITE])).lower()}",
+        *([f"          {_describe(current)}"] if len(current) > SITE else []),
         f"Thread 2: id {previous[TID]} ({before_state.name}), Location: {before_site} in "
         f"{before_where[2]}, Write: {str(bool(previous[WRITE])).lower()}",
+        *([f"          {_describe(previous)}"] if len(previous) > SITE else []),
         f"The accesses are {elapsed:.3f} s apart and no lock, condition, semaphore, event, "
         "barrier, queue, future or thread start/join orders them.",
         "",

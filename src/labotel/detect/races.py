@@ -19,7 +19,9 @@ from labotel.compat import cpython
 from labotel.detect import race_report, vectorclock
 from labotel.detect.detection import Reporter
 from labotel.detect.keys import MAX_KEY_CHARS, plain_key, plain_text
+from labotel.detect.locations import LocationShadow
 from labotel.detect.shadow import ShadowMemory, key_bytes
+from labotel.detect.suppress import Suppressions
 from labotel.detect.vectorclock import _local
 
 _detector: Detector | None = None
@@ -40,11 +42,17 @@ class Detector:
     """
 
     def __init__(self, reporter: Reporter, on_failure: Callable[[], None], *,
-                 max_resources: int, stack_depth: int, max_bytes: int = 32 << 20):
+                 max_resources: int, stack_depth: int, max_bytes: int = 32 << 20,
+                 instrumented: bool = False, suppressions: Suppressions | None = None):
         self.reporter = reporter
         self.on_failure = on_failure
-        self.shadow = ShadowMemory(max_resources, stack_depth,
-                                   int(max_bytes * (1 - TOKEN_SHARE)))
+        # with instrumentation on, its locations take half of the shadow's share
+        shadow_share = (1 - TOKEN_SHARE) / (2 if instrumented else 1)
+        self.shadow = ShadowMemory(max_resources, stack_depth, int(max_bytes * shadow_share))
+        self.locations = LocationShadow(max_resources, stack_depth,
+                                        int(max_bytes * shadow_share)) if instrumented else None
+        self.suppressions = suppressions or Suppressions(())
+        self.races_suppressed = 0
         self.tokens: collections.OrderedDict[Any, tuple[vectorclock.AccumulatedClock, int]] = (
             collections.OrderedDict())
         self.max_tokens = max_resources
@@ -77,6 +85,47 @@ class Detector:
         except Exception:
             self.on_failure()
 
+    def located(self, obj: Any, marker: tuple, key: Any, rmw: bool,
+                state: vectorclock.ThreadState, frame: FrameType | None, site: tuple,
+                keyobj: Any) -> None:
+        """A write (or read-modify-write) of a location by instrumented code
+        (``race_runtime``): checked with Python's semantics (``detect.locations``)."""
+        garbage: list = []
+        try:
+            locations = self.locations
+            if locations is None:
+                return
+            with self.mu:
+                conflicts = locations.write(obj, marker, rmw, state, frame, site, garbage)
+            if conflicts:
+                self._report_located(state, conflicts, obj, key, site, keyobj)
+        except Exception:
+            self.on_failure()
+        finally:
+            state.busy = True  # objects labotel held last may run __del__ as they go
+            try:
+                del garbage[:]
+            except Exception:
+                self.on_failure()
+            finally:
+                state.busy = False
+
+    def _report_located(self, state: vectorclock.ThreadState, conflicts: list, obj: Any,
+                        key: Any, site: tuple, keyobj: Any) -> None:
+        state.busy = True  # naming the resource may run the application's __repr__
+        try:
+            name = race_report.location_name(obj, key, site, keyobj)
+        finally:
+            state.busy = False
+        kept = []
+        for previous, current in conflicts:
+            if self.suppressions.suppressed(name, previous, current):
+                self.races_suppressed += 1
+            else:
+                kept.append((name, previous, current))
+        if kept:
+            self._report(state, kept)
+
     @staticmethod
     def _plain(state: vectorclock.ThreadState, resource: Any, location: Any) -> tuple[Any, Any]:
         """Plain keys, made before the lock; labotel calls from inside the application's
@@ -89,7 +138,8 @@ class Detector:
 
     def bytes(self) -> int:
         """labotel's own memory here: shadow state, tokens, known fingerprints."""
-        return self.shadow.bytes + self.token_bytes + RECENT_BYTES
+        located = self.locations.bytes if self.locations is not None else 0
+        return self.shadow.bytes + located + self.token_bytes + RECENT_BYTES
 
     def _report(self, state: vectorclock.ThreadState, conflicts: list) -> None:
         state.busy = True  # the reporter's own locks and logging must not feed the detector
@@ -171,8 +221,15 @@ class Detector:
                            "max_shadow_bytes": self.shadow.max_bytes, "annotation_tokens":
                            len(self.tokens), "token_bytes": self.token_bytes,
                            "tokens_forgotten": self.tokens_forgotten}
+                if self.locations is not None:
+                    figures.update({
+                        "instrumented_locations": len(self.locations),
+                        "instrumented_location_bytes": self.locations.bytes,
+                        "locations_forgotten": self.locations.evicted,
+                        "locations_reused_address": self.locations.reused})
             figures.update(vectorclock.thread_counts())
         figures["races_seen"] = self.races_seen
+        figures["races_suppressed"] = self.races_suppressed
         return figures
 
     def reinit_after_fork(self) -> None:

@@ -63,7 +63,7 @@ class ThreadState:
 
     __slots__ = ("tid", "clock", "vc", "shared", "joined", "busy", "label", "prune_at",
                  "prune_epoch",
-                 "__weakref__")
+                 "seen", "seen_clock", "__weakref__")
 
     def __init__(self, tid: int, thread: threading.Thread | None, name: str):
         self.tid = tid
@@ -75,6 +75,9 @@ class ThreadState:
         self.label = ThreadLabel(tid, thread, name)
         self.prune_at = 64
         self.prune_epoch = _limits["epoch"]
+        # instrumented code's locations touched in epoch seen_clock (``race_runtime``)
+        self.seen: dict[tuple, int] = {}
+        self.seen_clock = 0
 
     @property
     def name(self) -> str:

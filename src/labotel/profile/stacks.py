@@ -101,7 +101,8 @@ def collect(builder: ProfileBuilder) -> list[Goroutine]:
             origins.thread_origin(thread) if thread is not None else None, tuple(details)))
     for loop, tasks in aio.all_tasks_by_loop().items():
         current = asyncio.current_task(loop)
-        loop_frame = frames.get(cpython.loop_thread_id(loop))
+        thread_id = cpython.loop_thread_id(loop)
+        loop_frame = frames.get(thread_id) if thread_id is not None else None
         for task in tasks:
             state = aio.task_wait(task, current)
             result.append(Goroutine(

@@ -1,0 +1,350 @@
+"""What instrumented code calls (``detect.rewrite``): perform the operation, record it.
+
+Each function does exactly what the expression it replaces did, then, while detection is
+on, records the access with Python's semantics (``detect.locations``): a read only marks
+the location in the thread's own table for the current epoch (no lock); a write goes to
+the shared shadow state once per location and epoch, as a read-modify-write when the
+same thread read the location earlier in the epoch. While detection is off every
+function costs one global check beyond the operation.
+
+No labotel lock is held while application code runs: ``getattr``/``d[k]``/``hash(key)``
+happen before anything is recorded, and keys that are not plain values are reduced to a
+hash with the thread marked busy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, defaultdict
+from collections import deque as _deque
+from types import ModuleType as _ModuleType
+from typing import Any
+
+from labotel.compat import cpython
+from labotel.detect.keys import MAX_KEY_CHARS
+from labotel.detect.rewrite import AUG_OPS, PREFIX
+from labotel.detect.vectorclock import _local, current
+
+_detector: Any = None  # races.Detector while detection with instrumentation is on
+_getframe = cpython.getframe
+_ops = tuple(function for _, function in AUG_OPS)
+_thread_local = threading.local  # the C type (_thread._local) where it exists
+
+READ, WRITE, RMW = 1, 2, 4
+WHOLE = ("*",)  # a container as a whole: len(), iteration, list membership, append
+# Locations a thread marks in one epoch before its table is reset (a read before the reset
+# no longer pairs with a later write: missed, never invented): ~1 MB per thread at most.
+MAX_SEEN = 8192
+
+
+def enable(detector: Any) -> None:
+    global _detector
+    _detector = detector
+
+
+def disable() -> None:
+    global _detector
+    _detector = None
+
+
+# --- recording -------------------------------------------------------------------------
+
+def _state() -> Any:
+    try:
+        state = _local.state
+    except AttributeError:
+        state = current()
+    return None if state.busy else state
+
+
+def _seen(state: Any) -> dict:
+    seen = state.seen
+    if state.seen_clock != state.clock or len(seen) > MAX_SEEN:
+        seen.clear()
+        state.seen_clock = state.clock
+    return seen
+
+
+def _read(obj: Any, key: Any) -> None:
+    # (inlined by hand in ga and gi, the most frequent: a call costs as much as the rest)
+    try:
+        state = _local.state
+    except AttributeError:
+        state = current()
+    if state.seen_clock != state.clock or state.busy:
+        if state.busy:
+            return
+        _seen(state)
+    seen = state.seen
+    marker = (id(obj), key)
+    flags = seen.get(marker, 0)
+    if not flags & READ:
+        seen[marker] = flags | READ
+
+
+def _write(obj: Any, key: Any, site: tuple, keyobj: Any = None) -> None:
+    try:
+        state = _local.state
+    except AttributeError:
+        state = current()
+    if state.seen_clock != state.clock or state.busy:
+        if state.busy:
+            return
+        _seen(state)
+    seen = state.seen
+    marker = (id(obj), key)
+    flags = seen.get(marker, 0)
+    if flags & READ:
+        if flags & RMW:  # this epoch's read-modify-write of it is already recorded
+            seen[marker] = flags & ~READ
+            return
+        seen[marker] = WRITE | RMW
+        rmw = True
+    elif flags & WRITE:
+        return  # written before in this epoch: already recorded
+    else:
+        seen[marker] = flags | WRITE
+        rmw = False
+    detector = _detector
+    if detector is None or (obj is not None and issubclass(type(obj), _thread_local)):
+        return
+    if type(obj) is _ModuleType and type(key) is str:
+        # `module.x = v` from elsewhere is the same location as `global x; x = v` inside
+        module_name = obj.__dict__.get("__name__")
+        if type(module_name) is str:
+            obj, marker, key = None, (id(None), (module_name, key)), (module_name, key)
+    detector.located(obj, marker, key, rmw, state, _getframe(2), site, keyobj)
+
+
+def _item(key: Any) -> Any:
+    """The location of item ``key``: ('i', plain value), or None when it cannot be had."""
+    kind = type(key)
+    if kind is int or (kind is str and len(key) <= MAX_KEY_CHARS):
+        return ("i", key)
+    return ("i", _plain(key))
+
+
+def _plain(key: Any) -> Any:
+    kind = type(key)
+    if kind is int or kind is float or kind is bool or key is None:
+        return key
+    if kind is str or kind is bytes:
+        return key if len(key) <= MAX_KEY_CHARS else ("#", hash(key))
+    state = _state()
+    if state is None:
+        return ("#", 0)
+    state.busy = True  # the key's own __hash__ / __iter__ may be instrumented code
+    try:
+        if issubclass(kind, tuple) and len(key) <= 16:
+            return tuple(_plain(item) for item in tuple.__iter__(key))
+        return ("#", hash(key))
+    except Exception:
+        return ("#?", id(key))
+    finally:
+        state.busy = False
+
+
+# --- attributes ------------------------------------------------------------------------
+
+def ga(obj: Any, name: str, site: tuple) -> Any:
+    value = getattr(obj, name)
+    if _detector is not None:
+        try:
+            state = _local.state
+        except AttributeError:
+            state = current()
+        if state.seen_clock != state.clock or state.busy:
+            if state.busy:
+                return value
+            _seen(state)
+        seen = state.seen
+        marker = (id(obj), name)
+        flags = seen.get(marker, 0)
+        if not flags & READ:
+            seen[marker] = flags | READ
+    return value
+
+
+def sa(value: Any, obj: Any, name: str, site: tuple) -> None:
+    setattr(obj, name, value)
+    if _detector is not None:
+        _write(obj, name, site)
+
+
+def wa(obj: Any, name: str, site: tuple) -> None:
+    """After a store the rewrite left in place (``a.x = b.y = v``)."""
+    if _detector is not None:
+        _write(obj, name, site)
+
+
+def da(obj: Any, name: str, site: tuple) -> None:
+    delattr(obj, name)  # one atomic operation: a write
+    if _detector is not None:
+        _write(obj, name, site)
+
+
+def aa(obj: Any, name: str, op: int, value: Any, site: tuple) -> None:
+    result = _ops[op](getattr(obj, name), value)
+    if _detector is not None:
+        _read(obj, name)
+    setattr(obj, name, result)
+    if _detector is not None:
+        _write(obj, name, site)
+
+
+# --- items -----------------------------------------------------------------------------
+
+def gi(obj: Any, key: Any, site: tuple) -> Any:
+    value = obj[key]
+    if _detector is not None:
+        kind = type(key)
+        location = ("i", key) if kind is int or kind is str and len(key) <= MAX_KEY_CHARS else (
+            _item(key))
+        try:
+            state = _local.state
+        except AttributeError:
+            state = current()
+        if state.seen_clock != state.clock or state.busy:
+            if state.busy:
+                return value
+            _seen(state)
+        seen = state.seen
+        marker = (id(obj), location)
+        flags = seen.get(marker, 0)
+        if not flags & READ:
+            seen[marker] = flags | READ
+    return value
+
+
+def si(value: Any, obj: Any, key: Any, site: tuple) -> None:
+    obj[key] = value
+    if _detector is not None:
+        _write(obj, _item(key), site, key)
+
+
+def di(obj: Any, key: Any, site: tuple) -> None:
+    del obj[key]  # one atomic operation: a write
+    if _detector is not None:
+        _write(obj, _item(key), site, key)
+
+
+def ai(obj: Any, key: Any, op: int, value: Any, site: tuple) -> None:
+    obj[key] = _ops[op](obj[key], value)
+    if _detector is not None:
+        location = _item(key)
+        _read(obj, location)
+        _write(obj, location, site, key)
+
+
+def _keyed(container: Any) -> bool:
+    """Membership in ``container`` is per key (mappings, sets), not the whole sequence."""
+    kind = type(container)
+    return not (kind is list or kind is tuple or kind is str or kind is bytes
+                or kind is _deque or issubclass(kind, (list, tuple, str, bytes, _deque)))
+
+
+def isin(item: Any, container: Any, site: tuple) -> bool:
+    result = item in container
+    if _detector is not None:
+        _read(container, _item(item) if _keyed(container) else WHOLE)
+    return result
+
+
+def ln(obj: Any, site: tuple) -> int:
+    result = len(obj)
+    if _detector is not None:
+        _read(obj, WHOLE)
+    return result
+
+
+def it(obj: Any, site: tuple) -> Any:
+    if _detector is not None:
+        kind = type(obj)
+        if kind is list or kind is dict or kind is set or kind is _deque or issubclass(
+                kind, (list, dict, set, _deque)):
+            _read(obj, WHOLE)
+    return obj
+
+
+# --- builtin containers' methods ---------------------------------------------------------
+
+
+# name -> (write?, per key?) for each builtin container family
+_DICT = {"get": (False, True), "setdefault": (True, True), "pop": (True, True),
+         "keys": (False, False), "values": (False, False), "items": (False, False),
+         "copy": (False, False), "update": (True, False), "clear": (True, False),
+         "popitem": (True, False), "move_to_end": (True, False)}
+_LIST = {"append": (True, False), "extend": (True, False), "insert": (True, False),
+         "pop": (True, False), "remove": (True, False), "clear": (True, False),
+         "sort": (True, False), "reverse": (True, False), "index": (False, False),
+         "count": (False, False), "copy": (False, False)}
+_SET = {"add": (True, True), "discard": (True, True), "remove": (True, True),
+        "pop": (True, False), "clear": (True, False), "update": (True, False),
+        "difference_update": (True, False), "intersection_update": (True, False),
+        "symmetric_difference_update": (True, False), "copy": (False, False)}
+_DEQUE = {"append": (True, False), "appendleft": (True, False), "extend": (True, False),
+          "extendleft": (True, False), "pop": (True, False), "popleft": (True, False),
+          "insert": (True, False), "remove": (True, False), "clear": (True, False),
+          "rotate": (True, False), "reverse": (True, False), "index": (False, False),
+          "count": (False, False), "copy": (False, False)}
+_FAMILIES = ((dict, _DICT), (list, _LIST), (set, _SET), (_deque, _DEQUE))
+_by_type: dict[int, tuple[type, dict | None]] = {
+    id(kind): (kind, table) for kind, table in
+    ((dict, _DICT), (OrderedDict, _DICT), (defaultdict, _DICT), (list, _LIST), (set, _SET),
+     (_deque, _DEQUE))}
+MAX_TYPES = 1024
+
+
+def _table(kind: type) -> dict | None:
+    """The method table of ``kind``'s builtin container family (keyed by id: a metaclass'
+    own ``__hash__`` never runs), or None."""
+    entry = _by_type.get(id(kind))
+    if entry is not None and entry[0] is kind:
+        return entry[1]
+    table = None
+    for family, methods in _FAMILIES:
+        if issubclass(kind, family):
+            table = methods
+            break
+    if len(_by_type) < MAX_TYPES:
+        _by_type[id(kind)] = (kind, table)
+    return table
+
+
+def cm(obj: Any, name: str, site: tuple, /, *args: Any, **kwargs: Any) -> Any:
+    method = getattr(obj, name)
+    if _detector is None:
+        return method(*args, **kwargs)
+    entry = _by_type.get(id(type(obj)))
+    table = entry[1] if entry is not None and entry[0] is type(obj) else _table(type(obj))
+    kind = table.get(name) if table is not None else None
+    if kind is None:
+        return method(*args, **kwargs)
+    write, per_key = kind
+    location = _item(args[0]) if per_key and args else WHOLE
+    if write:
+        result = method(*args, **kwargs)
+        if _detector is not None:
+            _write(obj, location, site, args[0] if per_key and args else None)
+        return result
+    _read(obj, location)
+    return method(*args, **kwargs)
+
+
+# --- module globals ----------------------------------------------------------------------
+
+def rg(value: Any, name: str, site: tuple) -> Any:
+    if _detector is not None:
+        _read(None, (site[0], name))
+    return value
+
+
+def wg(name: str, site: tuple) -> None:
+    if _detector is not None:
+        _write(None, (site[0], name), site)
+
+
+FUNCTIONS = {PREFIX + name: function for name, function in (
+    ("ga", ga), ("sa", sa), ("wa", wa), ("da", da), ("aa", aa), ("gi", gi), ("si", si),
+    ("di", di), ("ai", ai), ("in", isin), ("ln", ln), ("it", it), ("cm", cm), ("rg", rg),
+    ("wg", wg))}

@@ -1,0 +1,1 @@
+"""Unannotated programs the race-instrumentation tests import through the hook."""
