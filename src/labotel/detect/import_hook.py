@@ -110,7 +110,8 @@ class InstrumentingFinder:
             return None
         try:
             spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-            if spec is None or type(spec.loader) is not importlib.machinery.SourceFileLoader:
+            if (spec is None or spec.origin is None
+                    or type(spec.loader) is not importlib.machinery.SourceFileLoader):
                 return None  # extension modules, namespace packages, zip imports: as usual
             spec.loader = InstrumentingLoader(fullname, spec.origin, self.on_failure)
             spec.cached = importlib.util.cache_from_source(spec.origin,

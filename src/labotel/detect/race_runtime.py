@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, defaultdict
 from collections import deque as _deque
+from collections.abc import Callable
 from types import ModuleType as _ModuleType
 from typing import Any
 
@@ -27,7 +28,7 @@ from labotel.detect.vectorclock import _local, current
 
 _detector: Any = None  # races.Detector while detection with instrumentation is on
 _getframe = cpython.getframe
-_ops = tuple(function for _, function in AUG_OPS)
+_ops: tuple[Callable[[Any, Any], Any], ...] = tuple(function for _, function in AUG_OPS)
 _thread_local = threading.local  # the C type (_thread._local) where it exists
 
 READ, WRITE, RMW = 1, 2, 4

@@ -26,6 +26,8 @@ from __future__ import annotations
 import ast
 import operator
 import re
+from collections.abc import Callable
+from typing import Any
 
 REWRITE_VERSION = 1
 PREFIX = "_labotel_"
@@ -33,7 +35,7 @@ IGNORE_COMMENT = "labotel: ignore-race"
 MAX_SOURCE_CHARS = 120
 
 # In-place operators by index (the runtime keeps the same table).
-AUG_OPS: tuple[tuple[type[ast.operator], object], ...] = (
+AUG_OPS: tuple[tuple[type[ast.operator], Callable[[Any, Any], Any]], ...] = (
     (ast.Add, operator.iadd), (ast.Sub, operator.isub), (ast.Mult, operator.imul),
     (ast.MatMult, operator.imatmul), (ast.Div, operator.itruediv),
     (ast.FloorDiv, operator.ifloordiv), (ast.Mod, operator.imod), (ast.Pow, operator.ipow),
