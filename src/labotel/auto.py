@@ -25,7 +25,9 @@ import os
 from collections.abc import Collection
 from typing import Any
 
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,  # defined there, but not in what the module declares it exports
+)
 
 from labotel.environment_variables import apply_launcher_flags
 

@@ -173,7 +173,7 @@ class MetricsCollector:
         if self._target_info is None or resource is not self._target_resource:
             labels = {sanitize_attribute(key): _label_value(value)
                       for key, value in resource.attributes.items()}
-            info = InfoMetricFamily(*TARGET_INFO, labels=labels)
+            info = InfoMetricFamily(*TARGET_INFO, labels=list(labels))
             info.add_metric(labels=list(labels), value=labels)
             self._target_info, self._target_resource = info, resource
         return self._target_info
@@ -209,7 +209,7 @@ class MetricsCollector:
             if isinstance(point, HistogramDataPoint):
                 self._add_histogram(family, row, point)
             else:
-                samples.append(Sample(sample_name, row.labels, point.value))
+                samples.append(Sample(sample_name, row.labels, point.value))  # type: ignore[attr-defined]  # a number point
 
     def _add_histogram(self, family: PrometheusMetric, row: LabelRow,
                        point: HistogramDataPoint) -> None:
@@ -235,6 +235,7 @@ class MetricsCollector:
                     temporality)
         if identity in self._specs:
             return self._specs[identity]
+        factory: type[Any] | None
         if isinstance(data, Sum):
             # Prometheus compatibility: a cumulative non-monotonic sum is a gauge
             factory = (GaugeMetricFamily if not monotonic and temporality == CUMULATIVE

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any, cast
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
@@ -71,7 +72,7 @@ class Providers:
             deadline = time.monotonic() + self.shutdown_timeout
         if self.prometheus_reader is not None:
             try:
-                self.meter_provider.remove_metric_reader(self.prometheus_reader)
+                self.meter_provider.remove_metric_reader(self.prometheus_reader)  # type: ignore[attr-defined]  # SDK 1.43+, untyped
             except Exception:
                 log.exception("labotel: removing its Prometheus reader failed")
             self.prometheus_reader = None
@@ -153,7 +154,7 @@ def global_tracer_provider_set() -> bool:
 
 def build_resource(settings: Settings) -> Resource:
     """Resource from OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME, plus this process."""
-    attributes = {
+    attributes: dict[str, Any] = {
         "service.instance.id": str(uuid.uuid4()),
         "process.pid": os.getpid(),
         "process.runtime.name": sys.implementation.name,
@@ -161,7 +162,8 @@ def build_resource(settings: Settings) -> Resource:
     }
     resource = Resource.create(attributes)
     name = settings.service_name
-    if name is None and resource.attributes.get("service.name", "").startswith("unknown_service"):
+    current = resource.attributes.get("service.name", "")
+    if name is None and isinstance(current, str) and current.startswith("unknown_service"):
         script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
         name = os.path.splitext(script)[0] or "python"
     if name:
@@ -275,7 +277,7 @@ def hold_collection_for_fork(providers: Providers) -> None:
             _collection_missed_at_fork.append(providers.meter_provider)
 
 
-def _push_exports(providers: Providers) -> list[tuple[object, object]]:
+def _push_exports(providers: Providers) -> list[tuple[object, Any]]:
     """(exporter, the lock the SDK holds while it sends) of every push exporter."""
     exports = [otel.reader_export(reader)
                for reader in otel.metric_readers(providers.meter_provider)]
@@ -395,7 +397,7 @@ def _add_missing_identity(providers: Providers) -> None:
         _update_resources(providers, missing)
 
 
-def _update_resources(providers: Providers, attributes: dict[str, object]) -> None:
+def _update_resources(providers: Providers, attributes: dict[str, Any]) -> None:
     update = Resource(attributes)
     targets = [providers.meter_provider, providers.tracer_provider, otel.logger_provider()]
     for provider in targets:
@@ -445,7 +447,7 @@ class NoExemplars(ExemplarReservoir):
 def _views(exemplar_filter: ExemplarFilter) -> list[View]:
     if not isinstance(exemplar_filter, AlwaysOffExemplarFilter):
         return []
-    return [View(instrument_name="*", exemplar_reservoir_factory=lambda _: NoExemplars)]
+    return [View(instrument_name="*", exemplar_reservoir_factory=lambda _: cast(Any, NoExemplars))]
 
 
 def _metric_readers(settings: Settings) -> list[MetricReader]:
@@ -485,16 +487,20 @@ def _otlp_exporter(settings: Settings, signal: str):
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         else:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        cls = OTLPMetricExporter if signal == "metrics" else OTLPSpanExporter
+        cls: Any = OTLPMetricExporter if signal == "metrics" else OTLPSpanExporter
         session = exporting.abortable_session()  # so shutdown can end a request now
-        exporter = (cls(endpoint=endpoint.rstrip("/") + f"/v1/{signal}", session=session)
+        exporter: Any = (cls(endpoint=endpoint.rstrip("/") + f"/v1/{signal}", session=session)
                     if endpoint else cls(session=session))
         exporter._labotel_session = session
         return exporter
     if signal == "metrics":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        cls = OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as GrpcMetricExporter,
+        )
+        cls = GrpcMetricExporter
     else:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        cls = OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+        cls = GrpcSpanExporter
     return cls(endpoint=endpoint) if endpoint else cls()

@@ -196,7 +196,7 @@ def family_copier(factory: type, name: str, documentation: str, unit: str
     fields = {key: value for key, value in vars(template).items() if key != "samples"}
 
     def new_family() -> Any:
-        family = object.__new__(factory)
+        family: Any = object.__new__(factory)
         family.__dict__.update(fields)
         family.samples = []
         return family

@@ -56,7 +56,7 @@ def _task_registries() -> tuple[Collection[asyncio.Task], ...] | None:
         # 3.12+: eager tasks still in their first step (asyncio.eager_task_factory), then
         # tasks that suspended at least once; eager first, as all_tasks() copies them, so
         # one that moves from the first to the second meanwhile is not missed
-        return tasks._eager_tasks, tasks._scheduled_tasks
+        return tasks._eager_tasks, tasks._scheduled_tasks  # type: ignore[attr-defined]  # 3.12+
     if hasattr(tasks, "_all_tasks"):  # 3.11: one weak set of every task
         return (tasks._all_tasks,)
     return None
