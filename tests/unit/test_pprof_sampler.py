@@ -168,17 +168,20 @@ def test_a_sampler_over_its_budget_samples_less_often_and_says_so():
             spinner_clock = cpu.thread_cpu_clock(threads[0])
             replies: list = []
             request = threading.Thread(target=lambda: replies.append(
-                get(monitor.admin_url + "/debug/pprof/profile?seconds=3")))
+                get(monitor.admin_url + "/debug/pprof/profile?seconds=6")))
             spun = time.clock_gettime(spinner_clock)
             request.start()
             wait_for_profile()
             wait_for_thread("labotel-cpu-profiler")
             (sampler,) = [t for t in threading.enumerate() if t.name == "labotel-cpu-profiler"]
             clock = cpu.thread_cpu_clock(sampler)
+            # past the sampler's start-up, and long enough that the bucket's one second of
+            # savings and one slow tick (0.2-0.7 ms under load) are small beside the budget
+            time.sleep(0.5)
             used, since = time.clock_gettime(clock), time.monotonic()
-            time.sleep(2.5)
+            time.sleep(5)
             used, elapsed = time.clock_gettime(clock) - used, time.monotonic() - since
-            request.join(10)
+            request.join(15)
             spun = time.clock_gettime(spinner_clock) - spun
     finally:
         labotel.shutdown()
