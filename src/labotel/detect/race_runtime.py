@@ -24,7 +24,7 @@ from typing import Any
 from labotel.compat import cpython
 from labotel.detect.keys import MAX_KEY_CHARS
 from labotel.detect.rewrite import AUG_OPS, PREFIX
-from labotel.detect.vectorclock import _local, current
+from labotel.detect.vectorclock import _local, current, usable
 
 _detector: Any = None  # races.Detector while detection with instrumentation is on
 _getframe = cpython.getframe
@@ -50,12 +50,7 @@ def disable() -> None:
 
 # --- recording -------------------------------------------------------------------------
 
-def _state() -> Any:
-    try:
-        state = _local.state
-    except AttributeError:
-        state = current()
-    return None if state.busy else state
+_state = usable  # the calling thread's state, None while the detector is busy on it
 
 
 def _seen(state: Any) -> dict:

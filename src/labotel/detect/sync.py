@@ -30,17 +30,12 @@ from collections.abc import Callable
 from typing import Any
 
 from labotel import hooks
-from labotel.detect.vectorclock import _local, attach, current, final_snapshot
+from labotel.detect.vectorclock import attach, final_snapshot, usable
 
 SUBSCRIBER = "detect.races"
 
 
-def _state() -> Any:
-    try:
-        state = _local.state
-    except AttributeError:
-        state = current()
-    return None if state.busy else state
+_state = usable  # the calling thread's state, None while the detector is busy on it
 
 
 class HappensBefore:

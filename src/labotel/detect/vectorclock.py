@@ -169,6 +169,15 @@ def current() -> ThreadState:
         return _new_state()
 
 
+def usable() -> ThreadState | None:
+    """The calling thread's state, or None while the detector itself is busy on it."""
+    try:
+        state = _local.state
+    except AttributeError:
+        state = _new_state()
+    return None if state.busy else state
+
+
 def _find_thread(ident: int) -> threading.Thread | None:
     # Never threading.current_thread(): for a foreign thread it builds a _DummyThread, whose
     # constructor sets an Event -> our hooks -> here again.
