@@ -238,6 +238,11 @@ def run_scenario(name: str, seconds: float, baseline_seconds: float) -> dict[str
     result: dict[str, Any] = {"scenario": name, "seconds": seconds}
     import labotel
 
+    # labotel's modules load on first use: load them before the probe thread starts forking,
+    # so start() imports nothing while it does (on 3.12.1 an import in the main thread and a
+    # fork thread's warning, importing linecache, deadlocked on importlib's module locks)
+    import labotel.monitor  # noqa: F401
+
     with harm_scenarios.environment(scenario.environment()):
         workload.start()
         scenario.app_side(ctx)

@@ -108,9 +108,14 @@ def py_spy_children() -> list:
     """py-spy processes this process started and that still run."""
     import psutil
 
-    return [child for child in psutil.Process().children()
-            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE
-            and "py-spy" in " ".join(child.cmdline())]
+    def running_py_spy(child: psutil.Process) -> bool:
+        try:
+            return (child.status() != psutil.STATUS_ZOMBIE
+                    and "py-spy" in " ".join(child.cmdline()))
+        except psutil.Error:  # it ended (or became a zombie) while we looked
+            return False
+
+    return [child for child in psutil.Process().children() if running_py_spy(child)]
 
 
 def comments(profile) -> list[str]:
