@@ -254,12 +254,9 @@ class ConnectionLoop:
         if connection.state == CLOSING:
             self._linger(connection)
             return
-        try:
-            data = connection.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data = _receive(connection)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._close(connection)
             return
@@ -469,12 +466,9 @@ class ConnectionLoop:
         self._poller.modify(connection.fd, READ)
 
     def _linger(self, connection: Connection) -> None:
-        try:
-            data = connection.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data = _receive(connection)
+        if data is None:
             return
-        except OSError:
-            data = b""
         connection.drained += len(data)
         if not data or connection.drained > LINGER_BYTES:
             self._close(connection)
@@ -584,3 +578,13 @@ def _refuse(sock: socket.socket, answer: bytes) -> None:
         pass
     finally:
         sock.close()
+
+
+def _receive(connection: Connection) -> bytes | None:
+    """What the socket has now: b"" once the peer is gone, None when nothing is ready."""
+    try:
+        return connection.sock.recv(READ_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
