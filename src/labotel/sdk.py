@@ -70,6 +70,11 @@ class Providers:
         """
         if deadline is None:
             deadline = time.monotonic() + self.shutdown_timeout
+        waited = f"within shutdown_timeout={self.shutdown_timeout:g}s (is the collector reachable?)"
+        if _collectors_down(self):  # the final exports would only retry until the deadline
+            deadline = min(deadline, time.monotonic() + DOWN_COLLECTOR_WAIT)
+            waited = (f"within {DOWN_COLLECTOR_WAIT:g}s: the collector failed the last "
+                      "export, so shutdown_timeout is not waited out")
         if self.prometheus_reader is not None:
             try:
                 self.meter_provider.remove_metric_reader(self.prometheus_reader)  # type: ignore[attr-defined]  # SDK 1.43+, untyped
@@ -106,9 +111,8 @@ class Providers:
         for thread in threads:
             thread.join(max(0.0, deadline + ABORT_GRACE - time.monotonic()))
         left = [thread.name for thread in threads if thread.is_alive()]
-        log.warning("labotel: %s did not finish exporting within shutdown_timeout=%gs (is "
-                    "the collector reachable?); not waiting longer, unsent telemetry is "
-                    "dropped%s", " and ".join(stuck), self.shutdown_timeout,
+        log.warning("labotel: %s did not finish exporting %s; not waiting longer, unsent "
+                    "telemetry is dropped%s", " and ".join(stuck), waited,
                     f"; still running: {', '.join(left)}" if left else "")
 
     def _abort_exports(self) -> None:
@@ -117,6 +121,20 @@ class Providers:
 
 
 ABORT_GRACE = 0.15  # seconds the aborted export threads get to end
+DOWN_COLLECTOR_WAIT = 1.0  # seconds shutdown() gives exporters whose last export failed
+
+
+def _collectors_down(providers: Providers) -> bool:
+    """Did every push exporter of labotel's own providers fail its last export?
+
+    A collector that refused or timed out the last export is not waited for the whole
+    ``shutdown_timeout`` (an app's exit delayed 5 s for nothing): one more second, then the
+    exports still running are aborted. An exporter with no finished export yet, or one
+    whose last export succeeded, keeps the full timeout.
+    """
+    watches = [exporting.watch_of(exporter) for exporter in _owned_exporters(providers)]
+    return bool(watches) and all(watch is not None and watch.last_ok is False
+                                 for watch in watches)
 
 
 def _close(provider: metrics.MeterProvider | trace.TracerProvider, deadline: float) -> None:

@@ -126,3 +126,38 @@ def test_shutdown_with_a_hung_collector_is_bounded(monkeypatch, caplog, protocol
             if thread.name.startswith(("labotel", "Otel")):
                 thread.join(1.0)
                 assert not thread.is_alive(), thread.name
+
+
+def test_shutdown_does_not_wait_out_its_timeout_for_a_collector_that_refused_the_last_export(
+        monkeypatch, caplog):
+    """Nothing listens on the collector's port: every export fails at once and the gRPC
+    exporter retries with back-off. shutdown() gives such exporters one second
+    (DOWN_COLLECTOR_WAIT), not shutdown_timeout (30 s here), and says why."""
+    from labotel import exporting, sdk
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
+                           f"http://127.0.0.1:{closed.getsockname()[1]}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+        monitor = labotel.start(admin_address="", shutdown_timeout=30.0,
+                                metric_export_interval=0.2)
+        monitor.reporter.report(Detection(kind="memory_leak", summary="a span to export"))
+        exporters = sdk._owned_exporters(monitor.providers)
+        assert len(exporters) == 2  # the metric exporter and the span exporter
+        give_up = time.monotonic() + 20
+        while time.monotonic() < give_up and not sdk._collectors_down(monitor.providers):
+            time.sleep(0.1)
+        assert [exporting.watch_of(e).last_ok for e in exporters] == [False, False]
+        began = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="labotel"):
+            labotel.shutdown()
+        took = time.monotonic() - began
+    # a behaviour bound, not a speed target: waiting out the timeout takes 30 s
+    assert took < sdk.DOWN_COLLECTOR_WAIT + 5, took
+    assert "the collector failed the last export" in caplog.text, caplog.text
+    for thread in threading.enumerate():
+        if thread.name.startswith(("labotel", "Otel")):
+            thread.join(1.0)
+            assert not thread.is_alive(), thread.name
