@@ -139,6 +139,10 @@ class Settings:
         None, "comma list of module/package name prefixes (myapp,cachetools) whose code is "
         "instrumented at import for race detection without annotations (needs "
         "race_detection; only modules imported after start())")
+    race_sample_floor: float = _option(
+        0.01, "share of a hot instrumented function's calls whose accesses are recorded "
+        "(every call while it is cold: its first 1000; then 10%, down to this); 1 records "
+        "every call", minimum=0.0001)
     race_suppressions: str | None = _option(
         None, "comma list of glob patterns; a race whose resource, function or file:line "
         "matches one is counted, not reported")
@@ -206,6 +210,9 @@ class Settings:
             from labotel.detect.import_hook import parse_prefixes
 
             parse_prefixes(self.race_instrument)
+        if not self.race_sample_floor <= 1:
+            raise ValueError("race_sample_floor: expected a share between 0.0001 and 1, "
+                             f"got {self.race_sample_floor!r}")
         if self.otlp_protocol not in (None, "grpc", "http/protobuf"):
             raise ValueError("otlp_protocol: expected 'grpc' or 'http/protobuf', "
                              f"got {self.otlp_protocol!r}")

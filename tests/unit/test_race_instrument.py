@@ -649,3 +649,138 @@ def test_instrument_without_detection_warns_and_installs_nothing(caplog):
         assert any("race_detection is off" in r.getMessage() for r in caplog.records)
     finally:
         labotel.shutdown()
+
+
+# --- which calls are recorded: every call of a cold function, a share of a hot one's ---
+
+def test_schedule_records_cold_calls_then_a_shrinking_share():
+    schedule = race_runtime._schedule(0.01)
+    cold = [schedule() for _ in range(race_runtime.COLD_CALLS)]
+    tenth = [schedule() for _ in range(race_runtime.STAGE_CALLS)]
+    floor = [schedule() for _ in range(50_000)]
+    assert all(cold)
+    assert sum(tenth) == race_runtime.STAGE_CALLS // 10
+    assert sum(floor) == 500
+    every = race_runtime._schedule(1.0)
+    assert all(every() for _ in range(20_000))
+
+
+def hammer(target, calls: int, *args) -> None:
+    """Two unsynchronized threads each call ``target(*args)`` ``calls`` times."""
+    def loop():
+        for _ in range(calls):
+            target(*args)
+    run_all(loop, loop)
+
+
+def test_a_hot_racy_function_is_still_reported(programs):
+    """Past its cold calls only 1 call in 100 is recorded: the race is found all the
+    same (both threads' recorded calls stay unordered: nothing orders them)."""
+    account = programs.Account()
+    heat = race_runtime.COLD_CALLS + race_runtime.STAGE_CALLS
+    for _ in range(heat):  # one thread alone: no race yet, and deposit() is hot now
+        account.deposit(1)
+    assert_silent()
+    hammer(account.deposit, 20_000, 1)
+    [race] = races_named("Account.balance#")
+    assert race.attributes["labotel.race.source"] == "self.balance += amount"
+    assert account.balance == heat + 40_000  # every call ran, recorded or not
+
+
+def test_a_hot_function_behind_a_lock_stays_silent(programs):
+    """Calls not recorded never invent a race: lock operations are always seen."""
+    account, lock = programs.Account(), threading.Lock()
+    hammer(account.deposit_locked, 30_000, lock, 1)
+    assert account.balance == 60_000
+    assert_silent()
+
+
+def test_every_call_is_recorded_with_a_floor_of_one():
+    start_detector(race_instrument=PROGRAMS, race_sample_floor=1.0)
+    try:
+        programs = fresh(PROGRAMS)
+        schedule = programs._labotel_s[0]
+        programs.Account()  # the first call gives the function its schedule
+        assert all(programs._labotel_s[0]() for _ in range(50_000))
+        assert schedule is not programs._labotel_s[0]
+    finally:
+        labotel.shutdown()
+
+
+def test_shutdown_turns_every_function_to_its_code_as_written_and_start_turns_it_back(
+        programs):
+    account = programs.Account()
+    labotel.shutdown()
+    table = programs._labotel_s
+    assert table and all(entry is race_runtime._never for entry in table)
+    account.deposit(1)  # runs the copy as written
+    with pytest.raises(KeyError) as raised:  # whose line numbers are the source's
+        programs.fail_lookup({})
+    [frame] = [f for f in traceback.extract_tb(raised.tb) if f.filename == programs.__file__]
+    assert frame.line == 'return d["missing"]'
+    start_detector(race_instrument=PROGRAMS)  # the module is instrumented: recorded again
+    twice(account.deposit, 1)
+    assert races_named("Account.balance#")
+    labotel.shutdown()
+    start_detector(race_instrument="tests.race_programs.plain_module")  # not named now
+    assert all(entry is race_runtime._never for entry in programs._labotel_s)
+
+
+def test_rewrite_keeps_docstrings_declarations_and_nesting():
+    from labotel.detect.rewrite import MAX_COPIED_DEPTH, rewrite
+
+    source = '''
+"""module doc"""
+from __future__ import annotations
+total = 0
+def bump(box):
+    """bump doc"""
+    global total
+    box.n += 1
+    total += 1
+    def inner():
+        nonlocal box
+        box = box
+        return box.n
+    return inner
+def pure(a, b):
+    return a + b
+def deep(o):
+    o.a
+    def d2():
+        o.a
+        def d3():
+            o.a
+            def d4():
+                return o.x
+            return d4
+        return d3
+    return d2
+key = lambda item: item.k
+'''
+    tree = rewrite(source, "<m>", "m")
+    compiled = compile(tree, "<m>", "exec")
+    namespace = dict(race_runtime.FUNCTIONS, __name__="m")
+    exec(compiled, namespace)
+    text = __import__("ast").unparse(tree)
+    assert namespace["bump"].__doc__ == "bump doc"
+    assert namespace["__doc__"] == "module doc"
+
+    class Box:
+        n = 0
+
+    box = Box()
+    assert namespace["bump"](box)() == 1 and namespace["total"] == 1
+    assert "def pure(a, b):\n    return a + b" in text  # nothing to record: one copy
+    assert namespace["key"](type("K", (), {"k": 3})) == 3
+    # copies double at each level down to MAX_COPIED_DEPTH; d4, one deeper, has no copy
+    assert text.count("def d4") == 2 ** MAX_COPIED_DEPTH
+    assert text.count("return _labotel_ga(o, 'x'") == 2 ** MAX_COPIED_DEPTH
+    assert len(namespace["_labotel_s"]) == text.count("_labotel_s[")
+
+
+def test_sample_floor_out_of_range_is_a_clear_error():
+    for bad in (0, 1.5, -1):
+        with pytest.raises(ValueError, match="race_sample_floor"):
+            labotel.start(race_detection=True, race_sample_floor=bad, admin_address="")
+    labotel.shutdown()

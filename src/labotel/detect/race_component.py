@@ -53,7 +53,7 @@ class RaceDetection(Component):
             raise
         races.activate(self.detector)
         if prefixes:
-            race_runtime.enable(self.detector)
+            race_runtime.enable(self.detector, prefixes, settings.race_sample_floor)
             self.finder = import_hook.install(prefixes, failed)
         self.context = context
         context.footprint.add("race_detector", self.detector.bytes)

@@ -7,6 +7,13 @@ the shared shadow state once per location and epoch, as a read-modify-write when
 same thread read the location earlier in the epoch. While detection is off every
 function costs one global check beyond the operation.
 
+Which calls of an instrumented function run its instrumented copy is decided by the
+module's schedule table (``schedules``): every call while the function is cold (its first
+``COLD_CALLS``), then one in ten, then one in a hundred, down to ``race_sample_floor``.
+Synchronization is always recorded (it is hooked, not rewritten), so a call that is not
+recorded can hide a race but never invent one: a pair reported is a pair of real
+accesses that happens-before leaves unordered.
+
 No labotel lock is held while application code runs: ``getattr``/``d[k]``/``hash(key)``
 happen before anything is recorded, and keys that are not plain values are reduced to a
 hash with the thread marked busy.
@@ -14,6 +21,8 @@ hash with the thread marked busy.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import threading
 from collections import OrderedDict, defaultdict
 from collections import deque as _deque
@@ -38,14 +47,78 @@ WHOLE = ("*",)  # a container as a whole: len(), iteration, list membership, app
 MAX_SEEN = 8192
 
 
-def enable(detector: Any) -> None:
-    global _detector
-    _detector = detector
+COLD_CALLS = 1000  # calls of a function that are all recorded
+STAGE_CALLS = 10_000  # calls spent at each share before the next, smaller one
+MAX_TABLES = 10_000  # instrumented modules whose tables follow enable()/disable()
+_never: Callable[[], bool] = itertools.repeat(False).__next__
+_tables: list[tuple[str, list]] = []  # (module, its schedule table)
+_prefixes: tuple[str, ...] = ()
+_floor = 1.0
+
+
+def enable(detector: Any, prefixes: tuple[str, ...] = (), sample_floor: float = 1.0) -> None:
+    """Record instrumented code of modules matching ``prefixes`` from now on."""
+    global _detector, _prefixes, _floor
+    _detector, _prefixes, _floor = detector, prefixes, sample_floor
+    for module, table in list(_tables):
+        _arm(module, table)
 
 
 def disable() -> None:
-    global _detector
-    _detector = None
+    """Every instrumented function runs its copy as written (one call of ``_never``)."""
+    global _detector, _prefixes
+    _detector, _prefixes = None, ()
+    for _, table in list(_tables):
+        table[:] = [_never] * len(table)
+
+
+def schedules(module: str, count: int) -> list:
+    """The schedule table of an instrumented module (``detect.rewrite``): entry N says
+    whether this call of the module's function N is recorded."""
+    table: list = [_never] * count
+    if len(_tables) < MAX_TABLES:
+        _tables.append((module, table))
+    _arm(module, table)
+    return table
+
+
+def _arm(module: str, table: list) -> None:
+    from labotel.detect.import_hook import matches  # (it imports this module)
+
+    if _detector is not None and matches(module, _prefixes):
+        table[:] = [functools.partial(_first_call, table, index) for index in range(len(table))]
+    else:
+        table[:] = [_never] * len(table)
+
+
+def _first_call(table: list, index: int) -> bool:
+    """A function's first call since enable(): give it its own schedule."""
+    if _detector is None:
+        table[index] = _never
+        return False
+    table[index] = schedule = _schedule(_floor)
+    return schedule()
+
+
+def _schedule(floor: float) -> Callable[[], bool]:
+    """True for each of the first ``COLD_CALLS`` calls, then for one call in ten (for
+    ``STAGE_CALLS`` calls), one in a hundred, ... and finally one in ``1 / floor``; all
+    in C (itertools), shared patterns, no lock."""
+    if floor >= 1:
+        return itertools.repeat(True).__next__
+    stages: list = [itertools.repeat(True, COLD_CALLS)]
+    period = 10
+    while period * floor < 0.999:
+        stages.append(itertools.chain.from_iterable(
+            itertools.repeat(_pattern(period), STAGE_CALLS // period)))
+        period *= 10
+    stages.append(itertools.chain.from_iterable(itertools.repeat(_pattern(round(1 / floor)))))
+    return itertools.chain(*stages).__next__
+
+
+@functools.lru_cache(maxsize=16)
+def _pattern(period: int) -> tuple[bool, ...]:
+    return (True,) + (False,) * (period - 1)
 
 
 # --- recording -------------------------------------------------------------------------
@@ -164,6 +237,22 @@ def ga(obj: Any, name: str, site: tuple) -> Any:
 def sa(value: Any, obj: Any, name: str, site: tuple) -> None:
     setattr(obj, name, value)
     if _detector is not None:
+        # _write's early returns inlined (a call costs as much as they do): this epoch's
+        # write, or read-modify-write, of the location is already recorded
+        try:
+            state = _local.state
+        except AttributeError:
+            state = current()
+        if state.seen_clock == state.clock and not state.busy:
+            seen = state.seen
+            marker = (id(obj), name)
+            flags = seen.get(marker, 0)
+            if flags & RMW:
+                if flags & READ:
+                    seen[marker] = flags & ~READ
+                return
+            if flags & WRITE and not flags & READ:
+                return
         _write(obj, name, site)
 
 
@@ -343,4 +432,4 @@ def wg(name: str, site: tuple) -> None:
 FUNCTIONS = {PREFIX + name: function for name, function in (
     ("ga", ga), ("sa", sa), ("wa", wa), ("da", da), ("aa", aa), ("gi", gi), ("si", si),
     ("di", di), ("ai", ai), ("in", isin), ("ln", ln), ("it", it), ("cm", cm), ("rg", rg),
-    ("wg", wg))}
+    ("wg", wg), ("schedules", schedules))}

@@ -14,6 +14,23 @@ performs the operation itself and records it:
     len(x), for a in x, comprehensions      -> _labotel_ln / _labotel_it
     g (global g written by some function)   -> _labotel_rg(g, 'g', SITE) / _labotel_wg
 
+Each function body is kept twice, as written and instrumented, behind one test of the
+module's schedule table (``race_runtime.schedules``), which decides per call whether this
+call is recorded (the way LiteRace samples: every call of a cold function, a shrinking
+share of a hot one's)::
+
+    def f(self):                     def f(self):
+        self.n += 1          ->          if _labotel_s[7]():
+                                             _labotel_aa(self, 'n', 0, 1, SITE)
+                                         else:
+                                             self.n += 1
+
+The docstring stays first and ``global``/``nonlocal`` declarations move above the test
+(they hold for the whole function either way). Loop bodies (``for``, ``while``,
+``async for``) inside a function get the same, per iteration, and lambdas as a
+conditional expression. A function with nothing to record, and functions nested more than
+``MAX_COPIED_DEPTH`` deep (copies double at each level), are not duplicated.
+
 ``SITE`` is a constant tuple ``(module, line, source text, container label, ignored)``:
 the report shows the expression's text, and a line with ``# labotel: ignore-race`` marks
 its accesses as suppressed. Locations keep their line numbers (``copy_location``), so
@@ -24,13 +41,16 @@ container methods and attributes of imported modules are left alone.
 from __future__ import annotations
 
 import ast
+import copy
 import operator
 import re
 from collections.abc import Callable
 from typing import Any
 
-REWRITE_VERSION = 1
+REWRITE_VERSION = 2
 PREFIX = "_labotel_"
+SCHEDULES = PREFIX + "s"  # the module's table: one "record this call?" callable per function
+MAX_COPIED_DEPTH = 3
 IGNORE_COMMENT = "labotel: ignore-race"
 MAX_SOURCE_CHARS = 120
 
@@ -142,6 +162,8 @@ class Rewriter(ast.NodeTransformer):
         self.scopes: list[tuple[set[str], set[str]]] = []  # (locals, declared global)
         self.statement: ast.stmt | None = None
         self.sites = 0
+        self.functions = 0  # entries of the schedule table
+        self.own_sites: list[int] = []  # per function being rewritten: its own accesses
 
     # --- helpers ----------------------------------------------------------------------
     def _text(self, node: ast.AST) -> str:
@@ -166,6 +188,8 @@ class Rewriter(ast.NodeTransformer):
         last = getattr(node, "end_lineno", None) or first
         ignored = any(line in self.ignored for line in range(first, last + 1))
         self.sites += 1
+        if self.own_sites:
+            self.own_sites[-1] += 1
         return ast.Constant((self.module, first, self._text(text_of or node), label, ignored))
 
     def _call(self, function: str, args: list, node: ast.AST) -> ast.Call:
@@ -207,9 +231,16 @@ class Rewriter(ast.NodeTransformer):
         node.decorator_list = [self.visit(d) for d in node.decorator_list]  # type: ignore
         node.args = self.visit(node.args)  # type: ignore[attr-defined]
         self.scopes.append(_bound_names(node))
+        self.own_sites.append(0)
         try:
+            copied = len(self.own_sites) <= MAX_COPIED_DEPTH
+            original = copy.deepcopy(node.body) if copied else None  # type: ignore
             node.body = self._statements(node.body)  # type: ignore[attr-defined]
+            if original is not None and self.own_sites[-1]:
+                plain = _PlainCopy(self).statements(original)
+                node.body = self._dispatch(node.body, plain)  # type: ignore[attr-defined]
         finally:
+            self.own_sites.pop()
             self.scopes.pop()
         return node
 
@@ -219,11 +250,41 @@ class Rewriter(ast.NodeTransformer):
     def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
         node.args = self.visit(node.args)
         self.scopes.append(_bound_names(node))
+        self.own_sites.append(0)
         try:
+            original = (copy.deepcopy(node.body) if len(self.own_sites) <= MAX_COPIED_DEPTH
+                        else None)
             node.body = self.visit(node.body)
+            if original is not None and self.own_sites[-1]:
+                plain = _PlainCopy(self).visit(original)
+                node.body = ast.copy_location(
+                    ast.IfExp(test=self._scheduled(node.body), body=node.body, orelse=plain),
+                    node.body)
         finally:
+            self.own_sites.pop()
             self.scopes.pop()
         return node
+
+    def _scheduled(self, where: ast.AST) -> ast.Call:
+        """``_labotel_s[N]()``: is this call recorded? (N: a new entry of the table)"""
+        entry = ast.Subscript(ast.Name(SCHEDULES, ast.Load()), ast.Constant(self.functions),
+                              ast.Load())
+        self.functions += 1
+        return ast.copy_location(ast.Call(func=entry, args=[], keywords=[]), where)
+
+    def _dispatch(self, instrumented: list[ast.stmt], plain: list[ast.stmt]) -> list[ast.stmt]:
+        """``[docstring] [declarations] if <recorded>: instrumented else: plain``."""
+        head: list[ast.stmt] = []
+        if _is_docstring(plain[0]):  # not rewritten: the same statement in both copies
+            head.append(plain[0])
+            instrumented, plain = instrumented[1:], plain[1:]
+        globals_, nonlocals = _lift_declarations(instrumented), _lift_declarations(plain)
+        for kind, names in ((ast.Global, globals_), (ast.Nonlocal, nonlocals)):
+            unique = list(dict.fromkeys(names[kind]))
+            if unique:
+                head.append(ast.copy_location(kind(names=unique), instrumented[0]))
+        branch = ast.If(test=self._scheduled(instrumented[0]), body=instrumented, orelse=plain)
+        return [*head, ast.copy_location(branch, instrumented[0])]
 
     def _statements(self, body: list[ast.stmt]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
@@ -364,14 +425,40 @@ class Rewriter(ast.NodeTransformer):
                 out.extend(self._after_store([target], node))
         return out
 
-    def visit_For(self, node: ast.For) -> ast.AST:
-        if self._in_function():
-            node.iter = self._iterated(node.iter)
+    def _loop(self, node: ast.For | ast.AsyncFor | ast.While) -> ast.AST:
+        if not self._in_function():
+            return self.generic_visit(node)
+        if isinstance(node, ast.While):
+            node.test = self.visit(node.test)
+        else:  # `async for` iterates with __anext__: not recorded as iteration
+            node.iter = (self._iterated(node.iter) if isinstance(node, ast.For)
+                         else self.visit(node.iter))
             node.target = self._target(node.target)
-            node.body = self._statements(node.body)
-            node.orelse = self._statements(node.orelse)
-            return node
-        return self.generic_visit(node)
+        node.body = self._loop_body(node.body)
+        node.orelse = self._statements(node.orelse)
+        return node
+
+    visit_For = visit_AsyncFor = visit_While = _loop
+
+    def _loop_body(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        """A loop's body, kept twice like a function's: a worker's ``while True`` loop is
+        one call of a function that never returns, so each iteration is scheduled on its
+        own. (Its ``global``/``nonlocal`` statements are lifted with the function's.)"""
+        if len(self.own_sites) > MAX_COPIED_DEPTH:  # the function is not copied either
+            return self._statements(body)
+        original = copy.deepcopy(body)
+        self.own_sites.append(0)
+        try:
+            instrumented = self._statements(body)
+            own = self.own_sites[-1]
+        finally:
+            self.own_sites.pop()
+        if not own:
+            return instrumented
+        self.own_sites[-1] += own
+        plain = _PlainCopy(self).statements(original)
+        branch = ast.If(test=self._scheduled(instrumented[0]), body=instrumented, orelse=plain)
+        return [ast.copy_location(branch, instrumented[0])]
 
     def visit_match_case(self, node: ast.match_case) -> ast.AST:
         # patterns (`case Color.RED:`, `case Point(x=0):`) must stay names and constants
@@ -458,14 +545,84 @@ class Rewriter(ast.NodeTransformer):
         return node
 
 
+class _PlainCopy(ast.NodeTransformer):
+    """A function body's copy as written: only the functions and classes defined in it
+    are rewritten (each with its own schedule entry)."""
+
+    def __init__(self, rewriter: Rewriter):
+        self.rewriter = rewriter
+
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+        return self.rewriter.visit(node)
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
+
+    def statements(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        return [self.visit(statement) for statement in body]
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+            and isinstance(statement.value.value, str))
+
+
+def _lift_declarations(body: list[ast.stmt]) -> dict[type, list[str]]:
+    """Replace the ``global``/``nonlocal`` statements of this scope by ``pass``; their names.
+
+    Both copies of a body declare the same names, and one copy's declaration after the
+    other copy's use of a name would be a SyntaxError: they move above the dispatch.
+    """
+    names: dict[type, list[str]] = {ast.Global: [], ast.Nonlocal: []}
+    todo: list[Any] = [body]
+    while todo:
+        statements = todo.pop()
+        for index, statement in enumerate(statements):
+            if isinstance(statement, (ast.Global, ast.Nonlocal)):
+                names[type(statement)].extend(statement.names)
+                statements[index] = ast.copy_location(ast.Pass(), statement)
+            elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue  # scopes of their own
+            else:
+                for _, value in ast.iter_fields(statement):
+                    if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                        todo.append(value)
+                    elif isinstance(value, list):  # try handlers, match cases
+                        todo.extend(item.body for item in value
+                                    if isinstance(item, (ast.excepthandler, ast.match_case)))
+    return names
+
+
 def rewrite(source: str | bytes, filename: str, module: str) -> ast.Module:
     """The instrumented AST of a module's source (line numbers kept)."""
     if isinstance(source, bytes):
         source = source.decode("utf-8-sig") if source.startswith(b"\xef\xbb\xbf") else (
             _decode(source))
     tree = ast.parse(source, filename)
-    tree = Rewriter(module, source, tree).visit(tree)
+    rewriter = Rewriter(module, source, tree)
+    tree = rewriter.visit(tree)
+    if rewriter.functions:
+        _add_schedule_table(tree, module, rewriter.functions)
     return ast.fix_missing_locations(tree)
+
+
+def _add_schedule_table(tree: ast.Module, module: str, count: int) -> None:
+    """``_labotel_s = _labotel_schedules(module, count)`` after the docstring and the
+    ``__future__`` imports (which must come first)."""
+    position = 0
+    body = tree.body
+    if body and _is_docstring(body[0]):
+        position = 1
+    while (position < len(body) and isinstance(body[position], ast.ImportFrom)
+           and body[position].module == "__future__"):  # type: ignore[attr-defined]
+        position += 1
+    table = ast.Assign(targets=[ast.Name(SCHEDULES, ast.Store())],
+                       value=ast.Call(func=ast.Name(PREFIX + "schedules", ast.Load()),
+                                      args=[ast.Constant(module), ast.Constant(count)],
+                                      keywords=[]))
+    where = body[position] if position < len(body) else (body[-1] if body else None)
+    if where is not None:
+        ast.copy_location(table, where)
+    body.insert(position, table)
 
 
 def _decode(data: bytes) -> str:
