@@ -588,7 +588,7 @@ def _lift_declarations(body: list[ast.stmt]) -> dict[type, list[str]]:
                         todo.append(value)
                     elif isinstance(value, list):  # try handlers, match cases
                         todo.extend(item.body for item in value
-                                    if isinstance(item, (ast.excepthandler, ast.match_case)))
+                                    if isinstance(item, (ast.ExceptHandler, ast.match_case)))
     return names
 
 
