@@ -40,11 +40,12 @@ _getframe = cpython.getframe
 _ops: tuple[Callable[[Any, Any], Any], ...] = tuple(function for _, function in AUG_OPS)
 _thread_local = threading.local  # the C type (_thread._local) where it exists
 
-READ, WRITE, RMW = 1, 2, 4
+WRITE, RMW = 2, 4  # flags of a location in the thread's table of this epoch's writes
 WHOLE = ("*",)  # a container as a whole: len(), iteration, list membership, append
-# Locations a thread marks in one epoch before its table is reset (a read before the reset
-# no longer pairs with a later write: missed, never invented): ~1 MB per thread at most.
-MAX_SEEN = 8192
+# Locations a thread remembers reading, and writing, in one epoch before that table is
+# reset (a read before the reset no longer pairs with a later write: missed, never
+# invented): ~1 MB per thread at most.
+MAX_SEEN = 4096
 
 
 COLD_CALLS = 1000  # calls of a function that are all recorded
@@ -126,29 +127,24 @@ def _pattern(period: int) -> tuple[bool, ...]:
 _state = usable  # the calling thread's state, None while the detector is busy on it
 
 
-def _seen(state: Any) -> dict:
-    seen = state.seen
-    if state.seen_clock != state.clock or len(seen) > MAX_SEEN:
-        seen.clear()
-        state.seen_clock = state.clock
-    return seen
-
-
 def _read(obj: Any, key: Any) -> None:
     # (inlined by hand in ga and gi, the most frequent: a call costs as much as the rest)
     try:
         state = _local.state
     except AttributeError:
         state = current()
-    if state.seen_clock != state.clock or state.busy:
-        if state.busy:
-            return
-        _seen(state)
-    seen = state.seen
+    if state.busy:
+        return
+    reads = state.reads
     marker = (id(obj), key)
-    flags = seen.get(marker, 0)
-    if not flags & READ:
-        seen[marker] = flags | READ
+    if marker not in reads:
+        _add_read(reads, marker)
+
+
+def _add_read(reads: set, marker: tuple) -> None:
+    if len(reads) >= MAX_SEEN:
+        reads.clear()
+    reads.add(marker)
 
 
 def _write(obj: Any, key: Any, site: tuple, keyobj: Any = None) -> None:
@@ -156,23 +152,23 @@ def _write(obj: Any, key: Any, site: tuple, keyobj: Any = None) -> None:
         state = _local.state
     except AttributeError:
         state = current()
-    if state.seen_clock != state.clock or state.busy:
-        if state.busy:
-            return
-        _seen(state)
-    seen = state.seen
+    if state.busy:
+        return
+    writes = state.writes
     marker = (id(obj), key)
-    flags = seen.get(marker, 0)
-    if flags & READ:
+    flags = writes.get(marker, 0)
+    if marker in state.reads:
+        state.reads.discard(marker)
         if flags & RMW:  # this epoch's read-modify-write of it is already recorded
-            seen[marker] = flags & ~READ
             return
-        seen[marker] = WRITE | RMW
+        writes[marker] = WRITE | RMW
         rmw = True
     elif flags & WRITE:
         return  # written before in this epoch: already recorded
     else:
-        seen[marker] = flags | WRITE
+        if len(writes) >= MAX_SEEN:
+            writes.clear()
+        writes[marker] = WRITE
         rmw = False
     detector = _detector
     if detector is None or (obj is not None and issubclass(type(obj), _thread_local)):
@@ -222,15 +218,11 @@ def ga(obj: Any, name: str, site: tuple) -> Any:
             state = _local.state
         except AttributeError:
             state = current()
-        if state.seen_clock != state.clock or state.busy:
-            if state.busy:
-                return value
-            _seen(state)
-        seen = state.seen
+        if state.busy:
+            return value
         marker = (id(obj), name)
-        flags = seen.get(marker, 0)
-        if not flags & READ:
-            seen[marker] = flags | READ
+        if marker not in state.reads:
+            _add_read(state.reads, marker)
     return value
 
 
@@ -243,15 +235,11 @@ def sa(value: Any, obj: Any, name: str, site: tuple) -> None:
             state = _local.state
         except AttributeError:
             state = current()
-        if state.seen_clock == state.clock and not state.busy:
-            seen = state.seen
+        if not state.busy:
             marker = (id(obj), name)
-            flags = seen.get(marker, 0)
-            if flags & RMW:
-                if flags & READ:
-                    seen[marker] = flags & ~READ
-                return
-            if flags & WRITE and not flags & READ:
+            flags = state.writes.get(marker, 0)
+            if flags & RMW or (flags and marker not in state.reads):
+                state.reads.discard(marker)
                 return
         _write(obj, name, site)
 
@@ -289,15 +277,11 @@ def gi(obj: Any, key: Any, site: tuple) -> Any:
             state = _local.state
         except AttributeError:
             state = current()
-        if state.seen_clock != state.clock or state.busy:
-            if state.busy:
-                return value
-            _seen(state)
-        seen = state.seen
+        if state.busy:
+            return value
         marker = (id(obj), location)
-        flags = seen.get(marker, 0)
-        if not flags & READ:
-            seen[marker] = flags | READ
+        if marker not in state.reads:
+            _add_read(state.reads, marker)
     return value
 
 

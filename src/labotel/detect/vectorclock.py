@@ -63,7 +63,7 @@ class ThreadState:
 
     __slots__ = ("tid", "clock", "vc", "shared", "joined", "busy", "label", "prune_at",
                  "prune_epoch",
-                 "seen", "seen_clock", "__weakref__")
+                 "reads", "writes", "__weakref__")
 
     def __init__(self, tid: int, thread: threading.Thread | None, name: str):
         self.tid = tid
@@ -75,9 +75,10 @@ class ThreadState:
         self.label = ThreadLabel(tid, thread, name)
         self.prune_at = 64
         self.prune_epoch = _limits["epoch"]
-        # instrumented code's locations touched in epoch seen_clock (``race_runtime``)
-        self.seen: dict[tuple, int] = {}
-        self.seen_clock = 0
+        # instrumented code's locations read, and written (flags), in this epoch
+        # (``race_runtime``); a new epoch starts them afresh
+        self.reads: set[tuple] = set()
+        self.writes: dict[tuple, int] = {}
 
     @property
     def name(self) -> str:
@@ -91,8 +92,15 @@ class ThreadState:
         """Publish this thread's clock and start a new epoch."""
         self.shared = True
         snapshot = (self.tid, self.clock, self.vc)
-        self.clock += 1
+        self.advance()
         return snapshot
+
+    def advance(self) -> None:
+        """A new epoch: what instrumented code read or wrote before this release no longer
+        pairs with what it does after."""
+        self.clock += 1
+        self.reads.clear()
+        self.writes.clear()
 
     def acquire(self, snapshot: Snapshot) -> None:
         """Everything before ``snapshot`` now happens-before this thread's present."""
@@ -274,7 +282,7 @@ class AccumulatedClock:
                     vc[state.tid] = state.clock
         finally:
             state.busy = busy
-        state.clock += 1
+        state.advance()
 
     def acquire(self, state: ThreadState) -> None:
         busy, state.busy = state.busy, True
