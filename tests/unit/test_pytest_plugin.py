@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from labotel.testing.plugin import race_instrument_supported, race_start_options
+from labotel.testing.plugin import race_start_options
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -450,9 +450,7 @@ def check_race_reports(result: pytest.RunResult, project: pytest.Pytester) -> No
 def test_race_fails_exactly_the_racy_tests_and_the_session_for_a_fixture_race(race_project):
     result = run(race_project, "--race")
     check_race_reports(result, race_project)
-    assert ("labotel: --race on (annotated accesses only; packages found for "
-            "instrumentation: mypkg)" if not race_instrument_supported()
-            else "labotel: --race on (instrumenting mypkg)") in result.outlines
+    assert "labotel: --race on (instrumenting mypkg)" in result.outlines
 
 
 def test_race_with_xdist_reports_a_worker_s_session_race_in_the_controller(race_project):
@@ -481,8 +479,7 @@ def test_race_and_leaks_together(race_project):
 def test_race_instrument_option_and_ini_override_the_discovery(pytester: pytest.Pytester):
     pytester.mkpydir("found")
     given = run(pytester, "--race", "--race-instrument=alpha,beta.core", "--co")
-    assert "packages found for instrumentation: alpha, beta.core" in given.stdout.str() or \
-        "instrumenting alpha, beta.core" in given.stdout.str()
+    assert "instrumenting alpha, beta.core" in given.stdout.str()
     pytester.makeini("[pytest]\nlabotel_race_instrument = gamma delta\n")
     ini = run(pytester, "--race", "--co")
     assert "gamma, delta" in ini.stdout.str()
@@ -491,18 +488,12 @@ def test_race_instrument_option_and_ini_override_the_discovery(pytester: pytest.
     assert "--race-instrument: 'not-a-package' is not a package name" in bad.stderr.str()
 
 
-def test_race_start_options_pass_packages_only_when_labotel_start_takes_them():
+def test_race_start_options_pass_the_packages_to_instrument():
     options = race_start_options(["mypkg", "other"])
     assert options["race_detection"] is True and options["admin_address"] == ""
-    if race_instrument_supported():
-        assert options["race_instrument"] == "mypkg,other"
-    else:
-        assert "race_instrument" not in options
+    assert options["race_instrument"] == "mypkg,other"
 
 
-@pytest.mark.skipif(not race_instrument_supported(), reason=(
-    "labotel.start() has no race_instrument option yet (race detection without "
-    "annotations, issue 14): --race checks annotated accesses only"))
 def test_race_instrument_finds_an_unannotated_race_in_the_project_package(
         pytester: pytest.Pytester):
     pytester.mkpydir("plainpkg").joinpath("__init__.py").write_text(textwrap.dedent('''

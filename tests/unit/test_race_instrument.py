@@ -784,3 +784,15 @@ def test_sample_floor_out_of_range_is_a_clear_error():
         with pytest.raises(ValueError, match="race_sample_floor"):
             labotel.start(race_detection=True, race_sample_floor=bad, admin_address="")
     labotel.shutdown()
+
+
+def test_an_annotated_object_used_by_instrumented_code_names_the_application_line(programs):
+    """``shared()`` records from inside race_runtime's container-method wrapper: the
+    report's location is the application's line, never labotel's (it was race_runtime.py
+    in the README's pytest example)."""
+    results = labotel.shared([], "results-shared")
+    twice(programs.append_result, results, 1)
+    [race] = races_named("results-shared")
+    assert race.attributes["code.filepath"] == programs.__file__
+    assert race.attributes["code.function"] == "append_result"
+    assert "race_runtime" not in race.message.split("ACTION REQUIRED")[0]

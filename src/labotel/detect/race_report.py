@@ -15,8 +15,14 @@ PREVIOUS = "labotel.race.previous."
 
 
 def _where(access: Access) -> tuple[str, int | None, str]:
-    """(file, line, function) of an access; an explicit ``location`` wins over the frame."""
+    """(file, line, function) of an access; an explicit ``location`` wins over the frame.
+
+    labotel's own frames are skipped: an annotated object (``shared()``) used by
+    instrumented code is recorded from inside ``race_runtime``, one frame under the line.
+    """
     frames = access[FRAMES]
+    frames = frames[next((index for index, (code, _) in enumerate(frames)
+                          if not is_labotel(code.co_filename)), 0):]
     function = qualname(frames[0][0]) if frames else "?"
     location = access[LOCATION]
     if location is not None:

@@ -41,21 +41,9 @@ RACE_OPTIONS: dict[str, Any] = dict(
 
 
 def race_start_options(instrument: list[str]) -> dict[str, Any]:
-    """What ``labotel.start()`` gets for ``--race``."""
-    from labotel.config import Settings
-
-    options = dict(RACE_OPTIONS)
-    # Instrumenting packages without annotations is labotel.start(race_instrument=...) (an
-    # import hook that rewrites reads and writes). Until this labotel's Settings has that
-    # option, --race checks annotated accesses only (record_access, shared); once it does,
-    # the packages go through here, and only here.
-    if "race_instrument" in {field.name for field in dataclasses.fields(Settings)}:
-        options["race_instrument"] = ",".join(instrument)
-    return options
-
-
-def race_instrument_supported() -> bool:
-    return "race_instrument" in race_start_options([])
+    """What ``labotel.start()`` gets for ``--race``: the packages whose plain reads and
+    writes are checked without annotations go through here, and only here."""
+    return {**RACE_OPTIONS, "race_instrument": ",".join(instrument)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,11 +143,7 @@ class Checks:
             if self.race_running and not self.early:
                 state += (", started after the conftest files were imported: locks they made"
                           " are invisible to it (load labotel as a plugin, not from a conftest)")
-            if race_instrument_supported():
-                scope = f"instrumenting {', '.join(self.instrument) or 'nothing'}"
-            else:
-                scope = (f"annotated accesses only; packages found for instrumentation: "
-                         f"{', '.join(self.instrument) or 'none'}")
+            scope = f"instrumenting {', '.join(self.instrument) or 'nothing'}"
             lines.append(f"labotel: --race {state} ({scope})")
         return lines
 
