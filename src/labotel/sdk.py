@@ -125,16 +125,17 @@ DOWN_COLLECTOR_WAIT = 1.0  # seconds shutdown() gives exporters whose last expor
 
 
 def _collectors_down(providers: Providers) -> bool:
-    """Did every push exporter of labotel's own providers fail its last export?
+    """Did the push exporters of labotel's own providers fail their last exports?
 
     A collector that refused or timed out the last export is not waited for the whole
     ``shutdown_timeout`` (an app's exit delayed 5 s for nothing): one more second, then the
-    exports still running are aborted. An exporter with no finished export yet, or one
-    whose last export succeeded, keeps the full timeout.
+    exports still running are aborted. Down means: at least one exporter failed its last
+    export and none succeeded its last (an exporter that never exported, such as the span
+    exporter of an app without detections, says nothing either way).
     """
-    watches = [exporting.watch_of(exporter) for exporter in _owned_exporters(providers)]
-    return bool(watches) and all(watch is not None and watch.last_ok is False
-                                 for watch in watches)
+    outcomes = [watch.last_ok for watch in map(exporting.watch_of, _owned_exporters(providers))
+                if watch is not None]
+    return False in outcomes and True not in outcomes
 
 
 def _close(provider: metrics.MeterProvider | trace.TracerProvider, deadline: float) -> None:

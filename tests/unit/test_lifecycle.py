@@ -147,9 +147,10 @@ def test_shutdown_does_not_wait_out_its_timeout_for_a_collector_that_refused_the
         exporters = sdk._owned_exporters(monitor.providers)
         assert len(exporters) == 2  # the metric exporter and the span exporter
         give_up = time.monotonic() + 20
-        while time.monotonic() < give_up and not sdk._collectors_down(monitor.providers):
+        outcomes = lambda: [exporting.watch_of(e).last_ok for e in exporters]  # noqa: E731
+        while time.monotonic() < give_up and outcomes() != [False, False]:
             time.sleep(0.1)
-        assert [exporting.watch_of(e).last_ok for e in exporters] == [False, False]
+        assert outcomes() == [False, False] and sdk._collectors_down(monitor.providers)
         began = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="labotel"):
             labotel.shutdown()
@@ -161,3 +162,28 @@ def test_shutdown_does_not_wait_out_its_timeout_for_a_collector_that_refused_the
         if thread.name.startswith(("labotel", "Otel")):
             thread.join(1.0)
             assert not thread.is_alive(), thread.name
+
+
+def test_an_exporter_that_never_exported_does_not_keep_shutdown_waiting(monkeypatch):
+    """Only metrics are exported (no detection, so no span): the metric exporter's
+    failures are enough to know the collector is down."""
+    from labotel import exporting, sdk
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
+                           f"http://127.0.0.1:{closed.getsockname()[1]}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+        monitor = labotel.start(admin_address="", shutdown_timeout=30.0,
+                                metric_export_interval=0.2)
+        outcomes = lambda: [exporting.watch_of(e).last_ok  # noqa: E731
+                            for e in sdk._owned_exporters(monitor.providers)]
+        give_up = time.monotonic() + 20
+        while time.monotonic() < give_up and False not in outcomes():
+            time.sleep(0.1)
+        assert sorted(outcomes(), key=str) == [False, None]  # metrics failed, spans: none
+        began = time.monotonic()
+        labotel.shutdown()
+        took = time.monotonic() - began
+    assert took < sdk.DOWN_COLLECTOR_WAIT + 5, took

@@ -796,3 +796,12 @@ def test_an_annotated_object_used_by_instrumented_code_names_the_application_lin
     assert race.attributes["code.filepath"] == programs.__file__
     assert race.attributes["code.function"] == "append_result"
     assert "race_runtime" not in race.message.split("ACTION REQUIRED")[0]
+
+
+def test_a_failing_schedule_table_never_fails_the_application_s_import(monkeypatch):
+    def broken(module, table):
+        raise RuntimeError("labotel's own failure")
+
+    monkeypatch.setattr(race_runtime, "_arm", broken)
+    table = race_runtime.schedules("myapp.models", 3)
+    assert table == [race_runtime._never] * 3  # the module runs its code as written

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import threading
 from collections import OrderedDict, defaultdict
 from collections import deque as _deque
@@ -35,6 +36,7 @@ from labotel.detect.keys import MAX_KEY_CHARS
 from labotel.detect.rewrite import AUG_OPS, PREFIX
 from labotel.detect.vectorclock import _local, current, usable
 
+log = logging.getLogger(__name__)
 _detector: Any = None  # races.Detector while detection with instrumentation is on
 _getframe = cpython.getframe
 _ops: tuple[Callable[[Any, Any], Any], ...] = tuple(function for _, function in AUG_OPS)
@@ -77,9 +79,12 @@ def schedules(module: str, count: int) -> list:
     """The schedule table of an instrumented module (``detect.rewrite``): entry N says
     whether this call of the module's function N is recorded."""
     table: list = [_never] * count
-    if len(_tables) < MAX_TABLES:
-        _tables.append((module, table))
-    _arm(module, table)
+    try:
+        if len(_tables) < MAX_TABLES:
+            _tables.append((module, table))
+        _arm(module, table)
+    except Exception:  # the application's import must not fail: its code runs as written
+        log.debug("labotel: arming %s's schedule table failed", module, exc_info=True)
     return table
 
 
