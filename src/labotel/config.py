@@ -125,7 +125,7 @@ class Settings:
         100_000, "resources whose shadow state is kept (least recently used forgotten)",
         minimum=1)
     race_max_bytes: int = _option(
-        16 * 1024 * 1024, "bytes of shadow state and annotation tokens kept (least recently "
+        12 * 1024 * 1024, "bytes of shadow state and annotation tokens kept (least recently "
         "used forgotten first)", minimum=65536)
     race_max_threads: int = _option(
         1024, "exited threads whose accesses are still checked (oldest exit forgotten first)",

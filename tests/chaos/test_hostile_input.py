@@ -107,7 +107,10 @@ def test_distinct_huge_resource_names_are_bounded_in_bytes(races):
     gc.collect()
     grown = process.memory_info().rss - before
     stats = races.component("detect.races").detector.stats()
-    assert stats["resources_tracked"] == 300 and stats["annotation_tokens"] == 300
+    assert stats["resources_tracked"] == 300
+    # tokens get a fifth of race_max_bytes: the oldest may be forgotten, never kept whole
+    assert stats["annotation_tokens"] + stats["tokens_forgotten"] == 300, stats
+    assert stats["annotation_tokens"] >= 100, stats
     # a few hundred bytes of key each (a token's clock holds an entry per thread it saw)
     assert stats["shadow_bytes"] + stats["token_bytes"] < 300 * 64 * 1024, stats
     assert grown < 50 * MB, f"RSS grew {grown / MB:.0f} MB"
