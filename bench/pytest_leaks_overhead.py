@@ -137,11 +137,6 @@ def main() -> None:
     leaks_cost = (session["--leaks"] - base_session) / args.tests * 1000
     print(f"--leaks: {leaks_cost:.3f} ms per test (goal <= 1 ms): "
           f"{'met' if leaks_cost <= 1 else 'NOT met'}")
-    from labotel.testing.plugin import race_instrument_supported
-
-    if not race_instrument_supported():
-        print("note: this labotel has no race_instrument option yet: --race checked "
-              "annotated accesses only (samplepkg has none), with locks hooked")
 
 
 if __name__ == "__main__":
