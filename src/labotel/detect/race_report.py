@@ -20,9 +20,7 @@ def _where(access: Access) -> tuple[str, int | None, str]:
     labotel's own frames are skipped: an annotated object (``shared()``) used by
     instrumented code is recorded from inside ``race_runtime``, one frame under the line.
     """
-    frames = access[FRAMES]
-    frames = frames[next((index for index, (code, _) in enumerate(frames)
-                          if not is_labotel(code.co_filename)), 0):]
+    frames = _without_labotel(access) or access[FRAMES]
     function = qualname(frames[0][0]) if frames else "?"
     location = access[LOCATION]
     if location is not None:
@@ -45,9 +43,14 @@ def _kind(access: Access) -> str:
     return "write" if access[WRITE] else "read"
 
 
+def _without_labotel(access: Access) -> tuple:
+    """The access's (code, line) frames less labotel's own (its wrappers are noise)."""
+    return tuple(frame for frame in access[FRAMES] if not is_labotel(frame[0].co_filename))
+
+
 def _stack(label: str, access: Access) -> Stack:
-    frames = tuple((code.co_filename, line, qualname(code)) for code, line in access[FRAMES]
-                   if not is_labotel(code.co_filename))  # our wrappers are noise
+    frames = tuple((code.co_filename, line, qualname(code))
+                   for code, line in _without_labotel(access))
     state = access[STATE]
     return Stack(f"{label} {_kind(access)} by thread {state.tid} ({state.name})", frames)
 
