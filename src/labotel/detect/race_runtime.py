@@ -63,16 +63,19 @@ def enable(detector: Any, prefixes: tuple[str, ...] = (), sample_floor: float = 
     """Record instrumented code of modules matching ``prefixes`` from now on."""
     global _detector, _prefixes, _floor
     _detector, _prefixes, _floor = detector, prefixes, sample_floor
-    for module, table in list(_tables):
-        _arm(module, table)
+    _rearm()
 
 
 def disable() -> None:
     """Every instrumented function runs its copy as written (one call of ``_never``)."""
     global _detector, _prefixes
     _detector, _prefixes = None, ()
-    for _, table in list(_tables):
-        table[:] = [_never] * len(table)
+    _rearm()
+
+
+def _rearm() -> None:
+    for module, table in list(_tables):
+        _arm(module, table)
 
 
 def schedules(module: str, count: int) -> list:

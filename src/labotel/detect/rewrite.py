@@ -283,8 +283,12 @@ class Rewriter(ast.NodeTransformer):
             unique = list(dict.fromkeys(names[kind]))
             if unique:
                 head.append(ast.copy_location(kind(names=unique), instrumented[0]))
+        return [*head, self._branch(instrumented, plain)]
+
+    def _branch(self, instrumented: list[ast.stmt], plain: list[ast.stmt]) -> ast.If:
+        """``if _labotel_s[N](): instrumented else: plain``, at the body's first line."""
         branch = ast.If(test=self._scheduled(instrumented[0]), body=instrumented, orelse=plain)
-        return [*head, ast.copy_location(branch, instrumented[0])]
+        return ast.copy_location(branch, instrumented[0])
 
     def _statements(self, body: list[ast.stmt]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
@@ -456,9 +460,7 @@ class Rewriter(ast.NodeTransformer):
         if not own:
             return instrumented
         self.own_sites[-1] += own
-        plain = _PlainCopy(self).statements(original)
-        branch = ast.If(test=self._scheduled(instrumented[0]), body=instrumented, orelse=plain)
-        return [ast.copy_location(branch, instrumented[0])]
+        return [self._branch(instrumented, _PlainCopy(self).statements(original))]
 
     def visit_match_case(self, node: ast.match_case) -> ast.AST:
         # patterns (`case Color.RED:`, `case Point(x=0):`) must stay names and constants
