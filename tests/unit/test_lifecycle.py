@@ -128,33 +128,55 @@ def test_shutdown_with_a_hung_collector_is_bounded(monkeypatch, caplog, protocol
                 assert not thread.is_alive(), thread.name
 
 
-def test_shutdown_does_not_wait_out_its_timeout_for_a_collector_that_refused_the_last_export(
-        monkeypatch, caplog):
-    """Nothing listens on the collector's port: every export fails at once and the gRPC
-    exporter retries with back-off. shutdown() gives such exporters one second
-    (DOWN_COLLECTOR_WAIT), not shutdown_timeout (30 s here), and says why."""
-    from labotel import exporting, sdk
-
+@pytest.fixture
+def refusing_collector(monkeypatch):
+    """labotel exporting over gRPC to a port nothing listens on (bound, never listening:
+    connections are refused), shutdown_timeout 30 s; yields the monitor."""
     with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
                            f"http://127.0.0.1:{closed.getsockname()[1]}")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
-        monitor = labotel.start(admin_address="", shutdown_timeout=30.0,
-                                metric_export_interval=0.2)
-        monitor.reporter.report(Detection(kind="memory_leak", summary="a span to export"))
-        exporters = sdk._owned_exporters(monitor.providers)
-        assert len(exporters) == 2  # the metric exporter and the span exporter
-        give_up = time.monotonic() + 20
-        outcomes = lambda: [exporting.watch_of(e).last_ok for e in exporters]  # noqa: E731
-        while time.monotonic() < give_up and outcomes() != [False, False]:
-            time.sleep(0.1)
-        assert outcomes() == [False, False] and sdk._collectors_down(monitor.providers)
-        began = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="labotel"):
-            labotel.shutdown()
-        took = time.monotonic() - began
+        yield labotel.start(admin_address="", shutdown_timeout=30.0,
+                            metric_export_interval=0.2)
+        labotel.shutdown()
+
+
+def export_outcomes(monitor) -> list:
+    """The last export's outcome of each of labotel's own exporters (None: none yet)."""
+    from labotel import exporting, sdk
+
+    return [exporting.watch_of(e).last_ok for e in sdk._owned_exporters(monitor.providers)]
+
+
+def wait_for_outcomes(monitor, done) -> list:
+    give_up = time.monotonic() + 20
+    while time.monotonic() < give_up and not done(export_outcomes(monitor)):
+        time.sleep(0.1)
+    return export_outcomes(monitor)
+
+
+def timed_shutdown() -> float:
+    began = time.monotonic()
+    labotel.shutdown()
+    return time.monotonic() - began
+
+
+def test_shutdown_does_not_wait_out_its_timeout_for_a_collector_that_refused_the_last_export(
+        refusing_collector, caplog):
+    """Nothing listens on the collector's port: every export fails at once and the gRPC
+    exporter retries with back-off. shutdown() gives such exporters one second
+    (DOWN_COLLECTOR_WAIT), not shutdown_timeout (30 s here), and says why."""
+    from labotel import sdk
+
+    monitor = refusing_collector
+    monitor.reporter.report(Detection(kind="memory_leak", summary="a span to export"))
+    assert len(export_outcomes(monitor)) == 2  # the metric exporter and the span exporter
+    outcomes = wait_for_outcomes(monitor, lambda outcomes: outcomes == [False, False])
+    assert outcomes == [False, False] and sdk._collectors_down(monitor.providers)
+    with caplog.at_level(logging.WARNING, logger="labotel"):
+        took = timed_shutdown()
     # a behaviour bound, not a speed target: waiting out the timeout takes 30 s
     assert took < sdk.DOWN_COLLECTOR_WAIT + 5, took
     assert "the collector failed the last export" in caplog.text, caplog.text
@@ -164,26 +186,12 @@ def test_shutdown_does_not_wait_out_its_timeout_for_a_collector_that_refused_the
             assert not thread.is_alive(), thread.name
 
 
-def test_an_exporter_that_never_exported_does_not_keep_shutdown_waiting(monkeypatch):
+def test_an_exporter_that_never_exported_does_not_keep_shutdown_waiting(refusing_collector):
     """Only metrics are exported (no detection, so no span): the metric exporter's
     failures are enough to know the collector is down."""
-    from labotel import exporting, sdk
+    from labotel import sdk
 
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
-                           f"http://127.0.0.1:{closed.getsockname()[1]}")
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
-        monitor = labotel.start(admin_address="", shutdown_timeout=30.0,
-                                metric_export_interval=0.2)
-        outcomes = lambda: [exporting.watch_of(e).last_ok  # noqa: E731
-                            for e in sdk._owned_exporters(monitor.providers)]
-        give_up = time.monotonic() + 20
-        while time.monotonic() < give_up and False not in outcomes():
-            time.sleep(0.1)
-        assert sorted(outcomes(), key=str) == [False, None]  # metrics failed, spans: none
-        began = time.monotonic()
-        labotel.shutdown()
-        took = time.monotonic() - began
+    outcomes = wait_for_outcomes(refusing_collector, lambda outcomes: False in outcomes)
+    assert sorted(outcomes, key=str) == [False, None]  # metrics failed, spans: none
+    took = timed_shutdown()
     assert took < sdk.DOWN_COLLECTOR_WAIT + 5, took
