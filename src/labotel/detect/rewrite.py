@@ -28,8 +28,8 @@ share of a hot one's)::
 The docstring stays first and ``global``/``nonlocal`` declarations move above the test
 (they hold for the whole function either way). Loop bodies (``for``, ``while``,
 ``async for``) inside a function get the same, per iteration, and lambdas as a
-conditional expression. A function with nothing to record, and functions nested more than
-``MAX_COPIED_DEPTH`` deep (copies double at each level), are not duplicated.
+conditional expression. A function with nothing to record, and functions or loops nested more than
+``MAX_COPIED_DEPTH`` deep (both count; copies double at each level), are not duplicated.
 
 ``SITE`` is a constant tuple ``(module, line, source text, container label, ignored)``:
 the report shows the expression's text, and a line with ``# labotel: ignore-race`` marks
