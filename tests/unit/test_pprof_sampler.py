@@ -101,11 +101,19 @@ def test_stacks_deeper_than_the_limit_keep_their_innermost_frames():
     assert checker.checked == 16
 
 
+def squares(count: int) -> int:
+    return sum(i * i for i in range(count))
+
+
 def deep_spin(stop: threading.Event, depth: int = 40) -> None:
     if depth:
         deep_spin(stop, depth - 1)
     else:
-        hot_spin(stop)
+        # Calls at the top, so each tick finds a new innermost frame and walks the changed
+        # frames (a tight loop is found at the same instruction each time: a GIL switch
+        # point, and an unchanged stack is not walked at all).
+        while not stop.is_set():
+            squares(2_000)
 
 
 def test_a_thread_not_charged_holds_no_frames():
