@@ -288,12 +288,34 @@ def hold_collection_for_fork(providers: Providers) -> None:
         wait = watched.fork_wait() if watched is not None else exporting.FIRST_WAIT
         if lock.acquire(timeout=wait) if wait > 0 else lock.acquire(blocking=False):
             _held_for_fork.append(lock)
+    _quiet_failing_grpc_channels(providers)
     lock = otel.collection_lock(providers.meter_provider)
     if lock is not None:
         if lock.acquire(timeout=FORK_COLLECTION_WAIT):
             _held_for_fork.append(lock)
         else:
             _collection_missed_at_fork.append(providers.meter_provider)
+
+
+def _quiet_failing_grpc_channels(providers: Providers) -> None:
+    """Before fork: each of labotel's own OTLP/gRPC exporters whose collector failed the
+    last export gets a fresh, unconnected channel (the exporter's own reconnect, as after
+    ``UNAVAILABLE``); the old one is closed later on the export thread.
+
+    With a channel that had been failing to connect, gRPC's own fork handler (it runs
+    inside ``fork()``, where the GIL is held) stopped the whole process for 0.3–1.2 s about
+    once in 300 s of forks every 2 s (``bench/harm.py``, gRPC scenarios); with fresh
+    channels, never in four such runs. A swap costs ~0.7 ms; closing the old channel at
+    fork cost ~11 ms more, so it waits for the exporter's next export.
+    """
+    for exporter in _owned_exporters(providers):
+        watched = exporting.watch_of(exporter)
+        if watched is None or watched.last_ok is not False:
+            continue
+        try:
+            otel.grpc_reconnect(exporter, watched.retire)
+        except Exception:
+            log.debug("labotel: a fresh gRPC channel before fork failed", exc_info=True)
 
 
 def _push_exports(providers: Providers) -> list[tuple[object, Any]]:
@@ -385,6 +407,10 @@ def _fresh_grpc_channels(providers: Providers) -> None:
     exporters += [getattr(processor, "span_exporter", None)
                   for processor in otel.span_processors(providers.tracer_provider)]
     for exporter in exporters:
+        watched = exporting.watch_of(exporter)
+        if watched is not None:  # channels retired at this fork: the parent closes them
+            _inherited_channels.extend(watched.retired)
+            watched.retired.clear()
         try:
             otel.grpc_reconnect(exporter, _inherited_channels.append)
         except Exception:

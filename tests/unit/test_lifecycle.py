@@ -200,6 +200,49 @@ def test_shutdown_does_not_wait_out_its_timeout_for_a_collector_that_refused_the
             assert not thread.is_alive(), thread.name
 
 
+def on_closed_channel(channel) -> bool:
+    """True if ``channel`` is closed (grpc refuses to start a call on a closed channel)."""
+    try:
+        channel.unary_unary("/probe.Probe/Probe")(b"", timeout=0.01)
+    except ValueError:
+        return True
+    except Exception:  # any RPC error: the channel was open
+        return False
+    return False
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_gives_exporters_of_a_failing_grpc_collector_fresh_channels(refusing_collector):
+    """A channel that has been failing to connect is not carried into fork (gRPC's own fork
+    handler stalled the whole process on one, see sdk._quiet_failing_grpc_channels): each
+    exporter gets a fresh channel, and the old one is closed on the export thread."""
+    from labotel import exporting, sdk
+
+    monitor = refusing_collector
+    monitor.reporter.report(Detection(kind="memory_leak", summary="a span to export"))
+    assert wait_for_outcomes(monitor, lambda outcomes: outcomes == [False, False]) == [
+        False, False]
+    exporters = sdk._owned_exporters(monitor.providers)
+    before = [exporter._channel for exporter in exporters]
+    pid = os.fork()
+    if pid == 0:  # the child: the retired channels are the parent's to close, never its own
+        retired = sum(len(exporting.watch_of(e).retired) for e in exporters)
+        os._exit(0 if retired == 0 and all(ch in sdk._inherited_channels for ch in before)
+                 else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    after = [exporter._channel for exporter in exporters]
+    assert all(new is not old for new, old in zip(after, before, strict=True))
+    watches = [exporting.watch_of(exporter) for exporter in exporters]
+    assert [watch.retired for watch in watches] == [[old] for old in before]
+    assert not any(on_closed_channel(old) for old in before)  # not closed inside fork
+    monitor.reporter.report(Detection(kind="memory_leak", summary="a span after fork"))
+    give_up = time.monotonic() + 20  # both exporters' next export begins
+    while time.monotonic() < give_up and any(watch.retired for watch in watches):
+        time.sleep(0.1)
+    assert [watch.retired for watch in watches] == [[], []]
+    assert all(on_closed_channel(old) for old in before)
+
+
 def test_an_exporter_that_never_exported_does_not_keep_shutdown_waiting(refusing_collector):
     """Only metrics are exported (no detection, so no span): the metric exporter's
     failures are enough to know the collector is down."""
