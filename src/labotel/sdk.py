@@ -269,6 +269,7 @@ def process_identity(parent_pid: int | None = None) -> dict[str, object]:
 # lock while it runs every observable callback; a copy locked at fork stays locked forever).
 _held_for_fork: list = []
 _collection_missed_at_fork: list = []  # the collection lock, when it was busy at fork
+_retired_at_fork: list = []  # export watches whose gRPC channel was swapped before fork
 FORK_COLLECTION_WAIT = 0.005  # a collection takes a millisecond or two
 
 
@@ -305,7 +306,7 @@ def _quiet_failing_grpc_channels(providers: Providers) -> None:
     With a channel that had been failing to connect, gRPC's own fork handler (it runs
     inside ``fork()``, where the GIL is held) stopped the whole process for 0.3–1.2 s about
     once in 300 s of forks every 2 s (``bench/harm.py``, gRPC scenarios); with fresh
-    channels, never in four such runs. A swap costs ~0.7 ms; closing the old channel at
+    channels, never in eight such runs. A swap costs ~0.7 ms; closing the old channel at
     fork cost ~11 ms more, so it waits for the exporter's next export.
     """
     for exporter in _owned_exporters(providers):
@@ -316,6 +317,7 @@ def _quiet_failing_grpc_channels(providers: Providers) -> None:
             otel.grpc_reconnect(exporter, watched.retire)
         except Exception:
             log.debug("labotel: a fresh gRPC channel before fork failed", exc_info=True)
+        _retired_at_fork.append(watched)
 
 
 def _push_exports(providers: Providers) -> list[tuple[object, Any]]:
@@ -366,6 +368,11 @@ def _export_threads(providers: Providers) -> list[threading.Thread]:
 def release_collection_after_fork(in_child: bool = False) -> None:
     while _held_for_fork:
         _held_for_fork.pop().release()
+    while _retired_at_fork:
+        watched = _retired_at_fork.pop()
+        if in_child:  # the parent's channels: never closed (nor finalized) in the child
+            _inherited_channels.extend(watched.retired)
+            watched.retired.clear()
     while _collection_missed_at_fork:
         meter_provider = _collection_missed_at_fork.pop()
         if in_child:  # the parent's collection holds the copy of the lock: a fresh one
@@ -407,10 +414,6 @@ def _fresh_grpc_channels(providers: Providers) -> None:
     exporters += [getattr(processor, "span_exporter", None)
                   for processor in otel.span_processors(providers.tracer_provider)]
     for exporter in exporters:
-        watched = exporting.watch_of(exporter)
-        if watched is not None:  # channels retired at this fork: the parent closes them
-            _inherited_channels.extend(watched.retired)
-            watched.retired.clear()
         try:
             otel.grpc_reconnect(exporter, _inherited_channels.append)
         except Exception:
