@@ -26,8 +26,12 @@ Printed per scenario:
     uv run python bench/harm.py --only fork_storm     # one scenario (repeatable option)
     uv run python bench/harm.py --list
     uv run python bench/harm.py --json out.json       # also write the results
+    uv run python bench/harm.py --control             # each scenario again, labotel off
 
-The machine's other load shows up in the worst window: run it more than once.
+The machine's other load shows up in the worst window: run it more than once. The
+``(off)`` column is the worst of 2 x baseline windows, far fewer than the run's; ``--control``
+runs each scenario a second time, as long, with labotel never started, so the worst window
+it prints is the machine's own over the same number of windows.
 """
 
 from __future__ import annotations
@@ -228,14 +232,55 @@ def consistent_state() -> dict[str, Any]:
             and threads == running}
 
 
-def run_scenario(name: str, seconds: float, baseline_seconds: float) -> dict[str, Any]:
+def _labotel_phase(scenario: Any, ctx: Any, seconds: float,
+                   result: dict[str, Any]) -> tuple[float, float]:
+    """labotel on for ``seconds`` with the scenario's faults, then shut down; returns when
+    the windows that count begin and end."""
+    import labotel
+
+    options = {"admin_address": "127.0.0.1:0", **scenario.options()}
+    start_began = time.monotonic()
+    monitor = labotel.start(**options)
+    # windows are counted from here: start() is the app's own call (its imports and,
+    # with race detection, its lock adoption), reported apart as start_s
+    on_began = time.monotonic()
+    result["start_s"] = on_began - start_began
+    ctx.monitor_url = monitor.admin_url
+    scenario.labotel_side(ctx)
+    time.sleep(seconds)
+    ctx.labotel_stop.set()
+    for thread in ctx.threads:
+        if thread.name.startswith(("app-poll", "app-storm")):
+            thread.join(30)
+    result["final_state"] = consistent_state()
+    current = labotel.monitor.current() or monitor
+    result["labotel"] = monitor_figures(current)
+    timeout = current.settings.shutdown_timeout
+    shutdown_began = time.monotonic()
+    labotel.shutdown()
+    result["shutdown_s"] = time.monotonic() - shutdown_began
+    result["shutdown_limit_s"] = timeout + 0.2
+    on_ended = time.monotonic()
+    time.sleep(0.5)  # threads that end right after shutdown returned are not "left"
+    result["threads_left"] = labotel_threads()
+    return on_began, on_ended
+
+
+def _control_phase(seconds: float) -> dict[str, Any]:
+    on_began = time.monotonic()
+    time.sleep(seconds)
+    return {"on_began": on_began, "on_ended": time.monotonic(), "threads_left": []}
+
+
+def run_scenario(name: str, seconds: float, baseline_seconds: float,
+                 control: bool = False) -> dict[str, Any]:
     from bench import harm_scenarios
 
     scenario = harm_scenarios.REGISTRY[name]()
     ctx = harm_scenarios.Context()
     workload = Workload(ctx)
     probes = Probes(scenario.fork_every)
-    result: dict[str, Any] = {"scenario": name, "seconds": seconds}
+    result: dict[str, Any] = {"scenario": name, "seconds": seconds, "control": control}
     import labotel
 
     # labotel's modules load on first use: load them before the probe thread starts forking,
@@ -252,31 +297,12 @@ def run_scenario(name: str, seconds: float, baseline_seconds: float) -> dict[str
         before = (before[0], time.monotonic())
 
         rss_at_start = probes.current_rss()
-        options = {"admin_address": "127.0.0.1:0", **scenario.options()}
-        start_began = time.monotonic()
-        monitor = labotel.start(**options)
-        # windows are counted from here: start() is the app's own call (its imports and,
-        # with race detection, its lock adoption), reported apart as start_s
-        on_began = time.monotonic()
-        result["start_s"] = on_began - start_began
-        ctx.monitor_url = monitor.admin_url
-        scenario.labotel_side(ctx)
-        time.sleep(seconds)
-        ctx.labotel_stop.set()
-        for thread in ctx.threads:
-            if thread.name.startswith(("app-poll", "app-storm")):
-                thread.join(30)
-        result["final_state"] = consistent_state()
-        current = labotel.monitor.current() or monitor
-        result["labotel"] = monitor_figures(current)
-        timeout = current.settings.shutdown_timeout
-        shutdown_began = time.monotonic()
-        labotel.shutdown()
-        result["shutdown_s"] = time.monotonic() - shutdown_began
-        result["shutdown_limit_s"] = timeout + 0.2
-        on_ended = time.monotonic()
-        time.sleep(0.5)  # threads that end right after shutdown returned are not "left"
-        result["threads_left"] = labotel_threads()
+        if control:  # the same run with labotel left off: the machine's noise, same length
+            phase = _control_phase(seconds)
+            on_began, on_ended = phase.pop("on_began"), phase.pop("on_ended")
+            result.update(phase)
+        else:
+            on_began, on_ended = _labotel_phase(scenario, ctx, seconds, result)
 
         after_began = time.monotonic()
         time.sleep(baseline_seconds)
@@ -320,10 +346,13 @@ def run_scenario(name: str, seconds: float, baseline_seconds: float) -> dict[str
 
 
 # -- the runner -----------------------------------------------------------------------------
-def run_child(name: str, seconds: float, baseline: float, timeout: float) -> dict[str, Any]:
+def run_child(name: str, seconds: float, baseline: float, timeout: float,
+              control: bool = False) -> dict[str, Any]:
     """Run one scenario in a fresh interpreter; a hang dumps every thread's stack."""
     command = [sys.executable, os.path.abspath(__file__), "--child", name,
                "--seconds", str(seconds), "--baseline", str(baseline)]
+    if control:
+        command.append("--control")
     began = time.monotonic()
     try:
         process = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 30)
@@ -356,6 +385,12 @@ def print_table(results: list[dict[str, Any]]) -> None:
             continue
         rss = r["rss_growth_mb"] - r["app_kept_mb"]
         fork = f"{_fmt(r['fork_ms_median'], '.1f')}/{_fmt(r['fork_ms_max'], '.1f')}"
+        if r.get("control"):  # labotel was never on: only the throughput columns mean much
+            print(f"{'  (control, labotel off)':28} {_fmt(r['worst_window_ratio'], '.2f'):>8} "
+                  f"{_fmt(r['median_window_ratio'], '.2f'):>7} "
+                  f"{_fmt(r.get('worst_window_ratio_off'), '.2f'):>6} {'-':>5} {rss:7.1f} "
+                  f"{fork:>13} {'-':>11} {r['app_errors']:>6}  -")
+            continue
         shutdown = f"{r['shutdown_s']:.2f}/{r['shutdown_limit_s']:.1f}"
         print(f"{r['scenario']:28} {_fmt(r['worst_window_ratio'], '.2f'):>8} "
               f"{_fmt(r['median_window_ratio'], '.2f'):>7} "
@@ -384,13 +419,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this scenario (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the scenarios")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--control", action="store_true",
+                        help="after each scenario, run it again with labotel left off for "
+                             "as long: the machine's own worst window over the same length")
     parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     baseline = args.baseline if args.baseline is not None else min(max(args.seconds / 10, 2), 15)
 
     if args.child:
         faulthandler.dump_traceback_later(args.seconds + 2 * baseline + 60, exit=True)
-        print(json.dumps(run_scenario(args.child, args.seconds, baseline)), flush=True)
+        print(json.dumps(run_scenario(args.child, args.seconds, baseline, args.control)),
+              flush=True)
         os._exit(0)  # a stuck daemon thread must not keep the child alive
     if args.list:
         for name, cls in harm_scenarios.REGISTRY.items():
@@ -404,7 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"running {name} ({args.seconds:g} s + 2 x {baseline:g} s baseline)...",
               file=sys.stderr, flush=True)
-        results.append(run_child(name, args.seconds, baseline, args.seconds + 2 * baseline + 60))
+        limit = args.seconds + 2 * baseline + 60
+        results.append(run_child(name, args.seconds, baseline, limit))
+        if args.control:
+            print(f"running {name} with labotel off (control)...", file=sys.stderr, flush=True)
+            results.append(run_child(name, args.seconds, baseline, limit, control=True))
     print_table(results)
     if args.json:
         with open(args.json, "w") as out:
