@@ -1,0 +1,105 @@
+"""Parent-side ``os.fork()`` latency with labotel off, and on with OTLP over HTTP and gRPC.
+
+Each case runs in a process of its own: two threads of ordinary Python work keep the GIL
+busy (as a pre-fork server's master rarely is, so this is the hard case), labotel starts
+(race detection on, the collector's port refusing connections), and the main thread forks
+``--forks`` times, 50 ms apart; each child exits at once. Printed per case: median, p90,
+p99 and max in ms, and where the time went (Python fork hooks before, the ``fork()`` call
+itself with the C libraries' own fork handlers, hooks after), with the median's ratio to
+labotel off in the same run.
+
+    uv run python bench/fork_latency.py [--forks 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CASES = {"off": None, "on, OTLP/HTTP": "http/protobuf", "on, OTLP/gRPC": "grpc"}
+PARTS = ("python hooks before", "fork() and C handlers", "python hooks after")
+
+
+def child(protocol: str | None, forks: int) -> dict[str, list[float]]:
+    marks: dict[str, float] = {}
+    # registered first: the last hook before fork() and the first after it in the parent
+    os.register_at_fork(before=lambda: marks.__setitem__("before", time.perf_counter()),
+                        after_in_parent=lambda: marks.__setitem__("after", time.perf_counter()))
+    from bench.harm import unit_of_work
+
+    stop = threading.Event()
+
+    def work() -> None:
+        i = 0
+        while not stop.is_set():
+            unit_of_work(i)
+            i += 1
+
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    if protocol is not None:
+        os.environ.update({
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{refused.getsockname()[1]}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_TRACES_EXPORTER": "otlp"})
+        import labotel
+
+        labotel.start(admin_address="", race_detection=True, metric_export_interval=1.0)
+    for _ in range(2):
+        threading.Thread(target=work, daemon=True).start()
+    time.sleep(3)  # the first exports have failed: the collector is known to be down
+    times: dict[str, list[float]] = {"total": [], **{part: [] for part in PARTS}}
+    for _ in range(forks):
+        time.sleep(0.05)
+        began = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        ended = time.perf_counter()
+        os.waitpid(pid, 0)
+        times["total"].append(ended - began)
+        for part, value in zip(PARTS, (marks["before"] - began, marks["after"] - marks["before"],
+                                       ended - marks["after"]), strict=True):
+            times[part].append(value)
+    stop.set()
+    return times
+
+
+def quantiles(values: list[float]) -> list[float]:
+    ordered = sorted(values)
+    return [ordered[int(q * (len(ordered) - 1))] * 1e3 for q in (0.5, 0.9, 0.99, 1.0)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--forks", type=int, default=200)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(CASES[args.child], args.forks)), flush=True)
+        os._exit(0)
+    results = {}
+    for name in CASES:
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name,
+                               "--forks", str(args.forks)], capture_output=True, text=True,
+                              timeout=args.forks * 0.2 + 120)
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    base = quantiles(results["off"]["total"])[0]
+    print(f"{'fork() in the parent, ms':34} {'median':>7} {'p90':>7} {'p99':>7} {'max':>7}"
+          "  median ratio to off")
+    for name, times in results.items():
+        median, p90, p99, worst = quantiles(times["total"])
+        print(f"{name:34} {median:7.2f} {p90:7.2f} {p99:7.2f} {worst:7.2f}  {median / base:.2f}")
+        for part in PARTS:
+            print(f"  {part:32} " + " ".join(f"{v:7.2f}" for v in quantiles(times[part])))
+
+
+if __name__ == "__main__":
+    main()
