@@ -15,6 +15,7 @@ class Account:
         self.conn = None
         self.stop = False
         self.connects = 0
+        self.cursor = None
 
     def deposit(self, amount):
         self.balance += amount
@@ -39,6 +40,19 @@ class Account:
 
     def ignored_deposit(self, amount):
         self.balance += amount  # labotel: ignore-race
+
+    def open_once(self, make):
+        if self.conn is None:
+            with make() as self.conn:  # the `with` target stores self.conn
+                pass
+
+    def scan_once(self, items):
+        if self.cursor is None:
+            for self.cursor in items:  # the `for` target stores self.cursor
+                pass
+
+    def reset_cursor(self):
+        self.cursor = None
 
 
 class Slotted:
@@ -170,3 +184,15 @@ def drop_attribute(obj):
 
 def bump_module_counter(module):
     module.hits += 1
+
+
+def keep_first(items, n):
+    items[:] = items[:n]  # a slice read, then a slice write: the whole list
+
+
+def drop_first(items):
+    del items[:1]  # a slice delete: a write of the whole list
+
+
+def copy_items(items):
+    return items[1:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import importlib
 import logging
 import queue
@@ -137,6 +138,32 @@ def test_deletes_are_atomic_writes_and_check_then_delete_races(programs):
     sequenced(lambda: programs.drop_if_present(shared, "k"),
               lambda: programs.store_item(shared, "k", 2))
     assert races_named("d['k']#")
+
+
+def test_slices_of_a_list_are_reads_and_writes_of_the_whole_list(programs):
+    shared = [1, 2, 3]
+    sequenced(lambda: programs.copy_items(shared),
+              lambda: programs.append_result(shared, 9))
+    sequenced(lambda: programs.drop_first(shared),
+              lambda: programs.append_result(shared, 9))
+    assert_silent()  # one slice read, one slice delete: single operations
+    assert shared == [2, 3, 9, 9]
+    sequenced(lambda: programs.keep_first(shared, 2),
+              lambda: programs.append_result(shared, 9))
+    assert shared == [2, 3, 9]
+    assert races_named("results#"), [d.summary for d in races()]
+    assert any(d.attributes["labotel.race.previous.code.function"] == "keep_first"
+               and d.attributes["labotel.race.previous.labotel.race.access"]
+               == "read-modify-write" for d in races())
+
+
+def test_for_and_with_attribute_targets_are_writes(programs):
+    account = programs.Account()
+    sequenced(lambda: account.scan_once([1, 2]), account.reset_cursor)
+    assert races_named("Account.cursor#"), [d.summary for d in races()]
+    account = programs.Account()
+    sequenced(lambda: account.open_once(contextlib.nullcontext), account.close)
+    assert races_named("Account.conn#"), [d.summary for d in races()]
 
 
 def test_lazy_initialisation_is_reported(programs):

@@ -313,6 +313,32 @@ def ai(obj: Any, key: Any, op: int, value: Any, site: tuple) -> None:
         _write(obj, location, site, key)
 
 
+# --- slices: a read or write of a mutable sequence as a whole ----------------------------
+
+def _sequence(obj: Any) -> bool:
+    kind = type(obj)
+    return kind is list or kind is _deque or issubclass(kind, (list, _deque, bytearray))
+
+
+def gs(obj: Any, lower: Any, upper: Any, step: Any, site: tuple) -> Any:
+    value = obj[lower:upper:step]
+    if _detector is not None and _sequence(obj):
+        _read(obj, WHOLE)
+    return value
+
+
+def ss(value: Any, obj: Any, lower: Any, upper: Any, step: Any, site: tuple) -> None:
+    obj[lower:upper:step] = value
+    if _detector is not None and _sequence(obj):
+        _write(obj, WHOLE, site)
+
+
+def ds(obj: Any, lower: Any, upper: Any, step: Any, site: tuple) -> None:
+    del obj[lower:upper:step]
+    if _detector is not None and _sequence(obj):
+        _write(obj, WHOLE, site)
+
+
 def _keyed(container: Any) -> bool:
     """Membership in ``container`` is per key (mappings, sets), not the whole sequence."""
     kind = type(container)
@@ -423,5 +449,5 @@ def wg(name: str, site: tuple) -> None:
 
 FUNCTIONS = {PREFIX + name: function for name, function in (
     ("ga", ga), ("sa", sa), ("wa", wa), ("da", da), ("aa", aa), ("gi", gi), ("si", si),
-    ("di", di), ("ai", ai), ("in", isin), ("ln", ln), ("it", it), ("cm", cm), ("rg", rg),
-    ("wg", wg), ("schedules", schedules))}
+    ("di", di), ("ai", ai), ("gs", gs), ("ss", ss), ("ds", ds), ("in", isin), ("ln", ln),
+    ("it", it), ("cm", cm), ("rg", rg), ("wg", wg), ("schedules", schedules))}

@@ -346,6 +346,9 @@ class Rewriter(ast.NodeTransformer):
             return self._call("sa", [value, self.visit(target.value),
                                      ast.Constant(mangle(target.attr, self._class())), site],
                               statement)
+        if isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Slice):
+            return self._call("ss", [value, self.visit(target.value),
+                                     *self._bounds(target.slice), site], statement)
         if isinstance(target, ast.Subscript) and not self._sliced(target):
             return self._call("si", [value, self.visit(target.value), self.visit(target.slice),
                                      site], statement)
@@ -418,6 +421,9 @@ class Rewriter(ast.NodeTransformer):
                 call = self._call("da", [self.visit(target.value),
                                          ast.Constant(mangle(target.attr, self._class())),
                                          self._site(node)], node)
+            elif isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Slice):
+                call = self._call("ds", [self.visit(target.value), *self._bounds(target.slice),
+                                         self._site(node, _label(target.value))], node)
             elif isinstance(target, ast.Subscript) and not self._sliced(target):
                 call = self._call("di", [self.visit(target.value), self.visit(target.slice),
                                          self._site(node, _label(target.value))], node)
@@ -438,22 +444,29 @@ class Rewriter(ast.NodeTransformer):
             node.iter = (self._iterated(node.iter) if isinstance(node, ast.For)
                          else self.visit(node.iter))
             node.target = self._target(node.target)
-        node.body = self._loop_body(node.body)
+        target = None if isinstance(node, ast.While) else node.target
+        node.body = self._loop_body(node.body, target, node)
         node.orelse = self._statements(node.orelse)
         return node
 
     visit_For = visit_AsyncFor = visit_While = _loop
 
-    def _loop_body(self, body: list[ast.stmt]) -> list[ast.stmt]:
+    def _loop_body(self, body: list[ast.stmt], target: ast.AST | None = None,
+                   loop: ast.stmt | None = None) -> list[ast.stmt]:
         """A loop's body, kept twice like a function's: a worker's ``while True`` loop is
         one call of a function that never returns, so each iteration is scheduled on its
-        own. (Its ``global``/``nonlocal`` statements are lifted with the function's.)"""
+        own. (Its ``global``/``nonlocal`` statements are lifted with the function's.) A
+        ``for`` target that is an attribute or a tracked global is recorded as written at
+        the top of each iteration."""
+        def stored() -> list[ast.stmt]:
+            return self._after_store([target], loop) if target is not None and loop else []
+
         if len(self.own_sites) > MAX_COPIED_DEPTH:  # the function is not copied either
-            return self._statements(body)
+            return stored() + self._statements(body)
         original = copy.deepcopy(body)
         self.own_sites.append(0)
         try:
-            instrumented = self._statements(body)
+            instrumented = stored() + self._statements(body)
             own = self.own_sites[-1]
         finally:
             self.own_sites.pop()
@@ -461,6 +474,21 @@ class Rewriter(ast.NodeTransformer):
             return instrumented
         self.own_sites[-1] += own
         return [self._branch(instrumented, _PlainCopy(self).statements(original))]
+
+    def _with(self, node: ast.With | ast.AsyncWith) -> ast.AST:
+        """``with cm as self.conn:`` stores ``self.conn`` on entry: recorded as a write."""
+        if not self._in_function():
+            return self.generic_visit(node)
+        targets = []
+        for item in node.items:
+            item.context_expr = self.visit(item.context_expr)
+            if item.optional_vars is not None:
+                item.optional_vars = self._target(item.optional_vars)
+                targets.append(item.optional_vars)
+        node.body = self._after_store(targets, node) + self._statements(node.body)
+        return node
+
+    visit_With = visit_AsyncWith = _with
 
     def visit_match_case(self, node: ast.match_case) -> ast.AST:
         # patterns (`case Color.RED:`, `case Point(x=0):`) must stay names and constants
@@ -475,6 +503,11 @@ class Rewriter(ast.NodeTransformer):
         index = node.slice
         return isinstance(index, ast.Slice) or (
             isinstance(index, ast.Tuple) and any(isinstance(e, ast.Slice) for e in index.elts))
+
+    def _bounds(self, index: ast.Slice) -> list[ast.expr]:
+        """``a:b:c`` as three arguments (a slice is no expression of its own)."""
+        return [self.visit(part) if part is not None else ast.Constant(None)
+                for part in (index.lower, index.upper, index.step)]
 
     def _iterated(self, node: ast.expr) -> ast.expr:
         visited = self.visit(node)
@@ -501,6 +534,10 @@ class Rewriter(ast.NodeTransformer):
                                  self._site(node)], node)
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        if (self._in_function() and isinstance(node.ctx, ast.Load)
+                and isinstance(node.slice, ast.Slice)):
+            return self._call("gs", [self.visit(node.value), *self._bounds(node.slice),
+                                     self._site(node, _label(node.value))], node)
         if not self._in_function() or not isinstance(node.ctx, ast.Load) or self._sliced(node):
             return self.generic_visit(node)
         return self._call("gi", [self.visit(node.value), self.visit(node.slice),
