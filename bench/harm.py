@@ -266,10 +266,12 @@ def _labotel_phase(scenario: Any, ctx: Any, seconds: float,
     return on_began, on_ended
 
 
-def _control_phase(seconds: float) -> dict[str, Any]:
+def _control_phase(seconds: float, result: dict[str, Any]) -> tuple[float, float]:
+    """The same ``seconds`` with labotel never started."""
     on_began = time.monotonic()
     time.sleep(seconds)
-    return {"on_began": on_began, "on_ended": time.monotonic(), "threads_left": []}
+    result["threads_left"] = []
+    return on_began, time.monotonic()
 
 
 def run_scenario(name: str, seconds: float, baseline_seconds: float,
@@ -297,12 +299,9 @@ def run_scenario(name: str, seconds: float, baseline_seconds: float,
         before = (before[0], time.monotonic())
 
         rss_at_start = probes.current_rss()
-        if control:  # the same run with labotel left off: the machine's noise, same length
-            phase = _control_phase(seconds)
-            on_began, on_ended = phase.pop("on_began"), phase.pop("on_ended")
-            result.update(phase)
-        else:
-            on_began, on_ended = _labotel_phase(scenario, ctx, seconds, result)
+        # control: the same run with labotel left off, the machine's noise over as long
+        on_began, on_ended = (_control_phase(seconds, result) if control
+                              else _labotel_phase(scenario, ctx, seconds, result))
 
         after_began = time.monotonic()
         time.sleep(baseline_seconds)

@@ -444,22 +444,21 @@ class Rewriter(ast.NodeTransformer):
             node.iter = (self._iterated(node.iter) if isinstance(node, ast.For)
                          else self.visit(node.iter))
             node.target = self._target(node.target)
-        target = None if isinstance(node, ast.While) else node.target
-        node.body = self._loop_body(node.body, target, node)
+        node.body = self._loop_body(node.body, node)
         node.orelse = self._statements(node.orelse)
         return node
 
     visit_For = visit_AsyncFor = visit_While = _loop
 
-    def _loop_body(self, body: list[ast.stmt], target: ast.AST | None = None,
-                   loop: ast.stmt | None = None) -> list[ast.stmt]:
+    def _loop_body(self, body: list[ast.stmt],
+                   loop: ast.For | ast.AsyncFor | ast.While) -> list[ast.stmt]:
         """A loop's body, kept twice like a function's: a worker's ``while True`` loop is
         one call of a function that never returns, so each iteration is scheduled on its
         own. (Its ``global``/``nonlocal`` statements are lifted with the function's.) A
         ``for`` target that is an attribute or a tracked global is recorded as written at
         the top of each iteration."""
         def stored() -> list[ast.stmt]:
-            return self._after_store([target], loop) if target is not None and loop else []
+            return [] if isinstance(loop, ast.While) else self._after_store([loop.target], loop)
 
         if len(self.own_sites) > MAX_COPIED_DEPTH:  # the function is not copied either
             return stored() + self._statements(body)
