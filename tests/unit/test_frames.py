@@ -46,3 +46,18 @@ def test_the_demo_race_report_names_demo_lines():
     finally:
         broken.disable_all()
         labotel.shutdown()
+
+
+def test_a_race_fingerprint_names_the_sites_its_report_names():
+    """The fingerprint takes a cheaper path (no function names): it must agree with the
+    report on every kind of access, labotel's own frames skipped."""
+    def access(frames, location=None):
+        return (1, 1, None, True, location, frames, 0.0)
+
+    mine, labotel_code = access.__code__, race_report.fingerprint.__code__
+    cases = [access(((labotel_code, 5), (mine, 7))), access(((labotel_code, 5),)),
+             access(()), access(((mine, 7),)), access(((mine, 7),), "/srv/a.py:0012"),
+             access((), "no line"), access((), "C:\\srv\\a.py:3"), access((), "a.py:")]
+    for case in cases:
+        assert race_report._site_of(case) == race_report._site(race_report._where(case)), case
+    assert race_report._site_of(cases[0]) == f"{__file__}:7"

@@ -389,7 +389,8 @@ def test_a_finalizer_run_by_gc_inside_the_detector_does_not_deadlock():
     hung the whole process there (seen in the suite on 3.13; this program hung on 3.11,
     3.12 and 3.13 alike)."""
     script = textwrap.dedent("""
-        import gc, threading, labotel
+        import faulthandler, gc, sys, threading, labotel
+        faulthandler.dump_traceback_later(90, exit=True)  # a hang says where it hangs
         monitor = labotel.start(race_detection=True, admin_address="",
                                 runtime_metrics=False, leak_detection=False)
         detector = monitor.component("detect.races").detector

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,11 @@ class Reporter:
 
     def __init__(self, tracer: trace.Tracer, meter: metrics.Meter, buffer_size: int = 256):
         self._tracer = tracer
-        self._counter = meter.create_counter(
-            "labotel.detections", unit="{detection}",
+        # Summed here and observed at collection: a storm of hundreds of detections a
+        # second costs an increment each, not a trip through the SDK's aggregation.
+        self._counts: collections.Counter[str] = collections.Counter()
+        meter.create_observable_counter(
+            "labotel.detections", [self._observe_counts], unit="{detection}",
             description="Problems reported by labotel's detectors, by kind")
         self._errors = meter.create_counter(
             "labotel.internal.errors", unit="{error}",
@@ -234,9 +238,10 @@ class Reporter:
                                                  or self._buffer_bytes > BUFFER_BYTES):
                     self._buffer_bytes -= self._buffer.popleft().size()
             log_suppressed = self._suppressed_to_log()
+            if not self._closed:
+                self._counts[detection.kind] += 1
         if self._closed:
             return not detection.suppressed
-        self._counter.add(1, {"labotel.detection.kind": detection.kind})
         if log_suppressed:
             log.warning("labotel: %d more detections (%s) came faster than the report budget "
                         "(%g/s per kind): counted in labotel.detections, without a span or "
@@ -248,6 +253,11 @@ class Reporter:
             "%s", detection.message or detection.summary,
             extra={"labotel_detection": detection.kind})
         return True
+
+    def _observe_counts(self, _: CallbackOptions) -> list[Observation]:
+        with self._lock:
+            counts = list(self._counts.items())
+        return [Observation(count, {"labotel.detection.kind": kind}) for kind, count in counts]
 
     def _suppressed_to_log(self) -> tuple[int, str] | None:
         """(count, by kind) to log now, at most every SUPPRESSED_LOG_EVERY s (under lock)."""
