@@ -47,12 +47,15 @@ def source_line(marker: str, path: str = __file__) -> str:
     raise AssertionError(marker)
 
 
-def leak_records(stop: threading.Event, sink: list, per_tick: int = 100) -> None:
-    """About 1.2 MB/s: 1000 request records a second that nobody ever removes."""
+def leak_records(stop: threading.Event, sink: list) -> None:
+    """About 1.2 MB/s: 1000 request records a second that nobody ever removes, ten every
+    10 ms (as requests come: attribution traces in short bursts at random moments)."""
+    i = 0
     while not stop.is_set():
-        for i in range(per_tick):
+        for _ in range(10):
             sink.append({"id": i, "payload": "x" * 1000 + str(i)})  # LEAKING LINE
-        time.sleep(0.1)
+            i += 1
+        time.sleep(0.01)
 
 
 def run_in_background(*targets) -> tuple[threading.Event, list[threading.Thread]]:
@@ -178,6 +181,56 @@ def test_tracemalloc_already_running_is_left_running():
         assert tracemalloc.is_tracing()
     finally:
         tracemalloc.stop()
+
+
+def test_while_tracing_attribution_only_asks_for_tracebacks_and_a_bounded_number(
+        monkeypatch):
+    """tracemalloc slows every allocation while on: a burst must end when its tracebacks
+    are taken, not after the work of turning them into lines (under GIL contention each
+    millisecond of that kept tracing on for several)."""
+    from labotel.detect import attribution
+    from labotel.profile import heap
+
+    lines_worked_out_while_tracing: list[bool] = []
+    bursts: list[int] = []  # tracebacks asked for in each lease of tracemalloc
+    asked_while_tracing: list[bool] = []
+    real_application_frame = attribution.application_frame
+    real_get_object_traceback = tracemalloc.get_object_traceback
+    real_acquire = heap.acquire
+
+    def application_frame(frames):
+        lines_worked_out_while_tracing.append(tracemalloc.is_tracing())
+        return real_application_frame(frames)
+
+    def get_object_traceback(obj):
+        asked_while_tracing.append(tracemalloc.is_tracing())
+        bursts[-1] += 1
+        return real_get_object_traceback(obj)
+
+    def acquire(frames):
+        bursts.append(0)
+        return real_acquire(frames)
+
+    monkeypatch.setattr(heap, "acquire", acquire)
+    monkeypatch.setattr(attribution, "application_frame", application_frame)
+    monkeypatch.setattr(tracemalloc, "get_object_traceback", get_object_traceback)
+    assert not tracemalloc.is_tracing()
+    start()
+    # three growing lists: more new items (each with what it holds) than a burst asks about
+    sinks: list[list] = [[], [], []]
+    stop, threads = run_in_background(*[(leak_records, sink) for sink in sinks])
+    try:
+        assert wait_for(lambda: labotel.detections("memory_leak"), 60)
+    finally:
+        stop.set()
+    detection = labotel.detections("memory_leak")[0]
+    assert detection.attributes["labotel.leak.site"] == source_line("# LEAKING LINE"), (
+        detection.message)
+    assert lines_worked_out_while_tracing and not any(lines_worked_out_while_tracing)
+    assert asked_while_tracing and all(asked_while_tracing)
+    assert max(bursts) == attribution.TRACEBACKS_PER_BURST, bursts
+    for thread in threads:
+        thread.join(5)
 
 
 def test_cache_that_fills_then_plateaus_under_heavy_churn_raises_nothing():

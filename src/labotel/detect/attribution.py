@@ -7,12 +7,17 @@ slow the application much even then. On a thread of its own, for
 
 1. the containers are found by walking out from the application's roots
    (``detect.census``: no heap walk, paced to ``WALK_SHARE`` of the time);
-2. every ``PERIOD`` (1 s) a *burst* of tracing (tracemalloc on for ``BURST_SECONDS``,
-   0.05 s, then off again: it makes allocation-heavy code about three times slower while
-   on, so on for a twentieth of the time costs the application about 3% of any second) ends
-   with an observation: each container's length, and for those that grew, where their
-   newest items (and the objects those hold) were allocated
-   (``tracemalloc.get_object_traceback``);
+2. every one to two ``PERIOD``s (1 s), at random (a leak that appends on a timer must not
+   fall between bursts every time, and no second holds two bursts), a *burst* of tracing
+   (tracemalloc on for ``BURST_SECONDS``, 0.05 s, then off again: it makes
+   allocation-heavy code several times slower while on, so it is on for 3-5% of the time)
+   ends by asking where the
+   items added to the containers during the burst (and the objects those hold) were
+   allocated: ``tracemalloc.get_object_traceback``, at most ``TRACEBACKS_PER_BURST`` C
+   calls. Everything else waits until tracing is off again: with the application's
+   threads contending for the GIL, each millisecond of work done while tracing kept
+   tracemalloc on for several. Then, untraced, each container's length is recorded (an
+   observation) and the tracebacks are turned into application lines;
 3. at the end, the containers that grew at every observation are named with the lines
    that allocated their new items, their item types, and how they are held.
 
@@ -27,18 +32,21 @@ third of a second), and nothing is collected by ``gc.collect()`` here.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import linecache
 import logging
+import random
 import sys
 import threading
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from labotel.budget import Pacer, Stopped
 from labotel.detect import census as census_module
-from labotel.detect.census import Census, GrowingContainer, instance_dict, newest_items
+from labotel.detect.census import Census, Found, GrowingContainer, instance_dict, newest_items
 from labotel.detect.detection import Stack
 from labotel.frames import application_frame
 from labotel.profile import heap as tracer
@@ -49,13 +57,14 @@ FRAMES = 10  # deep enough to walk out of stdlib helpers to the application line
 TOP_SITES = 5
 TOP_TYPES = 8
 BURST_SECONDS = 0.05  # tracemalloc on, per burst...
-PERIOD = 1.0  # ...once a second: on 5% of the time
+PERIOD = 1.0  # ...beginning 1-2 periods after the last one began
 MIN_OBSERVATIONS = 3  # a container must rise through these to be named
 WALK_SHARE = 0.1  # of the time the container walk may take...
 WALK_TIME_SHARE = 0.25  # ...for at most this share of the attribution (it then watches
 MIN_WALK_SECONDS = 2.0  # the containers found so far: threads and the app's modules first)
 GROWN_LOOKED_AT = 5  # containers (the fastest growing) whose new items are traced back
 CONTENTS_LOOKED_AT = 8  # objects inside an item also traced back (a dict's values)
+TRACEBACKS_PER_BURST = 256  # get_object_traceback calls while tracemalloc is on
 MIN_SITE_SHARE = 0.02  # sites below 2% of the named growth are noise
 
 
@@ -110,6 +119,16 @@ class _Tally:
         self.item_bytes = 0  # their estimated sizes
 
 
+@dataclasses.dataclass
+class _TracedItem:
+    """A new item of a growing container, and where it and what it holds were allocated
+    (``None`` where tracemalloc was off at the time)."""
+
+    container_id: int
+    item: Any
+    tracebacks: list[tracemalloc.Traceback | None]
+
+
 class Attribution:
     """One bounded attribution: ``begin()``, then ``done()`` is polled, then ``finish()``
     (or ``abandon()``)."""
@@ -159,7 +178,11 @@ class Attribution:
             self._walking = None
             while not self._stop.is_set():
                 self._burst()
-                if self._stop.wait(max(0.0, PERIOD - BURST_SECONDS)):
+                # bursts begin 1-2 PERIODs apart, at random: in step with an application's
+                # timer they would see its appends always, or never; and no second holds
+                # two of them
+                gap = random.uniform(PERIOD - BURST_SECONDS, 2 * PERIOD - BURST_SECONDS)
+                if self._stop.wait(gap):
                     break
         except Stopped:
             pass
@@ -171,17 +194,23 @@ class Attribution:
             self._release()
 
     def _burst(self) -> None:
+        census = self._census
+        if census is None:
+            return
+        lengths = _length_readers(census)  # before tracing starts
         self._idle.clear()
         self._lease()
         began = time.monotonic()
+        traced: list[_TracedItem] = []
         try:
             if self._stop.wait(BURST_SECONDS):
                 return
-            self._observe()
+            traced = _trace_back_added(lengths)
         finally:
             self._release()
             self._idle.set()
             self.traced_seconds += time.monotonic() - began
+        self._observe(census, traced)
 
     def bytes(self) -> int:
         """labotel's own memory here: the walk's working set while it runs, then the
@@ -196,25 +225,19 @@ class Attribution:
         so tracemalloc's tables (freed when a burst ends) never show as growth."""
         self._idle.wait(timeout)
 
-    def _observe(self) -> None:
-        census = self._census
-        if census is None:
-            return
-        before = [found.sizes[-1] for found in census.containers]
+    def _observe(self, census: Census, traced: list[_TracedItem]) -> None:
+        """Untraced: record each container's length, and tally where the items traced back
+        in the burst were allocated."""
         census.observe()
         self.observations += 1
-        grown = sorted(((found.sizes[-1] - size, found) for size, found
-                        in zip(before, census.containers, strict=False)
-                        if found.sizes[-1] > size), key=lambda pair: pair[0], reverse=True)
-        for growth, found in grown[:GROWN_LOOKED_AT]:
-            tally = self._tallies.setdefault(id(found.container), _Tally())
-            for item in newest_items(found.container, min(growth, census_module.ITEM_SAMPLE)):
-                tally.sampled += 1
-                tally.item_bytes += approximate_size(item)
-                site, frames = allocation_site(item)
-                if site is not None:
-                    tally.sites[site] += 1
-                    tally.frames.setdefault(site, frames)
+        for entry in traced:
+            tally = self._tallies.setdefault(entry.container_id, _Tally())
+            tally.sampled += 1
+            tally.item_bytes += approximate_size(entry.item)
+            site, frames = allocation_site(entry.tracebacks, tally.frames)
+            if site is not None:
+                tally.sites[site] += 1
+                tally.frames.setdefault(site, frames)
 
     def _lease(self) -> None:
         with self._lease_lock:
@@ -292,6 +315,41 @@ class Attribution:
         self._tallies = {}
 
 
+# -- the burst's two ends ------------------------------------------------------------------
+_LengthReader = tuple[Found, Callable[[Any], int], int]  # (container, its __len__, length)
+
+
+def _length_readers(census: Census) -> list[_LengthReader]:
+    """Each watched container's built-in ``__len__`` and its length now."""
+    readers = []
+    for found in census.containers:
+        length = census_module.builtin_length_of(type(found.container))
+        if length is not None:
+            readers.append((found, length, length(found.container)))
+    return readers
+
+
+def _trace_back_added(lengths: list[_LengthReader]) -> list[_TracedItem]:
+    """While tracing: where the items added since ``lengths`` were read (the burst's own,
+    so tracemalloc saw them allocated) and what they hold were allocated, for the
+    containers that grew most. Built-in reads and C calls only, at most
+    ``TRACEBACKS_PER_BURST`` tracebacks."""
+    added = [(length(found.container) - before, found) for found, length, before in lengths]
+    grown = heapq.nlargest(GROWN_LOOKED_AT, (pair for pair in added if pair[0] > 0),
+                           key=lambda pair: pair[0])
+    traced: list[_TracedItem] = []
+    budget = TRACEBACKS_PER_BURST
+    for growth, found in grown:
+        for item in newest_items(found.container, min(growth, census_module.ITEM_SAMPLE)):
+            if budget <= 0:
+                return traced
+            objects = [item, *_contents(item)][:budget]
+            budget -= len(objects)
+            traced.append(_TracedItem(id(found.container), item, [
+                tracemalloc.get_object_traceback(obj) for obj in objects]))
+    return traced
+
+
 # -- what an item is, and where it was allocated ------------------------------------------
 _SMALL = (str, bytes, bytearray, int, float)
 
@@ -309,21 +367,25 @@ def _contents(item: Any) -> list[Any]:
     return list(dict.values(namespace))[:CONTENTS_LOOKED_AT] if namespace else []
 
 
-def allocation_site(item: Any) -> tuple[str | None, tuple[tuple[str, int, str], ...]]:
-    """The application line that allocated ``item`` (or, if it came from a free list or
-    was allocated while nothing traced, the objects it holds), by majority."""
+def allocation_site(tracebacks: list[tracemalloc.Traceback | None],
+                    known: dict[str, tuple[tuple[str, int, str], ...]] | None = None,
+                    ) -> tuple[str | None, tuple[tuple[str, int, str], ...]]:
+    """The application line that allocated an item (or, if it came from a free list or
+    was allocated while nothing traced, the objects it holds), by majority of the
+    ``tracebacks`` of the item and its contents. The source lines of a site already in
+    ``known`` are not read again."""
     votes: Counter[str] = Counter()
     frames_of: dict[str, tuple[tuple[str, int, str], ...]] = {}
-    for obj in [item, *_contents(item)]:
-        traceback = tracemalloc.get_object_traceback(obj)
+    for traceback in tracebacks:
         if not traceback:
             continue
         frames = tuple((frame.filename, frame.lineno, "") for frame in reversed(traceback))
         index = application_frame(frames)
         site = f"{frames[index][0]}:{frames[index][1]}"
         votes[site] += 1
-        frames_of.setdefault(site, tuple((f, ln, _source(f, ln))
-                                         for f, ln, _ in frames[index:index + 6]))
+        if site not in frames_of:
+            frames_of[site] = (known or {}).get(site) or tuple(
+                (f, ln, _source(f, ln)) for f, ln, _ in frames[index:index + 6])
     if not votes:
         return None, ()
     site = votes.most_common(1)[0][0]

@@ -38,6 +38,7 @@ import sys
 import threading
 import types
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from labotel import frames
@@ -92,8 +93,15 @@ def _lookup(kind: type, name: str) -> Any:
 
 def builtin_len(obj: Any) -> int | None:
     """``len(obj)`` when ``len`` is the built-in one (never the application's)."""
-    length = _lookup(type(obj), "__len__")
-    return length(obj) if length in _BUILTIN_LEN else None
+    length = builtin_length_of(type(obj))
+    return None if length is None else length(obj)
+
+
+def builtin_length_of(kind: type) -> Callable[[Any], int] | None:
+    """The built-in ``__len__`` of ``kind`` (a C method: calling it runs no application
+    code), or None."""
+    length = _lookup(kind, "__len__")
+    return length if length in _BUILTIN_LEN else None
 
 
 @dataclasses.dataclass
