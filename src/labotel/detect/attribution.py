@@ -8,16 +8,16 @@ slow the application much even then. On a thread of its own, for
 1. the containers are found by walking out from the application's roots
    (``detect.census``: no heap walk, paced to ``WALK_SHARE`` of the time);
 2. every one to two ``PERIOD``s (1 s), at random (a leak that appends on a timer must not
-   fall between bursts every time, and no second holds two bursts), a *burst* of tracing
-   (tracemalloc on for ``BURST_SECONDS``, 0.05 s, then off again: it makes
-   allocation-heavy code several times slower while on, so it is on for 3-5% of the time)
-   ends by asking where the
-   items added to the containers during the burst (and the objects those hold) were
-   allocated: ``tracemalloc.get_object_traceback``, at most ``TRACEBACKS_PER_BURST`` C
-   calls. Everything else waits until tracing is off again: with the application's
-   threads contending for the GIL, each millisecond of work done while tracing kept
-   tracemalloc on for several. Then, untraced, each container's length is recorded (an
-   observation) and the tracebacks are turned into application lines;
+   fall between bursts every time, and no second holds two bursts), a *burst* of tracing:
+   tracemalloc on for ``BURST_SECONDS`` (0.05 s), then off again. With ``FRAMES`` frames
+   it makes allocation-heavy code about ten times slower while on (3-4x with one), so it
+   is on for 3-5% of the time. A burst ends by asking where the items added to the
+   containers during it (and the objects those hold) were allocated:
+   ``tracemalloc.get_object_traceback``, at most ``TRACEBACKS_PER_BURST`` C calls.
+   Everything else waits until tracing is off again: with the application's threads
+   contending for the GIL, each millisecond of work done while tracing kept tracemalloc on
+   for several. Then, untraced, each container's length is recorded (an observation) and
+   the tracebacks are turned into application lines;
 3. at the end, the containers that grew at every observation are named with the lines
    that allocated their new items, their item types, and how they are held.
 
