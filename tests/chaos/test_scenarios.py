@@ -44,3 +44,19 @@ def test_scenario_does_not_hurt_the_application(name):
     check = EXTRA_CHECKS.get(name)
     if check is not None:
         assert check(result), result
+
+
+def test_the_diagnosis_times_labotels_steps_in_a_scenario():
+    """``bench/harm_diagnose.py`` wraps labotel's own step methods: it must still find
+    them, and see attribution's walk and bursts in the scenario made for them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "bench" / "harm_diagnose.py"
+    done = subprocess.run([sys.executable, str(script), "leak_attribution", "--seconds", "8",
+                           "--baseline", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "windows under 0.85" in done.stdout
+    for step in ("sample", "census walk", "trace back", "TRACING"):
+        assert f"  {step} " in done.stdout, (step, done.stdout[-3000:])
