@@ -4,7 +4,7 @@
 one scenario in this process (a baseline with labotel off, then on) with timers on
 labotel's background steps (memory samples and their collections, attribution's census
 walk, bursts and observations, tracemalloc leases), garbage-collection callbacks, and the
-CPU of every thread read from ``/proc`` every 100 ms. It prints each aligned 1-second
+CPU of labotel's threads read from ``/proc`` every 100 ms. It prints each aligned 1-second
 window's throughput (as a ratio of the baseline median) with the steps that overlapped
 it, the lowest windows in 100 ms buckets, and each step's CPU per call.
 
@@ -12,7 +12,8 @@ it, the lowest windows in 100 ms buckets, and each step's CPU per call.
 
 The timers wrap private methods of labotel's own classes: a renamed one is named in the
 error. The timers and the sampler cost a little themselves, so the ratios here run a few
-percent under ``harm.py``'s.
+percent under ``harm.py``'s, and their records grow (about 1 MB a minute): in a scenario
+with leak detection's default rate that can start an attribution ``harm.py`` would not.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from labotel.detect import attribution, census, memory  # noqa: E402
 from labotel.profile import heap  # noqa: E402
 
 LOW = 0.85  # windows under this ratio are listed as low
+# Collections shorter than this are not recorded: hundreds a second, they would make this
+# tool's own records grow fast enough for labotel to attribute them as a leak.
+GC_RECORDED = 0.001
 Event = tuple[str, float, float]  # (step, began, ended), time.monotonic()
 
 
@@ -91,7 +95,7 @@ class Timers:
         now = time.monotonic()
         if phase == "start":
             self._gc_began = now
-        else:
+        elif now - self._gc_began >= GC_RECORDED:
             self.events.append((f"gc{info['generation']}", self._gc_began, now))
 
     def overlap(self, begin: float, end: float) -> dict[str, float]:
@@ -105,7 +109,7 @@ class Timers:
 
 
 class ThreadCPU:
-    """Every thread's CPU seconds, read from /proc every 100 ms."""
+    """labotel's threads' CPU seconds, read from /proc every 100 ms."""
 
     def __init__(self) -> None:
         self.readings: list[tuple[float, dict[str, float]]] = []
@@ -116,7 +120,7 @@ class ThreadCPU:
 
     def _run(self) -> None:
         while not self.stop.wait(0.1):
-            self.readings.append((time.monotonic(), _threads_cpu()))
+            self.readings.append((time.monotonic(), _threads_cpu(_labotel_thread)))
 
     def used(self, begin: float, end: float, names: Callable[[str], bool]) -> dict[str, float]:
         """CPU seconds each matching thread used between the readings nearest the ends."""
@@ -126,10 +130,10 @@ class ThreadCPU:
                 if names(name) and after[name] > before.get(name, 0.0)}
 
 
-def _threads_cpu() -> dict[str, float]:
+def _threads_cpu(names: Callable[[str], bool]) -> dict[str, float]:
     result = {}
     for thread in threading.enumerate():
-        if thread.native_id is None:
+        if thread.native_id is None or not names(thread.name):
             continue
         try:
             with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
@@ -169,6 +173,7 @@ def run(name: str, seconds: float, baseline: float) -> None:
     on_began = time.monotonic()
     time.sleep(seconds)
     ctx.labotel_stop.set()
+    figures = harm.monitor_figures(monitor)
     labotel.shutdown()
     cpu.stop.set()
     ctx.app_stop.set()
@@ -182,7 +187,9 @@ def run(name: str, seconds: float, baseline: float) -> None:
     for k in range(0, len(buckets) - 9, 10):
         began = work.origin + (first + k) * harm.BUCKET
         windows.append((began, sum(buckets[k:k + 10]) / median))
-    print(f"{name}: {seconds:.0f} s on, baseline median {median:.0f} units/s\n")
+    records = len(timers.events) * 120 + len(cpu.readings) * 600  # bytes, roughly
+    print(f"{name}: {seconds:.0f} s on, baseline median {median:.0f} units/s; labotel: "
+          f"{figures.get('memory_detector')}; this tool's records ~{records / 1e6:.1f} MB\n")
     for began, ratio in windows:
         threads = cpu.used(began, began + 1.0, _labotel_thread)
         mark = "LOW" if ratio < LOW else "   "
