@@ -228,6 +228,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--baseline", type=float, default=15.0)
     args = parser.parse_args()
+    if args.baseline < 3:
+        parser.error("--baseline must be at least 3 seconds (its first second is warm-up)")
+    if args.seconds < 2:
+        parser.error("--seconds must be at least 2")
     run(args.scenario, args.seconds, args.baseline)
 
 
