@@ -334,9 +334,10 @@ def _trace_back_added(lengths: list[_LengthReader]) -> list[_TracedItem]:
     so tracemalloc saw them allocated) and what they hold were allocated, for the
     containers that grew most. Built-in reads and C calls only, at most
     ``TRACEBACKS_PER_BURST`` tracebacks."""
-    added = [(length(found.container) - before, found) for found, length, before in lengths]
-    grown = heapq.nlargest(GROWN_LOOKED_AT, (pair for pair in added if pair[0] > 0),
-                           key=lambda pair: pair[0])
+    # a generator: while tracing, every object allocated here costs a traceback too
+    grown = heapq.nlargest(GROWN_LOOKED_AT, (
+        (growth, found) for found, length, before in lengths
+        if (growth := length(found.container) - before) > 0), key=lambda pair: pair[0])
     traced: list[_TracedItem] = []
     budget = TRACEBACKS_PER_BURST
     for growth, found in grown:
