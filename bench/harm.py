@@ -109,9 +109,9 @@ class Workload:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def labotel_cpu_seconds() -> float:
-    """CPU seconds used so far by labotel's (and the OTel SDK's) own threads."""
-    total = 0.0
+def labotel_threads_cpu() -> list[tuple[str, float]]:
+    """(name, CPU seconds so far) of each of labotel's (and the OTel SDK's) own threads."""
+    used = []
     for thread in threading.enumerate():
         if not thread.name.startswith(("labotel", "Otel")) or thread.native_id is None:
             continue
@@ -120,8 +120,13 @@ def labotel_cpu_seconds() -> float:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended meanwhile
             continue
-        total += (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-    return total
+        used.append((thread.name, (int(fields[11]) + int(fields[12])) / TICK))  # utime + stime
+    return used
+
+
+def labotel_cpu_seconds() -> float:
+    """CPU seconds used so far by labotel's (and the OTel SDK's) own threads."""
+    return sum(seconds for _, seconds in labotel_threads_cpu())
 
 
 class Probes:

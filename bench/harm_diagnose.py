@@ -26,7 +26,6 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -120,32 +119,22 @@ class ThreadCPU:
 
     def _run(self) -> None:
         while not self.stop.wait(0.1):
-            self.readings.append((time.monotonic(), _threads_cpu(_labotel_thread)))
+            self.readings.append((time.monotonic(), _threads_cpu()))
 
-    def used(self, begin: float, end: float, names: Callable[[str], bool]) -> dict[str, float]:
-        """CPU seconds each matching thread used between the readings nearest the ends."""
+    def used(self, begin: float, end: float) -> dict[str, float]:
+        """CPU seconds each thread used between the readings nearest the ends."""
         before = min(self.readings, key=lambda r: abs(r[0] - begin))[1]
         after = min(self.readings, key=lambda r: abs(r[0] - end))[1]
         return {name: after[name] - before.get(name, 0.0) for name in after
-                if names(name) and after[name] > before.get(name, 0.0)}
+                if after[name] > before.get(name, 0.0)}
 
 
-def _threads_cpu(names: Callable[[str], bool]) -> dict[str, float]:
-    result = {}
-    for thread in threading.enumerate():
-        if thread.native_id is None or not names(thread.name):
-            continue
-        try:
-            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        result[thread.name] = (int(fields[11]) + int(fields[12])) / harm.TICK
-    return result
-
-
-def _labotel_thread(name: str) -> bool:
-    return name.startswith(("labotel", "Otel"))
+def _threads_cpu() -> dict[str, float]:
+    """labotel's threads' CPU seconds so far, by name (threads of one name summed)."""
+    by_name: dict[str, float] = collections.defaultdict(float)
+    for name, seconds in harm.labotel_threads_cpu():
+        by_name[name] += seconds
+    return by_name
 
 
 def _describe(steps: dict[str, float]) -> str:
@@ -191,7 +180,7 @@ def run(name: str, seconds: float, baseline: float) -> None:
     print(f"{name}: {seconds:.0f} s on, baseline median {median:.0f} units/s; labotel: "
           f"{figures.get('memory_detector')}; this tool's records ~{records / 1e6:.1f} MB\n")
     for began, ratio in windows:
-        threads = cpu.used(began, began + 1.0, _labotel_thread)
+        threads = cpu.used(began, began + 1.0)
         mark = "LOW" if ratio < LOW else "   "
         print(f"{mark} t={began - on_began:6.1f} s  {ratio:.2f} | "
               f"{_describe(timers.overlap(began, began + 1.0))} | labotel CPU "
