@@ -36,9 +36,10 @@ from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.util.types import Attributes
 
-from labotel import exporting
+from labotel import exporting, own_random
 from labotel.compat import otel
 from labotel.config import Settings
 from labotel.prometheus import is_prometheus_reader, make_prometheus_reader
@@ -208,7 +209,7 @@ def build_providers(settings: Settings) -> Providers:
         tracer_provider, owns_tracer = trace.get_tracer_provider(), False
     else:
         resource = resource or build_resource(settings)
-        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider = TracerProvider(resource=resource, id_generator=OwnRandomIds())
         for exporter in _span_exporters(settings):
             tracer_provider.add_span_processor(BatchSpanProcessor(
                 exporter, max_queue_size=None if "OTEL_BSP_MAX_QUEUE_SIZE" in os.environ
@@ -219,6 +220,24 @@ def build_providers(settings: Settings) -> Providers:
     if not (owns_meter and owns_tracer):
         _add_missing_identity(providers)
     return providers
+
+
+class OwnRandomIds(RandomIdGenerator):
+    """The SDK's random trace and span ids, drawn from labotel's own generator: the SDK's
+    draw from the ``random`` module's, so labotel's detection spans would change the
+    numbers an application that seeds ``random`` gets."""
+
+    def generate_span_id(self) -> int:
+        span_id = own_random.generator.getrandbits(64)
+        while span_id == trace.INVALID_SPAN_ID:
+            span_id = own_random.generator.getrandbits(64)
+        return span_id
+
+    def generate_trace_id(self) -> int:
+        trace_id = own_random.generator.getrandbits(128)
+        while trace_id == trace.INVALID_TRACE_ID:
+            trace_id = own_random.generator.getrandbits(128)
+        return trace_id
 
 
 # Detection spans queued for a collector (the SDK's default is 2048): with the collector

@@ -502,3 +502,18 @@ def test_index_counts_the_stacks_of_both_profiles(url):
     page = get(url).text
     for name in contention.PROFILES:
         assert f"<a href='{name}?debug=1'>{name}</a>" in page
+
+
+def test_sampling_short_waits_leaves_the_applications_random_numbers_alone():
+    """Short waits are kept at random (Go's block rate): with labotel's own generator, so
+    an application that seeds ``random`` gets the numbers it expects."""
+    import random
+
+    start(contention_profile_rate=10**9)
+    try:
+        random.seed(7)
+        contended_program(threading.Lock())  # waits of ~HOLD, far under the rate: each drawn
+        expected = random.Random(7)
+        assert [random.random() for _ in range(3)] == [expected.random() for _ in range(3)]
+    finally:
+        labotel.shutdown()

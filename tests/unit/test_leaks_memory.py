@@ -233,6 +233,25 @@ def test_while_tracing_attribution_only_asks_for_tracebacks_and_a_bounded_number
         thread.join(5)
 
 
+def test_attribution_leaves_the_applications_random_numbers_alone():
+    """Bursts begin at random moments, drawn from labotel's own generator: an application
+    that seeds ``random`` gets the numbers it expects."""
+    import random
+
+    start()
+    random.seed(7)
+    sink: list = []
+    stop, threads = run_in_background((leak_records, sink))
+    try:
+        assert wait_for(lambda: labotel.detections("memory_leak"), 60)  # 3+ bursts, 2+ gaps
+    finally:
+        stop.set()
+    expected = random.Random(7)
+    assert [random.random() for _ in range(3)] == [expected.random() for _ in range(3)]
+    for thread in threads:
+        thread.join(5)
+
+
 def test_cache_that_fills_then_plateaus_under_heavy_churn_raises_nothing():
     """60 MB cache filled within a third of a window (20 s at the defaults), then flat,
     with heavy short-lived allocation on top, for 10 windows (the issue's 10 minutes at

@@ -283,3 +283,30 @@ def test_an_exporter_that_never_exported_does_not_keep_shutdown_waiting(refusing
     assert sorted(outcomes, key=str) == [False, None]  # metrics failed, spans: none
     took = timed_shutdown()
     assert took < sdk.DOWN_COLLECTOR_WAIT + 5, took
+
+
+def test_labotels_spans_leave_the_applications_random_numbers_alone_and_differ_after_fork():
+    """labotel's own TracerProvider draws trace and span ids from labotel's own generator
+    (the SDK's default draws from the ``random`` module's), reseeded in a forked child."""
+    import random
+
+    monitor = labotel.start(admin_address="", runtime_metrics=False, leak_detection=False)
+    tracer = monitor.providers.tracer_provider.get_tracer("test")
+    try:
+        random.seed(7)
+        with tracer.start_as_current_span("a detection"):
+            pass
+        expected = random.Random(7)
+        assert [random.random() for _ in range(3)] == [expected.random() for _ in range(3)]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its first trace id, to the parent
+            with tracer.start_as_current_span("in the child") as span:
+                os.write(write, span.get_span_context().trace_id.to_bytes(16, "big"))
+            os._exit(0)
+        os.waitpid(pid, 0)
+        child_id = int.from_bytes(os.read(read, 16), "big")
+        with tracer.start_as_current_span("in the parent") as span:
+            assert span.get_span_context().trace_id != child_id
+    finally:
+        labotel.shutdown()

@@ -35,7 +35,6 @@ import dataclasses
 import heapq
 import linecache
 import logging
-import random
 import sys
 import threading
 import time
@@ -44,6 +43,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from labotel import own_random
 from labotel.budget import Pacer, Stopped
 from labotel.detect import census as census_module
 from labotel.detect.census import Census, Found, GrowingContainer, instance_dict, newest_items
@@ -181,7 +181,8 @@ class Attribution:
                 # bursts begin 1-2 PERIODs apart, at random: in step with an application's
                 # timer they would see its appends always, or never; and no second holds
                 # two of them
-                gap = random.uniform(PERIOD - BURST_SECONDS, 2 * PERIOD - BURST_SECONDS)
+                gap = own_random.generator.uniform(PERIOD - BURST_SECONDS,
+                                                   2 * PERIOD - BURST_SECONDS)
                 if self._stop.wait(gap):
                     break
         except Stopped:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import _thread
 import queue
-import random
 import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from labotel import own_random
 from labotel.compat import cpython, python
 from labotel.hooks import active
 
@@ -34,7 +34,7 @@ _waits: Any = None
 _allocate_lock = _thread.allocate_lock
 _RawRLock = _thread.RLock
 _waiting_lists_lock = _thread.allocate_lock()
-_draw = random.random
+_draw = own_random.generator.random  # never the application's generator
 # What install() replaces, as the application may have imported them by name
 # (``from threading import Lock``): adopt.py rebinds those names too.
 ORIGINAL_FACTORIES = {"Lock": threading.Lock, "RLock": threading.RLock,
