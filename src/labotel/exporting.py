@@ -9,6 +9,13 @@ the shutdown deadline.
 - ``AbortableSession`` is the ``requests`` session of labotel's own OTLP/HTTP exporters: at
   the shutdown deadline its sockets are shut, so a request to a collector that accepted
   the connection and never answers ends now, not at the exporter's timeout (10 s).
+- While the collector is down, labotel's own OTLP/gRPC exporters keep no channel open
+  between exports (``ExportWatch.idle_when_down``): gRPC's threads then end, so a
+  ``fork()`` of the application does not run gRPC's fork handler, which now and then
+  stopped the whole process for up to a second. Each export while down is one attempt
+  (``PROBE_TIMEOUT``), not the exporter's retries over its whole timeout, and at most one
+  every ``PROBE_GAP``: an export sooner than that fails at once, unencoded (counted as
+  ``skipped``; a cumulative metric loses nothing by it, the next export carries it).
 - ``abort(exporter)`` is what the deadline does to an exporter still sending: its own
   ``shutdown()`` (which closes a gRPC channel, cancelling the call in flight, and ends
   the retry back-off), and the session's sockets.
@@ -28,6 +35,12 @@ log = logging.getLogger(__name__)
 
 HEALTHY_WAIT = 0.5  # seconds fork waits for an export to a collector that answers
 FIRST_WAIT = 0.1  # ... for the first export, before anything is known about the collector
+# An export while the collector is down: one attempt of at most this long. The exporter's
+# first back-off is at least 0.8 s, so it is not retried. (A collector that used up a whole
+# timeout, slow or hung, gets the exporter's own timeout: one attempt all the same.)
+PROBE_TIMEOUT = 0.5
+SLOW_SHARE = 0.9  # of its timeout an export used up to count as timed out, not refused
+PROBE_GAP = 2.0  # seconds between two attempts while down; an export sooner fails at once
 
 
 class ExportWatch:
@@ -35,25 +48,79 @@ class ExportWatch:
 
     def __init__(self, export: Any) -> None:
         self.export = export
+        self.exporter = getattr(export, "__self__", None)
         self.since: float | None = None  # monotonic start of the export in flight
         self.last_ok: bool | None = None  # outcome of the last finished export
         self.finished = 0
         # gRPC channels taken off the exporter at fork, closed on its own thread (closing
         # one takes ~10 ms: not on the path of the application's fork)
         self.retired: list[Any] = []
+        self.idle_when_down = False  # close the gRPC channel after a failed export
+        self.disconnected = False  # ... and it is closed now: the next export opens one
+        self.timed_out = False  # the last failed export used up its whole timeout
+        self.attempted: float | None = None  # monotonic end of the last export attempted
+        self.skipped = 0  # exports failed at once, the collector being down
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.close_retired()
-        self.since = time.monotonic()
+        probe = self.idle_when_down and self.last_ok is False
+        if self.disconnected and probe and self.attempted is not None and (
+                time.monotonic() - self.attempted < PROBE_GAP):
+            self.skipped += 1  # no channel: the exporter fails it without a call
+            self.finished += 1
+            return self.export(*args, **kwargs)
+        if self.disconnected:
+            self._connect()
+        timeout = otel.export_timeout(self.exporter)
+        if probe and not self.timed_out and timeout is not None and timeout > PROBE_TIMEOUT:
+            otel.set_export_timeout(self.exporter, PROBE_TIMEOUT)
+        began = self.since = time.monotonic()
         ok = False
         try:
             result = self.export(*args, **kwargs)
             ok = getattr(result, "name", None) == "SUCCESS"  # Span/MetricExportResult
             return result
         finally:
+            limit = otel.export_timeout(self.exporter)
+            if limit != timeout and timeout is not None:
+                otel.set_export_timeout(self.exporter, timeout)
             self.since = None
             self.last_ok = ok
             self.finished += 1
+            self.attempted = time.monotonic()
+            if self.idle_when_down and not ok:
+                self.timed_out = limit is not None and (
+                    time.monotonic() - began >= SLOW_SHARE * limit)
+                self._disconnect()
+
+    def keep_no_channel_when_down(self) -> None:
+        """From now on, close the gRPC channel after a failed export; and close it now,
+        before the first export: an exporter that has nothing to send (the span exporter
+        of an application without detections) would keep gRPC's threads running for
+        nothing. The first export opens a channel again."""
+        self.idle_when_down = True
+        if self.finished == 0 and self.since is None:
+            self._disconnect()
+
+    def _connect(self) -> None:
+        """A fresh channel for the export about to begin (none after the exporter's own
+        shutdown: it sends nothing more)."""
+        if otel.exporter_shut_down(self.exporter):
+            return
+        try:
+            otel.grpc_reconnect(self.exporter, self.retire)
+            self.disconnected = False
+        except Exception:
+            log.debug("labotel: reopening a gRPC channel failed", exc_info=True)
+        self.close_retired()
+
+    def _disconnect(self) -> None:
+        try:
+            otel.grpc_disconnect(self.exporter)
+            self.disconnected = True
+        except Exception:
+            log.debug("labotel: closing the gRPC channel of a failed export raised",
+                      exc_info=True)
 
     def retire(self, channel: Any) -> None:
         if channel is not None:
@@ -97,6 +164,17 @@ def unwatch(exporter: Any) -> None:
     if watched is not None:
         del exporter.export
         watched.close_retired()
+
+
+def describe(exporter: Any) -> dict[str, Any]:
+    """An exporter's health for the admin view."""
+    watched = watch_of(exporter)
+    view: dict[str, Any] = {"exporter": type(exporter).__name__}
+    if watched is not None:
+        view.update(last_export_ok=watched.last_ok, exports=watched.finished,
+                    skipped_while_down=watched.skipped,
+                    channel_closed=watched.disconnected)
+    return view
 
 
 def watch_of(exporter: Any) -> ExportWatch | None:

@@ -230,7 +230,8 @@ class Monitor:
                 "components": {"running": [c.name for c in self.components],
                                "unavailable": dict(self.unavailable)},
                 "capabilities": {name: capability.as_dict()
-                                 for name, capability in self.capabilities.items()}}
+                                 for name, capability in self.capabilities.items()},
+                "exports": sdk.export_health(self.providers) if self.providers else []}
 
 
 def _parent_listens_on(port: int) -> bool:

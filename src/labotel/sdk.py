@@ -326,11 +326,13 @@ def _quiet_failing_grpc_channels(providers: Providers) -> None:
     inside ``fork()``, where the GIL is held) stopped the whole process for 0.3–1.2 s about
     once in 300 s of forks every 2 s (``bench/harm.py``, gRPC scenarios); with fresh
     channels, never in eight such runs. A swap costs ~0.7 ms; closing the old channel at
-    fork cost ~11 ms more, so it waits for the exporter's next export.
+    fork cost ~11 ms more, so it waits for the exporter's next export. Between exports a
+    failing exporter has no channel at all (``ExportWatch.idle_when_down``): only one
+    with an export in flight at fork time is swapped.
     """
     for exporter in _owned_exporters(providers):
         watched = exporting.watch_of(exporter)
-        if watched is None or watched.last_ok is not False:
+        if watched is None or watched.last_ok is not False or watched.disconnected:
             continue
         try:
             otel.grpc_reconnect(exporter, watched.retire)
@@ -350,9 +352,21 @@ def _push_exports(providers: Providers) -> list[tuple[object, Any]]:
 
 
 def watch_exports(providers: Providers) -> None:
-    """Record the health of every push exporter (see ``exporting.ExportWatch``)."""
+    """Record the health of every push exporter (see ``exporting.ExportWatch``); labotel's
+    own OTLP/gRPC exporters also keep no channel open before their first export and while
+    the collector is down."""
+    owned = [id(exporter) for exporter in _owned_exporters(providers)]
     for exporter, _ in _push_exports(providers):
-        exporting.watch(exporter)
+        watched = exporting.watch(exporter)
+        if watched is not None and id(exporter) in owned and otel.is_grpc_exporter(exporter):
+            watched.keep_no_channel_when_down()
+
+
+def export_health(providers: Providers) -> list[dict[str, Any]]:
+    """Each push exporter's health (``exporting.describe``) and whether labotel owns it."""
+    owned = [id(exporter) for exporter in _owned_exporters(providers)]
+    return [{**exporting.describe(exporter), "owned_by_labotel": id(exporter) in owned}
+            for exporter, _ in _push_exports(providers)]
 
 
 def unwatch_exports(providers: Providers) -> None:
@@ -435,6 +449,9 @@ def _fresh_grpc_channels(providers: Providers) -> None:
     for exporter in exporters:
         try:
             otel.grpc_reconnect(exporter, _inherited_channels.append)
+            watched = exporting.watch_of(exporter)
+            if watched is not None:
+                watched.disconnected = False
         except Exception:
             log.exception("labotel: reopening the gRPC channel of %s failed",
                           type(exporter).__name__)

@@ -209,19 +209,25 @@ def test_shutdown_does_not_wait_out_its_timeout_for_a_collector_that_refused_the
 
 def test_shutdown_says_why_it_gave_a_collector_that_failed_before_only_one_second(
         monkeypatch, caplog):
-    """The collector refused every export, then came back hung (it accepts connections and
-    never answers): the final span export hangs, and shutdown() drops it after one second
-    (DOWN_COLLECTOR_WAIT) instead of shutdown_timeout (30 s), and says why."""
-    from labotel import sdk
+    """The collector accepts connections and never answers, and the exporter's timeout is
+    3 s: every export fails by using it up, so while down each export still gets the
+    exporter's whole timeout (one attempt). The final span export hangs, and shutdown()
+    drops it after one second (DOWN_COLLECTOR_WAIT) instead of shutdown_timeout (30 s),
+    and says why."""
+    from labotel import exporting, sdk
 
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3")
     with socket.socket() as collector:
         collector.bind(("127.0.0.1", 0))
+        collector.listen(64)  # connections complete; nothing ever answers
         monitor = start_exporting_to(collector, monkeypatch)
         try:
-            monitor.reporter.report(Detection(kind="memory_leak", summary="refused"))
-            assert wait_for_outcomes(monitor, lambda outcomes: outcomes == [False, False])
-            collector.listen(64)  # connections complete; nothing ever answers
             monitor.reporter.report(Detection(kind="memory_leak", summary="hangs"))
+            assert wait_for_outcomes(monitor, lambda outcomes: outcomes == [False, False])
+            assert all(exporting_watch(exporter).timed_out
+                       for exporter in sdk._owned_exporters(monitor.providers))
+            monitor.reporter.report(Detection(kind="memory_leak", summary="hangs too"))
+            time.sleep(exporting.PROBE_GAP)  # sooner, the final export would fail at once
             with caplog.at_level(logging.WARNING, logger="labotel"):
                 took = timed_shutdown()
         finally:
@@ -229,6 +235,39 @@ def test_shutdown_says_why_it_gave_a_collector_that_failed_before_only_one_secon
     assert took < sdk.DOWN_COLLECTOR_WAIT + 5, took  # behaviour bound: not the 30 s timeout
     assert "did not finish exporting" in caplog.text, caplog.text
     assert "the collector failed the last export" in caplog.text, caplog.text
+
+
+def test_after_refusals_a_collector_that_hangs_gets_one_short_attempt_at_shutdown(
+        monkeypatch, caplog):
+    """The collector refused every export, then came back hung: the final export is one
+    attempt of ``PROBE_TIMEOUT`` (the exporter's back-off would not fit in it), not the
+    exporter's retries over its timeout, so it ends within DOWN_COLLECTOR_WAIT and nothing
+    has to be dropped by the deadline."""
+    from labotel import exporting, sdk
+
+    with socket.socket() as collector:
+        collector.bind(("127.0.0.1", 0))
+        monitor = start_exporting_to(collector, monkeypatch)
+        try:
+            monitor.reporter.report(Detection(kind="memory_leak", summary="refused"))
+            assert wait_for_outcomes(monitor, lambda outcomes: outcomes == [False, False])
+            assert not any(exporting_watch(exporter).timed_out
+                           for exporter in sdk._owned_exporters(monitor.providers))
+            collector.listen(64)  # connections complete; nothing ever answers
+            monitor.reporter.report(Detection(kind="memory_leak", summary="hangs"))
+            with caplog.at_level(logging.WARNING, logger="labotel"):
+                took = timed_shutdown()
+        finally:
+            labotel.shutdown()
+    assert took < sdk.DOWN_COLLECTOR_WAIT + 5, took
+    assert exporting.PROBE_TIMEOUT < sdk.DOWN_COLLECTOR_WAIT
+    assert "did not finish exporting" not in caplog.text, caplog.text
+
+
+def exporting_watch(exporter):
+    from labotel import exporting
+
+    return exporting.watch_of(exporter)
 
 
 def on_closed_channel(channel) -> bool:
@@ -243,35 +282,72 @@ def on_closed_channel(channel) -> bool:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_fork_gives_exporters_of_a_failing_grpc_collector_fresh_channels(refusing_collector):
-    """A channel that has been failing to connect is not carried into fork (gRPC's own fork
-    handler stalled the whole process on one, see sdk._quiet_failing_grpc_channels): each
-    exporter gets a fresh channel, and the old one is closed on the export thread."""
+def test_fork_opens_no_channel_for_exporters_of_a_collector_that_is_down(refusing_collector):
+    """Between exports to a refusing collector the exporters have no open channel, and
+    fork opens none in the parent (gRPC's threads would start with it). The child gets
+    channels of its own, and its exporters count as connected."""
     from labotel import exporting, sdk
 
     monitor = refusing_collector
     monitor.reporter.report(Detection(kind="memory_leak", summary="a span to export"))
     assert wait_for_outcomes(monitor, lambda outcomes: outcomes == [False, False]) == [
         False, False]
-    exporters = sdk._owned_exporters(monitor.providers)
-    before = [exporter._channel for exporter in exporters]
-    pid = os.fork()
-    if pid == 0:  # the child: the retired channels are the parent's to close, never its own
-        retired = sum(len(exporting.watch_of(e).retired) for e in exporters)
-        os._exit(0 if retired == 0 and all(ch in sdk._inherited_channels for ch in before)
-                 else 1)
-    assert os.waitpid(pid, 0)[1] == 0
-    after = [exporter._channel for exporter in exporters]
-    assert all(new is not old for new, old in zip(after, before, strict=True))
-    watches = [exporting.watch_of(exporter) for exporter in exporters]
-    assert [watch.retired for watch in watches] == [[old] for old in before]
-    assert not any(on_closed_channel(old) for old in before)  # not closed inside fork
-    monitor.reporter.report(Detection(kind="memory_leak", summary="a span after fork"))
-    give_up = time.monotonic() + 20  # both exporters' next export begins
-    while time.monotonic() < give_up and any(watch.retired for watch in watches):
-        time.sleep(0.1)
-    assert [watch.retired for watch in watches] == [[], []]
-    assert all(on_closed_channel(old) for old in before)
+    locks = [lock for _, lock in sdk._push_exports(monitor.providers)]
+    assert all(lock.acquire(timeout=10) for lock in locks)  # no export in flight at fork
+    try:
+        exporters = sdk._owned_exporters(monitor.providers)
+        before = [exporter._channel for exporter in exporters]
+        assert all(exporting.watch_of(e).disconnected for e in exporters)
+        pid = os.fork()
+        if pid == 0:
+            fresh = all(exporter._channel is not old and not exporting.watch_of(
+                exporter).disconnected for exporter, old in zip(exporters, before, strict=True))
+            os._exit(0 if fresh and all(ch in sdk._inherited_channels for ch in before)
+                     else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert [exporter._channel for exporter in exporters] == before
+        assert all(on_closed_channel(channel) for channel in before)
+        assert [exporting.watch_of(e).retired for e in exporters] == [[], []]
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_swaps_the_channel_of_an_export_in_flight_to_a_hung_collector(monkeypatch):
+    """A collector that hangs: an export is in flight (one attempt, the exporter's whole
+    timeout) at fork time. Its channel, which has been failing, is not carried into fork
+    (gRPC's own fork handler stalled the whole process on one): the exporter gets a fresh
+    channel, and the old one is closed on the export thread, not inside fork."""
+    from labotel import exporting, sdk
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")
+    with socket.socket() as collector:
+        collector.bind(("127.0.0.1", 0))
+        collector.listen(64)
+        monitor = start_exporting_to(collector, monkeypatch)
+        try:
+            (metrics,) = [e for e in sdk._owned_exporters(monitor.providers)
+                          if "Metric" in type(e).__name__]
+            watch = exporting.watch_of(metrics)
+            give_up = time.monotonic() + 20
+            while time.monotonic() < give_up and not (
+                    watch.last_ok is False and watch.since is not None):
+                time.sleep(0.01)
+            assert watch.last_ok is False and watch.since is not None
+            old = metrics._channel
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if old in sdk._inherited_channels and not watch.retired else 1)
+            assert os.waitpid(pid, 0)[1] == 0
+            assert metrics._channel is not old  # swapped before fork...
+            assert not on_closed_channel(old) or not watch.retired  # ...closed only after
+            give_up = time.monotonic() + 20
+            while time.monotonic() < give_up and watch.retired:
+                time.sleep(0.05)
+            assert watch.retired == [] and on_closed_channel(old)
+        finally:
+            labotel.shutdown()
 
 
 def test_an_exporter_that_never_exported_does_not_keep_shutdown_waiting(refusing_collector):

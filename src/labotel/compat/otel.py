@@ -168,6 +168,36 @@ def grpc_reconnect(exporter: object, keep: Callable[[object], None]) -> None:
     reconnect()
 
 
+def is_grpc_exporter(exporter: object) -> bool:
+    """An OTLP/gRPC exporter (one whose channel ``grpc_disconnect`` can close)."""
+    return callable(getattr(exporter, "_initialize_channel_and_stub", None)) and hasattr(
+        exporter, "_client")
+
+
+def grpc_disconnect(exporter: object) -> None:
+    """Close an OTLP/gRPC exporter's channel; until ``grpc_reconnect`` its export fails
+    at once, without a call (the exporter's own check for a missing stub)."""
+    exporter._client = None  # type: ignore[attr-defined]
+    channel = getattr(exporter, "_channel", None)
+    if channel is not None:
+        channel.close()
+
+
+def export_timeout(exporter: object) -> float | None:
+    """Seconds an OTLP exporter's export may take, retries included (None: unknown)."""
+    timeout = getattr(exporter, "_timeout", None)
+    return float(timeout) if isinstance(timeout, (int, float)) else None
+
+
+def set_export_timeout(exporter: object, seconds: float) -> None:
+    exporter._timeout = seconds  # type: ignore[attr-defined]
+
+
+def exporter_shut_down(exporter: object) -> bool:
+    """Whether an OTLP exporter's own ``shutdown()`` ran (it exports nothing after it)."""
+    return getattr(exporter, "_shutdown", False) is True
+
+
 # -- urllib3 (the OTLP/HTTP exporter's transport) ------------------------------------------
 def connection_class_reporting_sockets(base: type, new_socket: Callable[[Any], None],
                                        refuse: Callable[[], bool]) -> type:
@@ -273,6 +303,7 @@ def probe() -> list[Capability]:
             "otel.prometheus_mapping", "labotel's cached /metrics reader (else the exporter's)",
             PROMETHEUS_MAPPING, "opentelemetry.exporter.prometheus._mapping moved"),
         _probe_grpc(),
+        _probe_grpc_idle(),
     ]
     provider.shutdown()
     tracer_provider.shutdown()
@@ -290,3 +321,18 @@ def _probe_grpc() -> Capability:
         "otel.grpc_reconnect", feature,
         reconnect is not None and _assigns(reconnect, "_channel"),
         "OTLPExporterMixin._initialize_channel_and_stub is missing")
+
+
+def _probe_grpc_idle() -> Capability:
+    feature = "no gRPC channel (nor gRPC's threads) kept open to a collector that is down"
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.exporter import OTLPExporterMixin
+    except ImportError as error:
+        return Capability.check("otel.grpc_idle_when_down", feature, False,
+                                f"no OTLP/gRPC: {error}")
+    reconnect = getattr(OTLPExporterMixin, "_initialize_channel_and_stub", None)
+    return Capability.check(
+        "otel.grpc_idle_when_down", feature,
+        reconnect is not None and _assigns(reconnect, "_channel", "_client")
+        and _assigns(getattr(OTLPExporterMixin, "_export", None), "_client", "_timeout"),
+        "OTLPExporterMixin._export no longer reads _client and _timeout")

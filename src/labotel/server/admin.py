@@ -113,6 +113,8 @@ def add_routes(context: Context, router: Router, status: Callable[[], dict[str, 
             "components": state["components"],
             # what labotel borrows from the SDK and the interpreter (labotel.compat)
             "capabilities": state["capabilities"],
+            # each push exporter: did its last export succeed, what was skipped while down
+            "exports": state.get("exports", []),
             "endpoints": router.paths()})
 
     add = context.add_route

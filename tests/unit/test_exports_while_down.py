@@ -1,0 +1,187 @@
+"""While the collector is down, labotel's own OTLP/gRPC exporters keep no channel open
+between exports, and each export is one attempt, at most one every ``PROBE_GAP``.
+
+Why: with a channel open, gRPC's threads run, and gRPC's own fork handler (inside
+``fork()``, with the GIL held) stopped the whole application for up to a second now and
+then (``bench/harm.py``, issue 11). With no channel, gRPC's threads end and ``fork()`` does
+not run that handler's work at all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
+
+import labotel
+from tests.unit.test_lifecycle import (
+    export_outcomes,
+    on_closed_channel,
+    refusing_collector,  # noqa: F401 - a fixture
+    wait_for_outcomes,
+)
+
+
+class MetricsCollector(metrics_service_pb2_grpc.MetricsServiceServicer):
+    """The OTLP metrics service on a loopback port, answering UNAVAILABLE while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls: list[tuple[float, bool]] = []  # (monotonic time, answered ok)
+        self.lock = threading.Lock()
+
+    def Export(self, request, context):  # noqa: N802 - the gRPC method name
+        with self.lock:
+            self.calls.append((time.monotonic(), not self.down))
+        if self.down:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "down for the test")
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+@pytest.fixture
+def metrics_collector(monkeypatch):
+    collector = MetricsCollector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")  # seconds: two tries, then failed
+    monitor = labotel.start(admin_address="", otlp_endpoint=f"http://127.0.0.1:{port}",
+                            otlp_protocol="grpc", traces_exporter="none",
+                            metric_export_interval=0.2, runtime_metrics=False,
+                            leak_detection=False)
+    try:
+        yield monitor, collector
+    finally:
+        labotel.shutdown()
+        server.stop(0)
+
+
+def metric_watch(monitor):
+    from labotel import exporting, sdk
+
+    (exporter,) = sdk._owned_exporters(monitor.providers)
+    return exporter, exporting.watch_of(exporter)
+
+
+def wait_until(condition, seconds: float = 20.0) -> bool:
+    give_up = time.monotonic() + seconds
+    while time.monotonic() < give_up:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_while_the_collector_is_down_each_export_is_one_attempt_at_most_every_probe_gap(
+        metrics_collector):
+    """The first failing export retries as the exporter does (the collector may be
+    restarting); after it, one call per export attempted, ``PROBE_GAP`` apart, and the
+    exports in between fail at once (counted as skipped) without a call. When the collector
+    answers again, exports go through on the next attempt."""
+    from labotel import exporting
+
+    monitor, collector = metrics_collector
+    exporter, watch = metric_watch(monitor)
+    assert watch.idle_when_down
+    assert wait_until(lambda: watch.finished - watch.skipped >= 4), watch.finished
+    assert watch.skipped > 0  # exports every 0.2 s; attempts every 2 s
+    with collector.lock:
+        calls = [when for when, _ in collector.calls]
+    first_export_calls = 2  # a try, a back-off of 0.8-1.2 s, a try; 1.6 s more does not fit
+    attempts = watch.finished - watch.skipped  # read after the calls: one may be in flight
+    assert first_export_calls + attempts - 2 <= len(calls) <= first_export_calls + attempts
+    probes = calls[first_export_calls:]
+    gaps = [later - earlier for earlier, later in zip(probes, probes[1:], strict=False)]
+    assert gaps and min(gaps) >= exporting.PROBE_GAP - 0.05, gaps
+    assert export_outcomes(monitor) == [False]
+    collector.down = False
+    assert wait_until(lambda: export_outcomes(monitor) == [True])
+    assert not watch.disconnected and not on_closed_channel(exporter._channel)
+    with collector.lock:
+        answered = [ok for _, ok in collector.calls]
+    assert answered[-1] is True
+
+
+def test_a_failed_grpc_export_leaves_no_channel_open_until_the_next_attempt(
+        refusing_collector):  # noqa: F811 - the fixture imported above
+    """Between exports to a collector that refuses, both exporters' channels are closed
+    (the exporter's export fails without a call until labotel opens a new one)."""
+    from labotel import sdk
+
+    monitor = refusing_collector
+    from labotel.detect.detection import Detection
+
+    monitor.reporter.report(Detection(kind="memory_leak", summary="a span to export"))
+    assert wait_for_outcomes(monitor, lambda outcomes: outcomes == [False, False]) == [
+        False, False]
+    for exporter, lock in sdk._push_exports(monitor.providers):
+        assert lock.acquire(timeout=10)  # no export in flight
+        try:
+            from labotel import exporting
+
+            assert exporting.watch_of(exporter).disconnected
+            assert on_closed_channel(exporter._channel)
+        finally:
+            lock.release()
+    status = monitor.status()["exports"]
+    assert [entry["channel_closed"] for entry in status] == [True, True], status
+    assert all(entry["owned_by_labotel"] and entry["last_export_ok"] is False
+               for entry in status), status
+
+
+GRPC_THREADS = textwrap.dedent("""
+    import os, socket, sys, time
+    closed = socket.socket(); closed.bind(("127.0.0.1", 0))
+    os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:%d" % closed.getsockname()[1],
+                      OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_TRACES_EXPORTER="otlp",
+                      OTEL_EXPORTER_OTLP_TIMEOUT="2", OTEL_BSP_SCHEDULE_DELAY="500",
+                      GRPC_VERBOSITY="NONE")
+    import labotel
+    from labotel.detect.detection import Detection
+
+    def grpc_threads():
+        names = []
+        for task in os.listdir("/proc/self/task"):
+            try:
+                names.append(open("/proc/self/task/%s/comm" % task).read().strip())
+            except OSError:
+                pass
+        return sum(name in ("event_engine", "lifeguard", "grpc_global_tim") for name in names)
+
+    monitor = labotel.start(admin_address="", metric_export_interval=0.5)
+    seen = []
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        monitor.reporter.report(Detection(kind="memory_leak", summary=str(time.time())))
+        seen.append(grpc_threads())
+        time.sleep(0.05)
+    labotel.shutdown()
+    time.sleep(0.5)
+    half = seen[len(seen) // 2:]
+    print(sum(1 for n in half if n), len(half), grpc_threads())
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
+def test_with_the_collector_refusing_the_process_runs_no_grpc_thread_most_of_the_time():
+    """In a process of its own (no other gRPC user): with the collector refusing, gRPC's
+    threads (which gRPC's fork handler has to park inside ``fork()``) run only during an
+    export attempt, and none is left after shutdown. Before: all the time."""
+    result = subprocess.run([sys.executable, "-c", GRPC_THREADS], capture_output=True,
+                            text=True, timeout=120, env={**os.environ})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with_threads, samples, after_shutdown = map(int, result.stdout.split()[-3:])
+    assert samples > 20
+    assert with_threads <= samples // 4, (with_threads, samples)
+    assert after_shutdown == 0
