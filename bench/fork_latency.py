@@ -1,8 +1,14 @@
 """Parent-side ``os.fork()`` latency with labotel off, and on with OTLP over HTTP and gRPC.
 
+A fourth case has no labotel, only a gRPC channel of the application's own calling the
+refusing port every 0.2 s: what gRPC's own fork handler costs any process with gRPC
+threads running (labotel's own exporters keep no channel open while the collector is
+down, so in the gRPC case above its threads run only during an attempt).
+
 Each case runs in a process of its own: two threads of ordinary Python work keep the GIL
 busy (as a pre-fork server's master rarely is, so this is the hard case), labotel starts
-(race detection on, the collector's port refusing connections), and the main thread forks
+(race detection on, the collector's port refusing connections; forking begins once an
+export has failed, so the collector is known to be down), and the main thread forks
 ``--forks`` times, 50 ms apart; each child exits at once. Printed per case: median, p90,
 p99 and max in ms, and where the time went (Python fork hooks before, the ``fork()`` call
 itself with the C libraries' own fork handlers, hooks after), with the median's ratio to
@@ -24,7 +30,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CASES = {"off": None, "on, OTLP/HTTP": "http/protobuf", "on, OTLP/gRPC": "grpc"}
+CASES = {"off": None, "on, OTLP/HTTP": "http/protobuf", "on, OTLP/gRPC": "grpc",
+         "off, the app's own gRPC calls": "app-grpc"}
 PARTS = ("python hooks before", "fork() and C handlers", "python hooks after")
 
 
@@ -45,16 +52,25 @@ def child(protocol: str | None, forks: int) -> dict[str, list[float]]:
 
     refused = socket.socket()
     refused.bind(("127.0.0.1", 0))
-    if protocol is not None:
+    if protocol == "app-grpc":
+        threading.Thread(target=grpc_calls, args=(refused.getsockname()[1], stop),
+                         daemon=True).start()
+    elif protocol is not None:
         os.environ.update({
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{refused.getsockname()[1]}",
             "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_TRACES_EXPORTER": "otlp"})
         import labotel
 
-        labotel.start(admin_address="", race_detection=True, metric_export_interval=1.0)
+        monitor = labotel.start(admin_address="", race_detection=True,
+                                metric_export_interval=1.0)
     for _ in range(2):
         threading.Thread(target=work, daemon=True).start()
-    time.sleep(3)  # the first exports have failed: the collector is known to be down
+    time.sleep(3)
+    if protocol in ("grpc", "http/protobuf"):  # until an export failed: the collector is down
+        give_up = time.monotonic() + 30
+        while time.monotonic() < give_up and not any(
+                entry.get("last_export_ok") is False for entry in monitor.status()["exports"]):
+            time.sleep(0.1)
     times: dict[str, list[float]] = {"total": [], **{part: [] for part in PARTS}}
     for _ in range(forks):
         time.sleep(0.05)
@@ -70,6 +86,20 @@ def child(protocol: str | None, forks: int) -> dict[str, list[float]]:
             times[part].append(value)
     stop.set()
     return times
+
+
+def grpc_calls(port: int, stop: threading.Event) -> None:
+    """An application's own gRPC client: a call every 0.2 s to a port that refuses."""
+    import grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    call = channel.unary_unary("/bench.Probe/Call")
+    while not stop.wait(0.2):
+        try:
+            call(b"", timeout=0.1)
+        except grpc.RpcError:
+            pass
+    channel.close()
 
 
 def quantiles(values: list[float]) -> list[float]:
