@@ -22,6 +22,7 @@ import labotel
 from labotel.compat import python
 from labotel.config import Settings
 from labotel.detect import races, vectorclock
+from labotel.hooks import adopt
 from labotel.hooks.primitives import InstrumentedLock
 from labotel.runtime import origins
 from tests.unit.race_support import races_on, run_all, spawn, start_detector, wait_until
@@ -64,6 +65,33 @@ def test_module_level_lock_created_before_start(adopt):
         assert races_on("module-locked")
     labotel.shutdown()
     assert type(_MODULE_LOCK) is type(_thread.allocate_lock())
+
+
+class _HostileModule:
+    @property
+    def __dict__(self):
+        raise RuntimeError("no namespace here")
+
+
+def test_adoption_resolves_the_path_only_of_modules_holding_a_lock_or_a_factory(monkeypatch):
+    """Resolving a module's real path is a dozen syscalls, each a GIL hand-off that takes
+    milliseconds while the application's threads are busy: asked of every module, it made
+    start() take 26 s in a harm scenario. Only modules whose globals hold a plain lock or a
+    lock factory are asked about (this one holds both); objects in sys.modules that are no
+    module, or refuse their namespace, are passed over."""
+    asked = []
+    real = adopt.is_application_module
+    monkeypatch.setattr(adopt, "is_application_module", lambda m: asked.append(m) or real(m))
+    monkeypatch.setitem(sys.modules, "labotel_test_not_a_module", object())
+    monkeypatch.setitem(sys.modules, "labotel_test_hostile_module", _HostileModule())
+    start_detector()
+    try:
+        assert type(_MODULE_LOCK) is InstrumentedLock
+        assert sys.modules[__name__] in asked
+        modules = [module for module in list(sys.modules.values()) if module is not None]
+        assert len(asked) < len(modules) / 4, (len(asked), len(modules))
+    finally:
+        labotel.shutdown()
 
 
 def racy_pair(resource: str) -> None:

@@ -43,6 +43,27 @@ def is_application_module(module: ModuleType) -> bool:
     return frames.is_application(path) and not frames.is_installed(path)
 
 
+def _plain_locks_and_factories(module: Any,
+                               replacements: dict[int, Any]) -> list[tuple[str, Any, Any]]:
+    """(name, value, the wrapper class) of each module global that is a plain lock, and
+    (name, value, None) of each that is one of the factories themselves."""
+    try:
+        namespace = vars(module)
+        items = list(namespace.items())
+    except Exception:  # not a module (sys.modules takes any object), or a hostile one
+        return []
+    found: list[tuple[str, Any, Any]] = []
+    for name, value in items:
+        kind = type(value)
+        if kind is _LOCK_TYPE:
+            found.append((name, value, InstrumentedLock))
+        elif kind is _RLOCK_TYPE:
+            found.append((name, value, InstrumentedRLock))
+        elif id(value) in replacements:  # `from threading import Lock` and the like
+            found.append((name, value, None))
+    return found
+
+
 class LockAdopter:
     def __init__(self) -> None:
         self._adopted: list[tuple[ModuleType, str, Any, Any]] = []
@@ -53,21 +74,16 @@ class LockAdopter:
         replacements = {id(ORIGINAL_FACTORIES["Lock"]): InstrumentedLock,
                         id(ORIGINAL_FACTORIES["RLock"]): InstrumentedRLock,
                         id(ORIGINAL_FACTORIES["SimpleQueue"]): InstrumentedSimpleQueue}
-        originals = {id(value) for value in ORIGINAL_FACTORIES.values()}
         for module in list(sys.modules.values()):
-            if module is None or not is_application_module(module):
+            found = _plain_locks_and_factories(module, replacements)
+            # the namespace first: resolving a module's path is a dozen syscalls, each a GIL
+            # hand-off that costs ms while the application's threads are busy, and only a
+            # few dozen of hundreds of modules hold a plain lock or a factory at all
+            if not found or not is_application_module(module):
                 continue
             namespace = vars(module)
-            for name, value in list(namespace.items()):
-                kind = type(value)
-                if kind is _LOCK_TYPE:
-                    wrapper: Any = InstrumentedLock(value)
-                elif kind is _RLOCK_TYPE:
-                    wrapper = InstrumentedRLock(value)
-                elif id(value) in originals:  # `from threading import Lock` and the like
-                    wrapper = replacements[id(value)]
-                else:
-                    continue
+            for name, value, wrap in found:
+                wrapper = replacements[id(value)] if wrap is None else wrap(value)
                 namespace[name] = wrapper
                 self._adopted.append((module, name, value, wrapper))
         return len(self._adopted)
