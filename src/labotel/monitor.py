@@ -54,12 +54,13 @@ class Monitor:
         if settings.admin_address:
             check_exposure(settings.admin_address, settings.admin_token,
                            settings.admin_allow_insecure)
-        # first: what the SDK and the interpreter offer decides what the rest can do
+        self.providers = sdk.build_providers(settings)
+        # what the SDK and the interpreter offer, once the exporters labotel uses are
+        # imported (a part not in use, OTLP/gRPC say, is not imported only to be checked)
         try:
             self.capabilities, probe_failed = compat.probe(), False
         except Exception:  # the probe itself broke: every feature still guards itself
             probe_failed = True
-        self.providers = sdk.build_providers(settings)
         sdk.watch_exports(self.providers)
         self.meter = self.providers.meter_provider.get_meter(sdk.INSTRUMENTATION_SCOPE, VERSION)
         self.tracer = self.providers.tracer_provider.get_tracer(sdk.INSTRUMENTATION_SCOPE, VERSION)

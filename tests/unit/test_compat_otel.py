@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 
+import opentelemetry.exporter.otlp.proto.grpc.exporter  # noqa: F401 - its capabilities get checked
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry
@@ -41,6 +46,43 @@ def test_every_capability_is_available_at_the_versions_labotel_allows(monkeypatc
     monkeypatch.setattr(compat, "_probed", {})
     missing = {name: c.reason for name, c in compat.probe().items() if not c.available}
     assert missing == {}
+
+
+HTTP_ONLY = textwrap.dedent("""
+    import json, logging, sys
+    logging.basicConfig(level=logging.WARNING)
+    import labotel
+    from labotel import compat
+    monitor = labotel.start(admin_address="", metric_export_interval=60, shutdown_timeout=1)
+    print(json.dumps({"grpc_imported": "grpc" in sys.modules,
+                      "capabilities": monitor.status()["capabilities"]}))
+    labotel.shutdown()
+    import opentelemetry.exporter.otlp.proto.grpc.exporter  # the application's, say
+    monitor = labotel.start(admin_address="", metric_export_interval=60, shutdown_timeout=1)
+    print(json.dumps({"capabilities": monitor.status()["capabilities"]}))
+    labotel.shutdown()
+""")
+
+
+def test_a_process_exporting_over_http_does_not_import_grpc_to_check_it():
+    """Importing gRPC only to probe its exporter cost every process that exports over
+    HTTP (or not at all) ~45 ms, and 8 s of start() with the application's threads busy.
+    Its capabilities say "not checked" until something imports the gRPC exporter; the
+    next start() checks them."""
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+    done = subprocess.run([sys.executable, "-c", HTTP_ONLY], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (json.loads(line) for line in done.stdout.splitlines()
+                     if line.startswith("{"))
+    assert first["grpc_imported"] is False
+    for name in ("otel.grpc_reconnect", "otel.grpc_idle_when_down"):
+        assert first["capabilities"][name]["available"] is None
+        assert first["capabilities"][name]["reason"].startswith("not checked")
+        assert second["capabilities"][name]["available"] is True
+    assert first["capabilities"]["otel.add_metric_reader"]["available"] is True
+    assert "is off" not in done.stderr  # "not checked" is no missing capability
 
 
 def test_a_missing_capability_is_logged_once_and_shown(monkeypatch, caplog, monitor):

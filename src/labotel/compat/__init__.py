@@ -22,15 +22,20 @@ _probed: dict[str, Capability] = {}  # what this process's interpreter and SDK o
 
 def probe() -> dict[str, Capability]:
     """Every borrowed capability by name, checked on the first call in a process (they
-    cannot change while it runs); the first call logs each missing one."""
-    if _probed:
-        return dict(_probed)
+    cannot change while it runs); the first call logs each missing one. Those of OTLP/gRPC
+    are checked on the first call after its exporter is imported: importing gRPC only to
+    check it would cost every process that exports over HTTP (or not at all) its imports."""
     from labotel.compat import cpython, otel
 
-    found = {capability.name: capability for capability in cpython.probe() + otel.probe()}
-    _probed.update(found)
-    for capability in found.values():
-        if not capability.available:
+    if not _probed:
+        fresh = cpython.probe() + otel.probe()
+    elif any(not capability.checked for capability in _probed.values()):
+        fresh = otel.probe_grpc()
+    else:
+        fresh = []
+    for capability in fresh:
+        _probed[capability.name] = capability
+        if capability.checked and not capability.available:
             log.warning("labotel: %s is off: %s (%s)", capability.feature, capability.reason,
                         capability.name)
-    return found
+    return dict(_probed)

@@ -15,6 +15,7 @@ every provider in the process.
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -302,16 +303,30 @@ def probe() -> list[Capability]:
         Capability.check(
             "otel.prometheus_mapping", "labotel's cached /metrics reader (else the exporter's)",
             PROMETHEUS_MAPPING, "opentelemetry.exporter.prometheus._mapping moved"),
-        _probe_grpc(),
-        _probe_grpc_idle(),
+        *probe_grpc(),
     ]
     provider.shutdown()
     tracer_provider.shutdown()
     return capabilities
 
 
+GRPC_EXPORTER_MODULE = "opentelemetry.exporter.otlp.proto.grpc.exporter"
+_GRPC_RECONNECT = "a fresh OTLP/gRPC channel in a forked child"
+_GRPC_IDLE = "no gRPC channel (nor gRPC's threads) kept open to a collector that is down"
+
+
+def probe_grpc() -> list[Capability]:
+    """The OTLP/gRPC exporter's capabilities, once something in the process imported it
+    (labotel's own exporter or the application's): until then none of it is in use."""
+    if GRPC_EXPORTER_MODULE not in sys.modules:
+        why = "no OTLP/gRPC exporter in use in this process"
+        return [Capability.unchecked("otel.grpc_reconnect", _GRPC_RECONNECT, why),
+                Capability.unchecked("otel.grpc_idle_when_down", _GRPC_IDLE, why)]
+    return [_probe_grpc(), _probe_grpc_idle()]
+
+
 def _probe_grpc() -> Capability:
-    feature = "a fresh OTLP/gRPC channel in a forked child"
+    feature = _GRPC_RECONNECT
     try:
         from opentelemetry.exporter.otlp.proto.grpc.exporter import OTLPExporterMixin
     except ImportError as error:
@@ -324,7 +339,7 @@ def _probe_grpc() -> Capability:
 
 
 def _probe_grpc_idle() -> Capability:
-    feature = "no gRPC channel (nor gRPC's threads) kept open to a collector that is down"
+    feature = _GRPC_IDLE
     try:
         from opentelemetry.exporter.otlp.proto.grpc.exporter import OTLPExporterMixin
     except ImportError as error:
