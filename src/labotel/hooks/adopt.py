@@ -39,7 +39,9 @@ def is_application_module(module: ModuleType) -> bool:
     filename = getattr(module, "__file__", None)
     if not isinstance(filename, str) or not filename:
         return False
-    path = os.path.realpath(filename)
+    if frames.is_library(filename):  # labotel's or the stdlib's by its own path: no syscall
+        return False
+    path = os.path.realpath(filename)  # an installed package may be a link to a checkout
     return frames.is_application(path) and not frames.is_installed(path)
 
 
