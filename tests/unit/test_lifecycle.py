@@ -130,7 +130,12 @@ def test_shutdown_with_a_hung_collector_is_bounded(monkeypatch, caplog, protocol
 
 def start_exporting_to(collector: socket.socket, monkeypatch):
     """labotel exporting metrics and spans over gRPC to ``collector``'s port,
-    shutdown_timeout 30 s."""
+    shutdown_timeout 30 s, the exporters' timeout 2 s unless the test set one (the first
+    failing export retries until it: 7 s of back-off at the default 10 s), spans sent
+    0.5 s after they end (not 5 s)."""
+    if "OTEL_EXPORTER_OTLP_TIMEOUT" not in os.environ:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "500")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
                        f"http://127.0.0.1:{collector.getsockname()[1]}")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
