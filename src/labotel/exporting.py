@@ -223,6 +223,14 @@ def abortable_session() -> Any:
             self.mount("http://", Adapter())
             self.mount("https://", Adapter())
 
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            if aborted[0]:  # the exporter's retry after an aborted request fails at once:
+                # preparing one reads netrc and proxy settings, file calls that kept the
+                # export thread alive ~0.5 s after shutdown() with the app's threads busy
+                raise requests.exceptions.ConnectionError("labotel is shutting down: "
+                                                          "no new export requests")
+            return super().request(*args, **kwargs)
+
         def abort(self) -> None:
             aborted[0] = True
             for sock in list(sockets):

@@ -105,7 +105,11 @@ class Providers:
             closer.join(max(0.0, deadline - time.monotonic()))
         stuck = [kind for kind, closer in closers if closer.is_alive()]
         unwatch_exports(self)
-        if not stuck:
+        # The SDK's MeterProvider.shutdown() gives up joining its reader's thread when the
+        # time is up, and returns: that thread, still in an export, is aborted here too
+        # (its request to a hung collector otherwise ran out the exporter's timeout).
+        exporting_on = [thread.name for thread in _export_threads(self) if thread.is_alive()]
+        if not stuck and not exporting_on:
             return
         self._abort_exports()
         threads = [closer for _, closer in closers] + _export_threads(self)
@@ -113,12 +117,23 @@ class Providers:
             thread.join(max(0.0, deadline + ABORT_GRACE - time.monotonic()))
         left = [thread.name for thread in threads if thread.is_alive()]
         log.warning("labotel: %s did not finish exporting %s; not waiting longer, unsent "
-                    "telemetry is dropped%s", " and ".join(stuck), waited,
+                    "telemetry is dropped%s", " and ".join(stuck or exporting_on), waited,
                     f"; still running: {', '.join(left)}" if left else "")
 
     def _abort_exports(self) -> None:
+        if self.owns_meter_provider:
+            for reader in otel.metric_readers(self.meter_provider):
+                if otel.reader_export(reader)[0] is not None:
+                    # Its thread's last collection would run every observable callback for
+                    # an export that is dropped: with six busy application threads that
+                    # kept it alive ~1 s after shutdown() returned.
+                    setattr(reader, "collect", _collect_nothing)  # noqa: B010 - a method
         for exporter in _owned_exporters(self):
             exporting.abort(exporter)
+
+
+def _collect_nothing(*args: Any, **kwargs: Any) -> None:
+    """A push reader's ``collect`` once its exports were aborted at shutdown."""
 
 
 ABORT_GRACE = 0.15  # seconds the aborted export threads get to end

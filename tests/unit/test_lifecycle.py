@@ -16,6 +16,7 @@ import pytest
 import labotel
 from labotel.detect.detection import Detection
 from tests.otlp_receiver import OTLPReceiver
+from tests.unit.race_support import wait_until
 
 
 def labotel_threads():
@@ -128,6 +129,46 @@ def test_shutdown_with_a_hung_collector_is_bounded(monkeypatch, caplog, protocol
                 assert not thread.is_alive(), thread.name
 
 
+def test_after_the_abort_the_metric_reader_makes_no_last_collection(monkeypatch):
+    """At shutdown()'s deadline the exports are aborted; the metric reader's thread then
+    used to make its last collection anyway, running every observable callback for an
+    export that is dropped. With six busy application threads that kept it alive ~1 s
+    after shutdown() returned; here a callback that takes 3 s once shutdown began stands
+    for that."""
+    calls, late_calls = [], []
+    shutting_down = threading.Event()
+
+    def slow_callback(options):
+        calls.append(time.monotonic())
+        if shutting_down.is_set():
+            late_calls.append(time.monotonic())
+            time.sleep(3)
+        return []
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)  # connections complete; nobody answers
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
+                           f"http://127.0.0.1:{hung.getsockname()[1]}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3")
+        monitor = labotel.start(admin_address="", shutdown_timeout=1.0,
+                                metric_export_interval=0.2)
+        meter = monitor.providers.meter_provider.get_meter("test.slow")
+        meter.create_observable_gauge("test.slow", [slow_callback])
+        # collected once the first export timed out; the next export now hangs
+        wait_until(calls, 15)
+        time.sleep(0.3)
+        shutting_down.set()
+        labotel.shutdown()
+        returned = time.monotonic()
+        for thread in threading.enumerate():
+            if thread.name == "OtelPeriodicExportingMetricReader":
+                thread.join(5)
+        assert time.monotonic() - returned < 2  # a behaviour bound: not the 3 s callback
+        assert late_calls == []
+
+
 def start_exporting_to(collector: socket.socket, monkeypatch):
     """labotel exporting metrics and spans over gRPC to ``collector``'s port,
     shutdown_timeout 30 s, the exporters' timeout 2 s unless the test set one (the first
@@ -220,8 +261,10 @@ def test_shutdown_says_why_it_gave_a_collector_that_failed_before_only_one_secon
             assert wait_for_outcomes(monitor, lambda outcomes: outcomes == [False, False])
             assert all(exporting_watch(exporter).timed_out
                        for exporter in sdk._owned_exporters(monitor.providers))
-            monitor.reporter.report(Detection(kind="memory_leak", summary="hangs too"))
             time.sleep(exporting.PROBE_GAP)  # sooner, the final export would fail at once
+            # reported just before shutdown(): still queued (the batch goes out 0.5 s after),
+            # so it is the final export's, which hangs
+            monitor.reporter.report(Detection(kind="memory_leak", summary="hangs too"))
             with caplog.at_level(logging.WARNING, logger="labotel"):
                 took = timed_shutdown()
         finally:
@@ -380,3 +423,36 @@ def test_labotels_spans_leave_the_applications_random_numbers_alone_and_differ_a
             assert span.get_span_context().trace_id != child_id
     finally:
         labotel.shutdown()
+
+
+def test_an_abort_while_a_request_connects_still_ends_that_request(monkeypatch):
+    """shutdown()'s abort shuts the export sockets it knows of. One still connecting when
+    the abort came was not among them, and its request waited out its whole timeout (seen
+    with six busy application threads: the export thread alive 3 s and more after
+    shutdown() returned). A connection that completes after the abort is now closed."""
+    import requests
+    import urllib3.util.connection
+
+    from labotel import exporting
+
+    session = exporting.abortable_session()
+    real_connect = urllib3.util.connection.create_connection
+
+    def connect_then_abort(*args, **kwargs):
+        sock = real_connect(*args, **kwargs)
+        session.abort()  # shutdown's deadline, arriving while this request connected
+        return sock
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", connect_then_abort)
+    with socket.socket() as collector:
+        collector.bind(("127.0.0.1", 0))
+        collector.listen(8)  # connections complete; nothing ever answers
+        url = f"http://127.0.0.1:{collector.getsockname()[1]}/v1/metrics"
+        began = time.monotonic()
+        with pytest.raises(requests.exceptions.ConnectionError):
+            session.post(url, data=b"metrics", timeout=30)
+        assert time.monotonic() - began < 10  # a behaviour bound: not the 30 s timeout
+        # and after the abort, a request fails before it connects at all
+        monkeypatch.setattr(urllib3.util.connection, "create_connection", real_connect)
+        with pytest.raises(requests.exceptions.ConnectionError, match="shutting down"):
+            session.post(url, data=b"metrics", timeout=30)

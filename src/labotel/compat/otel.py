@@ -203,7 +203,9 @@ def exporter_shut_down(exporter: object) -> bool:
 def connection_class_reporting_sockets(base: type, new_socket: Callable[[Any], None],
                                        refuse: Callable[[], bool]) -> type:
     """A urllib3 connection class telling ``new_socket`` of each socket it opens, and
-    opening none once ``refuse()`` says so (its ``_new_conn`` is the one place they open)."""
+    opening none once ``refuse()`` says so (its ``_new_conn`` is the one place they open).
+    ``refuse()`` is asked again once the socket is known: an abort that came while it
+    connected did not see it, and its request would wait out its whole timeout."""
 
     class Reporting(base):  # type: ignore[misc, valid-type]
         def _new_conn(self) -> Any:
@@ -211,6 +213,9 @@ def connection_class_reporting_sockets(base: type, new_socket: Callable[[Any], N
                 raise OSError("labotel is shutting down: no new export connections")
             sock = super()._new_conn()
             new_socket(sock)
+            if refuse():
+                sock.close()
+                raise OSError("labotel is shutting down: no new export connections")
             return sock
 
     return Reporting
