@@ -423,12 +423,16 @@ def test_a_finalizer_run_by_gc_inside_the_detector_does_not_deadlock():
                                 runtime_metrics=False, leak_detection=False)
         detector = monitor.component("detect.races").detector
         event, cond = threading.Event(), threading.Condition()
+        # the finalizer's own Event: one that work() also sets can be collected while its
+        # thread holds that Event's lock in set(), and the finalizer then waits on it
+        # forever (a hazard of any finalizer taking a plain lock, labotel or not)
+        finalizer_event = threading.Event()
 
         class Finalized:
             def __init__(self):
                 self.cycle = self  # only the cyclic GC frees it, at any allocation
             def __del__(self):
-                event.set()
+                finalizer_event.set()
                 with cond:
                     labotel.record_access("in-finalizer", write=True)
                 labotel.happens_before("finalizer-token")
