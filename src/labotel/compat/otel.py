@@ -327,32 +327,22 @@ def probe_grpc() -> list[Capability]:
         why = "no OTLP/gRPC exporter in use in this process"
         return [Capability.unchecked("otel.grpc_reconnect", _GRPC_RECONNECT, why),
                 Capability.unchecked("otel.grpc_idle_when_down", _GRPC_IDLE, why)]
-    return [_probe_grpc(), _probe_grpc_idle()]
-
-
-def _probe_grpc() -> Capability:
-    feature = _GRPC_RECONNECT
     try:
         from opentelemetry.exporter.otlp.proto.grpc.exporter import OTLPExporterMixin
     except ImportError as error:
-        return Capability.check("otel.grpc_reconnect", feature, False, f"no OTLP/gRPC: {error}")
+        return [Capability.check("otel.grpc_reconnect", _GRPC_RECONNECT, False,
+                                 f"no OTLP/gRPC: {error}"),
+                Capability.check("otel.grpc_idle_when_down", _GRPC_IDLE, False,
+                                 f"no OTLP/gRPC: {error}")]
     reconnect = getattr(OTLPExporterMixin, "_initialize_channel_and_stub", None)
-    return Capability.check(
-        "otel.grpc_reconnect", feature,
-        reconnect is not None and _assigns(reconnect, "_channel"),
-        "OTLPExporterMixin._initialize_channel_and_stub is missing")
-
-
-def _probe_grpc_idle() -> Capability:
-    feature = _GRPC_IDLE
-    try:
-        from opentelemetry.exporter.otlp.proto.grpc.exporter import OTLPExporterMixin
-    except ImportError as error:
-        return Capability.check("otel.grpc_idle_when_down", feature, False,
-                                f"no OTLP/gRPC: {error}")
-    reconnect = getattr(OTLPExporterMixin, "_initialize_channel_and_stub", None)
-    return Capability.check(
-        "otel.grpc_idle_when_down", feature,
-        reconnect is not None and _assigns(reconnect, "_channel", "_client")
-        and _assigns(getattr(OTLPExporterMixin, "_export", None), "_client", "_timeout"),
-        "OTLPExporterMixin._export no longer reads _client and _timeout")
+    return [
+        Capability.check(
+            "otel.grpc_reconnect", _GRPC_RECONNECT,
+            reconnect is not None and _assigns(reconnect, "_channel"),
+            "OTLPExporterMixin._initialize_channel_and_stub is missing"),
+        Capability.check(
+            "otel.grpc_idle_when_down", _GRPC_IDLE,
+            reconnect is not None and _assigns(reconnect, "_channel", "_client")
+            and _assigns(getattr(OTLPExporterMixin, "_export", None), "_client", "_timeout"),
+            "OTLPExporterMixin._export no longer reads _client and _timeout"),
+    ]
