@@ -66,7 +66,7 @@ class Timers:
 
     def install(self) -> None:
         self.wrap(memory.MemoryLeakDetector, "take_sample", "sample")
-        self.wrap(memory.MemoryLeakDetector, "_maybe_collect", "sample gc.collect")
+        self.wrap(memory.MemoryLeakDetector, "_collect", "sample gc.collect")
         self.wrap(census, "take_census", "census walk")
         self.wrap(attribution.Attribution, "_observe", "observe")
         self.wrap(attribution.Attribution, "finish", "attribution finish")

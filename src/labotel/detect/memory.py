@@ -1,10 +1,13 @@
 """Memory-leak detector: a cheap trend watch that turns on attribution only when needed.
 
 Always on: every ``leak_sample_interval`` seconds a background thread reads resident
-memory (RSS) and the C-allocator heap (``runtime.heap``), just after a full garbage
-collection when that fits in a small CPU budget. A leak is *suspected* when either series
-has grown steadily (``detect.trend``) at ``memory_leak_min_rate`` bytes/s or faster over at
-least half of ``leak_window``.
+memory (RSS) and the C-allocator heap (``runtime.heap``). A leak is *suspected* when either
+series has grown steadily (``detect.trend``) at ``memory_leak_min_rate`` bytes/s or faster
+over at least half of ``leak_window``. Before attribution begins, one full garbage
+collection (within a CPU and stall budget) checks that the growth is not garbage cycles
+waiting for the application's own collection: if the collection gives back half the rise
+or more, the suspicion is cleared. No collection is forced while memory is flat: a full
+collection stops every application thread for its whole length.
 
 While suspected: for ``leak_attribution_seconds`` the containers that keep growing are
 watched and their new items traced back to the lines that allocate them, in short bursts
@@ -42,6 +45,7 @@ from labotel.detect.trend import Trend, trend
 from labotel.runtime.heap import malloc_in_use, small_object_blocks
 
 GC_BUDGET = 0.005  # share of wall time the sampler may spend in gc.collect()
+GARBAGE_SHARE = 0.5  # a collection giving back this share of the rise clears a suspicion
 GC_SECONDS_PER_BLOCK = 20e-9  # a full collection's cost per pymalloc block, until measured
 BURST_WAIT = 0.5  # seconds a sample waits for an attribution burst to end
 MIN_POINTS = 5  # samples needed before any verdict
@@ -112,6 +116,8 @@ class MemoryLeakDetector(SamplingDetector):
         self._gc_per_block = GC_SECONDS_PER_BLOCK
         self.gc_skipped: str | None = None
         self._last_collect = float("-inf")
+        self.collections = 0
+        self.last_collection_check: dict[str, Any] | None = None
         self.reports = 0
         self.attributions = 0
 
@@ -139,7 +145,7 @@ class MemoryLeakDetector(SamplingDetector):
         super().after_fork_in_child()
 
     # -- sampling ----------------------------------------------------------------------
-    def take_sample(self) -> MemorySample:
+    def take_sample(self, after_gc: bool = False) -> MemorySample:
         """RSS and C heap less what is not the application's: tracemalloc's own tables and
         labotel's own memory (``context.footprint``: shadow state, detections, queued
         spans), so neither can be reported as the application's leak."""
@@ -147,7 +153,6 @@ class MemoryLeakDetector(SamplingDetector):
         if attribution is not None:
             attribution.wait_idle(BURST_WAIT)
         now = time.monotonic()
-        after_gc = self._maybe_collect(now)
         overhead = tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
         own = self.context.footprint.total()
         heap = malloc_in_use()
@@ -156,36 +161,67 @@ class MemoryLeakDetector(SamplingDetector):
             heap=None if heap is None else heap - overhead - own,
             small_blocks=small_object_blocks(), after_gc=after_gc, own=own)
 
-    def _maybe_collect(self, now: float) -> bool:
-        """A full collection first, so garbage cycles are not mistaken for growth — but
-        only as often as ``GC_BUDGET`` allows for what the last collection cost, and never
-        one that would stop every thread for longer than ``STALL_BUDGET`` (its cost is
-        predicted from the heap's size and the last collection's cost per block)."""
+    def _collect(self, now: float) -> str:
+        """A full collection, if the budgets allow one now: ``"collected"``; ``"wait"``
+        when ``GC_BUDGET`` (for what the last one cost) allows none yet; ``"without"`` when
+        the application turned GC off, or when the collection would stop every thread for
+        longer than ``STALL_BUDGET`` (predicted from the heap's size and the last
+        collection's cost per block)."""
         if not gc.isenabled():  # the application turned GC off on purpose
-            return False
+            return "without"
         if now - self._last_collect < self._gc_cost / GC_BUDGET:
-            return False
+            return "wait"
         blocks = small_object_blocks()
         predicted = blocks * self._gc_per_block
         if predicted > STALL_BUDGET:
             self.gc_skipped = (f"a full collection would stop the application for about "
                                f"{predicted * 1000:.0f} ms (over {STALL_BUDGET * 1000:.0f} ms): "
-                               "samples are taken without one")
-            return False
+                               "a suspected leak is judged without one")
+            return "without"
         self.gc_skipped = None
         began = time.perf_counter()
         gc.collect()
         self._gc_cost = time.perf_counter() - began
         self._gc_per_block = self._gc_cost / max(blocks, 1)
         self._last_collect = now
-        return True
+        self.collections += 1
+        return "collected"
 
-    def tick(self) -> None:
-        sample = self.take_sample()
+    def _growth_survives_collection(self, suspicion: Suspicion, before: MemorySample) -> bool:
+        """Is the suspected growth still there after a full collection? Garbage cycles
+        that outlived the young generations wait for the application's own full
+        collection, and pile up meanwhile as steadily as a leak does. False also while
+        the collection budget makes the check wait (the next sample judges again)."""
+        outcome = self._collect(time.monotonic())
+        if outcome == "wait":
+            return False
+        if outcome == "without":
+            return True
+        after = self.take_sample(after_gc=True)
+        self._append(after)
+        # Either series: freed memory stays in the process (RSS) unless the allocator
+        # returns it, but malloc's in-use figure falls at once.
+        freed = max((b - a for series in SERIES
+                     if (b := before.value(series)) is not None
+                     and (a := after.value(series)) is not None), default=0)
+        garbage = freed >= GARBAGE_SHARE * suspicion.trend.rise
+        self.last_collection_check = {
+            "series": suspicion.series, "rise_bytes": suspicion.trend.rise,
+            "freed_bytes": freed, "gc_seconds": round(self._gc_cost, 6),
+            "outcome": "cleared: the growth was garbage" if garbage else "attributing"}
+        if garbage:  # judge only what comes after the collection
+            self._evidence_since = after.time
+        return not garbage
+
+    def _append(self, sample: MemorySample) -> None:
         with self._lock:
             self.samples.append(sample)
             while self.samples and self.samples[0].time < sample.time - self.window:
                 self.samples.popleft()
+
+    def tick(self) -> None:
+        sample = self.take_sample()
+        self._append(sample)
         self._check_limit(sample)
         if self.state == "attributing":
             assert self.suspicion is not None and self._attribution is not None
@@ -197,7 +233,7 @@ class MemoryLeakDetector(SamplingDetector):
                 return
             self.state = "watching"
         suspicion = self.judge(sample.time)
-        if suspicion is not None:
+        if suspicion is not None and self._growth_survives_collection(suspicion, sample):
             self._begin_attribution(suspicion)
 
     # -- decisions ---------------------------------------------------------------------
@@ -397,6 +433,8 @@ class MemoryLeakDetector(SamplingDetector):
                 **last, "finished_seconds_ago": round(now - self._last_attribution_at, 3)},
             "gc_collect_seconds": round(self._gc_cost, 6),
             "gc_collect_skipped": self.gc_skipped,
+            "gc_collections": self.collections,
+            "last_gc_check": self.last_collection_check,
             "reports": self.reports,
             "attributions": self.attributions,
             "samples": [{"seconds_ago": round(now - s.time, 3), "rss_bytes": s.rss,
