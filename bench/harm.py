@@ -208,7 +208,10 @@ def monitor_figures(monitor: Any) -> dict[str, Any]:
             view = memory.view()["memory_leak"]
             figures["memory_detector"] = {"state": view["state"], "reports": view["reports"],
                                           "attributions": view.get("attributions"),
-                                          "last": (view["last_attribution"] or {}).get("outcome")}
+                                          "last": (view["last_attribution"] or {}).get("outcome"),
+                                          "gc_check": (view.get("last_gc_check") or {}).get(
+                                              "outcome"),
+                                          "gc_collections": view.get("gc_collections")}
         races = monitor.component("detect.races")
         if races is not None and races.detector is not None:
             figures["races"] = races.detector.stats()

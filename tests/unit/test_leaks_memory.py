@@ -31,6 +31,7 @@ import pytest
 from bench.workload import heavy_churn
 
 import labotel
+from labotel.detect.memory import GC_BUDGET
 from tests.metrics_helpers import fetch
 
 MB = 1024 * 1024
@@ -472,8 +473,6 @@ def test_garbage_cycles_piling_up_are_collected_not_attributed():
 def test_a_suspected_leak_gets_its_collection_within_the_cpu_budget():
     """Collections run only for a suspicion, and no more often than GC_BUDGET allows for
     what the last one cost; the leak survives them and is reported."""
-    from labotel.detect.memory import GC_BUDGET
-
     sink: list = []
     with full_collections_on("labotel-memory-leak") as started:
         monitor = start()
@@ -488,6 +487,26 @@ def test_a_suspected_leak_gets_its_collection_within_the_cpu_budget():
     for (began, ended), (next_began, _) in zip(started, started[1:], strict=False):
         assert next_began - began >= 0.9 * (ended - began) / GC_BUDGET, started
     assert len(kept) == 300_000
+
+
+def test_while_attribution_runs_samples_follow_a_collection(monkeypatch):
+    """Freed small objects stay in the process, so garbage piling up during attribution
+    would read as growth: its samples follow a full collection as the budget allows (a
+    budget made ample here, so that every sample may have one; the real one is
+    checked above)."""
+    from labotel.detect import memory
+
+    monkeypatch.setattr(memory, "GC_BUDGET", 0.9)
+    sink: list = []
+    monitor = start()
+    detector = monitor.component("detect.memory")
+    with running((leak_records, sink)):
+        assert wait_for(lambda: detector.state == "attributing", 60), detector.view()
+        since = detector.suspicion.since
+        assert wait_for(lambda: detector.state != "attributing", 30)
+    during = [s for s in detector.samples if s.time > since]
+    collected = [s for s in during if s.after_gc]
+    assert len(during) >= 8 and len(collected) >= len(during) / 2, (len(collected), len(during))
 
 
 @pytest.mark.parametrize("name, value", [("leak_min_growth", 0), ("leak_window", 0.1),

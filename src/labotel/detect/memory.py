@@ -6,7 +6,8 @@ series has grown steadily (``detect.trend``) at ``memory_leak_min_rate`` bytes/s
 over at least half of ``leak_window``. Before attribution begins, one full garbage
 collection (within a CPU and stall budget) checks that the growth is not garbage cycles
 waiting for the application's own collection: if the collection gives back half the rise
-or more, the suspicion is cleared. No collection is forced while memory is flat: a full
+or more, the suspicion is cleared. While attribution runs, samples follow a collection
+as the same budget allows. No collection is forced while memory is flat: a full
 collection stops every application thread for its whole length.
 
 While suspected: for ``leak_attribution_seconds`` the containers that keep growing are
@@ -145,14 +146,16 @@ class MemoryLeakDetector(SamplingDetector):
         super().after_fork_in_child()
 
     # -- sampling ----------------------------------------------------------------------
-    def take_sample(self, after_gc: bool = False) -> MemorySample:
+    def take_sample(self, collect: bool = False) -> MemorySample:
         """RSS and C heap less what is not the application's: tracemalloc's own tables and
         labotel's own memory (``context.footprint``: shadow state, detections, queued
-        spans), so neither can be reported as the application's leak."""
+        spans), so neither can be reported as the application's leak. With ``collect``,
+        after a full collection if the budgets allow one now."""
         attribution = self._attribution
         if attribution is not None:
             attribution.wait_idle(BURST_WAIT)
         now = time.monotonic()
+        after_gc = collect and self._collect(now) == "collected"
         overhead = tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
         own = self.context.footprint.total()
         heap = malloc_in_use()
@@ -197,7 +200,7 @@ class MemoryLeakDetector(SamplingDetector):
             return False
         if outcome == "without":
             return True
-        after = self.take_sample(after_gc=True)
+        after = dataclasses.replace(self.take_sample(), after_gc=True)
         self._append(after)
         # Either series: freed memory stays in the process (RSS) unless the allocator
         # returns it, but malloc's in-use figure falls at once.
@@ -220,7 +223,10 @@ class MemoryLeakDetector(SamplingDetector):
                 self.samples.popleft()
 
     def tick(self) -> None:
-        sample = self.take_sample()
+        # While attribution checks a suspicion, samples follow a full collection when the
+        # budget allows: garbage that piles up meanwhile (small objects: their memory
+        # stays in the process after the check's collection) must not read as growth.
+        sample = self.take_sample(collect=self.state == "attributing")
         self._append(sample)
         self._check_limit(sample)
         if self.state == "attributing":
