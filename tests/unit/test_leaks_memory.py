@@ -491,12 +491,13 @@ def test_a_suspected_leak_gets_its_collection_within_the_cpu_budget():
 
 def test_while_attribution_runs_samples_follow_a_collection(monkeypatch):
     """Freed small objects stay in the process, so garbage piling up during attribution
-    would read as growth: its samples follow a full collection as the budget allows (a
-    budget made ample here, so that every sample may have one; the real one is
-    checked above)."""
+    would read as growth: its samples follow a full collection as the budget allows (the
+    budgets made ample here, so that every sample has one whatever the heap of the test
+    process; the real ones are checked above)."""
     from labotel.detect import memory
 
-    monkeypatch.setattr(memory, "GC_BUDGET", 0.9)
+    monkeypatch.setattr(memory, "GC_BUDGET", 1e6)
+    monkeypatch.setattr(memory, "STALL_BUDGET", 1e6)
     sink: list = []
     monitor = start()
     detector = monitor.component("detect.memory")
@@ -506,7 +507,9 @@ def test_while_attribution_runs_samples_follow_a_collection(monkeypatch):
         assert wait_for(lambda: detector.state != "attributing", 30)
     during = [s for s in detector.samples if s.time > since]
     collected = [s for s in during if s.after_gc]
-    assert len(during) >= 8 and len(collected) >= len(during) / 2, (len(collected), len(during))
+    # all but the samples at either end (the one that raised the suspicion, and one taken
+    # after attribution ended but before this test saw it end)
+    assert len(during) >= 8 and len(collected) >= len(during) - 2, (len(collected), len(during))
 
 
 @pytest.mark.parametrize("name, value", [("leak_min_growth", 0), ("leak_window", 0.1),
