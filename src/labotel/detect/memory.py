@@ -172,8 +172,8 @@ class MemoryLeakDetector(SamplingDetector):
         collection's cost per block)."""
         if not gc.isenabled():  # the application turned GC off on purpose
             return "without"
-        if now - self._last_collect < self._gc_cost / GC_BUDGET:
-            return "wait"
+        # The stall first: waiting for the CPU budget is pointless when the collection
+        # it would allow is over the stall budget anyway.
         blocks = small_object_blocks()
         predicted = blocks * self._gc_per_block
         if predicted > STALL_BUDGET:
@@ -182,6 +182,8 @@ class MemoryLeakDetector(SamplingDetector):
                                "a suspected leak is judged without one")
             return "without"
         self.gc_skipped = None
+        if now < self._next_collect_allowed():
+            return "wait"
         began = time.perf_counter()
         gc.collect()
         self._gc_cost = time.perf_counter() - began
@@ -190,13 +192,22 @@ class MemoryLeakDetector(SamplingDetector):
         self.collections += 1
         return "collected"
 
+    def _next_collect_allowed(self) -> float:
+        return self._last_collect + self._gc_cost / GC_BUDGET
+
     def _growth_survives_collection(self, suspicion: Suspicion, before: MemorySample) -> bool:
         """Is the suspected growth still there after a full collection? Garbage cycles
         that outlived the young generations wait for the application's own full
         collection, and pile up meanwhile as steadily as a leak does. False also while
         the collection budget makes the check wait (the next sample judges again)."""
-        outcome = self._collect(time.monotonic())
+        now = time.monotonic()
+        outcome = self._collect(now)
         if outcome == "wait":
+            wait = self._next_collect_allowed() - now
+            self.last_collection_check = {
+                "series": suspicion.series, "rise_bytes": suspicion.trend.rise,
+                "outcome": f"waiting {wait:.1f} s for the collection budget "
+                           f"({GC_BUDGET:.1%} of the time)"}
             return False
         if outcome == "without":
             return True
