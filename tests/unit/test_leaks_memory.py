@@ -543,6 +543,9 @@ def test_a_check_over_the_stall_budget_proceeds_without_waiting_for_the_cpu_budg
     assert detector._collect(time.monotonic()) == "without"
     assert "would stop the application" in detector.view()["memory_leak"]["gc_collect_skipped"]
     assert detector._growth_survives_collection(rising, detector.take_sample())
+    assert detector.last_collection_check["outcome"].startswith(
+        "attributing without a collection: a full collection would stop"), \
+        detector.last_collection_check
     assert detector.collections == 1 and len(kept) == 100_000
 
 
@@ -583,7 +586,8 @@ def test_older_garbage_clears_the_first_check_and_the_leak_is_reported_at_the_ne
     finally:
         gc.set_threshold(*thresholds)
     assert outcomes[0] == "cleared: the growth was garbage", outcomes
-    assert outcomes[-1] == "attributing", outcomes
+    # with its collection, or without one when the whole suite's heap makes it too long
+    assert outcomes[-1].startswith("attributing"), outcomes
     assert detector.collections >= 2
     detection = labotel.detections("memory_leak")[0]
     assert detection.attributes["labotel.leak.site"] == source_line("# LEAKING LINE")

@@ -171,6 +171,8 @@ class MemoryLeakDetector(SamplingDetector):
         longer than ``STALL_BUDGET`` (predicted from the heap's size and the last
         collection's cost per block)."""
         if not gc.isenabled():  # the application turned GC off on purpose
+            self.gc_skipped = ("the application turned garbage collection off: a suspected "
+                               "leak is judged without a collection")
             return "without"
         # The stall first: waiting for the CPU budget is pointless when the collection
         # it would allow is over the stall budget anyway.
@@ -210,6 +212,9 @@ class MemoryLeakDetector(SamplingDetector):
                            f"({GC_BUDGET:.1%} of the time)"}
             return False
         if outcome == "without":
+            self.last_collection_check = {
+                "series": suspicion.series, "rise_bytes": suspicion.trend.rise,
+                "outcome": f"attributing without a collection: {self.gc_skipped}"}
             return True
         after = dataclasses.replace(self.take_sample(), after_gc=True)
         self._append(after)
