@@ -448,7 +448,17 @@ def pile_up_garbage(stop: threading.Event, made: list) -> None:
         time.sleep(0.1)
 
 
-def test_garbage_cycles_piling_up_are_collected_not_attributed():
+def ample_stall_budget(monkeypatch) -> None:
+    """The whole suite's heap makes a full collection last about 100 ms, so a test of the
+    CPU budget or of the garbage check must not depend on the stall budget (tested on its
+    own)."""
+    from labotel.detect import memory
+
+    monkeypatch.setattr(memory, "STALL_BUDGET", 1e6)
+
+
+def test_garbage_cycles_piling_up_are_collected_not_attributed(monkeypatch):
+    ample_stall_budget(monkeypatch)
     thresholds = gc.get_threshold()
     gc.set_threshold(thresholds[0], thresholds[1], 10**9)  # no automatic full collection
     made: list = []
@@ -481,9 +491,10 @@ def test_garbage_cycles_piling_up_are_collected_not_attributed():
     assert sum(made) * 20_000 / MB > 20  # megabytes of garbage were made
 
 
-def test_a_suspected_leak_gets_its_collection_within_the_cpu_budget():
+def test_a_suspected_leak_gets_its_collection_within_the_cpu_budget(monkeypatch):
     """Collections run only for a suspicion, and no more often than GC_BUDGET allows for
     what the last one cost; the leak survives them and is reported."""
+    ample_stall_budget(monkeypatch)
     sink: list = []
     with full_collections_on("labotel-memory-leak") as started:
         monitor = start()
@@ -533,6 +544,9 @@ def test_a_check_over_the_stall_budget_proceeds_without_waiting_for_the_cpu_budg
     monitor = start()  # memory is flat here: the sampler itself collects nothing
     detector = monitor.component("detect.memory")
     kept = [[i] for i in range(100_000)]
+    # ample at first, whatever the heap of the test process (the whole suite's makes a
+    # collection last over 100 ms)
+    monkeypatch.setattr(memory, "STALL_BUDGET", 1e6)
     assert detector._collect(time.monotonic()) == "collected"
     rising = memory.Suspicion(since=time.monotonic(), series="rss",
                               trend=memory.trend([0.0, 1.0, 2.0], [0.0, 1e6, 2e6]))
@@ -588,7 +602,6 @@ def test_older_garbage_clears_the_first_check_and_the_leak_is_reported_at_the_ne
     assert outcomes[0] == "cleared: the growth was garbage", outcomes
     # with its collection, or without one when the whole suite's heap makes it too long
     assert outcomes[-1].startswith("attributing"), outcomes
-    assert detector.collections >= 2
     detection = labotel.detections("memory_leak")[0]
     assert detection.attributes["labotel.leak.site"] == source_line("# LEAKING LINE")
 
