@@ -171,7 +171,12 @@ def test_native_growth_is_reported_after_two_attributions_without_a_site():
     detection = labotel.detections("memory_leak")[0]
     assert detection.attributes["labotel.leak.site"] == "unknown"
     assert "no Python allocation site grew enough" in detection.message
-    assert outcomes[0]["outcome"].startswith("unexplained")
+    if outcomes[-1] is not detector.last_attribution:  # it ended between two polls
+        outcomes.append(detector.last_attribution)
+    # reported by the second of two attributions in a row that found no site (one before
+    # them may end cleared: CI's whole-suite heap on 3.13 once saw the growth pause)
+    assert outcomes[-1]["outcome"] == "reported", outcomes
+    assert outcomes[-2]["outcome"].startswith("unexplained"), outcomes
     assert not tracemalloc.is_tracing()
     for thread in threads:
         thread.join(5)
