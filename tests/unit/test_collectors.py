@@ -210,8 +210,12 @@ def test_loop_already_running_at_start_is_found():
     finally:
         labotel.shutdown()
     assert value(samples, "labotel_asyncio_loops") >= 1
-    # main() (suspended while the scrape runs in a thread) and the sleeping task
-    assert value(samples, "labotel_asyncio_tasks", asyncio_task_state="pending") >= 2
+    # main() and the sleeping task. main() is usually suspended while the scrape runs,
+    # but to_thread() starts the scrape before main()'s step ends: on a loaded machine
+    # (CI, 3.13) the scrape once read main() as running.
+    pending = value(samples, "labotel_asyncio_tasks", asyncio_task_state="pending")
+    running = value(samples, "labotel_asyncio_tasks", asyncio_task_state="running")
+    assert pending >= 1 and pending + running >= 2, (pending, running)
 
 
 @pytest.mark.parametrize("attempt", range(1))
