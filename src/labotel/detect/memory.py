@@ -206,15 +206,11 @@ class MemoryLeakDetector(SamplingDetector):
         outcome = self._collect(now)
         if outcome == "wait":
             wait = self._next_collect_allowed() - now
-            self.last_collection_check = {
-                "series": suspicion.series, "rise_bytes": suspicion.trend.rise,
-                "outcome": f"waiting {wait:.1f} s for the collection budget "
-                           f"({GC_BUDGET:.1%} of the time)"}
+            self._record_check(suspicion, f"waiting {wait:.1f} s for the collection budget "
+                                          f"({GC_BUDGET:.1%} of the time)")
             return False
         if outcome == "without":
-            self.last_collection_check = {
-                "series": suspicion.series, "rise_bytes": suspicion.trend.rise,
-                "outcome": f"attributing without a collection: {self.gc_skipped}"}
+            self._record_check(suspicion, f"attributing without a collection: {self.gc_skipped}")
             return True
         after = dataclasses.replace(self.take_sample(), after_gc=True)
         self._append(after)
@@ -224,13 +220,17 @@ class MemoryLeakDetector(SamplingDetector):
                      if (b := before.value(series)) is not None
                      and (a := after.value(series)) is not None), default=0)
         garbage = freed >= GARBAGE_SHARE * suspicion.trend.rise
-        self.last_collection_check = {
-            "series": suspicion.series, "rise_bytes": suspicion.trend.rise,
-            "freed_bytes": freed, "gc_seconds": round(self._gc_cost, 6),
-            "outcome": "cleared: the growth was garbage" if garbage else "attributing"}
+        self._record_check(suspicion,
+                           "cleared: the growth was garbage" if garbage else "attributing",
+                           freed_bytes=freed, gc_seconds=round(self._gc_cost, 6))
         if garbage:  # judge only what comes after the collection
             self._evidence_since = after.time
         return not garbage
+
+    def _record_check(self, suspicion: Suspicion, outcome: str, **figures: Any) -> None:
+        self.last_collection_check = {"series": suspicion.series,
+                                      "rise_bytes": suspicion.trend.rise, **figures,
+                                      "outcome": outcome}
 
     def _append(self, sample: MemorySample) -> None:
         with self._lock:
