@@ -79,6 +79,28 @@ def wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+def record_each(read, seen: list):
+    """A function that appends what ``read()`` gives to ``seen`` when it is new (by
+    identity): the detector replaces its last attribution or check, and a test polls to
+    see the whole sequence."""
+    def record() -> None:
+        value = read()
+        if value is not None and (not seen or seen[-1] is not value):
+            seen.append(value)
+    return record
+
+
+@contextlib.contextmanager
+def no_automatic_full_collections():
+    """Garbage that reaches the oldest generation stays there for the whole block."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], thresholds[1], 10**9)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+
+
 def start(**options):
     labotel.shutdown()
     # Garbage earlier tests left in the oldest generation would be freed by the first
@@ -157,12 +179,11 @@ def test_native_growth_is_reported_after_two_attributions_without_a_site():
             time.sleep(0.1)
 
     stop, threads = run_in_background((native_leak,))
-    outcomes = []
+    outcomes: list[dict] = []
+    record = record_each(lambda: detector.last_attribution, outcomes)
     try:
         def reported() -> bool:
-            last = detector.last_attribution
-            if last and (not outcomes or outcomes[-1] is not last):
-                outcomes.append(last)
+            record()
             return bool(labotel.detections("memory_leak"))
 
         assert wait_for(reported, 60), detector.view()
@@ -171,8 +192,7 @@ def test_native_growth_is_reported_after_two_attributions_without_a_site():
     detection = labotel.detections("memory_leak")[0]
     assert detection.attributes["labotel.leak.site"] == "unknown"
     assert "no Python allocation site grew enough" in detection.message
-    if outcomes[-1] is not detector.last_attribution:  # it ended between two polls
-        outcomes.append(detector.last_attribution)
+    record()  # the last one may have ended between two polls
     # reported by the second of two attributions in a row that found no site (one before
     # them may end cleared: CI's whole-suite heap on 3.13 once saw the growth pause)
     assert outcomes[-1]["outcome"] == "reported", outcomes
@@ -464,25 +484,14 @@ def ample_stall_budget(monkeypatch) -> None:
 
 def test_garbage_cycles_piling_up_are_collected_not_attributed(monkeypatch):
     ample_stall_budget(monkeypatch)
-    thresholds = gc.get_threshold()
-    gc.set_threshold(thresholds[0], thresholds[1], 10**9)  # no automatic full collection
     made: list = []
     checks: list[dict] = []
-    try:
-        with full_collections_on("labotel-memory-leak") as started:
-            monitor = start(**{**QUIET, "leak_attribution_seconds": 3.0})
-            detector = monitor.component("detect.memory")
-
-            def checked() -> bool:
-                check = detector.last_collection_check
-                if check and (not checks or checks[-1] is not check):
-                    checks.append(check)
-                return False
-
-            with running((pile_up_garbage, made)):
-                wait_for(checked, 5 * QUIET["leak_window"])
-    finally:
-        gc.set_threshold(*thresholds)
+    with no_automatic_full_collections(), full_collections_on("labotel-memory-leak") as started:
+        monitor = start(**{**QUIET, "leak_attribution_seconds": 3.0})
+        detector = monitor.component("detect.memory")
+        record = record_each(lambda: detector.last_collection_check, checks)
+        with running((pile_up_garbage, made)):
+            wait_for(record, 5 * QUIET["leak_window"])  # records, never done early
     view = detector.view()["memory_leak"]
     collected = [c for c in checks if "freed_bytes" in c]  # not those waiting for budget
     assert collected, (checks, view)
@@ -584,26 +593,22 @@ def test_older_garbage_clears_the_first_check_and_the_leak_is_reported_at_the_ne
     """A check's collection also frees garbage older than the growth, which can clear a
     real leak's suspicion: the next suspicion (judged only on samples after the check)
     has no old garbage left to free, and the leak is reported with its line."""
-    thresholds = gc.get_threshold()
-    gc.set_threshold(thresholds[0], thresholds[1], 10**9)  # no automatic full collection
-    outcomes: list[str] = []
+    checks: list[dict] = []
     sink: list = []
-    try:
+    with no_automatic_full_collections():
         labotel.shutdown()
         old_garbage(40)
         monitor = labotel.start(admin_address="", **FAST)  # start() would collect it
         detector = monitor.component("detect.memory")
+        record = record_each(lambda: detector.last_collection_check, checks)
 
         def reported() -> bool:
-            check = detector.last_collection_check
-            if check and (not outcomes or outcomes[-1] != check["outcome"]):
-                outcomes.append(check["outcome"])
+            record()
             return bool(labotel.detections("memory_leak"))
 
         with running((leak_records, sink)):
-            assert wait_for(reported, 60), (outcomes, detector.view()["memory_leak"])
-    finally:
-        gc.set_threshold(*thresholds)
+            assert wait_for(reported, 60), (checks, detector.view()["memory_leak"])
+    outcomes = [check["outcome"] for check in checks]
     assert outcomes[0] == "cleared: the growth was garbage", outcomes
     # with its collection, or without one when the whole suite's heap makes it too long
     assert outcomes[-1].startswith("attributing"), outcomes
