@@ -44,7 +44,7 @@ from labotel.profile import symbols
 from labotel.profile.stacks import thread_state
 from labotel.runtime import aio, origins
 from labotel.runtime.gc import GCCollector
-from labotel.runtime.thread_frames import current_frames
+from labotel.runtime.thread_frames import current_frames, outward, stack
 
 # the function asyncio runs every callback and task step in (None: the detector is off,
 # said once at start). Loops that do not run callbacks through it (uvloop) are not watched.
@@ -297,28 +297,28 @@ def _running(beat: aio.Beat) -> bool:
 
 def _running_callback(frame: FrameType | None) -> FrameType | None:
     """The innermost ``Handle._run`` frame of a loop thread's stack (None when idle)."""
-    while frame is not None:
-        if frame.f_code is _HANDLE_RUN:
-            return frame
-        frame = frame.f_back
+    for caller in outward(frame):
+        if caller.f_code is _HANDLE_RUN:
+            return caller
     return None
 
 
 def _stack(frame: FrameType | None) -> tuple[Frame, ...]:
     frames: list[Frame] = []
-    while frame is not None and len(frames) < STACK_FRAMES:
-        code = frame.f_code
-        frames.append((code.co_filename, frame.f_lineno or code.co_firstlineno,
+    for caller in stack(frame, STACK_FRAMES):
+        code = caller.f_code
+        frames.append((code.co_filename, caller.f_lineno or code.co_firstlineno,
                        symbols.qualname(code)))
-        frame = frame.f_back
     return tuple(frames)
 
 
 def _callback_name(frame: FrameType | None, callback: FrameType) -> str | None:
     """The function ``Handle._run`` called: the frame just inside it."""
     inner = None
-    while frame is not None and frame is not callback:
-        inner, frame = frame, frame.f_back
+    for caller in outward(frame):
+        if caller is callback:
+            break
+        inner = caller
     if inner is None:
         return None
     code = inner.f_code

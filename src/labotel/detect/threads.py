@@ -34,7 +34,7 @@ from labotel.detect.periodic import SamplingDetector
 from labotel.detect.trend import trend
 from labotel.frames import application_frame
 from labotel.runtime import aio, origins
-from labotel.runtime.thread_frames import current_frames
+from labotel.runtime.thread_frames import current_frames, stack
 
 Frame = tuple[str, int, str]  # (filename, lineno, function)
 
@@ -224,11 +224,8 @@ class LeakTracker:
 # -- where members are now --------------------------------------------------------------
 def thread_stack(frame: Any, limit: int = STACK_FRAMES) -> tuple[Frame, ...]:
     """A thread's current stack, innermost first."""
-    frames: list[Frame] = []
-    while frame is not None and len(frames) < limit:
-        frames.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
-        frame = frame.f_back
-    return tuple(frames)
+    return tuple((f.f_code.co_filename, f.f_lineno, f.f_code.co_name)
+                 for f in stack(frame, limit))
 
 
 def task_stack(task: asyncio.Task, limit: int = STACK_FRAMES) -> tuple[Frame, ...]:

@@ -37,7 +37,7 @@ from typing import Protocol
 
 from labotel.compat import cpython
 from labotel.profile.pprof import ProfileBuilder
-from labotel.runtime.thread_frames import current_frames
+from labotel.runtime.thread_frames import current_frames, outward
 
 CPU, WALL = "cpu", "wall"
 _registered_threads: dict[int, threading.Thread] = cpython.THREADS_ACTIVE
@@ -296,25 +296,28 @@ class Sampler:
         frames, index = state.frames, state.index
         fresh: list[FrameType] = []  # innermost first
         keep = 0  # how many of the held frames (outermost first) are still its callers
-        walked: FrameType | None = frame
+        beyond = False  # whether frames past the depth limit were left out
+        walk = outward(frame, _MAX_DEPTH + 1)
         # Held frames cut off at the depth limit are not a stack's true bottom: walk anew.
         reuse = not state.truncated
-        while walked is not None and len(fresh) < _MAX_DEPTH:
+        for walked in walk:
+            if len(fresh) == _MAX_DEPTH:
+                beyond = True
+                break
             fresh.append(walked)
             position = index.get(id(walked)) if reuse else None
             if (position is not None and frames[position] is walked
                     and not walked.f_code.co_flags & _SUSPENDABLE):
                 keep = position  # its own line may have moved: it is walked again
-                walked = None
                 break
-            walked = walked.f_back
         if keep + len(fresh) > _MAX_DEPTH:  # deeper than the limit: the innermost frames
             keep = 0
-            walked = fresh[-1].f_back
-            while walked is not None and len(fresh) < _MAX_DEPTH:
+            for walked in walk:  # on from the held frame it stopped at
+                if len(fresh) == _MAX_DEPTH:
+                    beyond = True
+                    break
                 fresh.append(walked)
-                walked = walked.f_back
-        state.truncated = walked is not None
+        state.truncated = beyond
         for held in frames[keep:]:
             del index[id(held)]
         del frames[keep:]

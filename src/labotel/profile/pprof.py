@@ -23,6 +23,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from labotel.profile import symbols
+from labotel.runtime import thread_frames
 
 _FD = descriptor_pb2.FieldDescriptorProto
 _MAX_DEPTH = 256  # deeper stacks keep their innermost frames (Go keeps 64)
@@ -169,16 +170,13 @@ class ProfileBuilder:
         by_code = self._by_code
         ids: list[int] = []
         append = ids.append
-        depth = 0
-        while frame is not None and depth < _MAX_DEPTH:
-            code = frame.f_code
-            lasti = frame.f_lasti
+        for caller in thread_frames.stack(frame, _MAX_DEPTH):
+            code = caller.f_code
+            lasti = caller.f_lasti
             location_id = by_code.get((code, lasti))
             if location_id is None:
-                location_id = self.code_location(code, lasti, frame.f_lineno)
+                location_id = self.code_location(code, lasti, caller.f_lineno)
             append(location_id)
-            frame = frame.f_back
-            depth += 1
         return tuple(ids)
 
     def frames_stack(self, frames: Iterable[FrameType]) -> Stack:

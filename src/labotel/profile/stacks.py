@@ -22,7 +22,7 @@ from labotel.compat import cpython
 from labotel.profile import symbols, text
 from labotel.profile.pprof import ProfileBuilder
 from labotel.runtime import aio, origins
-from labotel.runtime.thread_frames import current_frames
+from labotel.runtime.thread_frames import current_frames, outward
 
 _LINUX_STATES = {"R": "running", "S": "sleeping", "D": "disk wait", "T": "stopped",
                  "t": "stopped", "Z": "zombie", "I": "idle"}
@@ -122,12 +122,10 @@ def task_frames(task: asyncio.Task, thread_frame: FrameType | None = None) -> li
     chain = aio.await_chain(task)
     if thread_frame is not None and chain:
         live = []
-        frame: FrameType | None = thread_frame
-        while frame is not None:
+        for frame in outward(thread_frame):
             live.append(frame)
             if frame is chain[0]:
                 return live
-            frame = frame.f_back
     chain.reverse()
     return chain
 

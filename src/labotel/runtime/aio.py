@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable
 from types import FrameType
@@ -24,6 +25,7 @@ from labotel.compat import cpython, python
 from labotel.component import Component
 from labotel.context import Context
 from labotel.runtime import loops, origins
+from labotel.runtime.thread_frames import attribute, stack
 
 LAG_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
@@ -84,14 +86,27 @@ def task_wait(task: asyncio.Task, current: asyncio.Task | None) -> str:
     return f"awaiting {type(waiter).__name__}"
 
 
+_FRAME_ATTRIBUTE = {types.CoroutineType: "cr_frame", types.GeneratorType: "gi_frame",
+                    types.AsyncGeneratorType: "ag_frame"}
+
+
+def frame_of(awaitable: Any) -> FrameType | None:
+    """A coroutine's (generator's) frame; None once it has finished. Safe while another
+    thread runs it: a native one's frame object is made with no collection able to start."""
+    name = _FRAME_ATTRIBUTE.get(type(awaitable))
+    if name is not None:
+        return attribute(awaitable, name)
+    return (getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+            or getattr(awaitable, "ag_frame", None))
+
+
 def await_chain(task: asyncio.Task) -> list[FrameType]:
     """The frames of the coroutines a task is suspended in, outermost first: from the
     task's coroutine down its ``cr_await`` (``gi_yieldfrom``, ``ag_await``) links."""
     chain: list[FrameType] = []
     awaitable: Any = task.get_coro()
     while awaitable is not None:
-        frame = (getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
-                 or getattr(awaitable, "ag_frame", None))
+        frame = frame_of(awaitable)
         if frame is None:
             break
         chain.append(frame)
@@ -246,6 +261,6 @@ def task_view(stacks: bool = False) -> list[dict[str, Any]]:
             }
             if stacks:
                 entry["stack"] = [f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
-                                  for f in task.get_stack()]
+                                  for f in reversed(stack(frame_of(coro)))]
             result.append(entry)
     return result

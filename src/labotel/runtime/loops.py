@@ -12,10 +12,9 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from types import FrameType
 
 from labotel.patching import Patcher
-from labotel.runtime.thread_frames import current_frames
+from labotel.runtime.thread_frames import attribute, current_frames, stack
 
 log = logging.getLogger(__name__)
 LoopListener = Callable[[asyncio.AbstractEventLoop], None]
@@ -120,13 +119,11 @@ def uninstall() -> None:
 def _find_running_loops() -> list[asyncio.AbstractEventLoop]:
     """Loops in a ``run_forever`` call on some thread right now (one-off frame scan)."""
     found = []
-    frame: FrameType | None
-    for frame in current_frames().values():
-        while frame is not None:
+    for innermost in current_frames().values():
+        for frame in stack(innermost):
             if frame.f_code.co_name == "run_forever":
-                candidate = frame.f_locals.get("self")
+                candidate = (attribute(frame, "f_locals") or {}).get("self")
                 if isinstance(candidate, asyncio.AbstractEventLoop) and candidate.is_running():
                     found.append(candidate)
                     break
-            frame = frame.f_back
     return found

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import traceback
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -12,7 +11,7 @@ from labotel.compat import cpython
 from labotel.component import Component
 from labotel.context import Context
 from labotel.runtime import origins
-from labotel.runtime.thread_frames import current_frames
+from labotel.runtime.thread_frames import current_frames, stack
 
 _is_daemon = cpython.is_daemon
 
@@ -48,7 +47,7 @@ def thread_view(stacks: bool = False) -> list[dict[str, Any]]:
             "creation_stack": [f"{f}:{ln} in {fn}" for f, ln, fn in origin] if origin else [],
         }
         if stacks and thread.ident in frames:
-            entry["stack"] = [f"{fs.filename}:{fs.lineno} in {fs.name}"
-                              for fs in reversed(traceback.extract_stack(frames[thread.ident]))]
+            entry["stack"] = [f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
+                              for f in stack(frames[thread.ident])]
         result.append(entry)
     return result

@@ -24,7 +24,7 @@ from typing import Any
 
 from labotel import frames as whose
 from labotel.runtime import loops, origins
-from labotel.runtime.thread_frames import current_frames
+from labotel.runtime.thread_frames import current_frames, stack
 from labotel.testing.functions import Frame, FunctionSet, ModuleNames, check_names
 
 DEFAULT_GRACE = 1.0  # seconds a check keeps retrying before members count as leaked
@@ -321,17 +321,18 @@ def _candidates(baseline: Baseline | None) -> tuple[list[threading.Thread], list
     return threads, tasks  # type: ignore[return-value]
 
 
-def _thread_stack(frame: Any) -> tuple[Frame, ...]:
+def _thread_stack(innermost: Any) -> tuple[Frame, ...]:
     """A thread's stack, innermost first, without labotel's wrappers (the race detector's
     hooks on Event.wait...) and threading's bootstrap frames."""
     frames: list[Frame] = []
-    while frame is not None and len(frames) < STACK_FRAMES:
+    for frame in stack(innermost):
+        if len(frames) >= STACK_FRAMES:
+            break
         code = frame.f_code
         filename = code.co_filename
         if not ((filename == _THREADING_FILE and code.co_name.startswith("_bootstrap"))
                 or whose.is_labotel(filename)):
             frames.append((filename, frame.f_lineno, code.co_name))
-        frame = frame.f_back
     return tuple(frames)
 
 
