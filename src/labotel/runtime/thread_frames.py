@@ -84,18 +84,22 @@ def outward(frame: FrameType | None, limit: int | None = None) -> Iterator[Frame
     if not _AFFECTED:
         yield from _plain_walk(frame, limit)
         return
-    left = limit
+    if frame is None or limit == 0:
+        return
+    yield frame  # given: nothing to read yet
+    left = None if limit is None else limit - 1
     for size in itertools.chain(CHUNKS, itertools.repeat(CHUNKS[-1])):
-        if frame is None or (left is not None and left <= 0):
-            return
         if left is not None:
+            if left <= 0:
+                return
             size = min(size, left)
-        chunk = held_off(functools.partial(list, _chain(frame, size + 1)))
-        # the extra frame read starts the next step (None: the stack's bottom)
-        frame = chunk.pop() if len(chunk) > size else None
-        yield from chunk
-        if left is not None:
-            left -= len(chunk)
+            left -= size
+        callers = held_off(functools.partial(
+            list, itertools.islice(_chain(frame, size + 1), 1, None)))
+        yield from callers
+        if len(callers) < size:  # the stack's bottom
+            return
+        frame = callers[-1]
 
 
 def _chain(frame: FrameType, limit: int | None) -> Iterator[FrameType]:
