@@ -39,6 +39,7 @@ _READ_THRESHOLD = (gc.get_threshold,)
 _OUT_OF_REACH = functools.partial(gc.set_threshold, 1 << 30)  # the first threshold only
 _NOT_NONE = functools.partial(operator.is_not, None)
 _BACK = itertools.repeat("f_back")
+_GETATTR: Callable[[Any, Any], Any] = getattr
 CHUNKS = (4, 16, 64)
 """Frames ``outward`` reads per C-level step on 3.11, then 64 at a time: its walks mostly
 stop within a few frames (the profiler's, at the first frame it holds from its last tick),
@@ -94,7 +95,7 @@ def outward(frame: FrameType | None, limit: int | None = None) -> Iterator[Frame
                 return
             size = min(size, left)
             left -= size
-        callers = held_off(functools.partial(
+        callers: list[FrameType] = held_off(functools.partial(
             list, itertools.islice(_chain(frame, size + 1), 1, None)))
         yield from callers
         if len(callers) < size:  # the stack's bottom
@@ -104,7 +105,8 @@ def outward(frame: FrameType | None, limit: int | None = None) -> Iterator[Frame
 
 def _chain(frame: FrameType, limit: int | None) -> Iterator[FrameType]:
     """A lazy ``f_back`` chain of C iterators: nothing is read until it is consumed."""
-    backs = itertools.accumulate(itertools.chain((frame,), _BACK), getattr)
+    backs: Iterator[Any] = itertools.accumulate(itertools.chain((frame,), _BACK),
+                                                _GETATTR)
     return itertools.islice(itertools.takewhile(_NOT_NONE, backs), limit)
 
 
