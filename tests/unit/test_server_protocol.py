@@ -217,6 +217,9 @@ def test_concurrency_cap_answers_503_with_retry_after():
             release.set()
             for sock in (a, b):
                 assert split(read(sock, time.monotonic() + 5, responses=1)[0])[0].body == b"done\n"
+        # a worker frees its slot just after its last write, so a client can read "done"
+        # a moment before the slot is free: the cap is free again once both have finished
+        wait_for(lambda: server.requests_in_progress == 0, timeout=5)
         ok = exchange(server.address, request("GET", "/healthz", {"Connection": "close"}))
         assert split(ok.data)[0].status == 200
     finally:
