@@ -7,7 +7,6 @@ telemetry, its own export thread and debug server (master on P, workers on P+1, 
 
 from __future__ import annotations
 
-import signal
 import textwrap
 
 import psutil
@@ -21,6 +20,7 @@ from tests.integration.zero_code_support import (
     get_json,
     launch,
     launcher_env,
+    terminate,
     wait_for,
 )
 
@@ -95,8 +95,7 @@ def test_gunicorn_workers_are_each_seen(tmp_path, preload):
             pushed = wait_for(pushed_by_workers, timeout=45)
             seen = sorted({r["process.pid"] for r, _ in receiver.metric_resources("labotel")})
         finally:
-            master.send_signal(signal.SIGTERM)
-            _, err = master.communicate(timeout=30)
+            err = terminate(master)
         # the master's log says whether a silent worker died or was replaced
         assert pushed, (f"OTLP metrics from workers {worker_pids}: pushes seen from {seen}\n"
                         + err[-3000:])

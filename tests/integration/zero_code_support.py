@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+import psutil
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
@@ -94,6 +96,36 @@ def finish(process: subprocess.Popen, timeout: float = 30.0) -> str:
         raise AssertionError(f"app did not exit; stderr:\n{err[-4000:]}") from None
     assert process.returncode == 0, f"exit {process.returncode}; stderr:\n{err[-4000:]}"
     return err
+
+
+def terminate(process: subprocess.Popen, timeout: float = 30.0) -> str:
+    """SIGTERM ``process`` and return its stderr once it exits. If it has not exited within
+    ``timeout``, fail with the Python stack of it and each process under it (py-spy dump):
+    a hang at exit says where it waits."""
+    tree = [process.pid]
+    try:
+        tree += [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+    except psutil.Error:
+        pass
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        pass
+    dumps = []
+    for pid in tree:
+        if psutil.pid_exists(pid):
+            dump = subprocess.run([str(BIN / "py-spy"), "dump", "--pid", str(pid)],
+                                  capture_output=True, text=True, timeout=60)
+            dumps.append(f"--- pid {pid}:\n{dump.stdout}{dump.stderr}")
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    err = process.communicate()[1]
+    raise AssertionError(f"no exit within {timeout} s of SIGTERM; stacks:\n"
+                         + "\n".join(dumps) + f"\nstderr:\n{err[-4000:]}")
 
 
 def get(url: str, timeout: float = 10.0) -> tuple[int, str]:
