@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
@@ -261,6 +262,7 @@ def start(**options: Any) -> Monitor:
     settings = Settings.load(options)
     with _lock:
         _register_fork_hooks()
+        _register_exit_hook()
         if _current is not None and _current.running:
             if options and _current.settings != settings:
                 log.warning("labotel.start(): already running; new options ignored "
@@ -317,6 +319,39 @@ def _after_fork_in_child() -> None:
         monitor.after_fork_in_child()
     except Exception:  # never break the child (a gunicorn worker) because of labotel
         log.exception("labotel: setting up the forked child %d failed", os.getpid())
+
+
+_exit_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    """(Under ``_lock``) once, at the first ``start()``: after the application's own exit
+    hooks registered before it, and before those registered after it (atexit runs the
+    last registered first)."""
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_shutdown_at_exit)
+        _exit_hook_registered = True
+
+
+def _shutdown_at_exit() -> None:
+    """The interpreter is exiting: stop the running monitor within its shutdown_timeout
+    (the SDK's own exit hooks waited out every export to a hung collector: 10 s and more).
+    A daemon thread of the application may hold ``_lock`` forever, in a start() it never
+    finishes: the exit then goes on without labotel's last exports, never hangs."""
+    monitor = _current
+    if monitor is None:
+        return
+    if not _lock.acquire(timeout=monitor.settings.shutdown_timeout):
+        log.warning("labotel: another thread held labotel's lock at exit; the last "
+                    "telemetry is not exported")
+        return
+    try:
+        shutdown()
+    except Exception:
+        log.exception("labotel: shutdown at exit failed")
+    finally:
+        _lock.release()
 
 
 _fork_hooks_registered = False

@@ -72,7 +72,8 @@ class Providers:
         if deadline is None:
             deadline = time.monotonic() + self.shutdown_timeout
         waited = f"within shutdown_timeout={self.shutdown_timeout:g}s (is the collector reachable?)"
-        if _collectors_down(self):  # the final exports would only retry until the deadline
+        down = _collectors_down(self)
+        if down:  # the final exports would only retry until the deadline
             deadline = min(deadline, time.monotonic() + DOWN_COLLECTOR_WAIT)
             waited = (f"within {DOWN_COLLECTOR_WAIT:g}s: the collector failed the last "
                       "export, so shutdown_timeout is not waited out")
@@ -82,22 +83,21 @@ class Providers:
             except Exception:
                 log.exception("labotel: removing its Prometheus reader failed")
             self.prometheus_reader = None
-        owned = [provider for is_owned, provider in (
-            (self.owns_tracer_provider, self.tracer_provider),
-            (self.owns_meter_provider, self.meter_provider)) if is_owned]
+        owned = [provider for is_owned, provider in (  # the meter first: its wait is bounded
+            (self.owns_meter_provider, self.meter_provider),
+            (self.owns_tracer_provider, self.tracer_provider)) if is_owned]
         closers = []
         for provider in owned:
-            # The SDK's own exit hook would only warn "shutdown can only be called once"
-            # after a shutdown left behind at the deadline.
-            otel.forget_exit_hook(provider)
             kind = type(provider).__name__
             closer = threading.Thread(target=_close, args=(provider, deadline), daemon=True,
                                       name=f"labotel-shutdown-{kind}")
             try:
                 closer.start()
-            except RuntimeError:  # interpreter finalizing (atexit, Python 3.12+): no thread
-                # to bound the wait with, so nothing is waited for: drop what is unsent
-                self._abort_exports()
+            except RuntimeError:  # at exit on Python 3.12 no thread can start: close here.
+                # The SDK bounds the meter's wait; the last span export is bounded by the
+                # exporter's own timeout, unless the collector is known down: then dropped.
+                if down:
+                    self._abort_exports()
                 _close(provider, deadline)
                 continue
             closers.append((kind, closer))
@@ -216,15 +216,18 @@ def build_providers(settings: Settings) -> Providers:
     else:
         resource = build_resource(settings)
         exemplar_filter = _exemplar_filter()
+        # shutdown_on_exit=False: labotel's own exit hook (monitor.py) closes it within
+        # shutdown_timeout; the SDK's waited out each export to a hung collector
         meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(settings),
                                        exemplar_filter=exemplar_filter,
-                                       views=_views(exemplar_filter))
+                                       views=_views(exemplar_filter), shutdown_on_exit=False)
         owns_meter = True
     if global_tracer_provider_set():
         tracer_provider, owns_tracer = trace.get_tracer_provider(), False
     else:
         resource = resource or build_resource(settings)
-        tracer_provider = TracerProvider(resource=resource, id_generator=OwnRandomIds())
+        tracer_provider = TracerProvider(resource=resource, id_generator=OwnRandomIds(),
+                                         shutdown_on_exit=False)
         for exporter in _span_exporters(settings):
             tracer_provider.add_span_processor(BatchSpanProcessor(
                 exporter, max_queue_size=None if "OTEL_BSP_MAX_QUEUE_SIZE" in os.environ

@@ -14,7 +14,6 @@ every provider in the process.
 
 from __future__ import annotations
 
-import atexit
 import sys
 import threading
 from collections.abc import Callable
@@ -150,12 +149,6 @@ def logger_provider() -> object:
     from opentelemetry import _logs
 
     return _logs.get_logger_provider()
-
-
-def forget_exit_hook(provider: object) -> None:
-    """The SDK registers ``provider.shutdown`` with atexit; after labotel's own bounded
-    shutdown it would only warn "shutdown can only be called once"."""
-    atexit.unregister(provider.shutdown)  # type: ignore[attr-defined]
 
 
 # -- OTLP/gRPC ------------------------------------------------------------------------------
