@@ -37,7 +37,8 @@ LINE_ENDS = ["\n", "\r", "\n\r", "\r\r\n"]
 
 numbers = st.one_of(st.integers(-2, 3), st.integers(-10**30, 10**30)).map(str)
 query_values = st.one_of(numbers, st.sampled_from(["", "1e3", "0x10", "nan", "true", " 1",
-                                                   "race_condition", "thread_leak"]),
+                                                   "race_condition", "thread_leak",
+                                                   "\u00b3", "\u0663"]),  # non-ASCII digits
                          st.text(max_size=20))
 header_values = st.one_of(
     st.sampled_from(["", "0", "3", "-1", "abc", "1, 1", "5, 6", "99999999999999999999",
@@ -176,6 +177,21 @@ def test_fuzzed_requests_never_get_a_5xx_of_labotels_own_nor_hang(fuzzed):
     while fuzzed.server.open_connections and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fuzzed.server.open_connections == 0  # everything fuzzed was closed in the end
+
+
+@pytest.mark.parametrize("seconds", ["\u00b3", "\u0663", "\uff11"])  # ³, Arabic 3, fullwidth 1
+def test_seconds_in_non_ascii_digits_is_a_400_not_a_fault(fuzzed, seconds):
+    """``str.isdigit()`` takes "³", which ``float()`` refuses: the write deadline's reading
+    of ``?seconds=`` raised in the server's worker (the fuzz above found it on one CI
+    run). Go's handlers take ASCII digits only; so do the route and the deadline now
+    (``int()`` took "１" and "٣", for a profile the deadline did not count)."""
+    url = f"{fuzzed.admin_url}/debug/pprof/profile?seconds={quote(seconds)}"
+    status, content_type, body = fetch(url, {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 400 and content_type.startswith("text/plain"), (status, body)
+    assert b"seconds" in body, body
+    samples = scrape_with_token(fuzzed.admin_url)
+    assert not [v for (name, _), v in samples.items()
+                if name == "labotel_internal_errors_total" and v], "labotel counted a fault"
 
 
 def scrape_with_token(url: str) -> dict:

@@ -79,10 +79,9 @@ def seconds(request: Request, maximum: int, default: int | None) -> int | None:
     raw = request.arg("seconds")
     if raw is None or raw == "":
         return None if default is None else min(default, maximum)
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
+    # ASCII digits only, as Go's strconv.Atoi: int() also takes "１" or " 1", which the
+    # server's write deadline (connections._profile_seconds) would not count
+    value = int(raw) if raw.isascii() and raw.isdigit() else 0
     if value <= 0:
         raise pprof_error(400, 'invalid value for "seconds" - must be a positive integer')
     if value > maximum:
