@@ -176,9 +176,13 @@ def test_task_created_inside_the_background_loop_names_its_line(background_loop)
 def test_a_pending_task_on_a_stopped_loop_is_a_leak_on_a_closed_loop_is_not():
     before = ignore_current()
     loop = asyncio.new_event_loop()
+    # held here: asyncio keeps tasks only weakly, and this one's only other references form
+    # a cycle (its event's waiter wakes it) that any collection would free meanwhile
+    held = []
 
     async def main():
-        asyncio.get_running_loop().create_task(forever(asyncio.Event()))  # ON STOPPED LOOP
+        loop = asyncio.get_running_loop()
+        held.append(loop.create_task(forever(asyncio.Event())))  # ON STOPPED LOOP
 
     loop.run_until_complete(main())
     try:
