@@ -225,6 +225,11 @@ class MemoryLeakDetector(SamplingDetector):
                            freed_bytes=freed, gc_seconds=round(self._gc_cost, 6))
         if garbage:  # judge only what comes after the collection
             self._evidence_since = after.time
+        else:
+            # Attribution's growth is counted from the collected sample: the one before it
+            # still held the garbage just freed, and as the first point of the trend it
+            # would make real growth look as if it had stalled.
+            suspicion.since = after.time
         return not garbage
 
     def _record_check(self, suspicion: Suspicion, outcome: str, **figures: Any) -> None:
