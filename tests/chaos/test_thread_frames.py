@@ -118,7 +118,7 @@ CHURN = textwrap.dedent("""
         from labotel.profile import cpu, stacks
         from labotel.runtime import aio, loops
         from labotel.runtime import threads as thread_views
-        from labotel.runtime.thread_frames import current_frames
+        from labotel.runtime.thread_frames import current_frames, stack
         from labotel.testing import leaks
 
         loop = asyncio.new_event_loop()
@@ -143,7 +143,7 @@ CHURN = textwrap.dedent("""
             "task view": lambda: aio.task_view(stacks=True),
             "goroutines": lambda: stacks.collect(stacks.new_builder("goroutine")),
             "thread leak stack": each_frame(thread_leaks.thread_stack),
-            "watchdog stack": each_frame(loop_blocked._stack),
+            "watchdog stack": each_frame(lambda f: loop_blocked._stack(stack(f))),  # as _take
             "watchdog callback": each_frame(loop_blocked._running_callback),
             "profile stack": each_frame(builder.frame_stack),
             "test leak stack": each_frame(leaks._thread_stack),

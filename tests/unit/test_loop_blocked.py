@@ -318,3 +318,33 @@ def test_a_loop_thread_the_machine_did_not_run_is_told_apart(used_cpu, runnable_
                                    now_cpu - int(used_cpu * 1e9), looks=4,
                                    runnable_looks=runnable_looks)
     assert loop_blocked._starved(suspect, held=1.0) is starved
+
+
+def test_the_callback_is_named_from_one_read_of_the_stack():
+    """The function just inside ``Handle._run`` is named from the stack read once for the
+    report; a callback not on that stack (it returned before the read) names nothing, not
+    the outermost frame."""
+    from labotel.detect import loop_blocked
+    from labotel.runtime.thread_frames import stack
+
+    elsewhere = (x for x in ()).gi_frame  # a frame that is not on this thread's stack
+
+    def handle_run():
+        callback = sys._getframe()
+
+        def called_by_the_loop():
+            frames = stack(sys._getframe())
+            return (loop_blocked._callback_name(frames, callback),
+                    loop_blocked._callback_name(frames, elsewhere),
+                    loop_blocked._stack(frames))
+
+        return called_by_the_loop()
+
+    named, unnamed, located = handle_run()
+    assert named.startswith("test_the_callback_is_named_from_one_read_of_the_stack."
+                            "<locals>.handle_run.<locals>.called_by_the_loop (")
+    assert unnamed is None
+    assert [function for _, _, function in located[:2]] == [
+        "test_the_callback_is_named_from_one_read_of_the_stack.<locals>.handle_run.<locals>"
+        ".called_by_the_loop",
+        "test_the_callback_is_named_from_one_read_of_the_stack.<locals>.handle_run"]

@@ -250,7 +250,8 @@ class BlockedLoopDetector(Component):
 
     def _take(self, loop: asyncio.AbstractEventLoop, beat: aio.Beat, frame: FrameType | None,
               callback: FrameType, held: float) -> Taken:
-        return Taken(_stack(frame), _callback_name(frame, callback), _current_task(loop),
+        frames = stack(frame)  # one read: on 3.11 each read of another thread costs a step
+        return Taken(_stack(frames), _callback_name(frames, callback), _current_task(loop),
                      _thread_name(beat.thread_id), beat.thread_id, self.threshold)
 
     def view(self) -> dict[str, Any]:
@@ -303,22 +304,25 @@ def _running_callback(frame: FrameType | None) -> FrameType | None:
     return None
 
 
-def _stack(frame: FrameType | None) -> tuple[Frame, ...]:
-    frames: list[Frame] = []
-    for caller in stack(frame, STACK_FRAMES):
+def _stack(frames: list[FrameType]) -> tuple[Frame, ...]:
+    located: list[Frame] = []
+    for caller in frames[:STACK_FRAMES]:
         code = caller.f_code
-        frames.append((code.co_filename, caller.f_lineno or code.co_firstlineno,
-                       symbols.qualname(code)))
-    return tuple(frames)
+        located.append((code.co_filename, caller.f_lineno or code.co_firstlineno,
+                        symbols.qualname(code)))
+    return tuple(located)
 
 
-def _callback_name(frame: FrameType | None, callback: FrameType) -> str | None:
-    """The function ``Handle._run`` called: the frame just inside it."""
+def _callback_name(frames: list[FrameType], callback: FrameType) -> str | None:
+    """The function ``Handle._run`` called: the frame just inside it (``frames`` is the
+    loop thread's stack, innermost first)."""
     inner = None
-    for caller in outward(frame):
+    for caller in frames:
         if caller is callback:
             break
         inner = caller
+    else:
+        return None  # not under this callback (the stack was read after it returned)
     if inner is None:
         return None
     code = inner.f_code
