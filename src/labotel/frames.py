@@ -20,8 +20,21 @@ import os
 import site
 import sysconfig
 from collections.abc import Sequence
+from types import FrameType
 
 Frame = tuple[str, int, str]  # (filename, lineno, function)
+
+
+def located(frame: FrameType) -> Frame:
+    """Where a frame is: its file, line (the function's first line while it has none),
+    and function name."""
+    code = frame.f_code
+    return code.co_filename, frame.f_lineno or code.co_firstlineno, code.co_name
+
+
+def describe(where: Frame) -> str:
+    """``file:line in function``, as stacks are shown in views and reports."""
+    return f"{where[0]}:{where[1]} in {where[2]}"
 
 
 def _dir(path: str) -> str:

@@ -32,7 +32,7 @@ from labotel.config import Settings
 from labotel.detect.detection import Detection, Stack
 from labotel.detect.periodic import SamplingDetector
 from labotel.detect.trend import trend
-from labotel.frames import application_frame
+from labotel.frames import application_frame, describe, located
 from labotel.runtime import aio, origins
 from labotel.runtime.thread_frames import current_frames, stack
 
@@ -206,7 +206,7 @@ class LeakTracker:
             found = trend([h[0] for h in history], [h[1] for h in history])
             result.append({
                 "site": group.site,
-                "created_at": [f"{f}:{ln} in {fn}" for f, ln, fn in group.origin],
+                "created_at": [describe(where) for where in group.origin],
                 "count": history[-1][1],
                 "growth": history[-1][1] - history[0][1],
                 "growth_per_second": round(found.slope, 4),
@@ -224,20 +224,14 @@ class LeakTracker:
 # -- where members are now --------------------------------------------------------------
 def thread_stack(frame: Any, limit: int = STACK_FRAMES) -> tuple[Frame, ...]:
     """A thread's current stack, innermost first."""
-    return tuple((f.f_code.co_filename, f.f_lineno, f.f_code.co_name)
-                 for f in stack(frame, limit))
+    return tuple(map(located, stack(frame, limit)))
 
 
 def task_stack(task: asyncio.Task, limit: int = STACK_FRAMES) -> tuple[Frame, ...]:
     """Where a task is suspended: the innermost ``limit`` frames of its await chain,
     innermost first."""
     chain = aio.await_chain(task)[-limit:]
-    return tuple((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
-                 for frame in reversed(chain))
-
-
-def _describe(frame: Frame) -> str:
-    return f"{frame[0]}:{frame[1]} in {frame[2]}"
+    return tuple(map(located, reversed(chain)))
 
 
 def _innermost(stack: tuple[Frame, ...]) -> Frame | None:
@@ -360,7 +354,7 @@ def leak_detection(kind: str, verdict: Verdict, stacks: list[tuple[Frame, ...]],
         "labotel.leak.window": verdict.span,
         "labotel.leak.stuck": verdict.stuck,
         "labotel.leak.total": tracker.total,
-        "labotel.leak.stuck_at": _describe(common[application_frame(common)]) if common
+        "labotel.leak.stuck_at": describe(common[application_frame(common)]) if common
         else None,
     }
     if group.origin:

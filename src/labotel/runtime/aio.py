@@ -24,6 +24,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from labotel.compat import cpython, python
 from labotel.component import Component
 from labotel.context import Context
+from labotel.frames import describe, located
 from labotel.runtime import loops, origins
 from labotel.runtime.thread_frames import attribute, stack
 
@@ -260,7 +261,6 @@ def task_view(stacks: bool = False) -> list[dict[str, Any]]:
                 "created_at": origins.site(origin) if origin else None,
             }
             if stacks:
-                entry["stack"] = [f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
-                                  for f in reversed(stack(frame_of(coro)))]
+                entry["stack"] = [describe(located(f)) for f in reversed(stack(frame_of(coro)))]
             result.append(entry)
     return result

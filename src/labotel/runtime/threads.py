@@ -10,6 +10,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from labotel.compat import cpython
 from labotel.component import Component
 from labotel.context import Context
+from labotel.frames import describe, located
 from labotel.runtime import origins
 from labotel.runtime.thread_frames import current_frames, stack
 
@@ -44,10 +45,9 @@ def thread_view(stacks: bool = False) -> list[dict[str, Any]]:
             "daemon": thread.daemon,
             "alive": thread.is_alive(),
             "created_at": origins.site(origin) if origin else None,
-            "creation_stack": [f"{f}:{ln} in {fn}" for f, ln, fn in origin] if origin else [],
+            "creation_stack": [describe(where) for where in origin] if origin else [],
         }
         if stacks and thread.ident in frames:
-            entry["stack"] = [f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
-                              for f in stack(frames[thread.ident])]
+            entry["stack"] = [describe(located(f)) for f in stack(frames[thread.ident])]
         result.append(entry)
     return result

@@ -24,7 +24,7 @@ from typing import Any
 
 from labotel import frames as whose
 from labotel.runtime import loops, origins
-from labotel.runtime.thread_frames import current_frames, stack
+from labotel.runtime.thread_frames import current_frames, outward
 from labotel.testing.functions import Frame, FunctionSet, ModuleNames, check_names
 
 DEFAULT_GRACE = 1.0  # seconds a check keeps retrying before members count as leaked
@@ -325,14 +325,14 @@ def _thread_stack(innermost: Any) -> tuple[Frame, ...]:
     """A thread's stack, innermost first, without labotel's wrappers (the race detector's
     hooks on Event.wait...) and threading's bootstrap frames."""
     frames: list[Frame] = []
-    for frame in stack(innermost):
+    for frame in outward(innermost):  # read in small steps: it stops at STACK_FRAMES kept
         if len(frames) >= STACK_FRAMES:
             break
-        code = frame.f_code
-        filename = code.co_filename
-        if not ((filename == _THREADING_FILE and code.co_name.startswith("_bootstrap"))
+        where = whose.located(frame)
+        filename, _, function = where
+        if not ((filename == _THREADING_FILE and function.startswith("_bootstrap"))
                 or whose.is_labotel(filename)):
-            frames.append((filename, frame.f_lineno, code.co_name))
+            frames.append(where)
     return tuple(frames)
 
 
