@@ -122,7 +122,7 @@ def test_wsgi_head_has_gets_headers_and_framing_errors_are_400_or_413(started):
     head_status, head_headers, head_body = _wsgi_call(app, "HEAD", "/debug/pprof/cmdline")
     assert (head_status, head_headers, head_body) == (status, headers, b"")
     assert headers["Content-Length"] == str(len(body)) != "0"
-    for length in ("abc", "-1"):
+    for length in ("abc", "-1", "\u00b3"):  # "³" passed isdigit() and then raised in int()
         status, headers, body = _wsgi_call(app, "POST", "/debug/pprof/symbol",
                                            CONTENT_LENGTH=length)
         assert status == 400 and b"Content-Length" in body

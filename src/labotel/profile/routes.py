@@ -21,6 +21,7 @@ from labotel.profile import contention, cpu, heap, stacks, symbols
 from labotel.profile.pprof import ProfileBuilder
 from labotel.runtime import aio
 from labotel.server.http import HTTPError, Request, Response
+from labotel.server.wire import ascii_digits
 
 if TYPE_CHECKING:
     from labotel.profile.component import ProfilingComponent
@@ -79,9 +80,8 @@ def seconds(request: Request, maximum: int, default: int | None) -> int | None:
     raw = request.arg("seconds")
     if raw is None or raw == "":
         return None if default is None else min(default, maximum)
-    # ASCII digits only, as Go's strconv.Atoi: int() also takes "１" or " 1", which the
-    # server's write deadline (connections._profile_seconds) would not count
-    value = int(raw) if raw.isascii() and raw.isdigit() else 0
+    # as the server's write deadline reads it (int() also takes "１" or " 1")
+    value = int(raw) if ascii_digits(raw) else 0
     if value <= 0:
         raise pprof_error(400, 'invalid value for "seconds" - must be a positive integer')
     if value > maximum:

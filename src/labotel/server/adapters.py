@@ -19,6 +19,7 @@ from http import HTTPStatus
 from typing import Any
 
 from labotel.server.http import Request, Response, Router, text_response
+from labotel.server.wire import ascii_digits
 
 RouterSource = Callable[[], Router]
 
@@ -102,7 +103,7 @@ def wsgi_app(router_source: RouterSource) -> Callable[..., Iterable[bytes]]:
         method = environ.get("REQUEST_METHOD", "GET")
         response = None
         raw_length = (environ.get("CONTENT_LENGTH") or "0").strip()
-        if not raw_length.isdigit():
+        if not ascii_digits(raw_length):  # isdigit() took "³", which int() then refused
             response = text_response(
                 "invalid Content-Length (expected a non-negative integer)\n", 400)
         elif int(raw_length) > router.max_body_bytes:

@@ -560,8 +560,8 @@ class ConnectionLoop:
 def _profile_seconds(request: Request) -> float:
     """The ``?seconds=`` a profile request waits out before answering (0 if none)."""
     raw = request.arg("seconds")
-    if not raw or not (raw.isascii() and raw.isdigit()) or len(raw) > 7:
-        return 0.0  # isdigit() alone takes "³" and other digits float() refuses
+    if not raw or not wire.ascii_digits(raw) or len(raw) > 7:
+        return 0.0
     return float(raw)
 
 
