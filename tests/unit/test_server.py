@@ -124,3 +124,17 @@ def test_100_continue_is_not_held_back_by_the_write_buffer(monitor):
         while b"\r\n\r\n" not in answer:
             answer += client.recv(4096)
         assert answer.startswith(b"HTTP/1.1 405")
+
+
+def test_error_answers_repeat_at_most_a_bounded_part_of_the_request():
+    """A 3.4 KB method (a pipelined request the fuzz test sent) came back whole in the
+    405's body; the client's input is cut to ECHO_CHARS in every error message."""
+    from labotel.server.http import ECHO_CHARS, Request, Router, text_response
+
+    router = Router()
+    router.add("/x", lambda _: text_response("ok\n"))
+    long = "M" * 3400
+    for method, path in ((long, "/x"), ("GET", "/" + "p" * 3400)):
+        response = router.handle(Request.build(method, path, "", {}))
+        assert response.status in (404, 405)
+        assert len(response.body) < ECHO_CHARS + 100, response.body[:200]
