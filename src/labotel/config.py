@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from labotel.digits import ascii_digits
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 EXPORTERS = ("prometheus", "otlp", "console", "none")
@@ -235,7 +237,7 @@ def exporter_list(value: str | None) -> list[str]:
 def parse_address(address: str) -> tuple[str, int]:
     """``host:port`` (``[::1]:port`` for IPv6) -> (host, port); ValueError naming the option."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not ascii_digits(port) or not 0 <= int(port) <= 65535:
         raise ValueError(f"admin_address: expected host:port, got {address!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 

@@ -53,6 +53,8 @@ def test_unknown_option_is_named():
     ({}, {"OTEL_TRACES_EXPORTER": "jaeger"}, "traces_exporter"),
     ({"admin_address": "localhost"}, {}, "admin_address"),
     ({"admin_address": "127.0.0.1:99999"}, {}, "admin_address"),
+    ({"admin_address": "127.0.0.1:³"}, {}, "admin_address"),  # isdigit() takes it
+    ({"admin_address": "127.0.0.1:٣"}, {}, "admin_address"),  # int() reads it as 3
     ({"otlp_protocol": "udp"}, {}, "otlp_protocol"),
 ])
 def test_malformed_values_raise_value_error_naming_the_option(options, env, named):

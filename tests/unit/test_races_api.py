@@ -178,6 +178,18 @@ def test_explicit_location_is_reported():
     assert detection.attributes["code.filepath"] == "service.go"
 
 
+def test_a_location_whose_line_is_not_ascii_digits_is_kept_as_written():
+    """³ passes str.isdigit() and int() refuses it: the location is kept whole, and
+    nothing raises in the application's threads."""
+    start_detector()
+    run_all(lambda: labotel.record_access("odd", write=True, location="a.py:³"),
+            lambda: labotel.record_access("odd", location="b.py:٣"))
+    [detection] = races_on("odd")
+    paths = {detection.attributes["code.filepath"],
+             detection.attributes["labotel.race.previous.code.filepath"]}
+    assert paths == {"a.py:³", "b.py:٣"}
+
+
 def test_a_location_pair_is_reported_once_then_counted():
     start_detector()
     for _ in range(3):

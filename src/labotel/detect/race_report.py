@@ -8,6 +8,7 @@ from typing import Any
 from labotel.detect.detection import Detection, Stack
 from labotel.detect.keys import display
 from labotel.detect.shadow import CLOCK, FRAMES, LOCATION, STATE, TID, WHEN, WRITE, Access
+from labotel.digits import ascii_digits
 from labotel.frames import is_labotel
 from labotel.profile.symbols import qualname
 
@@ -25,7 +26,7 @@ def _where(access: Access) -> tuple[str, int | None, str]:
     location = access[LOCATION]
     if location is not None:
         path, sep, line = str(location).rpartition(":")
-        if sep and line.isdigit():
+        if sep and ascii_digits(line):
             return path, int(line), function
         return str(location), None, function
     if not frames:
@@ -66,7 +67,7 @@ def _site_of(access: Access) -> str:
     location = access[LOCATION]
     if location is not None:
         path, sep, line = str(location).rpartition(":")
-        return f"{path}:{int(line)}" if sep and line.isdigit() else str(location)
+        return f"{path}:{int(line)}" if sep and ascii_digits(line) else str(location)
     frames = access[FRAMES]
     for code, line in frames:
         if not is_labotel(code.co_filename):

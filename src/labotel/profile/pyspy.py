@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import psutil
 
+from labotel.digits import ascii_digits
 from labotel.profile import symbols
 from labotel.profile.cpu import WALL, Unavailable, new_builder
 from labotel.profile.pprof import ProfileBuilder
@@ -201,7 +202,7 @@ class PySpyProfile:
         with open(self._output, encoding="utf-8", errors="replace") as lines:
             for line in lines:
                 stack_text, _, count_text = line.rstrip("\n").rpartition(" ")
-                if not count_text.isdigit():
+                if not ascii_digits(count_text):
                     continue
                 thread, frames = self._split_thread(stack_text)
                 # Our own machinery (the in-process sampler leaves itself out too), and a

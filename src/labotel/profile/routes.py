@@ -17,11 +17,11 @@ import tracemalloc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from labotel.digits import ascii_digits
 from labotel.profile import contention, cpu, heap, stacks, symbols
 from labotel.profile.pprof import ProfileBuilder
 from labotel.runtime import aio
 from labotel.server.http import HTTPError, Request, Response
-from labotel.server.wire import ascii_digits
 
 if TYPE_CHECKING:
     from labotel.profile.component import ProfilingComponent

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
+from labotel.digits import ascii_digits
 from labotel.server.http import Request, Response, Router, text_response
-from labotel.server.wire import ascii_digits
 
 RouterSource = Callable[[], Router]
 

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import cast
 from urllib.parse import parse_qs
 
+from labotel.digits import ascii_digits
 from labotel.server import wire
 from labotel.server.http import Request, Router
 from labotel.server.limits import ServerLimits
@@ -560,7 +561,7 @@ class ConnectionLoop:
 def _profile_seconds(request: Request) -> float:
     """The ``?seconds=`` a profile request waits out before answering (0 if none)."""
     raw = request.arg("seconds")
-    if not raw or not wire.ascii_digits(raw) or len(raw) > 7:
+    if not raw or not ascii_digits(raw) or len(raw) > 7:
         return 0.0
     return float(raw)
 

@@ -150,13 +150,6 @@ def _fields(lines: list[bytes]) -> tuple[dict[str, str], list[str], int]:
     return headers, lengths, hosts
 
 
-def ascii_digits(text: str) -> bool:
-    """Only 0-9, at least one, as HTTP and Go's ``strconv.Atoi`` read numbers:
-    ``str.isdigit()`` alone also takes "³", which ``int()`` refuses, and other scripts'
-    digits, which ``int()`` reads."""
-    return text.isascii() and text.isdigit()
-
-
 def _content_length(values: list[str], max_body_bytes: int) -> int:
     if not values:
         return 0
