@@ -14,8 +14,12 @@ the shutdown deadline.
   ``fork()`` of the application does not run gRPC's fork handler, which now and then
   stopped the whole process for up to a second. Each export while down is one attempt
   (``PROBE_TIMEOUT``), not the exporter's retries over its whole timeout, and at most one
-  every ``PROBE_GAP``: an export sooner than that fails at once, unencoded (counted as
-  ``skipped``; a cumulative metric loses nothing by it, the next export carries it).
+  every ``PROBE_GAP``, a gap that doubles with each failed attempt up to ``PROBE_GAP_MAX``:
+  an export sooner than that fails at once, unencoded (counted as ``skipped``; a
+  cumulative metric loses nothing by it, the next export carries it). Each attempt to a
+  collector that never answers leaves gRPC's native memory a little higher for a while
+  (about 0.5 MB each, ``bench/harm.py``'s ``hung_collector_grpc``): asked every 2 s for
+  minutes, that looked like a steady native leak to the memory detector.
 - ``abort(exporter)`` is what the deadline does to an exporter still sending: its own
   ``shutdown()`` (which closes a gRPC channel, cancelling the call in flight, and ends
   the retry back-off), and the session's sockets.
@@ -41,6 +45,7 @@ FIRST_WAIT = 0.1  # ... for the first export, before anything is known about the
 PROBE_TIMEOUT = 0.5
 SLOW_SHARE = 0.9  # of its timeout an export used up to count as timed out, not refused
 PROBE_GAP = 2.0  # seconds between two attempts while down; an export sooner fails at once
+PROBE_GAP_MAX = 30.0  # ... the gap doubling with each failed attempt, up to this
 
 
 class ExportWatch:
@@ -60,12 +65,13 @@ class ExportWatch:
         self.timed_out = False  # the last failed export used up its whole timeout
         self.attempted: float | None = None  # monotonic end of the last export attempted
         self.skipped = 0  # exports failed at once, the collector being down
+        self.failures_in_a_row = 0  # failed exports attempted since the last success
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.close_retired()
         probe = self.idle_when_down and self.last_ok is False
         if self.disconnected and probe and self.attempted is not None and (
-                time.monotonic() - self.attempted < PROBE_GAP):
+                time.monotonic() - self.attempted < self.probe_gap()):
             self.skipped += 1  # no channel: the exporter fails it without a call
             self.finished += 1
             return self.export(*args, **kwargs)
@@ -88,10 +94,17 @@ class ExportWatch:
             self.last_ok = ok
             self.finished += 1
             self.attempted = time.monotonic()
+            self.failures_in_a_row = 0 if ok else self.failures_in_a_row + 1
             if self.idle_when_down and not ok:
                 self.timed_out = limit is not None and (
                     time.monotonic() - began >= SLOW_SHARE * limit)
                 self._disconnect()
+
+    def probe_gap(self) -> float:
+        """Seconds from the last failed attempt to the next one: ``PROBE_GAP`` after the
+        first failure, doubling after each one more, up to ``PROBE_GAP_MAX``."""
+        doublings = min(max(self.failures_in_a_row - 1, 0), 16)
+        return min(PROBE_GAP * 2 ** doublings, PROBE_GAP_MAX)
 
     def keep_no_channel_when_down(self) -> None:
         """From now on, close the gRPC channel after a failed export; and close it now,
@@ -173,6 +186,9 @@ def describe(exporter: Any) -> dict[str, Any]:
     if watched is not None:
         view.update(last_export_ok=watched.last_ok, exports=watched.finished,
                     skipped_while_down=watched.skipped,
+                    failures_in_a_row=watched.failures_in_a_row,
+                    retry_gap_s=watched.probe_gap() if watched.last_ok is False
+                    and watched.idle_when_down else None,
                     channel_closed=watched.disconnected)
     return view
 

@@ -1,5 +1,6 @@
 """While the collector is down, labotel's own OTLP/gRPC exporters keep no channel open
-between exports, and each export is one attempt, at most one every ``PROBE_GAP``.
+between exports, and each export is one attempt, at most one every ``PROBE_GAP``, a gap that
+doubles with each failed attempt up to ``PROBE_GAP_MAX``.
 
 Why: with a channel open, gRPC's threads run, and gRPC's own fork handler (inside
 ``fork()``, with the GIL held) stopped the whole application for up to a second now and
@@ -83,19 +84,22 @@ def wait_until(condition, seconds: float = 20.0) -> bool:
     return condition()
 
 
-def test_while_the_collector_is_down_each_export_is_one_attempt_at_most_every_probe_gap(
-        metrics_collector):
+def test_while_the_collector_is_down_each_export_is_one_attempt_at_growing_gaps(
+        metrics_collector, monkeypatch):
     """The first failing export retries as the exporter does (the collector may be
-    restarting); after it, one call per export attempted, ``PROBE_GAP`` apart, and the
-    exports in between fail at once (counted as skipped) without a call. When the collector
-    answers again, exports go through on the next attempt."""
+    restarting); after it, one call per export attempted, ``PROBE_GAP`` apart, then twice
+    that, and so on up to ``PROBE_GAP_MAX``; the exports in between fail at once (counted
+    as skipped) without a call. When the collector answers again, exports go through on
+    the next attempt, and the gap starts short again."""
     from labotel import exporting
 
+    monkeypatch.setattr(exporting, "PROBE_GAP", 0.4)
+    monkeypatch.setattr(exporting, "PROBE_GAP_MAX", 1.6)
     monitor, collector = metrics_collector
     exporter, watch = metric_watch(monitor)
     assert watch.idle_when_down
-    assert wait_until(lambda: watch.finished - watch.skipped >= 4), watch.finished
-    assert watch.skipped > 0  # exports every 0.2 s; attempts every 2 s
+    assert wait_until(lambda: watch.finished - watch.skipped >= 6, 30), watch.finished
+    assert watch.skipped > 0  # exports every 0.2 s; attempts 0.4 s apart or more
     with collector.lock:
         calls = [when for when, _ in collector.calls]
     first_export_calls = 2  # a try, a back-off of 0.8-1.2 s, a try; 1.6 s more does not fit
@@ -103,14 +107,21 @@ def test_while_the_collector_is_down_each_export_is_one_attempt_at_most_every_pr
     assert first_export_calls + attempts - 2 <= len(calls) <= first_export_calls + attempts
     probes = calls[first_export_calls:]
     gaps = [later - earlier for earlier, later in zip(probes, probes[1:], strict=False)]
-    assert gaps and min(gaps) >= exporting.PROBE_GAP - 0.05, gaps
+    # 0.4 s after the first failed export, 0.8 after the second, then 1.6, 1.6, ...
+    assert len(gaps) >= 4, gaps
+    assert gaps[0] < 0.8 + 0.3, gaps  # the first gap is the short one: no wait when it is known
+    for gap, least in zip(gaps, (0.4, 0.8, 1.6, 1.6, 1.6), strict=False):
+        assert gap >= least - 0.05, gaps
+    assert max(gaps) < 1.6 + 1.0, gaps  # the gap stops growing at PROBE_GAP_MAX
     assert export_outcomes(monitor) == [False]
+    assert monitor.status()["exports"][0]["retry_gap_s"] == 1.6
     collector.down = False
     assert wait_until(lambda: export_outcomes(monitor) == [True])
     assert not watch.disconnected and not on_closed_channel(exporter._channel)
     with collector.lock:
         answered = [ok for _, ok in collector.calls]
     assert answered[-1] is True
+    assert watch.failures_in_a_row == 0 and watch.probe_gap() == 0.4
 
 
 def test_a_failed_grpc_export_leaves_no_channel_open_until_the_next_attempt(
