@@ -69,7 +69,7 @@ class ExportWatch:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.close_retired()
-        probe = self.idle_when_down and self.last_ok is False
+        probe = self.probing
         if self.disconnected and probe and self.attempted is not None and (
                 time.monotonic() - self.attempted < self.probe_gap()):
             self.skipped += 1  # no channel: the exporter fails it without a call
@@ -99,6 +99,12 @@ class ExportWatch:
                 self.timed_out = limit is not None and (
                     time.monotonic() - began >= SLOW_SHARE * limit)
                 self._disconnect()
+
+    @property
+    def probing(self) -> bool:
+        """Exports are single attempts, ``probe_gap()`` apart: the collector failed the
+        last one and labotel keeps no channel while it is down."""
+        return self.idle_when_down and self.last_ok is False
 
     def probe_gap(self) -> float:
         """Seconds from the last failed attempt to the next one: ``PROBE_GAP`` after the
@@ -187,8 +193,7 @@ def describe(exporter: Any) -> dict[str, Any]:
         view.update(last_export_ok=watched.last_ok, exports=watched.finished,
                     skipped_while_down=watched.skipped,
                     failures_in_a_row=watched.failures_in_a_row,
-                    retry_gap_s=watched.probe_gap() if watched.last_ok is False
-                    and watched.idle_when_down else None,
+                    retry_gap_s=watched.probe_gap() if watched.probing else None,
                     channel_closed=watched.disconnected)
     return view
 

@@ -25,14 +25,18 @@ def _where(access: Access) -> tuple[str, int | None, str]:
     function = qualname(frames[0][0]) if frames else "?"
     location = access[LOCATION]
     if location is not None:
-        path, sep, line = str(location).rpartition(":")
-        if sep and ascii_digits(line):
-            return path, int(line), function
-        return str(location), None, function
+        return (*_split_location(location), function)
     if not frames:
         return "?", None, function
     code, line = frames[0]
     return code.co_filename, line, function
+
+
+def _split_location(location: Any) -> tuple[str, int | None]:
+    """An explicit ``location``, "file:line", as (file, line); kept whole when what follows
+    its last colon is not a line number."""
+    path, sep, line = str(location).rpartition(":")
+    return (path, int(line)) if sep and ascii_digits(line) else (str(location), None)
 
 
 def _site(where: tuple[str, int | None, str]) -> str:
@@ -66,8 +70,8 @@ def _site_of(access: Access) -> str:
     the fingerprint of each, the names only of those reported."""
     location = access[LOCATION]
     if location is not None:
-        path, sep, line = str(location).rpartition(":")
-        return f"{path}:{int(line)}" if sep and ascii_digits(line) else str(location)
+        path, line = _split_location(location)
+        return f"{path}:{line}" if line is not None else path
     frames = access[FRAMES]
     for code, line in frames:
         if not is_labotel(code.co_filename):
