@@ -234,6 +234,66 @@ def test_heap_reading_in_progress_at_fork_does_not_block_the_child():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def exit_status_within(pid: int, seconds: float) -> int | None:
+    """The child's exit code, or None (and the child killed) if it is still running."""
+    import signal
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+def test_metric_locks_another_thread_held_at_fork_are_free_in_the_child():
+    """The parent's reader holds each view's lock while it collects, and a thread recording
+    a measurement holds its aggregation's: a child forked at that moment waited for ever
+    at its next collection, and then at its exit (``shutdown()`` takes the collection lock
+    that collection kept): a gunicorn worker that never ended on SIGTERM."""
+    from labotel.compat import otel
+
+    monitor = labotel.start(admin_address="", leak_detection=False)
+    try:
+        provider = monitor.providers.meter_provider
+        provider.force_flush()  # a collection: every instrument has its views and aggregations
+        collection = otel.collection_lock(provider)  # labotel's fork hook holds this one
+        held = [lock for lock in otel.metric_locks(provider) if lock is not collection]
+        assert len(held) > 10
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            for lock in held:
+                lock.acquire()
+            holding.set()
+            release.wait(30)
+            for lock in reversed(held):
+                lock.release()
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        assert holding.wait(10)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: a collection, then labotel's shutdown, each in 5 s
+                for step in (provider.force_flush, labotel.shutdown):
+                    thread = threading.Thread(target=step, daemon=True)
+                    thread.start()
+                    thread.join(5)
+                    if thread.is_alive():
+                        os._exit(1)
+                os._exit(0)
+        finally:
+            release.set()
+            holder.join(10)
+        assert exit_status_within(pid, 30) == 0
+    finally:
+        labotel.shutdown()
+
+
 class SlowExporter(MetricExporter):
     """A push exporter whose every export takes ``seconds`` and ends in ``result``."""
 

@@ -99,6 +99,38 @@ def replace_collection_lock(meter_provider: object) -> None:
         consumer._lock = threading.Lock()
 
 
+_METRIC_LOCK_NAMES = ("_lock", "_meter_lock", "_instrument_registration_lock",
+                      "_all_metric_readers_lock")
+
+
+def metric_locks(meter_provider: object) -> list[Any]:
+    """Every lock of the SDK's metric pipeline under ``meter_provider``: the provider's and
+    its class's, each meter's, the collection lock, and each reader storage's, view's,
+    aggregation's and exemplar reservoir's (each looked up with getattr: a version without
+    one is skipped). Meant for a forked child, where nothing else runs yet."""
+    holders: list[object] = [meter_provider, type(meter_provider)]
+    holders += list(getattr(meter_provider, "_meters", {}).values())
+    consumer = getattr(meter_provider, "_measurement_consumer", None)
+    if consumer is not None:
+        holders.append(consumer)
+        for storage in list(getattr(consumer, "_reader_storages", {}).values()):
+            holders.append(storage)
+            views = getattr(storage, "_instrument_view_instrument_matches", {})
+            for matches in list(views.values()):
+                for match in matches:
+                    holders.append(match)
+                    for aggregation in list(getattr(match, "_attributes_aggregation",
+                                                    {}).values()):
+                        holders += [aggregation, getattr(aggregation, "_reservoir", None)]
+    locks: dict[int, Any] = {}
+    for holder in holders:
+        for name in _METRIC_LOCK_NAMES:
+            lock = getattr(holder, name, None) if holder is not None else None
+            if lock is not None and hasattr(lock, "acquire"):
+                locks[id(lock)] = lock
+    return list(locks.values())
+
+
 def forget_instruments(meter: object, meter_provider: object) -> None:
     """Take ``meter``'s instruments off the provider's collection and every reader's
     storage, and make the meter forget them (the SDK has no way to remove an instrument)."""
@@ -241,6 +273,25 @@ def _assigns(function: Any, *names: str) -> bool:
     return code is not None and set(names) <= set(code.co_names)
 
 
+def _has_metric_locks() -> bool:
+    """The SDK's per-view, per-aggregation and per-reader-storage objects still set the
+    ``_lock`` (and the attributes leading to them) that ``metric_locks`` finds."""
+    try:
+        from opentelemetry.sdk.metrics._internal._view_instrument_match import (
+            _ViewInstrumentMatch,
+        )
+        from opentelemetry.sdk.metrics._internal.aggregation import _Aggregation
+        from opentelemetry.sdk.metrics._internal.metric_reader_storage import (
+            MetricReaderStorage,
+        )
+    except ImportError:
+        return False
+    return (_assigns(_ViewInstrumentMatch.__init__, "_lock", "_attributes_aggregation")
+            and _assigns(_Aggregation.__init__, "_lock", "_reservoir")
+            and _assigns(MetricReaderStorage.__init__, "_lock",
+                         "_instrument_view_instrument_matches"))
+
+
 def probe() -> list[Capability]:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -272,6 +323,11 @@ def probe() -> list[Capability]:
             "otel.collection_lock", "no metric collection half-done in a forked child",
             hasattr(getattr(consumer, "_lock", None), "acquire"),
             "MeterProvider._measurement_consumer._lock is missing"),
+        Capability.check(
+            "otel.metric_locks", "every metric lock free in a forked child (one held by a "
+            "parent thread at fork hung the child's collections and exit)",
+            _has_metric_locks(),
+            "the SDK's view, aggregation or reader-storage objects no longer set _lock"),
         Capability.check(
             "otel.forget_instruments", "labotel's instruments leave an app-owned provider at "
             "shutdown",
