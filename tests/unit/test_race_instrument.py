@@ -579,6 +579,7 @@ def test_hostile_objects_never_deadlock_or_raise_into_the_app(hostile):
     from tests.chaos.support import call_with_deadline
 
     errors: list = []
+    rounds: list = []  # list.append is atomic: every round the two threads ran, counted
     objects = [hostile.Hostile(), hostile.NoWeakref(), hostile.Lock()]
     table: dict = {}
     buffer = bytearray(4)
@@ -595,13 +596,17 @@ def test_hostile_objects_never_deadlock_or_raise_into_the_app(hostile):
                     hostile.bump_item(table, obj)
                     hostile.contains_then_store(table, obj)
                 hostile.bump_bytes(buffer)
+                rounds.append(None)
         except BaseException as error:  # noqa: BLE001 - the app must see none
             errors.append(error)
 
     call_with_deadline(lambda: run_all(work, work), 30)
     assert not errors, errors
-    assert objects[0].n == 100 and objects[1].n == 100
-    assert buffer[0] == 100
+    assert len(rounds) == 100
+    # the increments race for real (two threads, no lock), so they can lose updates: 89 of
+    # 100 for the bytearray in one CI run on a loaded machine
+    assert 0 < objects[0].n <= 100 and 0 < objects[1].n <= 100
+    assert 0 < buffer[0] <= 100
     names = {d.attributes["labotel.race.resource"].split("#")[0] for d in races()}
     # found on every kind of object, named without calling the hostile hooks
     assert {"Hostile.n", "NoWeakref.n", "buffer[0]"} <= names, names
