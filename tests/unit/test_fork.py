@@ -294,6 +294,35 @@ def test_metric_locks_another_thread_held_at_fork_are_free_in_the_child():
         labotel.shutdown()
 
 
+def test_an_attribution_running_at_fork_lets_go_in_the_child():
+    """The parent's attribution thread enters and leaves its events' locks between bursts:
+    a child forked then hung for ever in labotel's after-fork hook, setting the copied
+    stop event, inside ``os.fork()`` (a chaos scenario's forked probe, in CI, 2026-12-02).
+    Here this thread holds those locks across the fork, as that thread would."""
+    from labotel.detect.attribution import Attribution
+
+    attribution = Attribution(seconds=60)
+    held = [attribution._stop._cond, attribution._idle._cond, attribution._lease_lock]
+    for lock in held:
+        lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child lets go, then samples as the detector would, in 5 s
+            def let_go() -> None:
+                attribution.forget()
+                attribution.wait_idle(1.0)
+                attribution.abandon()
+
+            thread = threading.Thread(target=let_go, daemon=True)
+            thread.start()
+            thread.join(5)
+            os._exit(1 if thread.is_alive() else 0)
+    finally:
+        for lock in reversed(held):
+            lock.release()
+    assert exit_status_within(pid, 20) == 0
+
+
 class SlowExporter(MetricExporter):
     """A push exporter whose every export takes ``seconds`` and ends in ``result``."""
 

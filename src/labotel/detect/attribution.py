@@ -309,8 +309,15 @@ class Attribution:
 
     def forget(self) -> None:
         """In a forked child: the thread stayed in the parent and the profiler already
-        reset the leases; just let go."""
+        reset the leases; just let go. The events and the lease lock are new ones: the
+        parent's attribution thread may have been inside one at fork (the child then hung
+        for ever setting the copied stop event, in ``os.fork()``'s after-fork hooks)."""
+        self._stop = threading.Event()
         self._stop.set()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._lease_lock = threading.Lock()
+        self._thread = None
         self._leased = False
         self._census = None
         self._tallies = {}
