@@ -443,12 +443,14 @@ def running(*targets):
 def test_no_full_collection_is_forced_while_memory_is_flat():
     """A full collection stops every application thread for its whole length (tens of ms
     on a big heap): the sampler makes none while nothing is suspected."""
+    # a heap worth collecting, made before start: built while the sampler runs, its ~20 MB
+    # came in over several samples on a slow machine and looked like growth (a CI run)
+    kept = [[i] for i in range(200_000)]
     with full_collections_on("labotel-memory-leak") as started:
         # the rate scaled with the window, as QUIET's: start-up's own settling is no leak
         monitor = start(leak_sample_interval=0.05, leak_window=1.0,
                         memory_leak_min_rate=64 * 1024 * 60 / 1.0)
         detector = monitor.component("detect.memory")
-        kept = [[i] for i in range(200_000)]  # a heap worth collecting
         assert wait_for(lambda: len(detector.samples) >= 20, 10)
         time.sleep(2.0)
     assert detector.suspicion is None and detector.attributions == 0, detector.view()
