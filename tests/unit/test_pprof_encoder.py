@@ -1,6 +1,8 @@
 """The profile.proto builder, Go-style names and the legacy text layout, without a server."""
 
 import gzip
+import os
+import py_compile
 import sys
 
 from labotel.profile import pprof, symbols, text
@@ -100,3 +102,52 @@ def test_tabwrite_aligns_columns_per_block_with_tabs():
     assert out[1] == "#\t0x1\tshort+0x1\t\tf.py:1"
     assert out[2] == "#\t0x22\tmuch_longer_name+0x2\tg.py:2"
     assert out[5] == "#\t0x3\tx+0x0\th.py:3"  # a new block after the blank line
+
+
+def write_module(path, source: str, mtime: int) -> None:
+    path.write_text(source)
+    os.utime(path, (mtime, mtime))
+
+
+def test_a_current_pyc_is_read_instead_of_compiling_and_a_stale_one_is_not(tmp_path):
+    """Names for file:line frames come from the interpreter's .pyc while it matches the
+    source (its header's mtime and size): compiling is what made the first heap profile
+    of a process slow under tracemalloc. A .pyc of another source is never believed."""
+    module = tmp_path / "orders.py"
+    write_module(module, "def from_the_pyc():\n    return 1\n", 1_700_000_000)
+    py_compile.compile(str(module), doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    # the same size and mtime, other names: only a .pyc read can say from_the_pyc
+    write_module(module, "def from_source1():\n    return 1\n", 1_700_000_000)
+    assert symbols.line_function(str(module), 2) == ("from_the_pyc", 1)
+    write_module(module, "class Later:\n    def from_the_source(self):\n        return 1\n",
+                 1_700_000_100)
+    assert symbols.line_function(str(module), 3) == ("Later.from_the_source", 2)
+    assert symbols.line_function(str(module), 1) == ("Later", 1)
+
+
+def test_names_from_code_objects_match_the_defs_around_each_line(tmp_path):
+    """The innermost def or class around a line, as CPython qualifies it; a comprehension's
+    or lambda's lines belong to the def they are in, also where they end the def."""
+    module = tmp_path / "shop.py"
+    write_module(module, (
+        "import functools\n"                          # 1
+        "class Cart:\n"                               # 2
+        "    @functools.cache\n"                      # 3
+        "    def total(self):\n"                      # 4
+        "        def price(item):\n"                  # 5
+        "            return item\n"                   # 6
+        "        spent = sum(price(i) for i in [])\n"  # 7
+        "        return [\n"                           # 8
+        "            x\n"                              # 9
+        "            for x in range(spent)\n"          # 10
+        "        ]\n"                                  # 11
+        "    size = 3\n"                               # 12
+        "broken = (lambda: 0)\n"),                     # 13
+        1_700_000_000)
+    named = {line: symbols.line_function(str(module), line) for line in (2, 6, 7, 9, 10, 12, 13)}
+    assert named == {2: ("Cart", 2), 6: ("Cart.total.<locals>.price", 5),
+                     7: ("Cart.total", 3), 9: ("Cart.total", 3), 10: ("Cart.total", 3),
+                     12: ("Cart", 2), 13: ("<module>", 1)}
+    write_module(tmp_path / "bad.py", "def (:\n", 1_700_000_000)
+    assert symbols.line_function(str(tmp_path / "bad.py"), 1) == ("?", 0)

@@ -170,6 +170,10 @@ def test_heap_profiling_option_traces_from_start_and_gc_param_collects():
         reply = get(url)
         assert reply.headers["Content-Disposition"] == 'attachment; filename="heap"'
         assert ALLOCATE in function_names(decode(reply.body))
+        # what the first request kept (names read per file) is the profiler's, not the app's
+        names = function_names(decode(get(url).body))
+        assert ALLOCATE in names
+        assert not [n for n in names if n.startswith(("labotel.profile.", "tracemalloc."))]
         text = get(url + "?debug=1").text
         assert text.startswith("heap profile: ") and "@ heap/2" in text
         assert f"\t{ALLOCATE}+0x0\t" in text and "# TracedMemory = " in text

@@ -12,6 +12,7 @@ tracemalloc records only allocations that are still alive, so the profile has
 
 from __future__ import annotations
 
+import fnmatch
 import gc
 import threading
 import tracemalloc
@@ -22,9 +23,11 @@ from labotel.profile import text
 from labotel.profile.pprof import ProfileBuilder
 
 SAMPLE_TYPES = [("inuse_objects", "count"), ("inuse_space", "bytes")]
-# Allocations made by the profiling request itself (snapshots, builders) are left out.
-_EXCLUDED = [tracemalloc.Filter(False, tracemalloc.__file__, all_frames=True),
-             tracemalloc.Filter(False, "*/labotel/profile/*", all_frames=True)]
+# Allocations made by the profiling request itself (snapshots, builders) are left out:
+# a stack with a frame in one of these files.
+_OWN_FILES = (tracemalloc.__file__, "*/labotel/profile/*")
+_own_by_file: dict[str, bool] = {}
+_MAX_FILES_KNOWN = 4096
 
 _lock = threading.Lock()
 _leases = 0
@@ -71,21 +74,42 @@ def reset_after_fork(held: int) -> None:
 
 
 def snapshot(collect: bool) -> tracemalloc.Snapshot:
-    """A filtered snapshot (labotel's own profiling allocations left out)."""
+    """Every live trace; labotel's own are left out per stack, once grouped (see ``own``)."""
     if collect:
         gc.collect()
-    return tracemalloc.take_snapshot().filter_traces(_EXCLUDED)
+    return tracemalloc.take_snapshot()
+
+
+def statistics(current: tracemalloc.Snapshot) -> list[tracemalloc.Statistic]:
+    """Live allocations per stack, labotel's own profiling left out."""
+    return [stat for stat in current.statistics("traceback") if not own(stat.traceback)]
+
+
+def own(traceback: tracemalloc.Traceback) -> bool:
+    """Whether the profiler itself made this allocation. Asked per grouped stack (a few
+    hundred), not per trace: ``Snapshot.filter_traces`` matched every frame of every trace
+    with fnmatch, all of it traced too, and took 2.5-10 s in a small process."""
+    for frame in traceback:
+        known = _own_by_file.get(frame.filename)
+        if known is None:
+            if len(_own_by_file) >= _MAX_FILES_KNOWN:
+                _own_by_file.clear()
+            known = any(fnmatch.fnmatch(frame.filename, pattern) for pattern in _OWN_FILES)
+            _own_by_file[frame.filename] = known
+        if known:
+            return True
+    return False
 
 
 def heap_profile(builder: ProfileBuilder, current: tracemalloc.Snapshot,
                  earlier: tracemalloc.Snapshot | None = None) -> ProfileBuilder:
     """Samples per allocation stack: live now, or the change since ``earlier``."""
     if earlier is None:
-        for stat in current.statistics("traceback"):
+        for stat in statistics(current):
             builder.add(_stack(builder, stat.traceback), [stat.count, stat.size])
     else:
         for diff in current.compare_to(earlier, "traceback"):
-            if diff.count_diff or diff.size_diff:
+            if (diff.count_diff or diff.size_diff) and not own(diff.traceback):
                 builder.add(_stack(builder, diff.traceback), [diff.count_diff, diff.size_diff])
     return builder
 

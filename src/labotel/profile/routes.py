@@ -158,7 +158,7 @@ class PprofRoutes:
         tasks = sum(len(t) for t in aio.all_tasks_by_loop().values())
         counts = {"goroutine": threads + tasks, "threadcreate": threads}
         if tracemalloc.is_tracing():
-            counts["heap"] = len(heap.snapshot(False).statistics("traceback"))
+            counts["heap"] = len(heap.statistics(heap.snapshot(False)))
         profiler = self._contention()
         if profiler is not None:
             for name in contention.PROFILES:
