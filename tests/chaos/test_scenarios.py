@@ -37,7 +37,14 @@ EXTRA_CHECKS = {
 }
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+# Fork and start/shutdown go through the interpreter's own fork and threading machinery,
+# which differs between versions: those two run on every Python .ci/run tests.
+EVERY_PYTHON = {"fork_storm", "start_shutdown_storm"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=() if name in EVERY_PYTHON else pytest.mark.slow)
+    for name in REGISTRY])
 def test_scenario_does_not_hurt_the_application(name):
     result = run_scenario(name)
     assert_unharmed(result)
@@ -46,6 +53,7 @@ def test_scenario_does_not_hurt_the_application(name):
         assert check(result), result
 
 
+@pytest.mark.slow
 def test_the_diagnosis_times_labotels_steps_in_a_scenario():
     """``bench/harm_diagnose.py`` wraps labotel's own step methods: it must still find
     them, and see attribution's walk and bursts in the scenario made for them."""

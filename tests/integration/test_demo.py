@@ -77,6 +77,7 @@ def test_orders_api_and_outbox(demo):
         assert fetch(base + f"/debug/pprof/{profile}?debug=1")[0] == 200
 
 
+@pytest.mark.slow
 def test_every_fault_switch_makes_its_detector_fire(demo):
     base, log = demo
     faults = ("race", "memory-leak", "thread-leak", "task-leak", "loop-block")

@@ -231,6 +231,7 @@ def test_pprof_prints_our_error_messages(base, pprof_env, path, message):
     assert message in result.stderr
 
 
+@pytest.mark.slow
 def test_debug_text_matches_gos_tabwriter(base, tmp_path):
     with running(blocked_in_known_function, name="waiter", count=2):
         ours = get(base + "goroutine?debug=1").text

@@ -160,6 +160,7 @@ def test_steady_leak_is_reported_with_its_line_and_tracemalloc_is_off_again():
         thread.join(5)
 
 
+@pytest.mark.slow
 def test_native_growth_is_reported_after_two_attributions_without_a_site():
     """Memory malloc'ed outside Python's allocators (as a C extension would) grows RSS and
     the C heap, but no Python line: reported only once a second attribution agrees."""
@@ -291,6 +292,7 @@ def test_attribution_leaves_the_applications_random_numbers_alone():
         thread.join(5)
 
 
+@pytest.mark.slow
 def test_cache_that_fills_then_plateaus_under_heavy_churn_raises_nothing():
     """60 MB cache filled within a third of a window (20 s at the defaults), then flat,
     with heavy short-lived allocation on top, for 10 windows (the issue's 10 minutes at
@@ -326,6 +328,7 @@ def test_cache_that_fills_then_plateaus_under_heavy_churn_raises_nothing():
         thread.join(5)
 
 
+@pytest.mark.slow
 def test_one_big_allocation_raises_nothing():
     options = QUIET
     start(**options)
@@ -484,6 +487,7 @@ def ample_stall_budget(monkeypatch) -> None:
     monkeypatch.setattr(memory, "STALL_BUDGET", 1e6)
 
 
+@pytest.mark.slow
 def test_garbage_cycles_piling_up_are_collected_not_attributed(monkeypatch):
     ample_stall_budget(monkeypatch)
     made: list = []
@@ -507,6 +511,7 @@ def test_garbage_cycles_piling_up_are_collected_not_attributed(monkeypatch):
     assert sum(made) * 20_000 / MB > 20  # megabytes of garbage were made
 
 
+@pytest.mark.slow
 def test_a_suspected_leak_gets_its_collection_within_the_cpu_budget(monkeypatch):
     """Collections run only for a suspicion, and no more often than GC_BUDGET allows for
     what the last one cost; the leak survives them and is reported."""

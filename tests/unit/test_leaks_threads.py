@@ -13,6 +13,8 @@ import json
 import threading
 import time
 
+import pytest
+
 import labotel
 from tests.metrics_helpers import fetch
 from tests.unit.test_leaks_memory import source_line as line_in
@@ -96,6 +98,7 @@ def test_task_created_every_100ms_and_pending_is_reported_with_its_creation_line
     assert labotel.detections("thread_leak") == []
 
 
+@pytest.mark.slow
 def test_stable_pool_and_short_lived_threads_and_tasks_raise_nothing():
     """A 50-worker pool kept busy, threads that finish quickly, threads that live a few
     samples, and the asyncio equivalents — for five windows."""

@@ -130,6 +130,7 @@ def fuzzed():
     labotel.shutdown()
 
 
+@pytest.mark.slow
 def test_fuzzed_requests_never_get_a_5xx_of_labotels_own_nor_hang(fuzzed):
     address = fuzzed.server.address
     paths = fuzzed.router.paths()
