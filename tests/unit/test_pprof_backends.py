@@ -130,7 +130,11 @@ def test_both_backends_make_the_same_profile_of_the_same_code():
     assert [[f for f, _ in stack] for stack in outermost] == [[
         "threading.Thread._bootstrap", "threading.Thread._bootstrap_inner",
         "threading.Thread.run"]]
-    assert {s[-1][0] for s in spinner_stacks(theirs)} == {SPIN}
+    # py-spy's samples end in the spinner, or in the stop.is_set() it calls every 20 000
+    # rounds (caught there once in a CI run)
+    leaves = {s[-1][0] for s in spinner_stacks(theirs)}
+    assert SPIN in leaves and leaves <= {SPIN, "threading.Event.is_set"}, leaves
+    assert all(SPIN in [f for f, _ in stack] for stack in spinner_stacks(theirs))
     for profile in (ours, theirs):
         files = {profile.string_table[f.name]: profile.string_table[f.filename]
                  for f in profile.function}
