@@ -19,6 +19,7 @@ import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from labotel.compat import cpython
 from labotel.profile import text
 from labotel.profile.pprof import ProfileBuilder
 
@@ -28,6 +29,12 @@ SAMPLE_TYPES = [("inuse_objects", "count"), ("inuse_space", "bytes")]
 _OWN_FILES = (tracemalloc.__file__, "*/labotel/profile/*")
 _own_by_file: dict[str, bool] = {}
 _MAX_FILES_KNOWN = 4096
+
+# The index page counts the stacks of a fresh snapshot only while tracemalloc holds at most
+# this much (about 300 000 traces at 50-60 bytes each; taking and grouping them holds the
+# GIL ~0.2 s); above it, it shows the count of the last heap profile taken.
+FRESH_COUNT_MAX_TRACEMALLOC_BYTES = 16 << 20
+_last_stack_count: int | None = None
 
 _lock = threading.Lock()
 _leases = 0
@@ -80,22 +87,50 @@ def snapshot(collect: bool) -> tracemalloc.Snapshot:
     return tracemalloc.take_snapshot()
 
 
-def statistics(current: tracemalloc.Snapshot) -> list[tracemalloc.Statistic]:
-    """Live allocations per stack, labotel's own profiling left out."""
-    return [stat for stat in current.statistics("traceback") if not own(stat.traceback)]
+Frames = tuple[tuple[str, int], ...]  # (filename, lineno), the allocation site first
 
 
-def own(traceback: tracemalloc.Traceback) -> bool:
+def stack_totals(current: tracemalloc.Snapshot) -> dict[Frames, tuple[int, int]]:
+    """Live blocks and bytes per allocation stack, labotel's own profiling left out.
+
+    Grouped from the raw traces, allocating nothing per trace: ``Snapshot.statistics``
+    builds objects for each one, and while tracemalloc runs every one of those
+    allocations is traced as well (10.6 s for 600 000 traces, against 0.12 s here)."""
+    raw = cpython.tracemalloc_traces(current)
+    if raw is None:
+        return {_frames(stat.traceback): (stat.count, stat.size)
+                for stat in current.statistics("traceback") if not own(_frames(stat.traceback))}
+    sizes_by_stack: dict[Frames, list[int]] = {}
+    get = sizes_by_stack.get
+    for trace in raw:
+        sizes = get(trace[2])
+        if sizes is None:
+            sizes = sizes_by_stack[trace[2]] = []
+        sizes.append(trace[1])
+    return {frames: (len(sizes), sum(sizes))
+            for frames, sizes in sizes_by_stack.items() if not own(frames)}
+
+
+def stack_count() -> int | None:
+    """Allocation stacks in a heap profile now, for the index page; in a process with more
+    traces than ``FRESH_COUNT_MAX_TRACEMALLOC_BYTES`` hold, the last profile's (None
+    before the first)."""
+    if tracemalloc.get_tracemalloc_memory() > FRESH_COUNT_MAX_TRACEMALLOC_BYTES:
+        return _last_stack_count
+    return len(stack_totals(snapshot(False)))
+
+
+def own(frames: Frames) -> bool:
     """Whether the profiler itself made this allocation. Asked per grouped stack (a few
     hundred), not per trace: ``Snapshot.filter_traces`` matched every frame of every trace
     with fnmatch, all of it traced too, and took 2.5-10 s in a small process."""
-    for frame in traceback:
-        known = _own_by_file.get(frame.filename)
+    for filename, _ in frames:
+        known = _own_by_file.get(filename)
         if known is None:
             if len(_own_by_file) >= _MAX_FILES_KNOWN:
                 _own_by_file.clear()
-            known = any(fnmatch.fnmatch(frame.filename, pattern) for pattern in _OWN_FILES)
-            _own_by_file[frame.filename] = known
+            known = any(fnmatch.fnmatch(filename, pattern) for pattern in _OWN_FILES)
+            _own_by_file[filename] = known
         if known:
             return True
     return False
@@ -104,13 +139,19 @@ def own(traceback: tracemalloc.Traceback) -> bool:
 def heap_profile(builder: ProfileBuilder, current: tracemalloc.Snapshot,
                  earlier: tracemalloc.Snapshot | None = None) -> ProfileBuilder:
     """Samples per allocation stack: live now, or the change since ``earlier``."""
+    global _last_stack_count
+    now = stack_totals(current)
     if earlier is None:
-        for stat in statistics(current):
-            builder.add(_stack(builder, stat.traceback), [stat.count, stat.size])
-    else:
-        for diff in current.compare_to(earlier, "traceback"):
-            if (diff.count_diff or diff.size_diff) and not own(diff.traceback):
-                builder.add(_stack(builder, diff.traceback), [diff.count_diff, diff.size_diff])
+        _last_stack_count = len(now)
+        for frames, (count, size) in now.items():
+            builder.add(_stack(builder, frames), [count, size])
+        return builder
+    before = stack_totals(earlier)
+    for frames in now.keys() | before.keys():
+        count, size = now.get(frames, (0, 0))
+        count_before, size_before = before.get(frames, (0, 0))
+        if count != count_before or size != size_before:
+            builder.add(_stack(builder, frames), [count - count_before, size - size_before])
     return builder
 
 
@@ -119,10 +160,13 @@ def new_builder() -> ProfileBuilder:
     return ProfileBuilder(SAMPLE_TYPES, ("space", "bytes"), 1, default_sample_type="inuse_space")
 
 
-def _stack(builder: ProfileBuilder, traceback: tracemalloc.Traceback) -> tuple[int, ...]:
-    # tracemalloc lists the oldest frame first; pprof wants the allocation site first.
-    return tuple(builder.line_location(frame.filename, frame.lineno)
-                 for frame in reversed(traceback))
+def _stack(builder: ProfileBuilder, frames: Frames) -> tuple[int, ...]:
+    return tuple(builder.line_location(filename, lineno) for filename, lineno in frames)
+
+
+def _frames(traceback: tracemalloc.Traceback) -> Frames:
+    # the public Traceback lists the oldest frame first; pprof wants the allocation site first
+    return tuple((frame.filename, frame.lineno) for frame in reversed(traceback))
 
 
 def debug_text(builder: ProfileBuilder) -> str:

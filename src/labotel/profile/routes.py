@@ -53,6 +53,10 @@ MAX_ADDRESS_CHARS = 24
 Handler = Callable[[Request], Response]
 
 
+def _count_cell(count: int | None) -> str:
+    return "-" if count is None else str(count)  # None: not counted (see heap.stack_count)
+
+
 def pprof_error(status: int, message: str) -> HTTPError:
     return HTTPError(status, message, {"X-Go-Pprof": "1", "X-Content-Type-Options": "nosniff"})
 
@@ -133,8 +137,9 @@ class PprofRoutes:
 
     def index(self, _: Request) -> Response:
         counts = self._counts()
-        rows = "".join(f"<tr><td>{counts.get(name, 0)}</td><td><a href='{name}?debug=1'>"
-                       f"{html.escape(name)}</a></td></tr>\n" for name in sorted(DESCRIPTIONS))
+        rows = "".join(f"<tr><td>{_count_cell(counts.get(name, 0))}</td><td><a "
+                       f"href='{name}?debug=1'>{html.escape(name)}</a></td></tr>\n"
+                       for name in sorted(DESCRIPTIONS))
         items = "".join(f"<li><div class=profile-name>{html.escape(name)}: </div> "
                         f"{html.escape(text)}</li>\n"
                         for name, text in sorted(DESCRIPTIONS.items()))
@@ -153,12 +158,12 @@ class PprofRoutes:
         text = html.escape(self.component.backends.describe())
         return f"<p>\nCPU and wall profiles are taken by: <span id=backend>{text}</span>\n</p>\n"
 
-    def _counts(self) -> dict[str, int]:
+    def _counts(self) -> dict[str, int | None]:
         threads = threading.active_count()
         tasks = sum(len(t) for t in aio.all_tasks_by_loop().values())
-        counts = {"goroutine": threads + tasks, "threadcreate": threads}
+        counts: dict[str, int | None] = {"goroutine": threads + tasks, "threadcreate": threads}
         if tracemalloc.is_tracing():
-            counts["heap"] = len(heap.statistics(heap.snapshot(False)))
+            counts["heap"] = heap.stack_count()
         profiler = self._contention()
         if profiler is not None:
             for name in contention.PROFILES:
