@@ -3,9 +3,12 @@ the shutdown deadline.
 
 - ``ExportWatch`` wraps an exporter's ``export`` (its public method, set on the instance and
   removed again at ``shutdown()``): when the export in flight began and whether the last
-  one succeeded. Before ``fork()``, an export to a collector that answers is waited for
-  (a gRPC call in flight at fork time can leave gRPC's locks held in the child); one to a
-  collector that failed the last export, or that has been running too long, is not.
+  one succeeded; for labotel's own exporters, also whether an attempt of the export in
+  flight failed (told by their transport: the HTTP session, a wrapper of the gRPC stub).
+  Before ``fork()``, an export to a collector that answers is waited for (a gRPC call in
+  flight at fork time can leave gRPC's locks held in the child); one to a collector that
+  failed the last export or an attempt of this one, or that has been running too long, is
+  not. ``shutdown()`` gives such a collector one second, not ``shutdown_timeout``.
 - ``AbortableSession`` is the ``requests`` session of labotel's own OTLP/HTTP exporters: at
   the shutdown deadline its sockets are shut, so a request to a collector that accepted
   the connection and never answers ends now, not at the exporter's timeout (10 s).
@@ -66,9 +69,14 @@ class ExportWatch:
         self.attempted: float | None = None  # monotonic end of the last export attempted
         self.skipped = 0  # exports failed at once, the collector being down
         self.failures_in_a_row = 0  # failed exports attempted since the last success
+        # An attempt of the export in flight failed (the exporter is retrying): told by the
+        # transport of labotel's own exporters (``report_failed_attempts``)
+        self.attempt_failed = False
+        self.reports_attempts = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.close_retired()
+        self.attempt_failed = False
         probe = self.probing
         if self.disconnected and probe and self.attempted is not None and (
                 time.monotonic() - self.attempted < self.probe_gap()):
@@ -80,6 +88,8 @@ class ExportWatch:
         timeout = otel.export_timeout(self.exporter)
         if probe and not self.timed_out and timeout is not None and timeout > PROBE_TIMEOUT:
             otel.set_export_timeout(self.exporter, PROBE_TIMEOUT)
+        if self.reports_attempts:
+            otel.report_failed_grpc_calls(self.exporter, self.note_failed_attempt)
         began = self.since = time.monotonic()
         ok = False
         try:
@@ -99,6 +109,25 @@ class ExportWatch:
                 self.timed_out = limit is not None and (
                     time.monotonic() - began >= SLOW_SHARE * limit)
                 self._disconnect()
+
+    def report_failed_attempts(self) -> None:
+        """Have the transport of this exporter (one of labotel's own) say when an attempt
+        fails: its requests session, or a wrapper of its gRPC stub."""
+        session = getattr(self.exporter, "_labotel_session", None)
+        if session is not None:
+            session.on_failed_request = self.note_failed_attempt
+        self.reports_attempts = otel.is_grpc_exporter(self.exporter)
+
+    def note_failed_attempt(self) -> None:
+        if self.since is not None:
+            self.attempt_failed = True
+
+    @property
+    def failing(self) -> bool:
+        """The collector failed the last export, or an attempt of the one in flight: the
+        exporter is retrying. (A process that exits, or forks, during its first export to
+        a collector that is down knows it from the first refused attempt.)"""
+        return self.last_ok is False or (self.since is not None and self.attempt_failed)
 
     @property
     def probing(self) -> bool:
@@ -159,6 +188,8 @@ class ExportWatch:
         if since is None:
             return 0.0
         age = time.monotonic() - since
+        if self.attempt_failed:
+            return 0.0  # the exporter is retrying: the collector is not answering now
         if self.last_ok:
             return max(0.0, HEALTHY_WAIT - age)
         if self.last_ok is None:
@@ -219,6 +250,7 @@ def abortable_session() -> Any:
     ones after that)."""
     import requests
     from requests.adapters import HTTPAdapter
+    from requests.exceptions import RequestException
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -243,6 +275,7 @@ def abortable_session() -> Any:
             super().__init__()
             self.mount("http://", Adapter())
             self.mount("https://", Adapter())
+            self.on_failed_request: Any = None  # told of each request that failed
 
         def request(self, *args: Any, **kwargs: Any) -> Any:
             if aborted[0]:  # the exporter's retry after an aborted request fails at once:
@@ -250,7 +283,18 @@ def abortable_session() -> Any:
                 # export thread alive ~0.5 s after shutdown() with the app's threads busy
                 raise requests.exceptions.ConnectionError("labotel is shutting down: "
                                                           "no new export requests")
-            return super().request(*args, **kwargs)
+            try:
+                response = super().request(*args, **kwargs)
+            except RequestException:
+                self._failed()
+                raise
+            if not response.ok:
+                self._failed()
+            return response
+
+        def _failed(self) -> None:
+            if self.on_failed_request is not None:
+                self.on_failed_request()
 
         def abort(self) -> None:
             aborted[0] = True

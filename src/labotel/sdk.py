@@ -146,10 +146,12 @@ def _collectors_down(providers: Providers) -> bool:
     A collector that refused or timed out the last export is not waited for the whole
     ``shutdown_timeout`` (an app's exit delayed 5 s for nothing): one more second, then the
     exports still running are aborted. Down means: at least one exporter failed its last
-    export and none succeeded its last (an exporter that never exported, such as the span
-    exporter of an app without detections, says nothing either way).
+    export, or an attempt of the export in flight (the exporter is retrying), and none
+    succeeded its last (an exporter that never exported, such as the span exporter of an
+    app without detections, says nothing either way).
     """
-    outcomes = [watch.last_ok for watch in map(exporting.watch_of, _owned_exporters(providers))
+    outcomes = [False if watch.failing else watch.last_ok
+                for watch in map(exporting.watch_of, _owned_exporters(providers))
                 if watch is not None]
     return False in outcomes and True not in outcomes
 
@@ -376,7 +378,10 @@ def watch_exports(providers: Providers) -> None:
     owned = [id(exporter) for exporter in _owned_exporters(providers)]
     for exporter, _ in _push_exports(providers):
         watched = exporting.watch(exporter)
-        if watched is not None and id(exporter) in owned and otel.is_grpc_exporter(exporter):
+        if watched is None or id(exporter) not in owned:
+            continue
+        watched.report_failed_attempts()
+        if otel.is_grpc_exporter(exporter):
             watched.keep_no_channel_when_down()
 
 

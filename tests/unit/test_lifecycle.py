@@ -170,8 +170,8 @@ def test_after_the_abort_the_metric_reader_makes_no_last_collection(monkeypatch)
         assert late_calls == []
 
 
-def start_exporting_to(collector: socket.socket, monkeypatch):
-    """labotel exporting metrics and spans over gRPC to ``collector``'s port,
+def start_exporting_to(collector: socket.socket, monkeypatch, protocol: str = "grpc"):
+    """labotel exporting metrics and spans over ``protocol`` to ``collector``'s port,
     shutdown_timeout 30 s, the exporters' timeout 2 s unless the test set one (the first
     failing export retries until it: 7 s of back-off at the default 10 s), spans sent
     0.5 s after they end (not 5 s)."""
@@ -180,7 +180,7 @@ def start_exporting_to(collector: socket.socket, monkeypatch):
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "500")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
                        f"http://127.0.0.1:{collector.getsockname()[1]}")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
     return labotel.start(admin_address="", shutdown_timeout=30.0, metric_export_interval=0.2)
 
@@ -241,6 +241,35 @@ def test_shutdown_does_not_wait_out_its_timeout_for_a_collector_that_refused_the
         if thread.name.startswith(("labotel", "Otel")):
             thread.join(1.0)
             assert not thread.is_alive(), thread.name
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_shutdown_during_the_first_export_to_a_refusing_collector_waits_one_second(
+        monkeypatch, caplog, protocol):
+    """The first export to a collector that is down retries with the exporter's back-off
+    until its timeout (30 s here). A process that exits meanwhile (a short job, or a worker
+    forked in its first seconds) knew from the first refused attempt that the collector is
+    down: shutdown() gives it DOWN_COLLECTOR_WAIT, not shutdown_timeout (30 s here; it
+    waited out the back-off, 15 s, before)."""
+    from labotel import sdk
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # never listening: connections are refused
+        monitor = start_exporting_to(closed, monkeypatch, protocol)
+        try:
+            watch = exporting_watch(sdk._owned_exporters(monitor.providers)[0])
+            give_up = time.monotonic() + 20
+            while not watch.attempt_failed and time.monotonic() < give_up:
+                time.sleep(0.02)
+            assert watch.attempt_failed and watch.last_ok is None  # still retrying
+            assert sdk._collectors_down(monitor.providers)
+            with caplog.at_level(logging.WARNING, logger="labotel"):
+                took = timed_shutdown()
+        finally:
+            labotel.shutdown()
+    assert took < sdk.DOWN_COLLECTOR_WAIT + 3, took  # a behaviour bound: not 15-30 s
+    assert "did not finish exporting within 1s" in caplog.text, caplog.text
 
 
 def test_shutdown_says_why_it_gave_a_collector_that_failed_before_only_one_second(

@@ -209,6 +209,29 @@ def grpc_disconnect(exporter: object) -> None:
         channel.close()
 
 
+class _StubReportingFailures:
+    """An OTLP/gRPC exporter's stub whose failed ``Export`` calls are told to ``failed``."""
+
+    def __init__(self, stub: Any, failed: Callable[[], None]) -> None:
+        self.stub = stub
+        self.failed = failed
+
+    def Export(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 - the gRPC method
+        try:
+            return self.stub.Export(*args, **kwargs)
+        except Exception:
+            self.failed()
+            raise
+
+
+def report_failed_grpc_calls(exporter: object, failed: Callable[[], None]) -> None:
+    """Have the current stub of an OTLP/gRPC exporter tell ``failed`` of each failed call
+    (the exporter replaces its stub when it reconnects: call this again after that)."""
+    stub = getattr(exporter, "_client", None)
+    if stub is not None and not isinstance(stub, _StubReportingFailures):
+        exporter._client = _StubReportingFailures(stub, failed)  # type: ignore[attr-defined]
+
+
 def export_timeout(exporter: object) -> float | None:
     """Seconds an OTLP exporter's export may take, retries included (None: unknown)."""
     timeout = getattr(exporter, "_timeout", None)
