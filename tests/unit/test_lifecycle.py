@@ -170,19 +170,26 @@ def test_after_the_abort_the_metric_reader_makes_no_last_collection(monkeypatch)
         assert late_calls == []
 
 
+# how the tests here start labotel against a collector of theirs
+START_OPTIONS = {"admin_address": "", "shutdown_timeout": 30.0, "metric_export_interval": 0.2}
+
+
+def exporting_environment(port: int, protocol: str = "grpc") -> dict[str, str]:
+    """The variables that send metrics and spans over ``protocol`` to ``port``, the
+    exporters' timeout 2 s unless the test set one (the first failing export retries until
+    it: 7 s of back-off at the default 10 s), spans sent 0.5 s after they end (not 5 s)."""
+    return {"OTEL_EXPORTER_OTLP_TIMEOUT": os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "2"),
+            "OTEL_BSP_SCHEDULE_DELAY": "500",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_TRACES_EXPORTER": "otlp"}
+
+
 def start_exporting_to(collector: socket.socket, monkeypatch, protocol: str = "grpc"):
-    """labotel exporting metrics and spans over ``protocol`` to ``collector``'s port,
-    shutdown_timeout 30 s, the exporters' timeout 2 s unless the test set one (the first
-    failing export retries until it: 7 s of back-off at the default 10 s), spans sent
-    0.5 s after they end (not 5 s)."""
-    if "OTEL_EXPORTER_OTLP_TIMEOUT" not in os.environ:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "500")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
-                       f"http://127.0.0.1:{collector.getsockname()[1]}")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
-    return labotel.start(admin_address="", shutdown_timeout=30.0, metric_export_interval=0.2)
+    """labotel exporting to ``collector``'s port (``exporting_environment``),
+    shutdown_timeout 30 s."""
+    for name, value in exporting_environment(collector.getsockname()[1], protocol).items():
+        monkeypatch.setenv(name, value)
+    return labotel.start(**START_OPTIONS)
 
 
 @pytest.fixture
@@ -381,10 +388,11 @@ def test_fork_opens_no_channel_for_exporters_of_a_collector_that_is_down(refusin
 
 
 FORK_WITH_AN_EXPORT_IN_FLIGHT = textwrap.dedent("""
-    import faulthandler, os, socket, sys, time
+    import faulthandler, os, socket, time
     faulthandler.enable()
     import labotel
     from labotel import exporting, sdk
+    from tests.unit.test_lifecycle import START_OPTIONS, exporting_environment
     from tests.unit.test_lifecycle import on_closed_channel as closed
 
     def check(ok, what):
@@ -395,12 +403,8 @@ FORK_WITH_AN_EXPORT_IN_FLIGHT = textwrap.dedent("""
     with socket.socket() as collector:  # listens, never answers
         collector.bind(("127.0.0.1", 0))
         collector.listen(64)
-        os.environ.update(
-            OTEL_EXPORTER_OTLP_TIMEOUT="2", OTEL_BSP_SCHEDULE_DELAY="500",
-            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.getsockname()[1]}",
-            OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_TRACES_EXPORTER="otlp")
-        monitor = labotel.start(admin_address="", shutdown_timeout=30.0,
-                                metric_export_interval=0.2)
+        os.environ.update(exporting_environment(collector.getsockname()[1]))
+        monitor = labotel.start(**START_OPTIONS)
         (metrics,) = [e for e in sdk._owned_exporters(monitor.providers)
                       if "Metric" in type(e).__name__]
         watch = exporting.watch_of(metrics)

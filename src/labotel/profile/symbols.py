@@ -167,7 +167,8 @@ def _cached_bytecode(filename: str, status: os.stat_result) -> CodeType | None:
     """The code the interpreter cached for ``filename`` when that .pyc is of this very
     source (the mtime and size its header records). Reading it instead of compiling
     matters under tracemalloc (heap profiling): compiling a big module there took tens of
-    milliseconds with the GIL held, parsing one took ten times that."""
+    milliseconds with the GIL held, and parsing it (what labotel did before) about four
+    times that (28 files: 1.6 s compiled, 6.8 s parsed)."""
     try:
         with open(importlib.util.cache_from_source(filename), "rb") as file:
             data = file.read()
