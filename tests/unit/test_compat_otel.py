@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import opentelemetry.exporter.otlp.proto.grpc.exporter  # noqa: F401 - its capabilities get checked
+import pytest
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry
@@ -101,3 +102,37 @@ def test_a_missing_capability_is_logged_once_and_shown(monkeypatch, caplog, moni
     capabilities = json.loads(body)["capabilities"]
     assert capabilities["otel.add_metric_reader"]["available"] is True
     assert "feature" in capabilities["cpython.handle_run"]
+
+
+def test_a_failed_grpc_export_call_is_reported_and_the_stub_is_otherwise_untouched():
+    """labotel learns that an attempt failed from a wrapper of the exporter's stub; an SDK
+    that calls the stub some other way (``Export.future``) still reaches the real one."""
+    from labotel.compat import otel
+
+    class Export:  # a unary-unary multi-callable, as gRPC's stubs have
+        fail = True
+        future = "the stub's own"
+
+        def __call__(self, request, timeout=None):
+            if self.fail:
+                raise RuntimeError("UNAVAILABLE")
+            return "ok"
+
+    class Stub:
+        def __init__(self) -> None:
+            self.Export = Export()  # noqa: N815 - the gRPC method name
+            self.channel = "the stub's channel"
+
+    class Exporter:
+        _client = Stub()
+
+    exporter, failed = Exporter(), []
+    otel.report_failed_grpc_calls(exporter, lambda: failed.append(1))
+    otel.report_failed_grpc_calls(exporter, lambda: failed.append(1))  # wrapped once
+    with pytest.raises(RuntimeError):
+        exporter._client.Export(request=b"", timeout=1)
+    assert failed == [1]
+    Export.fail = False
+    assert exporter._client.Export(request=b"") == "ok" and failed == [1]
+    assert exporter._client.Export.future == "the stub's own"
+    assert exporter._client.channel == "the stub's channel"

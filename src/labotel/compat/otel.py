@@ -209,26 +209,43 @@ def grpc_disconnect(exporter: object) -> None:
         channel.close()
 
 
+class _CallReportingFailures:
+    """A stub's ``Export`` multi-callable whose failed calls are told to ``failed``; any
+    other use of it (``.future``, ``.with_call``) goes to the original, unreported."""
+
+    def __init__(self, call: Any, failed: Callable[[], None]) -> None:
+        self._call = call
+        self._failed = failed
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._call(*args, **kwargs)
+        except Exception:
+            self._failed()
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
 class _StubReportingFailures:
-    """An OTLP/gRPC exporter's stub whose failed ``Export`` calls are told to ``failed``."""
+    """An OTLP/gRPC exporter's stub whose ``Export`` reports failed calls; everything else
+    is the stub's own."""
 
     def __init__(self, stub: Any, failed: Callable[[], None]) -> None:
-        self.stub = stub
-        self.failed = failed
+        self._stub = stub
+        self.Export = _CallReportingFailures(stub.Export, failed)  # noqa: N815 - gRPC's name
 
-    def Export(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 - the gRPC method
-        try:
-            return self.stub.Export(*args, **kwargs)
-        except Exception:
-            self.failed()
-            raise
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
 
 
 def report_failed_grpc_calls(exporter: object, failed: Callable[[], None]) -> None:
     """Have the current stub of an OTLP/gRPC exporter tell ``failed`` of each failed call
     (the exporter replaces its stub when it reconnects: call this again after that)."""
     stub = getattr(exporter, "_client", None)
-    if stub is not None and not isinstance(stub, _StubReportingFailures):
+    if stub is not None and not isinstance(stub, _StubReportingFailures) and \
+            callable(getattr(stub, "Export", None)):
         exporter._client = _StubReportingFailures(stub, failed)  # type: ignore[attr-defined]
 
 
