@@ -309,7 +309,6 @@ def process_identity(parent_pid: int | None = None) -> dict[str, object]:
 _held_for_fork: list = []
 _collection_missed_at_fork: list = []  # the collection lock, when it was busy at fork
 _retired_at_fork: list = []  # export watches whose gRPC channel was swapped before fork
-FORK_COLLECTION_WAIT = 0.005  # a collection takes a millisecond or two
 
 
 def hold_collection_for_fork(providers: Providers) -> None:
@@ -320,8 +319,11 @@ def hold_collection_for_fork(providers: Providers) -> None:
     collector that answers is waited for (``exporting.HEALTHY_WAIT``, 0.5 s at most); one
     to a collector that failed its last export (down, hung, unreachable) is not, so fork
     stays fast then: the child resets that lock and opens its own channel. The collection
-    lock is waited for a few milliseconds; a collection still running (a slow observable
-    callback of the app) is left to the parent and the child gets a fresh lock.
+    lock is taken only if it is free: a collection running at that instant is left to the
+    parent, and the child gets a fresh lock (and ``_free_metric_locks`` frees the rest).
+    Waiting for it, even 5 ms, gave up the GIL, and with the application's threads busy
+    getting it back took tens of ms: fork's p99 with gRPC was 16.8 ms with that wait and
+    3.3 ms without it (``bench/fork_latency.py``'s case, two busy threads).
     """
     for exporter, lock in _push_exports(providers):
         watched = exporting.watch_of(exporter)
@@ -331,7 +333,7 @@ def hold_collection_for_fork(providers: Providers) -> None:
     _quiet_failing_grpc_channels(providers)
     lock = otel.collection_lock(providers.meter_provider)
     if lock is not None:
-        if lock.acquire(timeout=FORK_COLLECTION_WAIT):
+        if lock.acquire(blocking=False):
             _held_for_fork.append(lock)
         else:
             _collection_missed_at_fork.append(providers.meter_provider)

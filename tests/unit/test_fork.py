@@ -294,6 +294,47 @@ def test_metric_locks_another_thread_held_at_fork_are_free_in_the_child():
         labotel.shutdown()
 
 
+def test_a_collection_running_at_fork_is_not_waited_for_and_the_child_collects():
+    """A parent thread is collecting (it holds the SDK's collection lock, as during a slow
+    observable callback) when the application forks: fork does not wait for it (waiting
+    gave up the GIL, and busy threads made fork's tail tens of ms), and the child, which
+    copied that lock held, gets a fresh one: it collects and shuts down."""
+    from labotel.compat import otel
+
+    monitor = labotel.start(admin_address="", leak_detection=False)
+    try:
+        provider = monitor.providers.meter_provider
+        collection = otel.collection_lock(provider)
+        holding, release = threading.Event(), threading.Event()
+
+        def collecting() -> None:
+            with collection:
+                holding.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=collecting, daemon=True)
+        holder.start()
+        assert holding.wait(10)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                for step in (provider.force_flush, labotel.shutdown):
+                    thread = threading.Thread(target=step, daemon=True)
+                    thread.start()
+                    thread.join(5)
+                    if thread.is_alive():
+                        os._exit(1)
+                os._exit(0)
+            assert collection.locked()  # still the parent thread's: fork took nothing
+        finally:
+            release.set()
+            holder.join(10)
+        assert exit_status_within(pid, 30) == 0
+        provider.force_flush()  # and the parent's own collections go on
+    finally:
+        labotel.shutdown()
+
+
 def test_an_attribution_running_at_fork_lets_go_in_the_child():
     """The parent's attribution thread enters and leaves its events' locks between bursts:
     a child forked then hung for ever in labotel's after-fork hook, setting the copied
