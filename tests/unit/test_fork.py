@@ -249,6 +249,18 @@ def exit_status_within(pid: int, seconds: float) -> int | None:
     return None
 
 
+def collect_and_shut_down_then_exit(provider) -> None:
+    """In a forked child: a collection, then labotel's shutdown, each within 5 s, else
+    exit status 1 (the child hung)."""
+    for step in (provider.force_flush, labotel.shutdown):
+        thread = threading.Thread(target=step, daemon=True)
+        thread.start()
+        thread.join(5)
+        if thread.is_alive():
+            os._exit(1)
+    os._exit(0)
+
+
 def test_metric_locks_another_thread_held_at_fork_are_free_in_the_child():
     """The parent's reader holds each view's lock while it collects, and a thread recording
     a measurement holds its aggregation's: a child forked at that moment waited for ever
@@ -278,14 +290,8 @@ def test_metric_locks_another_thread_held_at_fork_are_free_in_the_child():
         assert holding.wait(10)
         try:
             pid = os.fork()
-            if pid == 0:  # the child: a collection, then labotel's shutdown, each in 5 s
-                for step in (provider.force_flush, labotel.shutdown):
-                    thread = threading.Thread(target=step, daemon=True)
-                    thread.start()
-                    thread.join(5)
-                    if thread.is_alive():
-                        os._exit(1)
-                os._exit(0)
+            if pid == 0:
+                collect_and_shut_down_then_exit(provider)
         finally:
             release.set()
             holder.join(10)
@@ -318,13 +324,7 @@ def test_a_collection_running_at_fork_is_not_waited_for_and_the_child_collects()
         try:
             pid = os.fork()
             if pid == 0:
-                for step in (provider.force_flush, labotel.shutdown):
-                    thread = threading.Thread(target=step, daemon=True)
-                    thread.start()
-                    thread.join(5)
-                    if thread.is_alive():
-                        os._exit(1)
-                os._exit(0)
+                collect_and_shut_down_then_exit(provider)
             assert collection.locked()  # still the parent thread's: fork took nothing
         finally:
             release.set()
