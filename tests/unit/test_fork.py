@@ -249,6 +249,35 @@ def exit_status_within(pid: int, seconds: float) -> int | None:
     return None
 
 
+def fork_while_a_thread_holds(locks: list, provider) -> int:
+    """Fork while another thread of the parent holds ``locks`` (as a collection or a
+    measurement does); they are still that thread's in the parent after fork. The child
+    collects and shuts labotel down (``collect_and_shut_down_then_exit``); its pid."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        for lock in locks:
+            lock.acquire()
+        holding.set()
+        release.wait(30)
+        for lock in reversed(locks):
+            lock.release()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            collect_and_shut_down_then_exit(provider)
+        # still the holder's (an RLock has no locked() before 3.13)
+        assert all(lock.locked() for lock in locks if hasattr(lock, "locked"))
+    finally:
+        release.set()
+        holder.join(10)
+    return pid
+
+
 def collect_and_shut_down_then_exit(provider) -> None:
     """In a forked child: a collection, then labotel's shutdown, each within 5 s, else
     exit status 1 (the child hung)."""
@@ -275,26 +304,7 @@ def test_metric_locks_another_thread_held_at_fork_are_free_in_the_child():
         collection = otel.collection_lock(provider)  # labotel's fork hook holds this one
         held = [lock for lock in otel.metric_locks(provider) if lock is not collection]
         assert len(held) > 10
-        holding, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            for lock in held:
-                lock.acquire()
-            holding.set()
-            release.wait(30)
-            for lock in reversed(held):
-                lock.release()
-
-        holder = threading.Thread(target=hold, daemon=True)
-        holder.start()
-        assert holding.wait(10)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                collect_and_shut_down_then_exit(provider)
-        finally:
-            release.set()
-            holder.join(10)
+        pid = fork_while_a_thread_holds(held, provider)
         assert exit_status_within(pid, 30) == 0
     finally:
         labotel.shutdown()
@@ -311,24 +321,7 @@ def test_a_collection_running_at_fork_is_not_waited_for_and_the_child_collects()
     try:
         provider = monitor.providers.meter_provider
         collection = otel.collection_lock(provider)
-        holding, release = threading.Event(), threading.Event()
-
-        def collecting() -> None:
-            with collection:
-                holding.set()
-                release.wait(30)
-
-        holder = threading.Thread(target=collecting, daemon=True)
-        holder.start()
-        assert holding.wait(10)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                collect_and_shut_down_then_exit(provider)
-            assert collection.locked()  # still the parent thread's: fork took nothing
-        finally:
-            release.set()
-            holder.join(10)
+        pid = fork_while_a_thread_holds([collection], provider)  # fork took nothing
         assert exit_status_within(pid, 30) == 0
         provider.force_flush()  # and the parent's own collections go on
     finally:
