@@ -98,8 +98,9 @@ def stack_totals(current: tracemalloc.Snapshot) -> dict[Frames, tuple[int, int]]
     allocations is traced as well (10.6 s for 600 000 traces, against 0.12 s here)."""
     raw = cpython.tracemalloc_traces(current)
     if raw is None:
-        return {_frames(stat.traceback): (stat.count, stat.size)
-                for stat in current.statistics("traceback") if not own(_frames(stat.traceback))}
+        public = {_frames(stat.traceback): (stat.count, stat.size)
+                  for stat in current.statistics("traceback")}
+        return {frames: totals for frames, totals in public.items() if not own(frames)}
     sizes_by_stack: dict[Frames, list[int]] = {}
     get = sizes_by_stack.get
     for trace in raw:
