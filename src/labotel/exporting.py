@@ -22,7 +22,12 @@ the shutdown deadline.
   cumulative metric loses nothing by it, the next export carries it). Each attempt to a
   collector that never answers leaves gRPC's native memory a little higher for a while
   (about 0.5 MB each, ``bench/harm.py``'s ``hung_collector_grpc``): asked every 2 s for
-  minutes, that looked like a steady native leak to the memory detector.
+  minutes, that looked like a steady native leak to the memory detector. Before each such
+  attempt to a plaintext collector, ``collector_check`` asks it over a plain socket
+  whether it speaks HTTP/2 at all; one that does not (refused, silent) fails the attempt
+  at once (counted as ``unanswered``), and no gRPC channel, nor gRPC thread, is started
+  for it: a hung collector held gRPC's threads for the exporter's whole timeout, and a
+  fork meeting them stopped the process for 0.5-0.7 s now and then.
 - ``abort(exporter)`` is what the deadline does to an exporter still sending: its own
   ``shutdown()`` (which closes a gRPC channel, cancelling the call in flight, and ends
   the retry back-off), and the session's sockets.
@@ -36,6 +41,7 @@ import time
 import weakref
 from typing import Any
 
+from labotel import collector_check
 from labotel.compat import otel
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,10 @@ PROBE_TIMEOUT = 0.5
 SLOW_SHARE = 0.9  # of its timeout an export used up to count as timed out, not refused
 PROBE_GAP = 2.0  # seconds between two attempts while down; an export sooner fails at once
 PROBE_GAP_MAX = 30.0  # ... the gap doubling with each failed attempt, up to this
+# labotel's own gRPC channels give up a connection that is not set up (TCP and HTTP/2's
+# first frames) in 5 s, not gRPC's 20: to a collector that accepts and never answers, the
+# attempt's connection kept gRPC's threads running 20 s after the channel was closed.
+GRPC_CHANNEL_OPTIONS = (("grpc.min_reconnect_backoff_ms", 5000),)
 
 
 class ExportWatch:
@@ -73,6 +83,8 @@ class ExportWatch:
         # transport of labotel's own exporters (``report_failed_attempts``)
         self.attempt_failed = False
         self.reports_attempts = False
+        self.unanswered = 0  # attempts while down that the collector did not answer
+        self._check: collector_check.Check | None = None  # the one asking now
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.close_retired()
@@ -82,6 +94,12 @@ class ExportWatch:
                 time.monotonic() - self.attempted < self.probe_gap()):
             self.skipped += 1  # no channel: the exporter fails it without a call
             self.finished += 1
+            return self.export(*args, **kwargs)
+        if self.disconnected and probe and not self._collector_answers():
+            self.unanswered += 1  # an attempt that failed without a gRPC channel
+            self.finished += 1
+            self.failures_in_a_row += 1
+            self.attempted = time.monotonic()
             return self.export(*args, **kwargs)
         if self.disconnected:
             self._connect()
@@ -109,6 +127,27 @@ class ExportWatch:
                 self.timed_out = limit is not None and (
                     time.monotonic() - began >= SLOW_SHARE * limit)
                 self._disconnect()
+
+    def _collector_answers(self) -> bool:
+        """Before an attempt while down: does the collector answer HTTP/2 at all (asked
+        over a plain socket, so no gRPC thread runs for a collector that does not)?
+        True where it cannot be asked."""
+        endpoint = otel.grpc_plaintext_endpoint(self.exporter)
+        address = collector_check.host_and_port(endpoint) if endpoint else None
+        if address is None:
+            return True
+        timeout = otel.export_timeout(self.exporter)
+        check = self._check = collector_check.Check(
+            address, min(collector_check.ANSWER_WAIT, timeout or collector_check.ANSWER_WAIT))
+        try:
+            return check.answers()
+        finally:
+            self._check = None
+
+    def abort_check(self) -> None:
+        check = self._check
+        if check is not None:
+            check.abort()
 
     def report_failed_attempts(self) -> None:
         """Have the transport of this exporter (one of labotel's own) say when an attempt
@@ -213,6 +252,7 @@ def unwatch(exporter: Any) -> None:
     watched = watch_of(exporter)
     if watched is not None:
         del exporter.export
+        watched.abort_check()  # a question still asked when shutdown ends: not waited for
         watched.close_retired()
 
 
@@ -223,6 +263,7 @@ def describe(exporter: Any) -> dict[str, Any]:
     if watched is not None:
         view.update(last_export_ok=watched.last_ok, exports=watched.finished,
                     skipped_while_down=watched.skipped,
+                    unanswered_while_down=watched.unanswered,
                     failures_in_a_row=watched.failures_in_a_row,
                     retry_gap_s=watched.probe_gap() if watched.probing else None,
                     channel_closed=watched.disconnected)

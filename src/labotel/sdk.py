@@ -39,7 +39,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.util.types import Attributes
 
-from labotel import exporting, own_random
+from labotel import collector_check, exporting, own_random
 from labotel.compat import cpython, otel
 from labotel.config import Settings
 from labotel.prometheus import is_prometheus_reader, make_prometheus_reader
@@ -431,6 +431,8 @@ def release_collection_after_fork(in_child: bool = False) -> None:
         if in_child:  # the parent's channels: never closed (nor finalized) in the child
             _inherited_channels.extend(watched.retired)
             watched.retired.clear()
+    if in_child:  # a question to the collector the parent was asking: not the child's
+        collector_check.close_inherited()
     while _collection_missed_at_fork:
         meter_provider = _collection_missed_at_fork.pop()
         if in_child:  # the parent's collection holds the copy of the lock: a fresh one
@@ -632,4 +634,6 @@ def _otlp_exporter(settings: Settings, signal: str):
             OTLPSpanExporter as GrpcSpanExporter,
         )
         cls = GrpcSpanExporter
-    return cls(endpoint=endpoint) if endpoint else cls()
+    options = exporting.GRPC_CHANNEL_OPTIONS
+    return cls(endpoint=endpoint, channel_options=options) if endpoint else cls(
+        channel_options=options)

@@ -10,6 +10,7 @@ not run that handler's work at all."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -153,8 +154,11 @@ def test_a_failed_grpc_export_leaves_no_channel_open_until_the_next_attempt(
 
 GRPC_THREADS = textwrap.dedent("""
     import os, socket, sys, time
-    closed = socket.socket(); closed.bind(("127.0.0.1", 0))
-    os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:%d" % closed.getsockname()[1],
+    collector = socket.socket(); collector.bind(("127.0.0.1", 0))
+    if sys.argv[1] == "hung":
+        collector.listen(64)  # the kernel accepts; nothing ever reads or answers
+    port = collector.getsockname()[1]
+    os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:%d" % port,
                       OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_TRACES_EXPORTER="otlp",
                       OTEL_EXPORTER_OTLP_TIMEOUT="2", OTEL_BSP_SCHEDULE_DELAY="500",
                       GRPC_VERBOSITY="NONE")
@@ -172,27 +176,108 @@ GRPC_THREADS = textwrap.dedent("""
 
     monitor = labotel.start(admin_address="", metric_export_interval=0.5)
     seen = []
-    end = time.monotonic() + 10
+    end = time.monotonic() + 12
     while time.monotonic() < end:
         monitor.reporter.report(Detection(kind="memory_leak", summary=str(time.time())))
         seen.append(grpc_threads())
         time.sleep(0.05)
+    unanswered = [entry["unanswered_while_down"] for entry in monitor.status()["exports"]]
     labotel.shutdown()
     time.sleep(0.5)
-    half = seen[len(seen) // 2:]
-    print(sum(1 for n in half if n), len(half), grpc_threads())
+    last = seen[len(seen) * 2 // 3:]
+    print(sum(1 for n in last if n), len(last), grpc_threads(), min(unanswered))
 """)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
-def test_with_the_collector_refusing_the_process_runs_no_grpc_thread_most_of_the_time():
-    """In a process of its own (no other gRPC user): with the collector refusing, gRPC's
-    threads (which gRPC's fork handler has to park inside ``fork()``) run only during an
-    export attempt, and none is left after shutdown. Before: all the time."""
-    result = subprocess.run([sys.executable, "-c", GRPC_THREADS], capture_output=True,
-                            text=True, timeout=120, env={**os.environ})
+@pytest.mark.parametrize("collector", ["refusing", "hung"])
+def test_with_the_collector_down_no_grpc_thread_runs_after_the_first_failed_export(
+        collector):
+    """In a process of its own (no other gRPC user): once each exporter's first export
+    failed (2 s at most here), gRPC's threads (which gRPC's fork handler has to park inside
+    ``fork()``) run no more while the collector stays down: each attempt first asks the
+    collector over a plain socket, which neither a refused port nor one that accepts and
+    never answers passes. None is left after shutdown. Before: gRPC's threads ran during
+    every attempt, to a hung collector for the exporter's whole timeout."""
+    result = subprocess.run([sys.executable, "-c", GRPC_THREADS, collector],
+                            capture_output=True, text=True, timeout=120, env={**os.environ})
     assert result.returncode == 0, result.stderr[-3000:]
-    with_threads, samples, after_shutdown = map(int, result.stdout.split()[-3:])
+    with_threads, samples, after_shutdown, unanswered = map(int, result.stdout.split()[-4:])
     assert samples > 20
-    assert with_threads <= samples // 4, (with_threads, samples)
+    assert with_threads == 0, (with_threads, samples)
+    assert unanswered >= 1  # each exporter attempted again, and was not answered
     assert after_shutdown == 0
+
+
+def test_a_collector_that_stops_being_silent_is_exported_to_at_the_next_attempt(monkeypatch):
+    """A collector that accepts and never answers fails the first export at its timeout;
+    the attempts after it are asked over a plain socket first and fail at once, without a
+    gRPC call. Once a collector answers on that port again, the next attempt exports."""
+    from labotel import exporting
+
+    monkeypatch.setattr(exporting, "PROBE_GAP", 0.4)
+    monkeypatch.setattr(exporting, "PROBE_GAP_MAX", 0.4)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    port = silent.getsockname()[1]
+    monitor = labotel.start(admin_address="", otlp_endpoint=f"http://127.0.0.1:{port}",
+                            otlp_protocol="grpc", traces_exporter="none",
+                            metric_export_interval=0.2, runtime_metrics=False,
+                            leak_detection=False)
+    server = None
+    try:
+        exporter, watch = metric_watch(monitor)
+        assert wait_until(lambda: watch.unanswered >= 2, 20), monitor.status()["exports"]
+        assert export_outcomes(monitor) == [False]
+        assert watch.disconnected  # no channel was opened for the unanswered attempts
+        silent.close()
+        collector = MetricsCollector()
+        collector.down = False
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(collector, server)
+        assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+        server.start()
+        assert wait_until(lambda: export_outcomes(monitor) == [True], 20)
+        with collector.lock:
+            assert collector.calls and collector.calls[-1][1] is True
+        assert watch.failures_in_a_row == 0
+    finally:
+        labotel.shutdown()
+        silent.close()
+        if server is not None:
+            server.stop(0)
+
+
+def test_shutdown_ends_a_question_to_a_silent_collector_now(monkeypatch):
+    """A question asked before an attempt (here made to wait 30 s) is ended at the
+    shutdown deadline, as a request in flight is: shutdown takes the one second a down
+    collector gets, not the question's wait."""
+    from labotel import collector_check, exporting, sdk
+    from labotel.compat import otel
+
+    monkeypatch.setattr(exporting, "PROBE_GAP", 0.2)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    monitor = labotel.start(admin_address="", shutdown_timeout=30.0,
+                            otlp_endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                            otlp_protocol="grpc", traces_exporter="none",
+                            metric_export_interval=0.2, runtime_metrics=False,
+                            leak_detection=False)
+    try:
+        exporter, watch = metric_watch(monitor)
+        assert wait_until(lambda: watch.last_ok is False, 20)
+        monkeypatch.setattr(collector_check, "ANSWER_WAIT", 30.0)
+        otel.set_export_timeout(exporter, 30.0)
+        assert wait_until(lambda: watch._check is not None, 20)
+        began = time.monotonic()
+        labotel.shutdown()
+        took = time.monotonic() - began
+        assert took < sdk.DOWN_COLLECTOR_WAIT + 1.5, took
+        assert wait_until(lambda: watch._check is None, 2)  # ended, not waiting 30 s
+    finally:
+        labotel.shutdown()
+        silent.close()

@@ -388,8 +388,11 @@ def test_fork_opens_no_channel_for_exporters_of_a_collector_that_is_down(refusin
 
 
 FORK_WITH_AN_EXPORT_IN_FLIGHT = textwrap.dedent("""
-    import faulthandler, os, socket, time
+    import faulthandler, os, threading, time
+    from concurrent import futures
     faulthandler.enable()
+    import grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
     import labotel
     from labotel import exporting, sdk
     from tests.unit.test_lifecycle import START_OPTIONS, exporting_environment
@@ -400,10 +403,19 @@ FORK_WITH_AN_EXPORT_IN_FLIGHT = textwrap.dedent("""
             print("FAILED:", what, flush=True)
             os._exit(3)
 
-    with socket.socket() as collector:  # listens, never answers
-        collector.bind(("127.0.0.1", 0))
-        collector.listen(64)
-        os.environ.update(exporting_environment(collector.getsockname()[1]))
+    class Hung(metrics_service_pb2_grpc.MetricsServiceServicer):
+        released = threading.Event()
+
+        def Export(self, request, context):  # speaks HTTP/2, never answers a call
+            self.released.wait(30)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "hung for the test")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Hung(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        os.environ.update(exporting_environment(port))
         monitor = labotel.start(**START_OPTIONS)
         (metrics,) = [e for e in sdk._owned_exporters(monitor.providers)
                       if "Metric" in type(e).__name__]
@@ -425,16 +437,21 @@ FORK_WITH_AN_EXPORT_IN_FLIGHT = textwrap.dedent("""
             time.sleep(0.05)
         check(watch.retired == [] and closed(old), "the old channel was never closed")
         labotel.shutdown()
+    finally:
+        Hung.released.set()
+        server.stop(0)
     print("swapped and closed")
 """)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_swaps_the_channel_of_an_export_in_flight_to_a_hung_collector():
-    """A collector that hangs: an export is in flight (one attempt, the exporter's whole
-    timeout) at fork time. Its channel, which has been failing, is not carried into fork
-    (gRPC's own fork handler stalled the whole process on one): the exporter gets a fresh
-    channel, and the old one is closed on the export thread, not inside fork.
+    """A collector that speaks HTTP/2 but never answers a call (so labotel's question
+    before an attempt while it is down passes): an export is in flight (one attempt, the
+    exporter's whole timeout) at fork time. Its channel, which has been failing, is not
+    carried into fork (gRPC's own fork handler stalled the whole process on one): the
+    exporter gets a fresh channel, and the old one is closed on the export thread, not
+    inside fork.
 
     In an application process of its own: forking the test runner itself, after hundreds
     of tests had left their threads and gRPC state in it, crashed the runner twice on

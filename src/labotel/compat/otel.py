@@ -209,6 +209,15 @@ def grpc_disconnect(exporter: object) -> None:
         channel.close()
 
 
+def grpc_plaintext_endpoint(exporter: object) -> str | None:
+    """The ``host:port`` (or other gRPC target) an OTLP/gRPC exporter sends to without TLS;
+    None if it uses TLS or the endpoint is unknown."""
+    endpoint = getattr(exporter, "_endpoint", None)
+    if getattr(exporter, "_insecure", None) is not True or not isinstance(endpoint, str):
+        return None
+    return endpoint
+
+
 class _CallReportingFailures:
     """A stub's ``Export`` multi-callable whose failed calls are told to ``failed``; any
     other use of it (``.future``, ``.with_call``) goes to the original, unreported."""
@@ -432,6 +441,8 @@ def probe_grpc() -> list[Capability]:
         Capability.check(
             "otel.grpc_idle_when_down", _GRPC_IDLE,
             reconnect is not None and _assigns(reconnect, "_channel", "_client")
-            and _assigns(getattr(OTLPExporterMixin, "_export", None), "_client", "_timeout"),
-            "OTLPExporterMixin._export no longer reads _client and _timeout"),
+            and _assigns(getattr(OTLPExporterMixin, "_export", None), "_client", "_timeout")
+            and _assigns(OTLPExporterMixin.__init__, "_endpoint", "_insecure"),
+            "OTLPExporterMixin no longer keeps _endpoint and _insecure, or _export no "
+            "longer reads _client and _timeout"),
     ]

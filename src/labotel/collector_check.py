@@ -1,0 +1,101 @@
+"""Does a plaintext OTLP/gRPC collector answer at all? Asked without gRPC.
+
+While the collector is down, each export attempt of labotel's own OTLP/gRPC exporters used
+to open a gRPC channel, which starts gRPC's thread pool; to a collector that accepts
+connections and never answers, that pool ran for the exporter's whole timeout (10 s). A
+``fork()`` of the application meeting it ran gRPC's fork handler, which waits for every
+pool thread to stop, and an idle pool thread can sleep through the wake-up for as long as
+its back-off (up to 3 s): forks of 0.5-0.7 s with the whole process stopped.
+
+So before such an attempt labotel asks the collector over a plain socket: it sends
+HTTP/2's client preface and waits up to ``ANSWER_WAIT`` for the server's first frame,
+which HTTP/2 requires to be SETTINGS and which a gRPC server sends whether or not its
+application is slow. No answer (refused, reset, silent): the attempt fails at once, and no
+gRPC thread ran. An answer: the attempt goes ahead over gRPC as before. Endpoints this
+cannot ask (TLS, a Unix socket, a gRPC target name) are not asked.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+ANSWER_WAIT = 1.0  # seconds for the TCP connection and the server's first HTTP/2 frame
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type 4, no flags
+_FRAME_HEADER = 9
+_SETTINGS = 4
+
+
+def host_and_port(endpoint: str) -> tuple[str, int] | None:
+    """``host:port`` or ``[v6]:port`` as a socket address; None for anything else."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in endpoint:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return None  # an IPv6 address without brackets is ambiguous
+    return host, int(port)
+
+
+_asking: set[Check] = set()  # the checks with a socket open now
+
+
+def close_inherited() -> None:
+    """In a forked child: close the copies of the sockets of checks the parent was running
+    (its thread is not in the child, and the copy would hold the connection open)."""
+    for check in list(_asking):
+        check.close_copy()
+    _asking.clear()
+
+
+class Check:
+    """One question to one collector; ``abort()`` from another thread ends it now."""
+
+    def __init__(self, address: tuple[str, int], wait: float = ANSWER_WAIT) -> None:
+        self.address = address
+        self.wait = wait
+        self._socket: socket.socket | None = None
+        self._aborted = False
+
+    def answers(self) -> bool:
+        """Whether the server sent an HTTP/2 SETTINGS frame within ``wait`` seconds."""
+        deadline = time.monotonic() + self.wait
+        try:
+            with socket.create_connection(self.address, timeout=self.wait) as sock:
+                self._socket = sock
+                _asking.add(self)
+                if self._aborted:
+                    return False
+                sock.sendall(_PREFACE + _EMPTY_SETTINGS)
+                header = b""
+                while len(header) < _FRAME_HEADER:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    sock.settimeout(left)
+                    chunk = sock.recv(_FRAME_HEADER - len(header))
+                    if not chunk:
+                        return False
+                    header += chunk
+                return header[3] == _SETTINGS
+        except (OSError, ValueError):
+            return False
+        finally:
+            _asking.discard(self)
+            self._socket = None
+
+    def close_copy(self) -> None:
+        sock = self._socket
+        if sock is not None:
+            sock.close()  # this process's copy only; shutdown() would end the parent's too
+
+    def abort(self) -> None:
+        self._aborted = True
+        sock = self._socket
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # a blocked recv() returns at once
+            except OSError:
+                pass

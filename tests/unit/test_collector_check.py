@@ -1,0 +1,142 @@
+"""The HTTP/2 question labotel asks a plaintext OTLP/gRPC collector before an export attempt
+while it is down, against real servers on loopback: a gRPC server, a port that accepts and
+never answers, a refused port, an HTTP/1 server, and an abort from another thread."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+
+from labotel import collector_check
+
+
+@pytest.mark.parametrize(("endpoint", "address"), [
+    ("127.0.0.1:4317", ("127.0.0.1", 4317)),
+    ("collector.internal:4317", ("collector.internal", 4317)),
+    ("[::1]:4317", ("::1", 4317)),
+    ("localhost", None),  # no port: gRPC's default is not guessed
+    ("unix:///run/collector.sock", None),
+    ("dns:///collector:4317", None),
+    ("::1:4317", None),  # ambiguous without brackets
+    ("collector:http", None),
+    (":4317", None),
+])
+def test_only_host_and_port_endpoints_are_asked(endpoint, address):
+    assert collector_check.host_and_port(endpoint) == address
+
+
+@pytest.fixture
+def grpc_server_port():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # no service at all
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0)
+
+
+@pytest.fixture
+def silent_port():
+    """Accepts connections (the kernel's backlog does) and never reads nor answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+def test_a_grpc_server_answers_even_with_no_service(grpc_server_port):
+    began = time.monotonic()
+    assert collector_check.Check(("127.0.0.1", grpc_server_port)).answers()
+    assert time.monotonic() - began < 0.5
+
+
+def test_a_port_that_accepts_and_never_answers_does_not_answer_within_the_wait(silent_port):
+    began = time.monotonic()
+    assert not collector_check.Check(("127.0.0.1", silent_port), wait=0.3).answers()
+    took = time.monotonic() - began
+    assert 0.25 <= took < 1.5, took
+
+
+def test_a_refused_port_does_not_answer_at_once():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        began = time.monotonic()
+        assert not collector_check.Check(("127.0.0.1", closed.getsockname()[1])).answers()
+    assert time.monotonic() - began < 0.5
+
+
+def test_an_http1_server_is_not_taken_for_a_collector():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert not collector_check.Check(("127.0.0.1", server.server_address[1])).answers()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_abort_ends_a_check_waiting_on_a_silent_port(silent_port):
+    check = collector_check.Check(("127.0.0.1", silent_port), wait=30)
+    outcome: list[tuple[bool, float]] = []
+
+    def ask() -> None:
+        began = time.monotonic()
+        outcome.append((check.answers(), time.monotonic() - began))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    time.sleep(0.3)
+    check.abort()
+    asker.join(5)
+    assert not asker.is_alive()
+    assert outcome and outcome[0][0] is False and outcome[0][1] < 2, outcome
+
+
+def test_an_aborted_check_asks_nothing(grpc_server_port):
+    check = collector_check.Check(("127.0.0.1", grpc_server_port))
+    check.abort()
+    assert not check.answers()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_closes_its_copy_of_a_check_the_parent_is_running(silent_port):
+    """labotel's after-fork hook closes the child's copy of the socket (the asking thread
+    is not in the child) and leaves the parent's question running."""
+    import labotel
+
+    labotel.start(admin_address="", runtime_metrics=False, leak_detection=False)
+    check = collector_check.Check(("127.0.0.1", silent_port), wait=10)
+    asker = threading.Thread(target=check.answers)
+    asker.start()
+    try:
+        give_up = time.monotonic() + 5
+        while check._socket is None and time.monotonic() < give_up:
+            time.sleep(0.01)
+        fd = check._socket.fileno()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.fstat(fd)
+            except OSError:
+                os._exit(0)  # closed in the child
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.fstat(fd) is not None and asker.is_alive()  # the parent's is still open
+    finally:
+        check.abort()
+        asker.join(5)
+        labotel.shutdown()
+    assert not asker.is_alive()
