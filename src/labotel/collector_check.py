@@ -8,11 +8,12 @@ pool thread to stop, and an idle pool thread can sleep through the wake-up for a
 its back-off (up to 3 s): forks of 0.5-0.7 s with the whole process stopped.
 
 So before such an attempt labotel asks the collector over a plain socket: it sends
-HTTP/2's client preface and waits up to ``ANSWER_WAIT`` for the server's first frame,
-which HTTP/2 requires to be SETTINGS and which a gRPC server sends whether or not its
-application is slow. No answer (refused, reset, silent): the attempt fails at once, and no
-gRPC thread ran. An answer: the attempt goes ahead over gRPC as before. Endpoints this
-cannot ask (TLS, a Unix socket, a gRPC target name) are not asked.
+HTTP/2's client preface and waits, as long as the attempt itself would have had, for the
+server's first frame, which HTTP/2 requires to be SETTINGS and which a gRPC server sends
+whether or not its application is slow (waiting on a socket costs the application
+nothing at fork: no gRPC thread runs). No answer (refused, reset, silent): the attempt
+fails, and no gRPC thread ran. An answer: the attempt goes ahead over gRPC as before.
+Endpoints this cannot ask (TLS, a Unix socket, a gRPC target name) are not asked.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import socket
 import time
 
-ANSWER_WAIT = 1.0  # seconds for the TCP connection and the server's first HTTP/2 frame
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type 4, no flags
 _FRAME_HEADER = 9
@@ -53,14 +53,15 @@ def close_inherited() -> None:
 class Check:
     """One question to one collector; ``abort()`` from another thread ends it now."""
 
-    def __init__(self, address: tuple[str, int], wait: float = ANSWER_WAIT) -> None:
+    def __init__(self, address: tuple[str, int], wait: float) -> None:
         self.address = address
         self.wait = wait
         self._socket: socket.socket | None = None
         self._aborted = False
 
     def answers(self) -> bool:
-        """Whether the server sent an HTTP/2 SETTINGS frame within ``wait`` seconds."""
+        """Whether the server sent an HTTP/2 SETTINGS frame within ``wait`` seconds (the
+        TCP connection included)."""
         deadline = time.monotonic() + self.wait
         try:
             with socket.create_connection(self.address, timeout=self.wait) as sock:

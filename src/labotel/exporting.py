@@ -130,15 +130,16 @@ class ExportWatch:
 
     def _collector_answers(self) -> bool:
         """Before an attempt while down: does the collector answer HTTP/2 at all (asked
-        over a plain socket, so no gRPC thread runs for a collector that does not)?
-        True where it cannot be asked."""
+        over a plain socket, so no gRPC thread runs for a collector that does not)? It
+        gets as long as the attempt would: ``PROBE_TIMEOUT``, or the exporter's timeout
+        for a collector that used up a whole one. True where it cannot be asked."""
         endpoint = otel.grpc_plaintext_endpoint(self.exporter)
         address = collector_check.host_and_port(endpoint) if endpoint else None
         if address is None:
             return True
-        timeout = otel.export_timeout(self.exporter)
-        check = self._check = collector_check.Check(
-            address, min(collector_check.ANSWER_WAIT, timeout or collector_check.ANSWER_WAIT))
+        timeout = otel.export_timeout(self.exporter) or PROBE_TIMEOUT
+        wait = timeout if self.timed_out else min(PROBE_TIMEOUT, timeout)
+        check = self._check = collector_check.Check(address, wait)
         try:
             return check.answers()
         finally:

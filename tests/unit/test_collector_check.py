@@ -57,7 +57,7 @@ def silent_port():
 
 def test_a_grpc_server_answers_even_with_no_service(grpc_server_port):
     began = time.monotonic()
-    assert collector_check.Check(("127.0.0.1", grpc_server_port)).answers()
+    assert collector_check.Check(("127.0.0.1", grpc_server_port), wait=5).answers()
     assert time.monotonic() - began < 0.5
 
 
@@ -72,7 +72,8 @@ def test_a_refused_port_does_not_answer_at_once():
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
         began = time.monotonic()
-        assert not collector_check.Check(("127.0.0.1", closed.getsockname()[1])).answers()
+        refused = collector_check.Check(("127.0.0.1", closed.getsockname()[1]), wait=5)
+        assert not refused.answers()
     assert time.monotonic() - began < 0.5
 
 
@@ -81,7 +82,8 @@ def test_an_http1_server_is_not_taken_for_a_collector():
                                              http.server.BaseHTTPRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        assert not collector_check.Check(("127.0.0.1", server.server_address[1])).answers()
+        assert not collector_check.Check(("127.0.0.1", server.server_address[1]),
+                                          wait=5).answers()
     finally:
         server.shutdown()
         server.server_close()
@@ -105,7 +107,7 @@ def test_abort_ends_a_check_waiting_on_a_silent_port(silent_port):
 
 
 def test_an_aborted_check_asks_nothing(grpc_server_port):
-    check = collector_check.Check(("127.0.0.1", grpc_server_port))
+    check = collector_check.Check(("127.0.0.1", grpc_server_port), wait=5)
     check.abort()
     assert not check.answers()
 

@@ -276,7 +276,10 @@ def test_shutdown_during_the_first_export_to_a_refusing_collector_waits_one_seco
         finally:
             labotel.shutdown()
     assert took < sdk.DOWN_COLLECTOR_WAIT + 3, took  # a behaviour bound: not 15-30 s
-    assert "did not finish exporting within 1s" in caplog.text, caplog.text
+    # labotel says it gave up at the 1 s deadline; unless the exporter's own shutdown ended
+    # its back-off first (seen once on 3.13: then nothing was left to give up on)
+    assert ("did not finish exporting within 1s" in caplog.text
+            or "aborting retry" in caplog.text), caplog.text
 
 
 def test_shutdown_says_why_it_gave_a_collector_that_failed_before_only_one_second(
