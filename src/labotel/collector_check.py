@@ -18,13 +18,17 @@ Endpoints this cannot ask (TLS, a Unix socket, a gRPC target name) are not asked
 
 from __future__ import annotations
 
+import errno
+import select
 import socket
 import time
+from collections.abc import Callable
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type 4, no flags
 _FRAME_HEADER = 9
 _SETTINGS = 4
+_SLICE = 0.05  # seconds between looks at an abort while waiting
 
 
 def host_and_port(endpoint: str) -> tuple[str, int] | None:
@@ -61,21 +65,28 @@ class Check:
 
     def answers(self) -> bool:
         """Whether the server sent an HTTP/2 SETTINGS frame within ``wait`` seconds (the
-        TCP connection included)."""
+        TCP connection included). It waits in slices of ``_SLICE``, so ``abort()`` ends it
+        even while the connection is being made (a host that drops SYNs)."""
         deadline = time.monotonic() + self.wait
         try:
-            with socket.create_connection(self.address, timeout=self.wait) as sock:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                *self.address, type=socket.SOCK_STREAM)[0]
+            with socket.socket(family, kind, proto) as sock:
                 self._socket = sock
                 _asking.add(self)
-                if self._aborted:
+                sock.setblocking(False)
+                error = sock.connect_ex(address)
+                if error not in (0, errno.EINPROGRESS) or not self._until(
+                        deadline, lambda: select.select([], [sock], [], _SLICE)[1]):
                     return False
-                sock.sendall(_PREFACE + _EMPTY_SETTINGS)
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    return False  # refused, unreachable
+                sock.sendall(_PREFACE + _EMPTY_SETTINGS)  # 33 bytes: fits any send buffer
                 header = b""
                 while len(header) < _FRAME_HEADER:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
+                    if not self._until(deadline,
+                                       lambda: select.select([sock], [], [], _SLICE)[0]):
                         return False
-                    sock.settimeout(left)
                     chunk = sock.recv(_FRAME_HEADER - len(header))
                     if not chunk:
                         return False
@@ -86,6 +97,13 @@ class Check:
         finally:
             _asking.discard(self)
             self._socket = None
+
+    def _until(self, deadline: float, ready: Callable[[], object]) -> bool:
+        """Wait for ``ready()`` (one slice each call) until ``deadline`` or an abort."""
+        while not self._aborted and time.monotonic() < deadline:
+            if ready():
+                return True
+        return False
 
     def close_copy(self) -> None:
         sock = self._socket

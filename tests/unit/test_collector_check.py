@@ -106,6 +106,42 @@ def test_abort_ends_a_check_waiting_on_a_silent_port(silent_port):
     assert outcome and outcome[0][0] is False and outcome[0][1] < 2, outcome
 
 
+def test_abort_ends_a_check_whose_connection_is_still_being_made():
+    """A listener whose backlog is full drops new SYNs, as a firewalled host does: the
+    connection itself hangs, and abort() still ends the check (before: a blocking
+    connect() ran out the whole wait, and a shutdown left the export thread behind)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        fillers.append(filler)
+    time.sleep(0.2)
+    check = collector_check.Check(listener.getsockname(), wait=30)
+    outcome: list[tuple[bool, float]] = []
+
+    def ask() -> None:
+        began = time.monotonic()
+        outcome.append((check.answers(), time.monotonic() - began))
+
+    asker = threading.Thread(target=ask)
+    try:
+        asker.start()
+        time.sleep(0.5)
+        assert asker.is_alive()  # still connecting
+        check.abort()
+        asker.join(5)
+        assert not asker.is_alive()
+        assert outcome and outcome[0][0] is False and outcome[0][1] < 2, outcome
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
 def test_an_aborted_check_asks_nothing(grpc_server_port):
     check = collector_check.Check(("127.0.0.1", grpc_server_port), wait=5)
     check.abort()
