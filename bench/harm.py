@@ -9,6 +9,10 @@ Printed per scenario:
   on, as a ratio of its median 1-second throughput with labotel off in the same run
   (goal >= 0.8, never below 0.5); ``median`` is the median window's ratio; ``(off)`` is
   the worst window with labotel off, in the same way: the machine's own noise;
+- unstolen: the same worst window (and its ``(off)``) with the hypervisor's steal taken
+  out: on a VM whose CPUs lose a varying share of their time to other guests, each
+  window's throughput is scaled by 1 / (1 - the share stolen in it) (``unstolen_figures``);
+  ``stolen`` is the median stolen share while labotel was on;
 - cpu: the most CPU labotel's own threads (and the OTel SDK's export threads) used in any
   1-second window, in cores; the race detector's checks and reports run on the app's
   threads and are not in it;
@@ -37,6 +41,7 @@ it prints is the machine's own over the same number of windows.
 from __future__ import annotations
 
 import argparse
+import bisect
 import faulthandler
 import json
 import os
@@ -105,6 +110,12 @@ class Workload:
         span = int(1.0 / BUCKET)
         return [sum(totals[k:k + span]) for k in range(0, max(len(totals) - span + 1, 0))]
 
+    def window_starts(self, begin: float, end: float) -> list[float]:
+        """When each of ``windows(begin, end)`` began."""
+        first = self.bucket(begin) + 1
+        count = len(self.windows(begin, end))
+        return [self.origin + (first + k) * BUCKET for k in range(count)]
+
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -124,19 +135,29 @@ def labotel_threads_cpu() -> list[tuple[str, float]]:
     return used
 
 
+def machine_cpu_ticks() -> tuple[int, int]:
+    """(busy, stolen) clock ticks of all this machine's CPUs so far (``/proc/stat``): busy is
+    what the guest ran, stolen is time its CPUs wanted and the hypervisor gave elsewhere."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq, steal
+
+
 def labotel_cpu_seconds() -> float:
     """CPU seconds used so far by labotel's (and the OTel SDK's) own threads."""
     return sum(seconds for _, seconds in labotel_threads_cpu())
 
 
 class Probes:
-    """RSS and labotel's threads' CPU sampled every 0.2 s, and a probe fork every
-    ``fork_every`` seconds."""
+    """RSS, labotel's threads' CPU and the machine's stolen time sampled every 0.2 s, and a
+    probe fork every ``fork_every`` seconds."""
 
     def __init__(self, fork_every: float) -> None:
         self.fork_every = fork_every
         self.rss: list[tuple[float, int]] = []
         self.cpu: list[tuple[float, float]] = []  # (time, labotel threads' CPU seconds)
+        self.machine: list[tuple[float, int, int]] = []  # (time, busy ticks, stolen ticks)
         self.forks: list[tuple[float, float]] = []
         self.stop = threading.Event()
         self._threads = [threading.Thread(target=self._sample_rss, daemon=True,
@@ -162,6 +183,27 @@ class Probes:
             now = time.monotonic()
             self.rss.append((now, self.current_rss()))
             self.cpu.append((now, labotel_cpu_seconds()))
+            self.machine.append((now, *machine_cpu_ticks()))
+
+    def stolen_share(self, begin: float, end: float) -> float | None:
+        """Of the CPU time this machine's CPUs wanted in [begin, end), the share the
+        hypervisor gave elsewhere: steal / (busy + steal), counters interpolated between
+        the samples around each end (None without samples on both sides)."""
+        times = [t for t, _, _ in self.machine]
+
+        def counters_at(t: float) -> tuple[float, float] | None:
+            after = bisect.bisect_left(times, t)
+            if after == 0 or after == len(times):
+                return None
+            (t0, busy0, steal0), (t1, busy1, steal1) = self.machine[after - 1], self.machine[after]
+            part = (t - t0) / (t1 - t0) if t1 > t0 else 0.0
+            return busy0 + part * (busy1 - busy0), steal0 + part * (steal1 - steal0)
+
+        first, last = counters_at(begin), counters_at(end)
+        if first is None or last is None:
+            return None
+        busy, stolen = last[0] - first[0], last[1] - first[1]
+        return stolen / (busy + stolen) if busy + stolen > 0 else 0.0
 
     def worst_cpu_share(self, begin: float, end: float) -> float | None:
         """The most CPU labotel's own threads used in any 1-second window, in cores.
@@ -334,6 +376,9 @@ def run_scenario(name: str, seconds: float, baseline_seconds: float,
         worst = during.index(min(during))
         result["worst_window_at_s"] = round(worst * BUCKET, 1)
         result["timeline"] = [round(w / base, 2) for w in during[::int(1 / BUCKET)]]
+        worst_began = workload.window_starts(on_began, on_ended)[worst]
+        result["stolen_share_at_worst"] = probes.stolen_share(worst_began, worst_began + 1.0)
+    result.update(unstolen_figures(workload, probes, [before, after], (on_began, on_ended)))
     result["labotel_cpu_worst_1s"] = probes.worst_cpu_share(on_began, on_ended)
     rss_during = [rss for t, rss in probes.rss if on_began <= t <= on_ended]
     result["rss_growth_mb"] = (max(rss_during, default=rss_at_start) - rss_at_start) / MB
@@ -350,6 +395,47 @@ def run_scenario(name: str, seconds: float, baseline_seconds: float,
     result["app_errors"] = len(ctx.errors)
     result["app_error_samples"] = sorted(set(ctx.errors))[:5]
     return result
+
+
+def unstolen_figures(workload: Workload, probes: Probes, off: list[tuple[float, float]],
+                     on: tuple[float, float]) -> dict[str, Any]:
+    """The throughput ratios again with the hypervisor's steal taken out.
+
+    This VM's CPUs lose a share of the time they want to other guests, varying second by
+    second (a median of 0.42 with spikes to 0.70 in one 90 s labotel-off run, throughput
+    correlating -0.93 with it). Each window's units are divided by (1 - its stolen share),
+    the rate it would have run at unstolen, and compared to the median of the same with
+    labotel off. labotel's own CPU is in the busy time, so what it takes from the app still
+    shows; only what the host took is removed."""
+
+    def unstolen(begin: float, end: float) -> tuple[list[float], list[float]]:
+        rates, shares = [], []
+        for start, units in zip(workload.window_starts(begin, end),
+                                workload.windows(begin, end), strict=True):
+            share = probes.stolen_share(start, start + 1.0)
+            if share is not None and share < 0.9:  # nearly all stolen: nothing to scale
+                rates.append(units / (1.0 - share))
+                shares.append(share)
+        return rates, shares
+
+    baseline: list[float] = []
+    shares_off: list[float] = []
+    for begin, end in off:
+        rates, shares = unstolen(begin, end)
+        baseline += rates
+        shares_off += shares
+    during, shares = unstolen(*on)
+    if not baseline or not during:
+        return {}
+    base = statistics.median(baseline)
+    # the stolen share with labotel on next to off: were labotel's own wake-ups to raise
+    # it (each one a vCPU the host must schedule), the scaling would credit labotel
+    return {"worst_window_ratio_unstolen": min(during) / base,
+            "median_window_ratio_unstolen": statistics.median(during) / base,
+            "worst_window_ratio_off_unstolen": min(baseline) / base,
+            "stolen_share_median": statistics.median(shares),
+            "stolen_share_median_off": statistics.median(shares_off),
+            "stolen_share_max": max(shares)}
 
 
 # -- the runner -----------------------------------------------------------------------------
@@ -382,7 +468,8 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    header = (f"{'scenario':28} {'worst 1s':>8} {'median':>7} {'(off)':>6} {'cpu':>5} "
+    header = (f"{'scenario':28} {'worst 1s':>8} {'median':>7} {'(off)':>6} {'unstolen':>8} "
+              f"{'(off)':>6} {'stolen on/off':>13} {'cpu':>5} "
               f"{'RSS MB':>7} {'fork ms':>13} {'shutdown s':>11} {'errors':>6}  threads left")
     print(header)
     print("-" * len(header))
@@ -392,22 +479,30 @@ def print_table(results: list[dict[str, Any]]) -> None:
             continue
         rss = r["rss_growth_mb"] - r["app_kept_mb"]
         fork = f"{_fmt(r['fork_ms_median'], '.1f')}/{_fmt(r['fork_ms_max'], '.1f')}"
+        unstolen = (f"{_fmt(r.get('worst_window_ratio_unstolen'), '.2f'):>8} "
+                    f"{_fmt(r.get('worst_window_ratio_off_unstolen'), '.2f'):>6} "
+                    + f"{_fmt(r.get('stolen_share_median'), '.2f')}/"
+                    f"{_fmt(r.get('stolen_share_median_off'), '.2f')}".rjust(13))
         if r.get("control"):  # labotel was never on: only the throughput columns mean much
             print(f"{'  (control, labotel off)':28} {_fmt(r['worst_window_ratio'], '.2f'):>8} "
                   f"{_fmt(r['median_window_ratio'], '.2f'):>7} "
-                  f"{_fmt(r.get('worst_window_ratio_off'), '.2f'):>6} {'-':>5} {rss:7.1f} "
+                  f"{_fmt(r.get('worst_window_ratio_off'), '.2f'):>6} {unstolen} {'-':>5} "
+                  f"{rss:7.1f} "
                   f"{fork:>13} {'-':>11} {r['app_errors']:>6}  -")
             continue
         shutdown = f"{r['shutdown_s']:.2f}/{r['shutdown_limit_s']:.1f}"
         print(f"{r['scenario']:28} {_fmt(r['worst_window_ratio'], '.2f'):>8} "
               f"{_fmt(r['median_window_ratio'], '.2f'):>7} "
-              f"{_fmt(r.get('worst_window_ratio_off'), '.2f'):>6} "
+              f"{_fmt(r.get('worst_window_ratio_off'), '.2f'):>6} {unstolen} "
               f"{_fmt(r.get('labotel_cpu_worst_1s'), '.2f'):>5} {rss:7.1f} {fork:>13} "
               f"{shutdown:>11} {r['app_errors']:>6}  {','.join(r['threads_left']) or '-'}")
     print("\nworst 1s / median: workload throughput while labotel ran, over its median with "
           "labotel off (goal >= 0.8, never < 0.5); (off): the worst 1 s with labotel off, the "
-          "machine's own noise\ncpu: the most CPU labotel's own threads used in any 1 s, in "
-          "cores (race checks and reports run on the app's threads: not in it)\n"
+          "machine's own noise\nunstolen (off): the worst 1 s again, each second's throughput "
+          "scaled by 1 / (1 - the share of CPU time the hypervisor stole in it); stolen on/off: "
+          "the median stolen share with labotel on and off\ncpu: the most CPU labotel's own "
+          "threads used in any 1 s, in cores (race checks and reports run on the app's "
+          "threads: not in it)\n"
           "RSS MB: peak RSS growth while on, less what "
           "the scenario's app keeps on purpose (goal <= 50)\nfork ms: median/max parent-side "
           "os.fork() (goal <= 10); shutdown s: took/limit (shutdown_timeout + 0.2)")
