@@ -1,4 +1,4 @@
-"""Does a plaintext OTLP/gRPC collector answer at all? Asked without gRPC.
+"""Does an OTLP/gRPC collector answer at all? Asked without gRPC.
 
 While the collector is down, each export attempt of labotel's own OTLP/gRPC exporters used
 to open a gRPC channel, which starts gRPC's thread pool; to a collector that accepts
@@ -7,13 +7,22 @@ connections and never answers, that pool ran for the exporter's whole timeout (1
 pool thread to stop, and an idle pool thread can sleep through the wake-up for as long as
 its back-off (up to 3 s): forks of 0.5-0.7 s with the whole process stopped.
 
-So before such an attempt labotel asks the collector over a plain socket: it sends
-HTTP/2's client preface and waits, as long as the attempt itself would have had, for the
-server's first frame, which HTTP/2 requires to be SETTINGS and which a gRPC server sends
-whether or not its application is slow (waiting on a socket costs the application
-nothing at fork: no gRPC thread runs). No answer (refused, reset, silent): the attempt
-fails, and no gRPC thread ran. An answer: the attempt goes ahead over gRPC as before.
-Endpoints this cannot ask (TLS, a Unix socket, a gRPC target name) are not asked.
+So before such an attempt labotel asks the collector over a plain socket, and waits as
+long as the attempt itself would have had (waiting on a socket costs the application
+nothing at fork: no gRPC thread runs):
+
+- a plaintext collector gets HTTP/2's client preface; its first frame back must be
+  SETTINGS, which HTTP/2 requires and a gRPC server sends whether or not its application
+  is slow;
+- a TLS collector gets a TLS ClientHello (offering ``h2``); its first byte back must begin
+  a TLS handshake or alert record. That says its TLS stack answers, nothing more: the
+  certificate is not checked (the attempt itself does that, with the exporter's
+  credentials), and a collector that wants a client certificate still answers the hello.
+
+No answer (refused, reset, silent, or not the protocol asked): the attempt fails, and no
+gRPC thread ran. An answer: the attempt goes ahead over gRPC as before. Endpoints this
+cannot ask (a Unix socket, a gRPC target name, a server name a TLS hello cannot carry)
+are not asked.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import errno
 import select
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
@@ -28,6 +38,7 @@ _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type 4, no flags
 _FRAME_HEADER = 9
 _SETTINGS = 4
+_TLS_ANSWERS = (21, 22)  # the content type of an alert record, of a handshake record
 _SLICE = 0.05  # seconds between looks at an abort while waiting
 
 
@@ -54,19 +65,43 @@ def close_inherited() -> None:
     _asking.clear()
 
 
+def client_hello(server_name: str) -> bytes:
+    """The bytes a TLS client offering HTTP/2 sends first, for ``server_name`` (SNI)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False  # nothing is verified: only whether the server answers
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    outgoing = ssl.MemoryBIO()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=server_name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:  # the hello is out; the server's answer is not in
+        pass
+    return outgoing.read()
+
+
 class Check:
     """One question to one collector; ``abort()`` from another thread ends it now."""
 
-    def __init__(self, address: tuple[str, int], wait: float) -> None:
+    def __init__(self, address: tuple[str, int], wait: float, tls: bool = False) -> None:
         self.address = address
         self.wait = wait
+        self.tls = tls
         self._socket: socket.socket | None = None
         self._aborted = False
 
     def answers(self) -> bool:
-        """Whether the server sent an HTTP/2 SETTINGS frame within ``wait`` seconds (the
-        TCP connection included). It waits in slices of ``_SLICE``, so ``abort()`` ends it
-        even while the connection is being made (a host that drops SYNs)."""
+        """Whether the server answered within ``wait`` seconds (the TCP connection
+        included): an HTTP/2 SETTINGS frame, or for ``tls`` a TLS handshake or alert
+        record. It waits in slices of ``_SLICE``, so ``abort()`` ends it even while the
+        connection is being made (a host that drops SYNs). True, unasked, for a server name
+        a TLS hello cannot carry."""
+        hello = _PREFACE + _EMPTY_SETTINGS  # 33 bytes: fits any send buffer
+        if self.tls:
+            try:
+                hello = client_hello(self.address[0])  # ~0.5 KB: fits one too
+            except (OSError, ValueError, TypeError):  # a name ssl will not send: not asked
+                return True
         deadline = time.monotonic() + self.wait
         try:
             family, kind, proto, _, address = socket.getaddrinfo(
@@ -81,22 +116,30 @@ class Check:
                     return False
                 if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                     return False  # refused, unreachable
-                sock.sendall(_PREFACE + _EMPTY_SETTINGS)  # 33 bytes: fits any send buffer
-                header = b""
-                while len(header) < _FRAME_HEADER:
-                    if not self._until(deadline,
-                                       lambda: select.select([sock], [], [], _SLICE)[0]):
-                        return False
-                    chunk = sock.recv(_FRAME_HEADER - len(header))
-                    if not chunk:
-                        return False
-                    header += chunk
-                return header[3] == _SETTINGS
+                sock.sendall(hello)
+                if self.tls:
+                    first = self._receive(sock, 1, deadline)
+                    return len(first) == 1 and first[0] in _TLS_ANSWERS
+                header = self._receive(sock, _FRAME_HEADER, deadline)
+                return len(header) == _FRAME_HEADER and header[3] == _SETTINGS
         except (OSError, ValueError):
             return False
         finally:
             _asking.discard(self)
             self._socket = None
+
+    def _receive(self, sock: socket.socket, size: int, deadline: float) -> bytes:
+        """Up to ``size`` bytes, fewer if the server closes, the deadline passes or the
+        check is aborted first."""
+        received = b""
+        while len(received) < size:
+            if not self._until(deadline, lambda: select.select([sock], [], [], _SLICE)[0]):
+                break
+            chunk = sock.recv(size - len(received))
+            if not chunk:
+                break
+            received += chunk
+        return received
 
     def _until(self, deadline: float, ready: Callable[[], object]) -> bool:
         """Wait for ``ready()`` (one slice each call) until ``deadline`` or an abort."""

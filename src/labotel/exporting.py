@@ -23,8 +23,8 @@ the shutdown deadline.
   collector that never answers leaves gRPC's native memory a little higher for a while
   (about 0.5 MB each, ``bench/harm.py``'s ``hung_collector_grpc``): asked every 2 s for
   minutes, that looked like a steady native leak to the memory detector. Before each such
-  attempt to a plaintext collector, ``collector_check`` asks it over a plain socket
-  whether it speaks HTTP/2 at all; one that does not (refused, silent) fails the attempt
+  attempt, ``collector_check`` asks the collector over a plain socket whether it speaks
+  HTTP/2 (over TLS: TLS) at all; one that does not (refused, silent) fails the attempt
   at once (counted as ``unanswered``), and no gRPC channel, nor gRPC thread, is started
   for it: a hung collector held gRPC's threads for the exporter's whole timeout, and a
   fork meeting them stopped the process for 0.5-0.7 s now and then.
@@ -129,17 +129,18 @@ class ExportWatch:
                 self._disconnect()
 
     def _collector_answers(self) -> bool:
-        """Before an attempt while down: does the collector answer HTTP/2 at all (asked
-        over a plain socket, so no gRPC thread runs for a collector that does not)? It
+        """Before an attempt while down: does the collector answer HTTP/2 (or, over TLS,
+        a TLS hello) at all, asked over a plain socket, so no gRPC thread runs for a
+        collector that does not? It
         gets as long as the attempt would: ``PROBE_TIMEOUT``, or the exporter's timeout
         for a collector that used up a whole one. True where it cannot be asked."""
-        endpoint = otel.grpc_plaintext_endpoint(self.exporter)
-        address = collector_check.host_and_port(endpoint) if endpoint else None
-        if address is None:
+        target = otel.grpc_endpoint(self.exporter)
+        address = collector_check.host_and_port(target[0]) if target else None
+        if target is None or address is None:
             return True
         timeout = otel.export_timeout(self.exporter) or PROBE_TIMEOUT
         wait = timeout if self.timed_out else min(PROBE_TIMEOUT, timeout)
-        check = self._check = collector_check.Check(address, wait)
+        check = self._check = collector_check.Check(address, wait, tls=target[1])
         try:
             return check.answers()
         finally:

@@ -1,6 +1,7 @@
-"""The HTTP/2 question labotel asks a plaintext OTLP/gRPC collector before an export attempt
-while it is down, against real servers on loopback: a gRPC server, a port that accepts and
-never answers, a refused port, an HTTP/1 server, and an abort from another thread."""
+"""The question labotel asks an OTLP/gRPC collector before an export attempt while it is
+down (HTTP/2's preface, or a TLS hello), against real servers on loopback: gRPC servers
+with and without TLS, a port that accepts and never answers, a refused port, an HTTP/1
+server, and an abort from another thread."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import grpc
 import pytest
 
 from labotel import collector_check
+from tests.tls_support import self_signed_certificate
 
 
 @pytest.mark.parametrize(("endpoint", "address"), [
@@ -87,6 +89,71 @@ def test_an_http1_server_is_not_taken_for_a_collector():
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(params=[False, True], ids=["server-auth", "mutual-tls"])
+def tls_grpc_server_port(request, tmp_path):
+    """A gRPC server with no service over TLS; ``mutual-tls`` also demands a client
+    certificate, which the question never has."""
+    certificate, key = self_signed_certificate(tmp_path)
+    credentials = grpc.ssl_server_credentials(
+        [(key.read_bytes(), certificate.read_bytes())],
+        root_certificates=certificate.read_bytes() if request.param else None,
+        require_client_auth=request.param)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0)
+
+
+def test_a_tls_grpc_server_answers_the_tls_hello(tls_grpc_server_port):
+    """Its certificate is not checked (the attempt does that with the exporter's own
+    credentials), and a server that wants a client certificate answers the hello too."""
+    began = time.monotonic()
+    assert collector_check.Check(("127.0.0.1", tls_grpc_server_port), wait=5,
+                                 tls=True).answers()
+    assert time.monotonic() - began < 0.5
+
+
+def test_each_protocol_is_asked_of_its_own_kind_of_server(grpc_server_port, tmp_path):
+    """A plaintext gRPC server does not answer a TLS hello as TLS, nor a TLS server the
+    HTTP/2 preface as HTTP/2: the attempt would fail, so there is no point starting it."""
+    assert not collector_check.Check(("127.0.0.1", grpc_server_port), wait=2,
+                                     tls=True).answers()
+    certificate, key = self_signed_certificate(tmp_path)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(key.read_bytes(), certificate.read_bytes())]))
+    server.start()
+    try:
+        assert not collector_check.Check(("127.0.0.1", port), wait=2).answers()
+    finally:
+        server.stop(0)
+
+
+def test_a_silent_port_does_not_answer_a_tls_hello_within_the_wait(silent_port):
+    began = time.monotonic()
+    assert not collector_check.Check(("127.0.0.1", silent_port), wait=0.3, tls=True).answers()
+    assert 0.25 <= time.monotonic() - began < 1.5
+
+
+def test_the_tls_hello_offers_http2_and_names_the_server():
+    hello = collector_check.client_hello("collector.internal")
+    assert hello[0] == 22 and hello[5] == 1  # a handshake record holding a ClientHello
+    assert b"\x02h2" in hello and b"collector.internal" in hello  # ALPN and SNI
+
+
+@pytest.mark.parametrize("name", ["a..b", "x" * 64 + ".example", "bad\x00name"])
+def test_a_name_a_tls_hello_cannot_carry_is_not_asked(name):
+    """A server name ssl will not put in a hello is left to the attempt (True, at once, no
+    connection tried), as a Unix socket is: taking it for a silent collector would keep
+    the exporter from ever trying it."""
+    began = time.monotonic()
+    assert collector_check.Check((name, 4317), wait=5, tls=True).answers()
+    assert time.monotonic() - began < 0.5
 
 
 def test_abort_ends_a_check_waiting_on_a_silent_port(silent_port):

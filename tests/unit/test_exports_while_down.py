@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.metrics.v1 import (
 )
 
 import labotel
+from tests.tls_support import self_signed_certificate
 from tests.unit.test_lifecycle import (
     export_outcomes,
     on_closed_channel,
@@ -155,10 +156,11 @@ def test_a_failed_grpc_export_leaves_no_channel_open_until_the_next_attempt(
 GRPC_THREADS = textwrap.dedent("""
     import os, socket, sys, time
     collector = socket.socket(); collector.bind(("127.0.0.1", 0))
-    if sys.argv[1] == "hung":
+    if sys.argv[1].startswith("hung"):
         collector.listen(64)  # the kernel accepts; nothing ever reads or answers
     port = collector.getsockname()[1]
-    os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:%d" % port,
+    scheme = "https" if sys.argv[1].endswith("-tls") else "http"
+    os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT="%s://127.0.0.1:%d" % (scheme, port),
                       OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_TRACES_EXPORTER="otlp",
                       OTEL_EXPORTER_OTLP_TIMEOUT="2", OTEL_BSP_SCHEDULE_DELAY="500",
                       GRPC_VERBOSITY="NONE")
@@ -190,15 +192,16 @@ GRPC_THREADS = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
-@pytest.mark.parametrize("collector", ["refusing", "hung"])
+@pytest.mark.parametrize("collector", ["refusing", "hung", "hung-tls"])
 def test_with_the_collector_down_no_grpc_thread_runs_after_the_first_failed_export(
         collector):
     """In a process of its own (no other gRPC user): once each exporter's first export
     failed (2 s at most here), gRPC's threads (which gRPC's fork handler has to park inside
     ``fork()``) run no more while the collector stays down: each attempt first asks the
     collector over a plain socket, which neither a refused port nor one that accepts and
-    never answers passes. None is left after shutdown. Before: gRPC's threads ran during
-    every attempt, to a hung collector for the exporter's whole timeout."""
+    never answers passes, over TLS (``https://``) as without. None is left after
+    shutdown. Before: gRPC's threads ran during every attempt, to a hung collector for
+    the exporter's whole timeout (over TLS until the TLS question, for every attempt)."""
     result = subprocess.run([sys.executable, "-c", GRPC_THREADS, collector],
                             capture_output=True, text=True, timeout=120, env={**os.environ})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -209,20 +212,27 @@ def test_with_the_collector_down_no_grpc_thread_runs_after_the_first_failed_expo
     assert after_shutdown == 0
 
 
-def test_a_collector_that_stops_being_silent_is_exported_to_at_the_next_attempt(monkeypatch):
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_a_collector_that_stops_being_silent_is_exported_to_at_the_next_attempt(
+        monkeypatch, tmp_path, tls):
     """A collector that accepts and never answers fails the first export at its timeout;
     the attempts after it are asked over a plain socket first and fail at once, without a
-    gRPC call. Once a collector answers on that port again, the next attempt exports."""
+    gRPC call. Once a collector answers on that port again, the next attempt exports (over
+    TLS, with the exporter trusting the collector's certificate, as without)."""
     from labotel import exporting
 
     monkeypatch.setattr(exporting, "PROBE_GAP", 0.4)
     monkeypatch.setattr(exporting, "PROBE_GAP_MAX", 0.4)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    if tls:
+        certificate, key = self_signed_certificate(tmp_path)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(certificate))
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(64)
     port = silent.getsockname()[1]
-    monitor = labotel.start(admin_address="", otlp_endpoint=f"http://127.0.0.1:{port}",
+    scheme = "https" if tls else "http"
+    monitor = labotel.start(admin_address="", otlp_endpoint=f"{scheme}://127.0.0.1:{port}",
                             otlp_protocol="grpc", traces_exporter="none",
                             metric_export_interval=0.2, runtime_metrics=False,
                             leak_detection=False)
@@ -237,7 +247,12 @@ def test_a_collector_that_stops_being_silent_is_exported_to_at_the_next_attempt(
         collector.down = False
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(collector, server)
-        assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+        if tls:
+            credentials = grpc.ssl_server_credentials(
+                [(key.read_bytes(), certificate.read_bytes())])
+            assert server.add_secure_port(f"127.0.0.1:{port}", credentials) == port
+        else:
+            assert server.add_insecure_port(f"127.0.0.1:{port}") == port
         server.start()
         assert wait_until(lambda: export_outcomes(monitor) == [True], 20)
         with collector.lock:

@@ -209,13 +209,14 @@ def grpc_disconnect(exporter: object) -> None:
         channel.close()
 
 
-def grpc_plaintext_endpoint(exporter: object) -> str | None:
-    """The ``host:port`` (or other gRPC target) an OTLP/gRPC exporter sends to without TLS;
-    None if it uses TLS or the endpoint is unknown."""
+def grpc_endpoint(exporter: object) -> tuple[str, bool] | None:
+    """The ``host:port`` (or other gRPC target) an OTLP/gRPC exporter sends to, and whether
+    over TLS; None if it is unknown."""
     endpoint = getattr(exporter, "_endpoint", None)
-    if getattr(exporter, "_insecure", None) is not True or not isinstance(endpoint, str):
+    insecure = getattr(exporter, "_insecure", None)
+    if not isinstance(endpoint, str) or not isinstance(insecure, bool):
         return None
-    return endpoint
+    return endpoint, not insecure
 
 
 class _CallReportingFailures:
