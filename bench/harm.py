@@ -193,6 +193,8 @@ class Probes:
 
         def counters_at(t: float) -> tuple[float, float] | None:
             after = bisect.bisect_left(times, t)
+            if after < len(times) and times[after] == t:  # a sample at t itself
+                return self.machine[after][1], self.machine[after][2]
             if after == 0 or after == len(times):
                 return None
             (t0, busy0, steal0), (t1, busy1, steal1) = self.machine[after - 1], self.machine[after]
