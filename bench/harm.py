@@ -12,7 +12,7 @@ Printed per scenario:
 - unstolen: the same worst window (and its ``(off)``) with the hypervisor's steal taken
   out: on a VM whose CPUs lose a varying share of their time to other guests, each
   window's throughput is scaled by 1 / (1 - the share stolen in it) (``unstolen_figures``);
-  ``stolen`` is the median stolen share while labotel was on;
+  ``stolen on/off`` is the median stolen share with labotel on and off;
 - cpu: the most CPU labotel's own threads (and the OTel SDK's export threads) used in any
   1-second window, in cores; the race detector's checks and reports run on the app's
   threads and are not in it;
@@ -54,7 +54,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-BUCKET = 0.1  # seconds per throughput bucket; windows are 10 buckets
+BUCKET = 0.1  # seconds per throughput bucket
+WINDOW_BUCKETS = int(1.0 / BUCKET)  # a 1-second window
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1024 * 1024
 
@@ -103,17 +104,22 @@ class Workload:
     def bucket(self, t: float) -> int:
         return int((t - self.origin) / BUCKET)
 
+    def _window_range(self, begin: float, end: float) -> tuple[int, int]:
+        """The first whole bucket inside [begin, end), and how many 1-second windows of
+        whole buckets fit from it."""
+        first, last = self.bucket(begin) + 1, self.bucket(end)
+        return first, max(last - first - WINDOW_BUCKETS + 1, 0)
+
     def windows(self, begin: float, end: float) -> list[float]:
         """Units per second in every 1-second window inside [begin, end)."""
-        first, last = self.bucket(begin) + 1, self.bucket(end)
-        totals = [sum(b[k] for b in self.buckets) for k in range(first, last)]
-        span = int(1.0 / BUCKET)
-        return [sum(totals[k:k + span]) for k in range(0, max(len(totals) - span + 1, 0))]
+        first, count = self._window_range(begin, end)
+        totals = [sum(b[k] for b in self.buckets)
+                  for k in range(first, first + count + WINDOW_BUCKETS - 1)]
+        return [sum(totals[k:k + WINDOW_BUCKETS]) for k in range(count)]
 
     def window_starts(self, begin: float, end: float) -> list[float]:
         """When each of ``windows(begin, end)`` began."""
-        first = self.bucket(begin) + 1
-        count = len(self.windows(begin, end))
+        first, count = self._window_range(begin, end)
         return [self.origin + (first + k) * BUCKET for k in range(count)]
 
 
@@ -189,15 +195,15 @@ class Probes:
         """Of the CPU time this machine's CPUs wanted in [begin, end), the share the
         hypervisor gave elsewhere: steal / (busy + steal), counters interpolated between
         the samples around each end (None without samples on both sides)."""
-        times = [t for t, _, _ in self.machine]
+        samples = self.machine
 
         def counters_at(t: float) -> tuple[float, float] | None:
-            after = bisect.bisect_left(times, t)
-            if after < len(times) and times[after] == t:  # a sample at t itself
-                return self.machine[after][1], self.machine[after][2]
-            if after == 0 or after == len(times):
+            after = bisect.bisect_left(samples, t, key=lambda sample: sample[0])
+            if after < len(samples) and samples[after][0] == t:  # a sample at t itself
+                return samples[after][1], samples[after][2]
+            if after == 0 or after == len(samples):
                 return None
-            (t0, busy0, steal0), (t1, busy1, steal1) = self.machine[after - 1], self.machine[after]
+            (t0, busy0, steal0), (t1, busy1, steal1) = samples[after - 1], samples[after]
             part = (t - t0) / (t1 - t0) if t1 > t0 else 0.0
             return busy0 + part * (busy1 - busy0), steal0 + part * (steal1 - steal0)
 
@@ -377,7 +383,7 @@ def run_scenario(name: str, seconds: float, baseline_seconds: float,
     if during and base:  # where the worst window was, and the run's second-by-second ratios
         worst = during.index(min(during))
         result["worst_window_at_s"] = round(worst * BUCKET, 1)
-        result["timeline"] = [round(w / base, 2) for w in during[::int(1 / BUCKET)]]
+        result["timeline"] = [round(w / base, 2) for w in during[::WINDOW_BUCKETS]]
         worst_began = workload.window_starts(on_began, on_ended)[worst]
         result["stolen_share_at_worst"] = probes.stolen_share(worst_began, worst_began + 1.0)
     result.update(unstolen_figures(workload, probes, [before, after], (on_began, on_ended)))
@@ -481,10 +487,10 @@ def print_table(results: list[dict[str, Any]]) -> None:
             continue
         rss = r["rss_growth_mb"] - r["app_kept_mb"]
         fork = f"{_fmt(r['fork_ms_median'], '.1f')}/{_fmt(r['fork_ms_max'], '.1f')}"
+        stolen = (f"{_fmt(r.get('stolen_share_median'), '.2f')}/"
+                  f"{_fmt(r.get('stolen_share_median_off'), '.2f')}")
         unstolen = (f"{_fmt(r.get('worst_window_ratio_unstolen'), '.2f'):>8} "
-                    f"{_fmt(r.get('worst_window_ratio_off_unstolen'), '.2f'):>6} "
-                    + f"{_fmt(r.get('stolen_share_median'), '.2f')}/"
-                    f"{_fmt(r.get('stolen_share_median_off'), '.2f')}".rjust(13))
+                    f"{_fmt(r.get('worst_window_ratio_off_unstolen'), '.2f'):>6} {stolen:>13}")
         if r.get("control"):  # labotel was never on: only the throughput columns mean much
             print(f"{'  (control, labotel off)':28} {_fmt(r['worst_window_ratio'], '.2f'):>8} "
                   f"{_fmt(r['median_window_ratio'], '.2f'):>7} "

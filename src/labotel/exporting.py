@@ -129,11 +129,11 @@ class ExportWatch:
                 self._disconnect()
 
     def _collector_answers(self) -> bool:
-        """Before an attempt while down: does the collector answer HTTP/2 (or, over TLS,
-        a TLS hello) at all, asked over a plain socket, so no gRPC thread runs for a
-        collector that does not? It
-        gets as long as the attempt would: ``PROBE_TIMEOUT``, or the exporter's timeout
-        for a collector that used up a whole one. True where it cannot be asked."""
+        """Before an attempt while down: does the collector answer HTTP/2 (over TLS: a TLS
+        hello) at all, asked over a plain socket, so no gRPC thread runs for a collector
+        that does not? It gets as long as the attempt would: ``PROBE_TIMEOUT``, or the
+        exporter's timeout for a collector that used up a whole one. True where it cannot
+        be asked."""
         target = otel.grpc_endpoint(self.exporter)
         address = collector_check.host_and_port(target[0]) if target else None
         if target is None or address is None:
