@@ -3,8 +3,8 @@
 A fourth case has no labotel, only a gRPC channel of the application's own calling the
 refusing port every 0.2 s: what gRPC's own fork handler costs any process with gRPC
 threads running (labotel's own exporters keep no channel open while the collector is
-down, and ask it over a plain socket before each attempt, so in the gRPC case above gRPC's
-threads run only during the first, failing, export).
+down, and ask it over a plain socket before the first export and each attempt after it,
+so in the gRPC case above gRPC's threads do not run at all).
 
 Each case runs in a process of its own: two threads of ordinary Python work keep the GIL
 busy (as a pre-fork server's master rarely is, so this is the hard case), labotel starts

@@ -7,9 +7,9 @@ connections and never answers, that pool ran for the exporter's whole timeout (1
 pool thread to stop, and an idle pool thread can sleep through the wake-up for as long as
 its back-off (up to 3 s): forks of 0.5-0.7 s with the whole process stopped.
 
-So before such an attempt labotel asks the collector over a plain socket, and waits as
-long as the attempt itself would have had (waiting on a socket costs the application
-nothing at fork: no gRPC thread runs):
+So before such an attempt, and before the first export, labotel asks the collector over
+a plain socket, and waits as long as the attempt itself would have had (waiting on a
+socket costs the application nothing at fork: no gRPC thread runs):
 
 - a plaintext collector gets HTTP/2's client preface; its first frame back must be
   SETTINGS, which HTTP/2 requires and a gRPC server sends whether or not its application
@@ -89,6 +89,9 @@ class Check:
         self.tls = tls
         self._socket: socket.socket | None = None
         self._aborted = False
+        # No answer because the wait ran out (a silent or slow server), not because the
+        # connection was refused or reset, nor aborted
+        self.ran_out = False
 
     def answers(self) -> bool:
         """Whether the server answered within ``wait`` seconds (the TCP connection
@@ -146,6 +149,7 @@ class Check:
         while not self._aborted and time.monotonic() < deadline:
             if ready():
                 return True
+        self.ran_out = not self._aborted
         return False
 
     def close_copy(self) -> None:

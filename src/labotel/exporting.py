@@ -23,11 +23,13 @@ the shutdown deadline.
   collector that never answers leaves gRPC's native memory a little higher for a while
   (about 0.5 MB each, ``bench/harm.py``'s ``hung_collector_grpc``): asked every 2 s for
   minutes, that looked like a steady native leak to the memory detector. Before each such
-  attempt, ``collector_check`` asks the collector over a plain socket whether it speaks
-  HTTP/2 (over TLS: TLS) at all; one that does not (refused, silent) fails the attempt
-  at once (counted as ``unanswered``), and no gRPC channel, nor gRPC thread, is started
-  for it: a hung collector held gRPC's threads for the exporter's whole timeout, and a
-  fork meeting them stopped the process for 0.5-0.7 s now and then.
+  attempt, and before the first export (asking a refusing collector again, as the
+  exporter's retries would, until its timeout), ``collector_check`` asks the collector
+  over a plain socket whether it speaks HTTP/2 (over TLS: TLS) at all; one that does not
+  (refused, silent) fails the attempt at once (counted as ``unanswered``), and no gRPC
+  channel, nor gRPC thread, is started for it: a hung collector held gRPC's threads for
+  the exporter's whole timeout, and a fork meeting them stopped the process for 0.5-0.7 s
+  now and then.
 - ``abort(exporter)`` is what the deadline does to an exporter still sending: its own
   ``shutdown()`` (which closes a gRPC channel, cancelling the call in flight, and ends
   the retry back-off), and the session's sockets.
@@ -37,11 +39,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 import weakref
 from typing import Any
 
-from labotel import collector_check
+from labotel import collector_check, own_random
 from labotel.compat import otel
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,9 @@ class ExportWatch:
         self.reports_attempts = False
         self.unanswered = 0  # attempts while down that the collector did not answer
         self._check: collector_check.Check | None = None  # the one asking now
+        self._stopped = threading.Event()  # shutdown: ask nothing more
+        self._unanswered_why = ""  # how the last question went unanswered
+        self._said_unanswered = False  # ... logged since the last export that succeeded
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.close_retired()
@@ -95,11 +101,14 @@ class ExportWatch:
             self.skipped += 1  # no channel: the exporter fails it without a call
             self.finished += 1
             return self.export(*args, **kwargs)
-        if self.disconnected and probe and not self._collector_answers():
+        if self.disconnected and (probe or self.last_ok is None) and not (
+                self._collector_answers() if probe else self._first_answer()):
             self.unanswered += 1  # an attempt that failed without a gRPC channel
             self.finished += 1
             self.failures_in_a_row += 1
+            self.last_ok = False
             self.attempted = time.monotonic()
+            self._say_unanswered()
             return self.export(*args, **kwargs)
         if self.disconnected:
             self._connect()
@@ -123,10 +132,52 @@ class ExportWatch:
             self.finished += 1
             self.attempted = time.monotonic()
             self.failures_in_a_row = 0 if ok else self.failures_in_a_row + 1
+            if ok:
+                self._said_unanswered = False
             if self.idle_when_down and not ok:
                 self.timed_out = limit is not None and (
                     time.monotonic() - began >= SLOW_SHARE * limit)
                 self._disconnect()
+
+    def _collector_endpoint(self) -> tuple[tuple[str, int], bool] | None:
+        """The collector's socket address and whether it speaks TLS; None where it cannot
+        be asked (a Unix socket, a gRPC target name) or need not be (the exporter was shut
+        down: its export fails at once)."""
+        if otel.exporter_shut_down(self.exporter):
+            return None
+        target = otel.grpc_endpoint(self.exporter)
+        address = collector_check.host_and_port(target[0]) if target else None
+        return (address, target[1]) if target and address else None
+
+    def _ask(self, address: tuple[str, int], wait: float, tls: bool) -> bool:
+        """One question (``collector_check``); ``abort_check()`` ends it. A question that
+        ran out its wait leaves ``timed_out`` set: the next one gets the exporter's whole
+        timeout. (Else a collector farther than the short wait allows, 0.25 s away, would
+        never be asked long enough once it had refused a connection.)"""
+        if self._stopped.is_set():
+            return False
+        check = self._check = collector_check.Check(address, wait, tls=tls)
+        try:
+            answered = check.answers()
+        finally:
+            self._check = None
+        if check.ran_out:
+            self.timed_out = True
+        self._unanswered_why = (f"silent for {wait:.1f} s" if check.ran_out else
+                                f"refused, reset, or not {'TLS' if tls else 'HTTP/2'}")
+        return answered
+
+    def _say_unanswered(self) -> None:
+        """Log, once until an export succeeds, that the collector does not answer: its
+        failed attempts make no gRPC call, so the exporter logs nothing of them."""
+        if self._said_unanswered or self._stopped.is_set():  # not for shutdown's abort
+            return
+        self._said_unanswered = True
+        target = otel.grpc_endpoint(self.exporter)
+        log.warning("labotel: the OTLP collector at %s does not answer (%s); %s exports "
+                    "fail without a call until it answers (asked again %g to %g s apart)",
+                    target[0] if target else "?", self._unanswered_why,
+                    type(self.exporter).__name__, PROBE_GAP, PROBE_GAP_MAX)
 
     def _collector_answers(self) -> bool:
         """Before an attempt while down: does the collector answer HTTP/2 (over TLS: a TLS
@@ -134,19 +185,45 @@ class ExportWatch:
         that does not? It gets as long as the attempt would: ``PROBE_TIMEOUT``, or the
         exporter's timeout for a collector that used up a whole one. True where it cannot
         be asked."""
-        target = otel.grpc_endpoint(self.exporter)
-        address = collector_check.host_and_port(target[0]) if target else None
-        if target is None or address is None:
+        endpoint = self._collector_endpoint()
+        if endpoint is None:
             return True
         timeout = otel.export_timeout(self.exporter) or PROBE_TIMEOUT
         wait = timeout if self.timed_out else min(PROBE_TIMEOUT, timeout)
-        check = self._check = collector_check.Check(address, wait, tls=target[1])
+        return self._ask(endpoint[0], wait, endpoint[1])
+
+    def _first_answer(self) -> bool:
+        """Before the first export: the collector is asked as while it is down, for as long
+        as the exporter's first export would retry (its timeout), a refusing one again
+        after the exporter's back-off (1 s, 2 s, ... with its jitter): it may be starting.
+        Before, the first export to a down collector ran gRPC's threads for the whole
+        timeout (10 s), and a fork meeting them could stop the application. During the
+        question the export counts as in flight, its refused questions as failed attempts
+        (what ``fork()`` and ``shutdown()`` go by). True where it cannot be asked."""
+        endpoint = self._collector_endpoint()
+        if endpoint is None:
+            return True
+        address, tls = endpoint
+        began = self.since = time.monotonic()
+        deadline = began + (otel.export_timeout(self.exporter) or PROBE_TIMEOUT)
+        backoff = 1.0
         try:
-            return check.answers()
+            while True:
+                if self._ask(address, deadline - time.monotonic(), tls):
+                    return True
+                if self.timed_out or self._stopped.is_set():
+                    return False  # silent until the deadline, or shutdown ended it
+                self.attempt_failed = True  # refused
+                pause = backoff * own_random.generator.uniform(0.8, 1.2)
+                if time.monotonic() + pause >= deadline or self._stopped.wait(pause):
+                    return False
+                backoff *= 2
         finally:
-            self._check = None
+            self.since = None
 
     def abort_check(self) -> None:
+        """End the question asked now, and any the first export would still ask."""
+        self._stopped.set()
         check = self._check
         if check is not None:
             check.abort()

@@ -9,7 +9,9 @@ not run that handler's work at all."""
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -51,18 +53,30 @@ class MetricsCollector(metrics_service_pb2_grpc.MetricsServiceServicer):
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
-@pytest.fixture
-def metrics_collector(monkeypatch):
+def start_exporting_metrics(endpoint: str, interval: float = 0.2):
+    """labotel exporting only its metrics, over OTLP/gRPC to ``endpoint``."""
+    return labotel.start(admin_address="", otlp_endpoint=endpoint, otlp_protocol="grpc",
+                         traces_exporter="none", metric_export_interval=interval,
+                         runtime_metrics=False, leak_detection=False)
+
+
+def serve_collector(address: str = "127.0.0.1:0") -> tuple[MetricsCollector, grpc.Server, int]:
+    """An answering ``MetricsCollector`` on ``address``: it, its server and its port."""
     collector = MetricsCollector()
+    collector.down = False
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(collector, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(address)
     server.start()
+    return collector, server, port
+
+
+@pytest.fixture
+def metrics_collector(monkeypatch):
+    collector, server, port = serve_collector()
+    collector.down = True
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")  # seconds: two tries, then failed
-    monitor = labotel.start(admin_address="", otlp_endpoint=f"http://127.0.0.1:{port}",
-                            otlp_protocol="grpc", traces_exporter="none",
-                            metric_export_interval=0.2, runtime_metrics=False,
-                            leak_detection=False)
+    monitor = start_exporting_metrics(f"http://127.0.0.1:{port}")
     try:
         yield monitor, collector
     finally:
@@ -186,22 +200,21 @@ GRPC_THREADS = textwrap.dedent("""
     unanswered = [entry["unanswered_while_down"] for entry in monitor.status()["exports"]]
     labotel.shutdown()
     time.sleep(0.5)
-    last = seen[len(seen) * 2 // 3:]
-    print(sum(1 for n in last if n), len(last), grpc_threads(), min(unanswered))
+    print(sum(1 for n in seen if n), len(seen), grpc_threads(), min(unanswered))
 """)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
 @pytest.mark.parametrize("collector", ["refusing", "hung", "hung-tls"])
-def test_with_the_collector_down_no_grpc_thread_runs_after_the_first_failed_export(
-        collector):
-    """In a process of its own (no other gRPC user): once each exporter's first export
-    failed (2 s at most here), gRPC's threads (which gRPC's fork handler has to park inside
-    ``fork()``) run no more while the collector stays down: each attempt first asks the
-    collector over a plain socket, which neither a refused port nor one that accepts and
-    never answers passes, over TLS (``https://``) as without. None is left after
-    shutdown. Before: gRPC's threads ran during every attempt, to a hung collector for
-    the exporter's whole timeout (over TLS until the TLS question, for every attempt)."""
+def test_with_the_collector_down_no_grpc_thread_runs(collector):
+    """In a process of its own (no other gRPC user): while the collector is down, gRPC's
+    threads (which gRPC's fork handler has to park inside ``fork()``) never run, the first
+    export included: each attempt first asks the collector over a plain socket, which
+    neither a refused port nor one that accepts and never answers passes, over TLS
+    (``https://``) as without. None is left after shutdown. Before: gRPC's threads ran
+    during every attempt, to a hung collector for the exporter's whole timeout (over TLS
+    until the TLS question, for every attempt); and, until the first export was asked too,
+    through the first export (2 s here, 10 s by default)."""
     result = subprocess.run([sys.executable, "-c", GRPC_THREADS, collector],
                             capture_output=True, text=True, timeout=120, env={**os.environ})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -232,10 +245,7 @@ def test_a_collector_that_stops_being_silent_is_exported_to_at_the_next_attempt(
     silent.listen(64)
     port = silent.getsockname()[1]
     scheme = "https" if tls else "http"
-    monitor = labotel.start(admin_address="", otlp_endpoint=f"{scheme}://127.0.0.1:{port}",
-                            otlp_protocol="grpc", traces_exporter="none",
-                            metric_export_interval=0.2, runtime_metrics=False,
-                            leak_detection=False)
+    monitor = start_exporting_metrics(f"{scheme}://127.0.0.1:{port}")
     server = None
     try:
         exporter, watch = metric_watch(monitor)
@@ -295,3 +305,145 @@ def test_shutdown_ends_a_question_to_a_silent_collector_now(monkeypatch):
     finally:
         labotel.shutdown()
         silent.close()
+
+
+def test_a_collector_that_comes_up_during_the_first_export_gets_it(monkeypatch, caplog):
+    """The first export to a refusing collector asks it again after the exporter's
+    back-off (1 s, 2 s, ...) until the exporter's timeout, as the exporter's own retries
+    would (it may be starting): a collector that comes up meanwhile gets that first
+    export, over gRPC, with no failure counted."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "10")
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))  # never listening: connections are refused
+    port = refused.getsockname()[1]
+    monitor = start_exporting_metrics(f"http://127.0.0.1:{port}")
+    server = None
+    try:
+        exporter, watch = metric_watch(monitor)
+        assert wait_until(lambda: watch.attempt_failed, 10)  # refused at least once
+        assert watch.last_ok is None and watch.finished == 0  # ... and asking again
+        assert not [r for r in caplog.records if "does not answer" in r.getMessage()]
+        refused.close()
+        collector, server, served = serve_collector(f"127.0.0.1:{port}")
+        assert served == port
+        assert wait_until(lambda: watch.finished >= 1, 15)
+        assert watch.last_ok is True and watch.finished == 1, monitor.status()["exports"]
+        assert watch.unanswered == 0 and watch.failures_in_a_row == 0
+    finally:
+        labotel.shutdown()
+        refused.close()
+        if server is not None:
+            server.stop(0)
+
+
+def test_an_unanswered_collector_is_logged_once_until_an_export_succeeds(
+        monkeypatch, caplog):
+    """Attempts that fail unanswered make no gRPC call, so the exporter logs nothing of
+    them: labotel says once which collector does not answer and how, not at every
+    attempt (2 s apart here)."""
+    from labotel import exporting
+
+    monkeypatch.setattr(exporting, "PROBE_GAP", 0.2)
+    monkeypatch.setattr(exporting, "PROBE_GAP_MAX", 0.2)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    with socket.socket() as refused, caplog.at_level(logging.WARNING, logger="labotel"):
+        refused.bind(("127.0.0.1", 0))
+        port = refused.getsockname()[1]
+        monitor = start_exporting_metrics(f"http://127.0.0.1:{port}", interval=0.1)
+        try:
+            exporter, watch = metric_watch(monitor)
+            assert wait_until(lambda: watch.unanswered >= 4, 20), monitor.status()["exports"]
+        finally:
+            labotel.shutdown()
+    said = [r.getMessage() for r in caplog.records if "does not answer" in r.getMessage()]
+    assert said == [f"labotel: the OTLP collector at 127.0.0.1:{port} does not answer "
+                    "(refused, reset, or not HTTP/2); OTLPMetricExporter "
+                    "exports fail without a call until it answers (asked again 0.2 to 0.2 s "
+                    "apart)"], said
+
+
+class LatencyProxy:
+    """A TCP proxy on ``listener`` that delivers each chunk ``delay`` seconds after it
+    arrived, in each direction: a collector that far away (no bandwidth limit)."""
+
+    def __init__(self, listener: socket.socket, target: int, delay: float) -> None:
+        self.listener, self.target, self.delay = listener, target, delay
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        pending: queue.SimpleQueue = queue.SimpleQueue()
+
+        def deliver() -> None:
+            while True:
+                due, chunk = pending.get()
+                time.sleep(max(0.0, due - time.monotonic()))
+                try:
+                    if not chunk:
+                        sink.shutdown(socket.SHUT_WR)
+                        return
+                    sink.sendall(chunk)
+                except OSError:
+                    return
+
+        threading.Thread(target=deliver, daemon=True).start()
+        while True:
+            try:
+                chunk = source.recv(65536)
+            except OSError:
+                chunk = b""
+            pending.put((time.monotonic() + self.delay, chunk))
+            if not chunk:
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_a_far_collector_is_asked_long_enough_once_a_question_ran_out(monkeypatch):
+    """A collector 0.6 s away (a gRPC server sends its SETTINGS as the connection opens:
+    they arrive 0.6 s after it) refused the first export. The next question, given the
+    short wait of an attempt while down (0.5 s), runs out; the one after gets the
+    exporter's whole timeout, is answered, and the export goes through. Before, every
+    question ran out at 0.5 s: such a collector was never exported to again once it had
+    refused a connection."""
+    from labotel import exporting
+
+    monkeypatch.setattr(exporting, "PROBE_GAP", 0.4)
+    monkeypatch.setattr(exporting, "PROBE_GAP_MAX", 0.4)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "6")
+    collector, server, server_port = serve_collector()
+    front = socket.socket()
+    front.bind(("127.0.0.1", 0))  # not listening yet: refused
+    port = front.getsockname()[1]
+    monitor = start_exporting_metrics(f"http://127.0.0.1:{port}")
+    proxy = None
+    try:
+        exporter, watch = metric_watch(monitor)
+        assert wait_until(lambda: watch.last_ok is False, 20)  # the first export, refused
+        assert not watch.timed_out
+        front.listen(64)
+        proxy = LatencyProxy(front, server_port, delay=0.6)
+        assert wait_until(lambda: watch.last_ok is True, 30), monitor.status()["exports"]
+        assert watch.unanswered >= 2  # the first export, and a question that ran out
+        with collector.lock:
+            assert collector.calls and collector.calls[-1][1] is True
+    finally:
+        labotel.shutdown()
+        if proxy is not None:
+            proxy.close()
+        front.close()
+        server.stop(0)
