@@ -20,7 +20,9 @@ socket costs the application nothing at fork: no gRPC thread runs):
   credentials), and a collector that wants a client certificate still answers the hello.
 
 No answer (refused, reset, silent, or not the protocol asked): the attempt fails, and no
-gRPC thread ran. An answer: the attempt goes ahead over gRPC as before. Endpoints this
+gRPC thread ran. An answer: the attempt goes ahead over gRPC as before, and the question's
+connection is ended cleanly (this side closed first, the rest of the answer read until the
+server closes), not reset: a collector may log every reset. Endpoints this
 cannot ask (a Unix socket, a gRPC target name, a server name a TLS hello cannot carry)
 are not asked.
 """
@@ -40,6 +42,7 @@ _FRAME_HEADER = 9
 _SETTINGS = 4
 _TLS_ANSWERS = (21, 22)  # the content type of an alert record, of a handshake record
 _SLICE = 0.05  # seconds between looks at an abort while waiting
+_PARTING = 0.5  # seconds an answered server gets to close its side after ours
 
 
 def host_and_port(endpoint: str) -> tuple[str, int] | None:
@@ -122,9 +125,13 @@ class Check:
                 sock.sendall(hello)
                 if self.tls:
                     first = self._receive(sock, 1, deadline)
-                    return len(first) == 1 and first[0] in _TLS_ANSWERS
-                header = self._receive(sock, _FRAME_HEADER, deadline)
-                return len(header) == _FRAME_HEADER and header[3] == _SETTINGS
+                    answered = len(first) == 1 and first[0] in _TLS_ANSWERS
+                else:
+                    header = self._receive(sock, _FRAME_HEADER, deadline)
+                    answered = len(header) == _FRAME_HEADER and header[3] == _SETTINGS
+                if answered:
+                    self._part(sock)
+                return answered
         except (OSError, ValueError):
             return False
         finally:
@@ -143,6 +150,22 @@ class Check:
                 break
             received += chunk
         return received
+
+    def _part(self, sock: socket.socket) -> None:
+        """End the connection the way a client that is done does: close this side, then
+        read what the server still sends until it closes its own (``_PARTING`` at most).
+        Closing with the server's answer unread resets the connection, which a server
+        may log as an error for every question (grpc-go: "connection reset by peer", at
+        warning); a clean end of stream it closes without a word, in the middle of a TLS
+        handshake too."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + _PARTING
+            while not self._aborted and time.monotonic() < end:
+                if select.select([sock], [], [], _SLICE)[0] and not sock.recv(65536):
+                    return
+        except OSError:
+            pass
 
     def _until(self, deadline: float, ready: Callable[[], object]) -> bool:
         """Wait for ``ready()`` (one slice each call) until ``deadline`` or an abort."""

@@ -245,3 +245,47 @@ def test_a_forked_child_closes_its_copy_of_a_check_the_parent_is_running(silent_
         asker.join(5)
         labotel.shutdown()
     assert not asker.is_alive()
+
+
+# A server's first flight: HTTP/2 SETTINGS with a payload, its ACK of the client's SETTINGS
+# and a WINDOW_UPDATE; for TLS, a handshake record with more behind it (certificates).
+SETTINGS_AND_MORE = (b"\x00\x00\x06\x04\x00\x00\x00\x00\x00" + b"\x00\x03\x00\x00\x00\x64"
+                     + b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+                     + b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + b"\x00\x0f\x00\x01")
+HANDSHAKE_AND_MORE = b"\x16\x03\x03\x07\xd0" + bytes(2000)
+
+
+@pytest.mark.parametrize(("tls", "reply"), [(False, SETTINGS_AND_MORE),
+                                            (True, HANDSHAKE_AND_MORE)],
+                         ids=["http2", "tls"])
+def test_an_answered_question_ends_with_a_clean_close_not_a_reset(tls, reply):
+    """The check reads only the first bytes of the answer; closing with the rest unread
+    would reset the connection, which a collector may log as an error at every question
+    (grpc-go: "connection reset by peer" at warning). It closes its side first and reads
+    until the server closes, so the server reads a clean end of stream."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    ending: list[str] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(reply)
+            try:
+                while conn.recv(65536):
+                    pass
+                ending.append("end of stream")
+            except ConnectionResetError:
+                ending.append("reset")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        check = collector_check.Check(("127.0.0.1", listener.getsockname()[1]), 2.0, tls=tls)
+        assert check.answers()
+        assert not check.ran_out
+        server.join(5)
+        assert ending == ["end of stream"]
+    finally:
+        listener.close()
