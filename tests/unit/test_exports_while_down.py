@@ -316,7 +316,8 @@ def test_a_collector_that_comes_up_during_the_first_export_gets_it(monkeypatch, 
     refused = socket.socket()
     refused.bind(("127.0.0.1", 0))  # never listening: connections are refused
     port = refused.getsockname()[1]
-    monitor = start_exporting_metrics(f"http://127.0.0.1:{port}")
+    # exports 2 s apart: the second cannot have finished when the first is looked at
+    monitor = start_exporting_metrics(f"http://127.0.0.1:{port}", interval=2.0)
     server = None
     try:
         exporter, watch = metric_watch(monitor)
