@@ -32,13 +32,15 @@ the shutdown deadline.
   now and then.
 - ``abort(exporter)`` is what the deadline does to an exporter still sending: its own
   ``shutdown()`` (which closes a gRPC channel, cancelling the call in flight, and ends
-  the retry back-off), and the session's sockets.
+  the retry back-off), and the session's sockets. The exporter's later calls (the
+  provider's last batch, a second ``shutdown()``) then log nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -58,6 +60,9 @@ PROBE_TIMEOUT = 0.5
 SLOW_SHARE = 0.9  # of its timeout an export used up to count as timed out, not refused
 PROBE_GAP = 2.0  # seconds between two attempts while down; an export sooner fails at once
 PROBE_GAP_MAX = 30.0  # ... the gap doubling with each failed attempt, up to this
+# A collector whose question has had no answer this long is taken for down (by shutdown):
+# a gRPC server sends its SETTINGS as soon as it accepts the connection.
+SILENT_IS_DOWN = 0.5
 # labotel's own gRPC channels give up a connection that is not set up (TCP and HTTP/2's
 # first frames) in 5 s, not gRPC's 20: to a collector that accepts and never answers, the
 # attempt's connection kept gRPC's threads running 20 s after the channel was closed.
@@ -88,6 +93,7 @@ class ExportWatch:
         self.reports_attempts = False
         self.unanswered = 0  # attempts while down that the collector did not answer
         self._check: collector_check.Check | None = None  # the one asking now
+        self._asked_at = 0.0  # ... since then (monotonic)
         self._stopped = threading.Event()  # shutdown: ask nothing more
         self._unanswered_why = ""  # how the last question went unanswered
         self._said_unanswered = False  # ... logged since the last export that succeeded
@@ -109,7 +115,7 @@ class ExportWatch:
             self.last_ok = False
             self.attempted = time.monotonic()
             self._say_unanswered()
-            return self.export(*args, **kwargs)
+            return self._fail_unsent(*args, **kwargs)
         if self.disconnected:
             self._connect()
         timeout = otel.export_timeout(self.exporter)
@@ -139,6 +145,15 @@ class ExportWatch:
                     time.monotonic() - began >= SLOW_SHARE * limit)
                 self._disconnect()
 
+    def _fail_unsent(self, *args: Any, **kwargs: Any) -> Any:
+        """The exporter fails this export without a call (it has no channel). Once
+        shutdown ended the question, it may be aborted already, and its warning ("already
+        shutdown") would only repeat labotel's: that call is made quiet."""
+        if not self._stopped.is_set():
+            return self.export(*args, **kwargs)
+        _quiet_exporter_loggers()
+        return _ABORTED_CALLS.around(self.export)(*args, **kwargs)
+
     def _collector_endpoint(self) -> tuple[tuple[str, int], bool] | None:
         """The collector's socket address and whether it speaks TLS; None where it cannot
         be asked (a Unix socket, a gRPC target name) or need not be (the exporter was shut
@@ -156,6 +171,7 @@ class ExportWatch:
         never be asked long enough once it had refused a connection.)"""
         if self._stopped.is_set():
             return False
+        self._asked_at = time.monotonic()
         check = self._check = collector_check.Check(address, wait, tls=tls)
         try:
             answered = check.answers()
@@ -244,8 +260,14 @@ class ExportWatch:
     def failing(self) -> bool:
         """The collector failed the last export, or an attempt of the one in flight: the
         exporter is retrying. (A process that exits, or forks, during its first export to
-        a collector that is down knows it from the first refused attempt.)"""
-        return self.last_ok is False or (self.since is not None and self.attempt_failed)
+        a collector that is down knows it from the first refused attempt, or from its
+        question going unanswered for ``SILENT_IS_DOWN``.)"""
+        return self.last_ok is False or (self.since is not None and (
+            self.attempt_failed or self.silent_for() >= SILENT_IS_DOWN))
+
+    def silent_for(self) -> float:
+        """Seconds the question asked now has gone unanswered (0.0: none is asked)."""
+        return time.monotonic() - self._asked_at if self._check is not None else 0.0
 
     @property
     def probing(self) -> bool:
@@ -359,10 +381,62 @@ def abort(exporter: Any) -> None:
     session = getattr(exporter, "_labotel_session", None)
     if session is not None:
         session.abort()
+    _hush(exporter)  # first: once shut down, the provider's threads call it again at once
     try:
         exporter.shutdown()
     except Exception:
         log.debug("labotel: aborting %s raised", type(exporter).__name__, exc_info=True)
+
+
+class _ThreadInAbortedExporter(logging.Filter):
+    """Drops the records a thread logs while it is inside an aborted exporter's call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.inside, "depth", 0)
+
+    def around(self, method: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            inside = self.inside
+            inside.depth = getattr(inside, "depth", 0) + 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                inside.depth -= 1
+
+        return call
+
+
+_ABORTED_CALLS = _ThreadInAbortedExporter()
+
+
+def _quiet_exporter_loggers() -> None:
+    """Put the filter on the exporters' loggers (they log on their modules' loggers)."""
+    for module in [name for name in sys.modules if name.startswith("opentelemetry.exporter.")]:
+        logger = logging.getLogger(module)
+        if _ABORTED_CALLS not in logger.filters:
+            logger.addFilter(_ABORTED_CALLS)
+
+
+def _hush(exporter: Any) -> None:
+    """After the abort, the provider's own shutdown still hands the exporter its last batch
+    and calls its ``shutdown()`` again, and the exporter warns of each ("Exporter already
+    shutdown, ignoring batch/call"): lines at every exit with a dead collector that say
+    again what labotel's warning said (unsent telemetry is dropped). Those calls are made
+    quiet; records of every other call and thread pass."""
+    _quiet_exporter_loggers()
+    watched = watch_of(exporter)  # a watch (still on at exit) wraps the export it calls
+    try:
+        if watched is not None:
+            watched.export = _ABORTED_CALLS.around(watched.export)
+        else:
+            exporter.export = _ABORTED_CALLS.around(exporter.export)
+        exporter.shutdown = _ABORTED_CALLS.around(exporter.shutdown)
+    except (AttributeError, TypeError):  # an exporter that takes no attributes: it warns
+        pass
 
 
 def abortable_session() -> Any:

@@ -75,8 +75,7 @@ class Providers:
         down = _collectors_down(self)
         if down:  # the final exports would only retry until the deadline
             deadline = min(deadline, time.monotonic() + DOWN_COLLECTOR_WAIT)
-            waited = (f"within {DOWN_COLLECTOR_WAIT:g}s: the collector failed the last "
-                      "export, so shutdown_timeout is not waited out")
+            waited = _DOWN_WAITED
         if self.prometheus_reader is not None:
             try:
                 self.meter_provider.remove_metric_reader(self.prometheus_reader)  # type: ignore[attr-defined]  # SDK 1.43+, untyped
@@ -101,6 +100,9 @@ class Providers:
                 _close(provider, deadline)
                 continue
             closers.append((kind, closer))
+        if not down and _join_until_down(self, [closer for _, closer in closers], deadline):
+            deadline = min(deadline, time.monotonic() + DOWN_COLLECTOR_WAIT)
+            waited = _DOWN_WAITED
         for _, closer in closers:
             closer.join(max(0.0, deadline - time.monotonic()))
         stuck = [kind for kind, closer in closers if closer.is_alive()]
@@ -138,6 +140,25 @@ def _collect_nothing(*args: Any, **kwargs: Any) -> None:
 
 ABORT_GRACE = 0.15  # seconds the aborted export threads get to end
 DOWN_COLLECTOR_WAIT = 1.0  # seconds shutdown() gives exporters whose last export failed
+_DOWN_WAITED = (f"within {DOWN_COLLECTOR_WAIT:g}s: the collector failed the last export "
+                "or does not answer, so shutdown_timeout is not waited out")
+
+
+def _join_until_down(providers: Providers, closers: list[threading.Thread],
+                     deadline: float) -> bool:
+    """Join ``closers`` until the deadline, looking every 0.1 s whether the collector is
+    down meanwhile (the first export's question gone silent, a retry). True if it is, with
+    closers still running: the caller then gives them ``DOWN_COLLECTOR_WAIT`` more, not
+    the rest of ``shutdown_timeout``."""
+    for closer in closers:
+        while closer.is_alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            closer.join(min(0.1, left))
+            if closer.is_alive() and _collectors_down(providers):
+                return True
+    return False
 
 
 def _collectors_down(providers: Providers) -> bool:

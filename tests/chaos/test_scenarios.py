@@ -69,3 +69,22 @@ def test_the_diagnosis_times_labotels_steps_in_a_scenario():
     assert "windows under 0.85" in done.stdout
     for step in ("sample", "census walk", "trace back", "TRACING"):
         assert f"  {step} " in done.stdout, (step, done.stdout[-3000:])
+
+
+@pytest.mark.slow
+def test_the_alternating_run_counts_each_on_phase_between_two_off_ones():
+    """``bench/harm_alternating.py`` turns labotel on and off in one process: each on phase
+    is counted between two off ones, and every phase had windows to count."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "bench" / "harm_alternating.py"
+    done = subprocess.run([sys.executable, str(script), "scrape_storm", "--phase", "3",
+                           "--rounds", "2", "--settle", "1"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pairs = re.findall(r"on / off around (\d+\.\d+)", done.stdout)
+    assert len(pairs) == 2 and all(float(p) > 0 for p in pairs), done.stdout
+    assert re.search(r"1 s windows \(\d+ each\)", done.stdout), done.stdout

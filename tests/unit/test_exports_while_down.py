@@ -307,6 +307,44 @@ def test_shutdown_ends_a_question_to_a_silent_collector_now(monkeypatch):
         silent.close()
 
 
+@pytest.mark.parametrize("when", ["asked", "at_shutdown"])
+def test_a_shutdown_during_the_first_question_to_a_silent_collector_takes_a_second(
+        monkeypatch, caplog, when):
+    """The first export's question gets the exporter's whole timeout (30 s here); a
+    shutdown while it goes unanswered gave the exporters all of shutdown_timeout (5 s:
+    nothing was known of the collector). A question silent for SILENT_IS_DOWN now says
+    the collector is down, so the shutdown gives it DOWN_COLLECTOR_WAIT: whether the
+    question had been silent that long when shutdown began ("asked"), or begins with
+    shutdown's own final export, the first ("at_shutdown")."""
+    from labotel import exporting, sdk
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    interval = 0.2 if when == "asked" else 3600.0
+    monitor = labotel.start(admin_address="", shutdown_timeout=5.0,
+                            otlp_endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                            otlp_protocol="grpc", traces_exporter="none",
+                            metric_export_interval=interval, runtime_metrics=False,
+                            leak_detection=False)
+    try:
+        _, watch = metric_watch(monitor)
+        if when == "asked":
+            assert wait_until(lambda: watch.silent_for() >= exporting.SILENT_IS_DOWN, 20)
+        began = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="labotel"):
+            labotel.shutdown()
+        took = time.monotonic() - began
+        # a liveness bound: it was shutdown_timeout (5 s)
+        limit = sdk.DOWN_COLLECTOR_WAIT + exporting.SILENT_IS_DOWN + 1.5
+        assert took < limit, took
+        assert "does not answer, so shutdown_timeout is not waited out" in caplog.text
+    finally:
+        labotel.shutdown()
+        silent.close()
+
+
 def test_a_collector_that_comes_up_during_the_first_export_gets_it(monkeypatch, caplog):
     """The first export to a refusing collector asks it again after the exporter's
     back-off (1 s, 2 s, ...) until the exporter's timeout, as the exporter's own retries
