@@ -125,7 +125,8 @@ def main() -> None:
     windows_off = [w / base for phase in off for w in phase["windows"]][:len(windows_on)]
     print(f"on / off around, mean of {len(pairs)}: {statistics.fmean(pairs):.3f} "
           f"(lowest {min(pairs):.3f}, highest {max(pairs):.3f})")
-    print(f"1 s windows ({len(windows_on)} each), over the off median: worst on "
+    print(f"1 s windows ({len(windows_on)} each, one starting every 0.1 s), over the off "
+          f"median: worst on "
           f"{min(windows_on):.2f} / off {min(windows_off):.2f}; 5th percentile on "
           f"{percentile(windows_on, 0.05):.2f} / off {percentile(windows_off, 0.05):.2f}")
 

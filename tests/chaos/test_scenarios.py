@@ -87,4 +87,4 @@ def test_the_alternating_run_counts_each_on_phase_between_two_off_ones():
     assert done.returncode == 0, done.stderr[-2000:]
     pairs = re.findall(r"on / off around (\d+\.\d+)", done.stdout)
     assert len(pairs) == 2 and all(float(p) > 0 for p in pairs), done.stdout
-    assert re.search(r"1 s windows \(\d+ each\)", done.stdout), done.stdout
+    assert re.search(r"1 s windows \(\d+ each,", done.stdout), done.stdout
