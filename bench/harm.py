@@ -155,6 +155,20 @@ def labotel_cpu_seconds() -> float:
     return sum(seconds for _, seconds in labotel_threads_cpu())
 
 
+def share_stolen(first: tuple[float, float], last: tuple[float, float]) -> float:
+    """Of the CPU time wanted between two (busy, stolen) readings, the share stolen."""
+    busy, stolen = last[0] - first[0], last[1] - first[1]
+    return stolen / (busy + stolen) if busy + stolen > 0 else 0.0
+
+
+def end_labotel_side(ctx: Any) -> None:
+    """Stop the scenario's labotel-side threads (its debug-server clients, its storms)."""
+    ctx.labotel_stop.set()
+    for thread in ctx.threads:
+        if thread.name.startswith(("app-poll", "app-storm")):
+            thread.join(30)
+
+
 class Probes:
     """RSS, labotel's threads' CPU and the machine's stolen time sampled every 0.2 s, and a
     probe fork every ``fork_every`` seconds."""
@@ -219,8 +233,7 @@ class Probes:
         first, last = counters_at(begin), counters_at(end)
         if first is None or last is None:
             return None
-        busy, stolen = last[0] - first[0], last[1] - first[1]
-        return stolen / (busy + stolen) if busy + stolen > 0 else 0.0
+        return share_stolen(first, last)
 
     def worst_cpu_share(self, begin: float, end: float) -> float | None:
         """The most CPU labotel's own threads used in any 1-second window, in cores.
@@ -317,10 +330,7 @@ def _labotel_phase(scenario: Any, ctx: Any, seconds: float,
     ctx.monitor_url = monitor.admin_url
     scenario.labotel_side(ctx)
     time.sleep(seconds)
-    ctx.labotel_stop.set()
-    for thread in ctx.threads:
-        if thread.name.startswith(("app-poll", "app-storm")):
-            thread.join(30)
+    end_labotel_side(ctx)
     result["final_state"] = consistent_state()
     current = labotel.monitor.current() or monitor
     result["labotel"] = monitor_figures(current)

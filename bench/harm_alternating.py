@@ -39,11 +39,6 @@ import labotel  # noqa: E402
 from bench import harm, harm_scenarios  # noqa: E402
 
 
-def stolen_share(before: tuple[int, int], after: tuple[int, int]) -> float:
-    busy, stolen = after[0] - before[0], after[1] - before[1]
-    return stolen / (busy + stolen) if busy + stolen else 0.0
-
-
 def run_phase(work: harm.Workload, seconds: float) -> dict[str, Any]:
     """Count the workload's 1 s windows for ``seconds`` from now."""
     began, machine, cpu = time.monotonic(), harm.machine_cpu_ticks(), time.process_time()
@@ -51,7 +46,7 @@ def run_phase(work: harm.Workload, seconds: float) -> dict[str, Any]:
     ended = time.monotonic()
     windows = work.windows(began, ended)
     return {"windows": windows, "mean": statistics.fmean(windows),
-            "stolen": stolen_share(machine, harm.machine_cpu_ticks()),
+            "stolen": harm.share_stolen(machine, harm.machine_cpu_ticks()),
             "cpu": (time.process_time() - cpu) / (ended - began)}
 
 
@@ -63,10 +58,7 @@ def labotel_on(scenario: Any, ctx: harm_scenarios.Context, settle: float,
     scenario.labotel_side(ctx)
     time.sleep(settle)
     phase = run_phase(work, seconds)
-    ctx.labotel_stop.set()
-    for thread in ctx.threads:
-        if thread.name.startswith(("app-poll", "app-storm")):
-            thread.join(30)
+    harm.end_labotel_side(ctx)
     labotel.shutdown()
     return phase
 
