@@ -2,7 +2,9 @@
 
 1. ``record_access`` per call: detection off vs an empty function of the same signature
    (target < 1 us median), and detection on — the same-epoch fast path and the full
-   check (new epoch: shadow update, conflict check, stack capture; target < 3 us).
+   check (new epoch: shadow update, conflict check, stack capture; target < 3 us), and a
+   storm of new races over the report budget (each a new pair of lines, only counted),
+   against the full check.
 2. Lock acquire+release (``with lock:``), instrumented vs a plain lock; RLock too.
 3. ``bench/workload.py`` mixed workload with ``race_detection=True`` vs without
    (target <= 2x), both with ``labotel.start()``, alternated in one process.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import itertools
+import logging
 import os
 import statistics
 import sys
@@ -25,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import labotel  # noqa: E402
 from bench.workload import interleaved_ratio, mixed_workload, timed  # noqa: E402
+from labotel.detect import detection, races  # noqa: E402
 
 CALLS = 20_000
 BATCHES = 15
@@ -64,6 +69,45 @@ def full_check_loop(n: int) -> None:
             record(name, True)
 
 
+STORM_CALLS, STORM_BATCHES = 100, 31  # all batches' resources must fit the shadow's bytes
+
+
+def storm_loop() -> tuple[Callable[[int], None], Callable[[], None]]:
+    """Reads that each race with a write another thread made earlier, at a new pair of
+    lines (a new fingerprint): a storm past the report budget (spent first), so each race
+    is counted and remembered without a report."""
+    spend = 2 * int(detection.REPORT_BURST)
+    names = [f"bench.storm{i}" for i in range(STORM_CALLS * STORM_BATCHES + spend)]
+    written: list[int] = []  # a plain list: the hand-over must not order the threads
+
+    def writer() -> None:
+        for i, name in enumerate(names):
+            labotel.record_access(name, True, f"/bench/storm_writer.py:{i}")
+        written.append(1)
+        while len(written) < 2:
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    while not written:
+        time.sleep(0.01)
+    reads = iter(enumerate(names))
+    record = labotel.record_access
+
+    def loop(n: int) -> None:
+        for i, name in itertools.islice(reads, n):
+            record(name, False, f"/bench/storm_reader.py:{i}")
+
+    reporter = races.active().reporter  # type: ignore[union-attr]
+    for _ in range(spend):
+        if not reporter.admits("race_condition"):
+            break
+        loop(1)
+    else:
+        raise RuntimeError("the storm's reads were not found racing: no report budget spent")
+    return loop, lambda: written.append(1)  # the writer thread ends
+
+
 def lock_loop(lock: object) -> Callable[[int], None]:
     def loop(n: int) -> None:
         for _ in range(n):
@@ -87,12 +131,17 @@ def bench_record_access() -> None:
     try:
         fast = per_call(call_loop(labotel.record_access))
         full = per_call(full_check_loop)
+        storm, end_storm = storm_loop()
+        stormy = per_call(storm, STORM_CALLS, STORM_BATCHES)
+        end_storm()
     finally:
         labotel.shutdown()
     print(f"record_access, detection on, same epoch: {us(fast)}/call; ratio vs off "
           f"{fast / off:.1f}")
     print(f"record_access, detection on, full check: {us(full)}/call; ratio vs off "
           f"{full / off:.1f}  (target < 3 us)")
+    print(f"record_access, detection on, a new race over the report budget: {us(stormy)}/call;"
+          f" ratio vs full check {stormy / full:.1f}")
 
 
 def bench_locks() -> None:
@@ -149,6 +198,8 @@ def bench_workload(rounds: int, scale: int) -> None:
 
 
 def main() -> None:
+    # the storm's reports (a burst of them) are not the output of this benchmark
+    logging.getLogger("labotel.detect.races").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--scale", type=int, default=1)

@@ -154,3 +154,44 @@ def test_what_the_reporter_keeps_is_bounded_in_bytes():
             items = list(value) if isinstance(value, tuple) else [value]
             assert len(items) <= detection.MAX_LIST_ITEMS
             assert all(len(str(item)) < 2000 for item in items)
+
+
+def test_count_only_counts_repeats_and_new_detections_over_the_budget_without_a_report():
+    reporter, spans, reader = make_reporter()
+    key = ("cache", "app.py:1")
+    assert reporter.count_only("race_condition", key) is False  # new, in budget
+    assert reporter.report(race("app.py:1")) is True
+    [first] = reporter.detections("race_condition")
+    # a repeat is counted on the entry the view shows, once per call
+    for _ in range(3):
+        assert reporter.count_only("race_condition", key) is True
+    assert first.count == 4
+    while reporter.admits("race_condition"):  # spend the burst
+        reporter.report(race(f"burst.py:{len(spans.get_finished_spans())}"))
+    spans_before = len(spans.get_finished_spans())
+    for n in range(100):
+        assert reporter.count_only("race_condition", (f"storm.py:{n}",)) is True
+    assert len(spans.get_finished_spans()) == spans_before
+    stats = reporter.stats()
+    assert stats["suppressed_by_kind"]["race_condition"] == 100
+    assert counter_values(reader, "labotel.detections")[
+        (("labotel.detection.kind", "race_condition"),)] == spans_before + 100
+    # a suppressed one stays known: a later report of it (budget refilled) is a repeat
+    reporter._budgets["race_condition"].tokens = detection.REPORT_BURST
+    assert reporter.count_only("race_condition", ("storm.py:7",)) is True
+    assert reporter.report(Detection(kind="race_condition", summary="again",
+                                     fingerprint=("storm.py:7",))) is False
+    assert reporter.bytes() < detection.BUFFER_BYTES + detection.FINGERPRINT_BYTES
+
+
+def test_count_only_logs_the_suppressed_tally_and_never_raises(caplog):
+    reporter, _, reader = make_reporter()
+    with caplog.at_level(logging.WARNING, logger="labotel"):
+        for n in range(int(detection.REPORT_BURST) + 20):
+            if not reporter.count_only("race_condition", (f"s.py:{n}",)):
+                reporter.report(race(f"s.py:{n}"))
+    assert [r for r in caplog.records if "report budget" in r.getMessage()]
+    reporter._lock = None  # a broken reporter: counted as its failure, the caller goes on
+    assert reporter.count_only("race_condition", ("x",)) is True
+    assert counter_values(reader, "labotel.internal.errors") == {
+        (("labotel.component", "reporter"),): 1}

@@ -48,6 +48,7 @@ MAX_VALUE_CHARS = 1024  # a summary, an attribute value, an item of a list attri
 MAX_LIST_ITEMS = 32
 MAX_STACKS = 8
 MAX_FRAMES = 64
+SUPPRESSED_BYTES = 150  # a suppressed detection's table entry, before its fingerprint's text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,14 @@ class Detection:
         for stack in self.stacks:
             size += 120 + len(stack.name) + sum(150 + len(f[0]) for f in stack.frames)
         return size
+
+
+def _suppressed_bytes(fingerprint: tuple) -> int:
+    return SUPPRESSED_BYTES + len(repr(fingerprint))
+
+
+def _entry_bytes(entry: Detection | int) -> int:
+    return entry.size() if isinstance(entry, Detection) else entry
 
 
 def _cut(text: str, limit: int) -> str:
@@ -174,7 +183,10 @@ class Reporter:
         self._buffer: collections.deque[Detection] = collections.deque()
         self._buffer_size = buffer_size
         self._buffer_bytes = 0
-        self._by_fingerprint: collections.OrderedDict[tuple, Detection] = collections.OrderedDict()
+        # A suppressed detection is kept as its size in bytes only: nothing of it is shown
+        # or exported, and an int costs the garbage collector nothing
+        self._by_fingerprint: collections.OrderedDict[tuple, Detection | int] = (
+            collections.OrderedDict())
         self._fingerprint_bytes = 0
         self._budgets = {kind: _Budget(REPORT_RATE, REPORT_BURST) for kind in KINDS}
         self._lock = threading.Lock()
@@ -182,6 +194,7 @@ class Reporter:
         self._closed = False  # after shutdown: nothing is recorded on the instruments
         self.reported = 0
         self.suppressed: collections.Counter[str] = collections.Counter()
+        self._suppressed_total = 0
         self._suppressed_logged = 0
         self._suppressed_log_at = time.monotonic()
         self.span_bytes = 0.0  # running mean of the spans' size
@@ -197,6 +210,41 @@ class Reporter:
         with self._lock:
             return budget is None or budget.available()
 
+    def count_only(self, kind: str, fingerprint: tuple) -> bool:
+        """Count a detection without the caller building it, when that is all it would
+        get: a repeat of one known by ``fingerprint``, or a new one over the report budget
+        (counted and remembered as suppressed). False: it is new and within the budget, so
+        the caller builds it and calls ``report``.
+
+        A storm of new races costs one lock and a dict lookup each, not a ``Detection``
+        with its text cut to size: each is paid for by the application's thread."""
+        try:
+            return self._count_only(kind, fingerprint)
+        except Exception:
+            self.component_failed("reporter")
+            return True
+
+    def _count_only(self, kind: str, fingerprint: tuple) -> bool:
+        key = (kind, fingerprint)
+        now = time.time()
+        with self._lock:
+            known = self._by_fingerprint.get(key)
+            if known is not None:
+                self._count_repeat(key, known, now)
+                return True
+            budget = self._budgets.get(kind)
+            if budget is None or budget.available():
+                return False
+            self.suppressed[kind] += 1
+            self._suppressed_total += 1
+            self._remember(key, _suppressed_bytes(fingerprint))
+            log_suppressed = self._suppressed_to_log()
+            if not self._closed:
+                self._counts[kind] += 1
+        if log_suppressed and not self._closed:
+            self._log_suppressed(log_suppressed)
+        return True
+
     def report(self, detection: Detection) -> bool:
         """Report ``detection``; returns False when it repeats one already reported (or is
         over the report budget)."""
@@ -210,30 +258,23 @@ class Reporter:
         detection.bounded()
         key = (detection.kind, detection.fingerprint) if detection.fingerprint else None
         with self._lock:
-            if key is not None and key in self._by_fingerprint:
-                previous = self._by_fingerprint[key]
-                previous.count += 1
-                previous.last_seen = detection.time
-                self._by_fingerprint.move_to_end(key)
+            known = None if key is None else self._by_fingerprint.get(key)
+            if key is not None and known is not None:
+                self._count_repeat(key, known, detection.time)
                 return False
             budget = self._budgets.setdefault(detection.kind,
                                               _Budget(REPORT_RATE, REPORT_BURST))
             if not budget.take():
                 detection.suppressed = True
-                detection.message, detection.stacks = "", ()  # what a repeat needs only
                 self.suppressed[detection.kind] += 1
-            size = detection.size()
+                self._suppressed_total += 1
             if key is not None:
-                self._by_fingerprint[key] = detection
-                self._fingerprint_bytes += size
-                while len(self._by_fingerprint) > 1 and (
-                        len(self._by_fingerprint) > MAX_FINGERPRINTS
-                        or self._fingerprint_bytes > FINGERPRINT_BYTES):
-                    self._fingerprint_bytes -= self._by_fingerprint.popitem(last=False)[1].size()
+                self._remember(key, _suppressed_bytes(detection.fingerprint)
+                               if detection.suppressed else detection)
             if not detection.suppressed:
                 self.reported += 1
                 self._buffer.append(detection)
-                self._buffer_bytes += size
+                self._buffer_bytes += detection.size()
                 while len(self._buffer) > 1 and (len(self._buffer) > self._buffer_size
                                                  or self._buffer_bytes > BUFFER_BYTES):
                     self._buffer_bytes -= self._buffer.popleft().size()
@@ -243,9 +284,7 @@ class Reporter:
         if self._closed:
             return not detection.suppressed
         if log_suppressed:
-            log.warning("labotel: %d more detections (%s) came faster than the report budget "
-                        "(%g/s per kind): counted in labotel.detections, without a span or "
-                        "log record of their own", *log_suppressed, REPORT_RATE)
+            self._log_suppressed(log_suppressed)
         if detection.suppressed:
             return False
         self._emit_span(detection)
@@ -254,6 +293,30 @@ class Reporter:
             extra={"labotel_detection": detection.kind})
         return True
 
+    def _count_repeat(self, key: tuple, known: Detection | int, now: float) -> None:
+        """A repeat of a detection in the table (under lock): counted on it if it was
+        reported (the view shows the count), refreshed in the table either way."""
+        if isinstance(known, Detection):
+            known.count += 1
+            known.last_seen = now
+        self._by_fingerprint.move_to_end(key)
+
+    def _remember(self, key: tuple, entry: Detection | int) -> None:
+        """Keep ``entry`` (a detection, or a suppressed one's size) by fingerprint, within
+        the table's byte budget (under lock)."""
+        self._by_fingerprint[key] = entry
+        self._fingerprint_bytes += _entry_bytes(entry)
+        while len(self._by_fingerprint) > 1 and (
+                len(self._by_fingerprint) > MAX_FINGERPRINTS
+                or self._fingerprint_bytes > FINGERPRINT_BYTES):
+            self._fingerprint_bytes -= _entry_bytes(self._by_fingerprint.popitem(last=False)[1])
+
+    @staticmethod
+    def _log_suppressed(counts: tuple[int, str]) -> None:
+        log.warning("labotel: %d more detections (%s) came faster than the report budget "
+                    "(%g/s per kind): counted in labotel.detections, without a span or "
+                    "log record of their own", *counts, REPORT_RATE)
+
     def _observe_counts(self, _: CallbackOptions) -> list[Observation]:
         with self._lock:
             counts = list(self._counts.items())
@@ -261,10 +324,10 @@ class Reporter:
 
     def _suppressed_to_log(self) -> tuple[int, str] | None:
         """(count, by kind) to log now, at most every SUPPRESSED_LOG_EVERY s (under lock)."""
-        total = sum(self.suppressed.values())
-        now = time.monotonic()
+        total = self._suppressed_total
         if total == self._suppressed_logged:
             return None
+        now = time.monotonic()
         if self._suppressed_logged and now - self._suppressed_log_at < SUPPRESSED_LOG_EVERY:
             return None
         new, self._suppressed_logged, self._suppressed_log_at = (

@@ -79,14 +79,6 @@ def _site_of(access: Access) -> str:
     return f"{frames[0][0].co_filename}:{frames[0][1]}" if frames else "?"
 
 
-def repeat(resource: Any, key: tuple) -> Detection:
-    """A cheap stand-in for a race already reported: the reporter only counts it."""
-    name = display(resource)
-    return Detection(kind="race_condition", summary=f"race on {name} at {' / '.join(key)}",
-                     attributes={"labotel.race.resource": name},
-                     fingerprint=key, time=time.time())
-
-
 SITE, RMW = 7, 8  # instrumented accesses (``detect.locations``) carry their site
 _type_name = type.__dict__["__qualname__"].__get__  # never a metaclass's __getattribute__
 _REPR_CHARS = 60

@@ -25,13 +25,9 @@ from labotel.detect.suppress import Suppressions
 from labotel.detect.vectorclock import _local
 
 _detector: Detector | None = None
-# Fingerprints we know the reporter holds (it keeps MAX_FINGERPRINTS, more, and refreshes
-# an entry on every repeat), so a repeat can be reported without building the full text.
-RECENT_REPORTS = 1000
 TOKEN_SHARE = 0.2  # of race_max_bytes, for annotation tokens; shadow state has the rest
 TOKEN_BYTES = 200  # a token's table entry and clock, before its clock's entries
 CLOCK_ENTRY_BYTES = 72  # one thread's entry in a clock (dict slot + two ints)
-RECENT_BYTES = RECENT_REPORTS * 400  # the known fingerprints: two sites each
 
 
 class Detector:
@@ -61,7 +57,6 @@ class Detector:
         self.tokens_forgotten = 0
         self.mu = _thread.allocate_lock()  # raw: instrumented locks call into us
         self.races_seen = 0
-        self.recent: collections.OrderedDict[tuple, None] = collections.OrderedDict()
 
     def access(self, resource: Any, write: bool, frame: FrameType | None,
                location: Any) -> None:
@@ -139,7 +134,7 @@ class Detector:
     def bytes(self) -> int:
         """labotel's own memory here: shadow state, tokens, known fingerprints."""
         located = self.locations.bytes if self.locations is not None else 0
-        return self.shadow.bytes + located + self.token_bytes + RECENT_BYTES
+        return self.shadow.bytes + located + self.token_bytes
 
     def _report(self, state: vectorclock.ThreadState, conflicts: list) -> None:
         state.busy = True  # the reporter's own locks and logging must not feed the detector
@@ -147,17 +142,9 @@ class Detector:
             for resource, previous, current in conflicts:
                 self.races_seen += 1
                 key = race_report.fingerprint(previous, current)
-                with self.mu:
-                    known = key in self.recent
-                    self.recent[key] = None
-                    self.recent.move_to_end(key)
-                    if len(self.recent) > RECENT_REPORTS:
-                        self.recent.popitem(last=False)
-                if known or not self.reporter.admits("race_condition"):
-                    # already reported, or over the report budget (counted only): no need
-                    # to build stacks and text
-                    self.reporter.report(race_report.repeat(resource, key))
-                else:
+                # a repeat, or a new race over the report budget, is only counted: no
+                # stacks and text are built for it
+                if not self.reporter.count_only("race_condition", key):
                     self.reporter.report(race_report.build(resource, previous, current))
         finally:
             state.busy = False
