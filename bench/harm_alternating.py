@@ -12,7 +12,9 @@ off on each side, and prints:
   over a phase's length cancels), and the mean of those ratios;
 - the worst 1 s and the 5th percentile of 1 s windows with labotel on and with it off,
   each over the off phases' median (as many windows on as off);
-- each phase's stolen share and the process's CPU.
+- each phase's stolen share and the process's CPU, and the on / off-around ratios again
+  with each phase's mean over 1 - its stolen share (the hypervisor's steal, which moved
+  0.04-0.49 between phases on a noisy afternoon, taken out as ``harm.py`` does per window).
 
     uv run python bench/harm_alternating.py hung_collector_grpc [--phase 20] [--rounds 5]
 
@@ -61,6 +63,11 @@ def labotel_on(scenario: Any, ctx: harm_scenarios.Context, settle: float,
     harm.end_labotel_side(ctx)
     labotel.shutdown()
     return phase
+
+
+def unstolen_mean(phase: dict[str, Any]) -> float:
+    """The phase's mean throughput as if the hypervisor had stolen none of its CPU."""
+    return phase["mean"] / max(0.05, 1.0 - phase["stolen"])
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -117,6 +124,10 @@ def main() -> None:
     windows_off = [w / base for phase in off for w in phase["windows"]][:len(windows_on)]
     print(f"on / off around, mean of {len(pairs)}: {statistics.fmean(pairs):.3f} "
           f"(lowest {min(pairs):.3f}, highest {max(pairs):.3f})")
+    unstolen = [unstolen_mean(phase) / ((unstolen_mean(off[n]) + unstolen_mean(off[n + 1])) / 2)
+                for n, phase in enumerate(on)]
+    print(f"the same with the stolen share taken out: mean {statistics.fmean(unstolen):.3f} "
+          f"(lowest {min(unstolen):.3f}, highest {max(unstolen):.3f})")
     print(f"1 s windows ({len(windows_on)} each, one starting every 0.1 s), over the off "
           f"median: worst on "
           f"{min(windows_on):.2f} / off {min(windows_off):.2f}; 5th percentile on "

@@ -3,11 +3,13 @@ last call, whole (issue 11, item 4)."""
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
 import time
 
+import pytest
 from bench.harm import consistent_state
 
 import labotel
@@ -82,3 +84,93 @@ def test_start_shutdown_storm_from_many_threads():
     labotel.shutdown()
     assert_whole(port)
     assert not consistent_state()["running"]
+
+
+# forking a threaded process is what a pre-fork server does; 3.12+ warns at every fork
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_start_shutdown_and_fork_storm_against_a_silent_collector(monkeypatch, protocol):
+    """The collector accepts connections and never answers, the exports to it wait out
+    the exporter's timeout, and every shutdown() gives up on them: start()/shutdown() from
+    three threads while a fourth forks every 20 ms. No call raises or hangs, every child
+    gets through its after-fork hooks and exits, and the last call's state is left, with no
+    labotel thread behind it."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes the connections; nobody reads them
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
+                           f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3")  # seconds
+        port = free_port()
+        options = {"admin_address": f"127.0.0.1:{port}", "race_detection": True,
+                   "leak_detection": False, "shutdown_timeout": 1.0,
+                   "metric_export_interval": 0.2}
+        errors: list[BaseException] = []
+        slowest: list[float] = []
+        children: list[int] = []
+        storming = threading.Event()
+
+        def storm(seed: int) -> None:
+            chance = random.Random(seed)
+            for _ in range(6):
+                began = time.monotonic()
+                try:
+                    if chance.random() < 0.5:
+                        labotel.start(**options)
+                        labotel.record_access("storm", write=True)  # something to export
+                    else:
+                        labotel.shutdown()
+                except BaseException as error:  # noqa: BLE001 - must not happen
+                    errors.append(error)
+                slowest.append(time.monotonic() - began)
+                time.sleep(chance.uniform(0, 0.3))
+
+        def forker() -> None:
+            while storming.is_set():
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)  # the after-fork hooks have run by now
+                children.append(pid)
+                time.sleep(0.02)
+
+        storming.set()
+        fork_thread = threading.Thread(target=forker)
+        fork_thread.start()
+        threads = [threading.Thread(target=storm, args=(seed,)) for seed in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            call_with_deadline(lambda: [thread.join() for thread in threads], 120)
+        finally:
+            storming.clear()
+            fork_thread.join(10)
+        assert errors == []
+        # a liveness bound: a call may wait for the other threads' shutdowns (~1 s each)
+        assert max(slowest) < 10, sorted(slowest)
+        # and some shutdown did wait on the silent collector (~1 s): the case is the one meant
+        assert max(slowest) >= 0.5, sorted(slowest)
+        for pid in children:
+            assert wait_for_child(pid, 10) == 0
+        assert len(children) > 10
+        labotel.start(**options)  # the last call decides
+        assert_whole(port)
+        assert consistent_state()["running"]
+        labotel.shutdown()
+        assert_whole(port)
+        for thread in threading.enumerate():
+            if thread.name.startswith(("labotel", "Otel")):
+                thread.join(2.0)
+                assert not thread.is_alive(), thread.name
+
+
+def wait_for_child(pid: int, seconds: float) -> int:
+    """The child's exit code; fails if it has not exited within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    raise AssertionError(f"forked child {pid} did not exit within {seconds} s")
