@@ -14,6 +14,7 @@ from bench.harm import consistent_state
 
 import labotel
 from tests.chaos.support import call_with_deadline
+from tests.fault_support import exit_status_within, silent_collector
 from tests.metrics_helpers import fetch
 
 
@@ -95,14 +96,7 @@ def test_start_shutdown_and_fork_storm_against_a_silent_collector(monkeypatch, p
     three threads while a fourth forks every 20 ms. No call raises or hangs, every child
     gets through its after-fork hooks and exits, and the last call's state is left, with no
     labotel thread behind it."""
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)  # the kernel completes the connections; nobody reads them
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
-                           f"http://127.0.0.1:{silent.getsockname()[1]}")
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3")  # seconds
+    with silent_collector(monkeypatch, protocol, timeout=3):
         port = free_port()
         options = {"admin_address": f"127.0.0.1:{port}", "race_detection": True,
                    "leak_detection": False, "shutdown_timeout": 1.0,
@@ -152,7 +146,7 @@ def test_start_shutdown_and_fork_storm_against_a_silent_collector(monkeypatch, p
         # and some shutdown did wait on the silent collector (~1 s): the case is the one meant
         assert max(slowest) >= 0.5, sorted(slowest)
         for pid in children:
-            assert wait_for_child(pid, 10) == 0
+            assert exit_status_within(pid, 10) == 0
         assert len(children) > 10
         labotel.start(**options)  # the last call decides
         assert_whole(port)
@@ -164,13 +158,3 @@ def test_start_shutdown_and_fork_storm_against_a_silent_collector(monkeypatch, p
                 thread.join(2.0)
                 assert not thread.is_alive(), thread.name
 
-
-def wait_for_child(pid: int, seconds: float) -> int:
-    """The child's exit code; fails if it has not exited within ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    raise AssertionError(f"forked child {pid} did not exit within {seconds} s")

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import labotel
 from labotel import sdk
+from tests.fault_support import exit_status_within
 from tests.integration.zero_code_support import free_port_run
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -232,21 +233,6 @@ def test_heap_reading_in_progress_at_fork_does_not_block_the_child():
         os.waitpid(pid, 0)
         pytest.fail("the forked child blocked on the parent's heap-reading lock")
     assert os.waitstatus_to_exitcode(status) == 0
-
-
-def exit_status_within(pid: int, seconds: float) -> int | None:
-    """The child's exit code, or None (and the child killed) if it is still running."""
-    import signal
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None
 
 
 def fork_while_a_thread_holds(locks: list, provider) -> int:

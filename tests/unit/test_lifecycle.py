@@ -16,6 +16,7 @@ import pytest
 
 import labotel
 from labotel.detect.detection import Detection
+from tests.fault_support import silent_collector
 from tests.otlp_receiver import OTLPReceiver
 from tests.unit.race_support import wait_until
 
@@ -103,14 +104,7 @@ def test_shutdown_with_a_hung_collector_is_bounded(monkeypatch, caplog, protocol
     exporter's own timeout (3 s here, 10 s by default). shutdown() gives up at
     shutdown_timeout, says why, and ends the exports still running: no export thread is
     left behind (four were, until their own timeouts: issue 11, item 8)."""
-    with socket.socket() as hung:
-        hung.bind(("127.0.0.1", 0))
-        hung.listen(16)  # the kernel completes the connections; nobody reads them
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
-                           f"http://127.0.0.1:{hung.getsockname()[1]}")
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3")  # seconds
+    with silent_collector(monkeypatch, protocol, timeout=3):
         monitor = labotel.start(admin_address="", shutdown_timeout=1.0,
                                 metric_export_interval=0.2)
         monitor.reporter.report(Detection(kind="memory_leak", summary="a span to export"))

@@ -1,0 +1,41 @@
+"""Helpers for fault-path tests: a collector that never answers, a forked child's exit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+
+@contextlib.contextmanager
+def silent_collector(monkeypatch: pytest.MonkeyPatch, protocol: str,
+                     timeout: int = 3) -> Iterator[socket.socket]:
+    """OTLP (metrics and traces, over ``protocol``) sent to a port whose connections the
+    kernel completes and nobody reads: every export waits out ``timeout`` seconds."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
+                           f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", str(timeout))
+        yield silent
+
+
+def exit_status_within(pid: int, seconds: float) -> int | None:
+    """The child's exit code, or None (and the child killed) if it is still running."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
