@@ -9,7 +9,8 @@ A storm of new detections (hundreds of new races a second) must not become hundr
 spans and log records a second, queued for a collector that may be down: each kind has a
 budget of ``REPORT_RATE`` full reports a second (bursts of ``REPORT_BURST``). Past it a
 detection is *suppressed*: still counted in ``labotel.detections`` and remembered by
-fingerprint (repeats are counted), but without span, log record or buffer entry; a log
+fingerprint (as its size only; its repeats are not reported), but without span, log
+record or buffer entry; a log
 line says how many every ``SUPPRESSED_LOG_EVERY`` seconds. Everything kept is bounded in
 bytes: text and attributes are truncated, and the buffer and fingerprint table have byte
 budgets.
@@ -204,11 +205,15 @@ class Reporter:
         self._closed = True
 
     def admits(self, kind: str) -> bool:
-        """Would a new detection of ``kind`` be fully reported now? (A detector can then
-        skip building text and stacks for one that would be suppressed.)"""
-        budget = self._budgets.get(kind)
+        """Would a new detection of ``kind`` be fully reported now? (``count_only`` asks
+        the same, and counts the detection when the answer is no.)"""
         with self._lock:
-            return budget is None or budget.available()
+            return self._within_budget(kind)
+
+    def _within_budget(self, kind: str) -> bool:
+        """(Under lock) whether ``kind``'s report budget has a report left now."""
+        budget = self._budgets.get(kind)
+        return budget is None or budget.available()
 
     def count_only(self, kind: str, fingerprint: tuple) -> bool:
         """Count a detection without the caller building it, when that is all it would
@@ -232,8 +237,7 @@ class Reporter:
             if known is not None:
                 self._count_repeat(key, known, now)
                 return True
-            budget = self._budgets.get(kind)
-            if budget is None or budget.available():
+            if self._within_budget(kind):
                 return False
             self.suppressed[kind] += 1
             self._suppressed_total += 1

@@ -132,7 +132,8 @@ class Detector:
             state.busy = False
 
     def bytes(self) -> int:
-        """labotel's own memory here: shadow state, tokens, known fingerprints."""
+        """labotel's own memory here: shadow state and tokens (the fingerprints of races
+        reported are the reporter's, counted there)."""
         located = self.locations.bytes if self.locations is not None else 0
         return self.shadow.bytes + located + self.token_bytes
 
