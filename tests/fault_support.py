@@ -1,4 +1,5 @@
-"""Helpers for fault-path tests: a collector that never answers, a forked child's exit."""
+"""Helpers for fault-path tests: a collector that never answers, a forked child's exit, a
+process holding over 1024 descriptors."""
 
 from __future__ import annotations
 
@@ -39,3 +40,32 @@ def exit_status_within(pid: int, seconds: float) -> int | None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return None
+
+
+@contextlib.contextmanager
+def descriptors_past_1024() -> Iterator[None]:
+    """This process holding descriptors numbered up to 1029, as a busy server does (its
+    soft limit raised to allow it, as such a server's is): a socket opened meanwhile
+    gets a number of 1030 or more."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1200
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+        except (ValueError, OSError):
+            pytest.skip(f"cannot open {want} descriptors here (limit {soft}/{hard})")
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1040:  # every free number below taken
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        for fd in [fd for fd in held if fd >= 1030]:  # the next sockets get these
+            os.close(fd)
+            held.remove(fd)
+        with socket.socket() as probe:
+            assert probe.fileno() >= 1024  # the case meant
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -30,7 +30,7 @@ are not asked.
 from __future__ import annotations
 
 import errno
-import select
+import selectors
 import socket
 import ssl
 import time
@@ -58,6 +58,11 @@ def host_and_port(endpoint: str) -> tuple[str, int] | None:
 
 
 _asking: set[Check] = set()  # the checks with a socket open now
+
+# poll(2), not select(2): select() cannot watch a descriptor numbered 1024 or more, and a
+# busy server has that many open; a question then failed at once, taking a collector that
+# answers for a refusing one. poll keeps no descriptor of its own for a fork to inherit.
+_Selector = getattr(selectors, "PollSelector", selectors.DefaultSelector)
 
 
 def close_inherited() -> None:
@@ -112,25 +117,27 @@ class Check:
         try:
             family, kind, proto, _, address = socket.getaddrinfo(
                 *self.address, type=socket.SOCK_STREAM)[0]
-            with socket.socket(family, kind, proto) as sock:
+            with socket.socket(family, kind, proto) as sock, _Selector() as selector:
                 self._socket = sock
                 _asking.add(self)
                 sock.setblocking(False)
+                selector.register(sock, selectors.EVENT_WRITE)
                 error = sock.connect_ex(address)
                 if error not in (0, errno.EINPROGRESS) or not self._until(
-                        deadline, lambda: select.select([], [sock], [], _SLICE)[1]):
+                        deadline, lambda: selector.select(_SLICE)):
                     return False
                 if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                     return False  # refused, unreachable
                 sock.sendall(hello)
+                selector.modify(sock, selectors.EVENT_READ)
                 if self.tls:
-                    first = self._receive(sock, 1, deadline)
+                    first = self._receive(sock, selector, 1, deadline)
                     answered = len(first) == 1 and first[0] in _TLS_ANSWERS
                 else:
-                    header = self._receive(sock, _FRAME_HEADER, deadline)
+                    header = self._receive(sock, selector, _FRAME_HEADER, deadline)
                     answered = len(header) == _FRAME_HEADER and header[3] == _SETTINGS
                 if answered:
-                    self._part(sock)
+                    self._part(sock, selector)
                 return answered
         except (OSError, ValueError):
             return False
@@ -138,12 +145,13 @@ class Check:
             _asking.discard(self)
             self._socket = None
 
-    def _receive(self, sock: socket.socket, size: int, deadline: float) -> bytes:
+    def _receive(self, sock: socket.socket, selector: selectors.BaseSelector, size: int,
+                 deadline: float) -> bytes:
         """Up to ``size`` bytes, fewer if the server closes, the deadline passes or the
         check is aborted first."""
         received = b""
         while len(received) < size:
-            if not self._until(deadline, lambda: select.select([sock], [], [], _SLICE)[0]):
+            if not self._until(deadline, lambda: selector.select(_SLICE)):
                 break
             chunk = sock.recv(size - len(received))
             if not chunk:
@@ -151,7 +159,7 @@ class Check:
             received += chunk
         return received
 
-    def _part(self, sock: socket.socket) -> None:
+    def _part(self, sock: socket.socket, selector: selectors.BaseSelector) -> None:
         """End the connection the way a client that is done does: close this side, then
         read what the server still sends until it closes its own (``_PARTING`` at most).
         Closing with the server's answer unread resets the connection, which a server
@@ -162,7 +170,7 @@ class Check:
             sock.shutdown(socket.SHUT_WR)
             end = time.monotonic() + _PARTING
             while not self._aborted and time.monotonic() < end:
-                if select.select([sock], [], [], _SLICE)[0] and not sock.recv(65536):
+                if selector.select(_SLICE) and not sock.recv(65536):
                     return
         except OSError:
             pass

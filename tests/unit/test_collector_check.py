@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from labotel import collector_check
+from tests.fault_support import descriptors_past_1024
 from tests.tls_support import self_signed_certificate
 
 
@@ -61,6 +62,16 @@ def test_a_grpc_server_answers_even_with_no_service(grpc_server_port):
     began = time.monotonic()
     assert collector_check.Check(("127.0.0.1", grpc_server_port), wait=5).answers()
     assert time.monotonic() - began < 0.5
+
+
+def test_a_server_answers_a_process_that_holds_over_1024_descriptors(
+        grpc_server_port, silent_port):
+    """select() cannot watch a descriptor past 1023: the question failed at once, as if
+    refused, and a collector that answers was taken for one that is down."""
+    with descriptors_past_1024():
+        assert collector_check.Check(("127.0.0.1", grpc_server_port), wait=5).answers()
+        silent = collector_check.Check(("127.0.0.1", silent_port), wait=0.3)
+        assert not silent.answers() and silent.ran_out  # waited, not failed at once
 
 
 def test_a_port_that_accepts_and_never_answers_does_not_answer_within_the_wait(silent_port):

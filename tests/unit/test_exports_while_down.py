@@ -28,6 +28,7 @@ from opentelemetry.proto.collector.metrics.v1 import (
 )
 
 import labotel
+from tests.fault_support import descriptors_past_1024
 from tests.tls_support import self_signed_certificate
 from tests.unit.test_lifecycle import (
     export_outcomes,
@@ -343,6 +344,26 @@ def test_a_shutdown_during_the_first_question_to_a_silent_collector_takes_a_seco
     finally:
         labotel.shutdown()
         silent.close()
+
+
+def test_a_process_holding_over_1024_descriptors_exports_to_a_collector_that_answers(
+        monkeypatch):
+    """The first export's question used select(), which cannot watch a descriptor past
+    1023: in a busy server every question failed at once, as if refused, and the first
+    export, then every later one, failed without a call to a collector that answers."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5")
+    collector, server, port = serve_collector()
+    try:
+        with descriptors_past_1024():
+            monitor = start_exporting_metrics(f"http://127.0.0.1:{port}")
+            _, watch = metric_watch(monitor)
+            assert wait_until(lambda: watch.finished >= 2, 4), monitor.status()["exports"]
+            assert watch.last_ok is True and watch.unanswered == 0
+            assert collector.calls and all(ok for _, ok in collector.calls)
+            labotel.shutdown()
+    finally:
+        labotel.shutdown()
+        server.stop(0)
 
 
 def test_a_collector_that_comes_up_during_the_first_export_gets_it(monkeypatch, caplog):
