@@ -333,6 +333,7 @@ def test_a_shutdown_during_the_first_question_to_a_silent_collector_takes_a_seco
         _, watch = metric_watch(monitor)
         if when == "asked":
             assert wait_until(lambda: watch.silent_for() >= exporting.SILENT_IS_DOWN, 20)
+        still_current = labotel.monitor.current() is monitor
         began = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="labotel"):
             labotel.shutdown()
@@ -340,7 +341,12 @@ def test_a_shutdown_during_the_first_question_to_a_silent_collector_takes_a_seco
         # a liveness bound: it was shutdown_timeout (5 s)
         limit = sdk.DOWN_COLLECTOR_WAIT + exporting.SILENT_IS_DOWN + 1.5
         assert took < limit, took
-        assert "does not answer, so shutdown_timeout is not waited out" in caplog.text
+        # Once, on the lowest versions in CI, nothing was logged here: what was going on
+        # is said if it happens again (it has not been reproduced)
+        assert "does not answer, so shutdown_timeout is not waited out" in caplog.text, (
+            took, watch.finished, watch.last_ok, watch.unanswered, watch.attempt_failed,
+            watch.since, still_current,
+            [thread.name for thread in threading.enumerate()])
     finally:
         labotel.shutdown()
         silent.close()
