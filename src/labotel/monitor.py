@@ -48,6 +48,7 @@ class Monitor:
         # profiler) and runtime/origins' (the monitor, labotel.testing)
         self.patcher = Patcher()
         self.running = False
+        self.start_error: str | None = None  # why start() failed, if it did (not running)
 
     # -- life cycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -130,11 +131,13 @@ class Monitor:
         log.info("labotel: debug server on %s (/metrics, /debug/pprof/, /admin/monitoring/)",
                  self.server.url)
 
-    def stop(self) -> None:
-        """Undo everything; at most ``shutdown_timeout`` (+ ``sdk.ABORT_GRACE``) in all."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Undo everything; at most ``timeout`` (default ``shutdown_timeout``) + ``sdk.ABORT_GRACE``
+        in all."""
         if not self.running:
             return
-        deadline = time.monotonic() + self.settings.shutdown_timeout
+        deadline = time.monotonic() + (self.settings.shutdown_timeout if timeout is None
+                                       else timeout)
         self.running = False
         if self.server is not None:
             self.server.stop()
@@ -148,8 +151,12 @@ class Monitor:
         self.patcher.undo()
         loops.uninstall()
         origins.uninstall()
-        self.reporter.close()
-        if not self.providers.owns_meter_provider:  # the app's provider lives on: leave it
+        if not hasattr(self, "providers"):  # a start() that failed before they were built
+            return
+        if hasattr(self, "reporter"):
+            self.reporter.close()
+        if not self.providers.owns_meter_provider and hasattr(self, "meter"):
+            # the app's provider lives on: take labotel's instruments off it
             try:
                 sdk.forget_instruments(self.meter, self.providers.meter_provider)
             except Exception:
@@ -271,6 +278,18 @@ def start(**options: Any) -> Monitor:
         monitor = Monitor(settings)
         try:
             monitor.start()
+        except ValueError:  # a configuration error: the caller must hear about it
+            _safe_stop(monitor)
+            raise
+        except Exception as error:
+            # Anything else is the process's circumstances (no thread can start at its
+            # limit, no socket at its descriptor limit...): the application must start
+            # anyway. What was built is undone, and a later start() tries again.
+            _safe_stop(monitor)
+            monitor.start_error = f"{type(error).__name__}: {error}"
+            log.error("labotel: could not start (%s); the application runs without it",
+                      monitor.start_error, exc_info=True)
+            return monitor
         except BaseException:
             _safe_stop(monitor)
             raise
@@ -287,10 +306,13 @@ def shutdown() -> None:
             monitor.stop()
 
 
+FAILED_START_STOP = 0.5  # seconds a failed start() gives its exporters (nothing to send)
+
+
 def _safe_stop(monitor: Monitor) -> None:
     try:
         monitor.running = True
-        monitor.stop()
+        monitor.stop(FAILED_START_STOP)
     except Exception:
         log.debug("labotel: cleanup after a failed start raised", exc_info=True)
 

@@ -245,22 +245,51 @@ def build_providers(settings: Settings) -> Providers:
                                        exemplar_filter=exemplar_filter,
                                        views=_views(exemplar_filter), shutdown_on_exit=False)
         owns_meter = True
-    if global_tracer_provider_set():
-        tracer_provider, owns_tracer = trace.get_tracer_provider(), False
-    else:
-        resource = resource or build_resource(settings)
-        tracer_provider = TracerProvider(resource=resource, id_generator=OwnRandomIds(),
-                                         shutdown_on_exit=False)
-        for exporter in _span_exporters(settings):
-            tracer_provider.add_span_processor(BatchSpanProcessor(
-                exporter, max_queue_size=None if "OTEL_BSP_MAX_QUEUE_SIZE" in os.environ
-                else SPAN_QUEUE_SIZE))
-        owns_tracer = True
+    try:
+        tracer_provider, owns_tracer = _tracer_provider(settings, resource)
+    except BaseException:  # no Providers to shut down: the meter's export thread runs
+        if owns_meter:
+            _discard(meter_provider)
+        raise
     providers = Providers(meter_provider, tracer_provider, owns_meter, owns_tracer, resource,
                           prometheus_reader, settings.shutdown_timeout)
     if not (owns_meter and owns_tracer):
         _add_missing_identity(providers)
     return providers
+
+
+def _tracer_provider(settings: Settings,
+                     resource: Resource | None) -> tuple[trace.TracerProvider, bool]:
+    """The application's TracerProvider, or labotel's own; and whether labotel owns it."""
+    if global_tracer_provider_set():
+        return trace.get_tracer_provider(), False
+    tracer_provider = TracerProvider(resource=resource or build_resource(settings),
+                                     id_generator=OwnRandomIds(), shutdown_on_exit=False)
+    try:
+        for exporter in _span_exporters(settings):
+            tracer_provider.add_span_processor(BatchSpanProcessor(
+                exporter, max_queue_size=None if "OTEL_BSP_MAX_QUEUE_SIZE" in os.environ
+                else SPAN_QUEUE_SIZE))
+    except BaseException:
+        _discard(tracer_provider)
+        raise
+    return tracer_provider, True
+
+
+def _discard(provider: metrics.MeterProvider | trace.TracerProvider) -> None:
+    """Shut down a provider of a ``start()`` that failed, so its export threads end. A
+    new TracerProvider has no span to send; a MeterProvider's final export goes out on
+    its reader's thread, which is not waited for past ``_DISCARD_WAIT``."""
+    try:
+        if isinstance(provider, MeterProvider):
+            provider.shutdown(timeout_millis=_DISCARD_WAIT * 1000)
+        elif isinstance(provider, TracerProvider):
+            provider.shutdown()
+    except Exception:
+        log.debug("labotel: shutting down a provider of a failed start raised", exc_info=True)
+
+
+_DISCARD_WAIT = 0.1  # seconds a failed start() waits for its meter's export thread
 
 
 class OwnRandomIds(RandomIdGenerator):
