@@ -18,10 +18,16 @@ from labotel.context import Context
 
 
 class PeriodicThread:
+    """``cpu_share``: the calls may take at most this share of a core on average; a call
+    that took more CPU pushes the next one out (``spacing``), for as long as they do."""
+
     def __init__(self, name: str, interval: float, function: Callable[[], None],
-                 on_error: Callable[[], None]):
+                 on_error: Callable[[], None], cpu_share: float | None = None):
         self.name = name
         self.interval = interval
+        self.cpu_share = cpu_share
+        self.spacing = interval  # seconds from the last call's start to the next one's
+        self.last_cpu = 0.0  # CPU seconds the last call took
         self._function = function
         self._on_error = on_error
         self._stop = threading.Event()
@@ -56,13 +62,17 @@ class PeriodicThread:
         stop = self._stop
         next_tick = time.monotonic()
         while not stop.is_set():
+            began = time.thread_time()
             try:
                 self._function()
             except Exception:
                 self._on_error()
+            self.last_cpu = time.thread_time() - began
+            if self.cpu_share is not None:
+                self.spacing = max(self.interval, self.last_cpu / self.cpu_share)
             # Fixed-rate ticks; after a long pause (a big GC, a suspended VM) skip ahead
             # instead of firing a burst of catch-up samples.
-            next_tick += self.interval
+            next_tick += self.spacing
             if next_tick < time.monotonic():
                 next_tick = time.monotonic() + self.interval
             stop.wait(max(next_tick - time.monotonic(), 0.0))
@@ -78,6 +88,7 @@ class SamplingDetector(Component):
 
     thread_name = "labotel-sampler"
     view_name = ""
+    cpu_share: float | None = None  # of a core the samples may take (None: no budget)
 
     def start(self, context: Context) -> None:
         self.context = context
@@ -87,7 +98,7 @@ class SamplingDetector(Component):
         self._lock = threading.Lock()
         self._reset()
         self._sampler = PeriodicThread(self.thread_name, self.interval, self.tick,
-                                       self._failed)
+                                       self._failed, self.cpu_share)
         context.add_view(self.view_name, self.view)
         self._sampler.start()
 
