@@ -71,6 +71,21 @@ def test_arrivals_and_departures_are_exact_while_a_group_is_followed_whole():
     assert sampler.last(1)[1:] == (48, 3, 5)
 
 
+def test_a_member_freed_and_its_address_reused_by_a_new_one_is_a_departure_and_an_arrival():
+    """CPython gives a new object the memory, so the id, of one just freed: a followed
+    member's record must not be taken over by its successor."""
+    sampler = Sampler(LeakTracker(window=60, min_growth=10, limit=10**9))
+    members = [Member() for _ in range(50)]
+    sampler.sample({1: members})
+    freed = {id(member) for member in members[:5]}
+    del members[:5]
+    members += [Member() for _ in range(5)]
+    assert freed & {id(member) for member in members[-5:]}  # the case meant
+    sampler.sample({1: members})
+    assert sampler.last(1)[1:] == (50, 5, 5)
+    assert sampler.tracker.followed["app.py:1"] == len(sampler.tracker.members) == 50
+
+
 def test_departures_beyond_the_followed_are_estimated_from_them():
     """A pool of 2000 (100 followed) in which a tenth of the members leave and are
     replaced at each sample: about 200 departures and as many arrivals, not the 10 or so

@@ -131,6 +131,8 @@ class LeakTracker:
         self._sample = sample = self._sample + 1
         counts: Counter[str] = Counter()
         before = self.followed.copy()
+        # first the followed that are gone: a new member may have the same id already
+        departed = self._forget(lambda state: state.ref() is None)
         members, followed = self.members, self.followed
         for member, origin in zip(live, created, strict=True):
             site = origins.site(origin)
@@ -149,7 +151,7 @@ class LeakTracker:
                 members[id(member)] = Member(weakref.ref(member), site, where(member),
                                              seen=sample)
                 followed[site] += 1
-        departed = self._forget_departed(sample)
+        departed += self._forget(lambda state: state.seen != sample)  # finished, not freed
         self.total = sum(counts.values())
         for site, group in list(self.groups.items()):
             previous = group.history[-1][1] if group.history else 0
@@ -180,16 +182,16 @@ class LeakTracker:
         self.followed[biggest] -= 1
         return True
 
-    def _forget_departed(self, sample: int) -> Counter[str]:
-        """Drop the followed members this sample did not see; their count per group."""
-        departed: Counter[str] = Counter()
+    def _forget(self, departed: Callable[[Member], bool]) -> Counter[str]:
+        """Stop following the members that ``departed``; how many per group."""
+        gone: Counter[str] = Counter()
         for key, state in list(self.members.items()):
-            if state.seen != sample:
+            if departed(state):
                 del self.members[key]
-                departed[state.site] += 1
+                gone[state.site] += 1
                 self.followed[state.site] -= 1
         self.followed = +self.followed  # groups with none followed leave the counter
-        return departed
+        return gone
 
     def bytes(self) -> int:
         """labotel's own memory here (an estimate): bounded by ``MAX_FOLLOWED`` members
