@@ -9,6 +9,10 @@ process's CPU as a share of a core, the worst and 99th-percentile wake-up delay,
 full (generation 2) collections that ran and on which thread. The last lines are the on
 phases against the off phases around them.
 
+First, what creating those tasks costs in memory with labotel running (so that each
+task's creation site is recorded) and without: each in a fresh process, RSS growth over
+the creation.
+
     uv run python bench/many_tasks.py [--tasks 100000] [--phase 30] [--rounds 3]
 """
 
@@ -19,6 +23,7 @@ import asyncio
 import gc
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -107,12 +112,49 @@ async def run(tasks: int, phase: float, rounds: int) -> None:
     await asyncio.gather(*waiting)
 
 
+async def creation_growth(tasks: int, with_labotel: bool) -> None:
+    """(In a child process) RSS growth of creating ``tasks`` tasks, printed in bytes."""
+    import psutil
+
+    if with_labotel:
+        labotel.start(admin_address="", leak_sample_interval=3600)
+    await asyncio.sleep(0.1)
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    release = asyncio.Event()
+    waiting = [asyncio.create_task(release.wait()) for _ in range(tasks)]
+    await asyncio.sleep(0.5)
+    gc.collect()
+    print(psutil.Process().memory_info().rss - before)
+    release.set()
+    await asyncio.gather(*waiting)
+    labotel.shutdown()
+
+
+def memory_of_creation(tasks: int) -> None:
+    grew = {}
+    for with_labotel in (False, True):
+        child = subprocess.run([sys.executable, __file__, "--tasks", str(tasks),
+                                "--creation-child", "on" if with_labotel else "off"],
+                               capture_output=True, text=True, check=True)
+        grew[with_labotel] = int(child.stdout.split()[-1])
+    extra = grew[True] - grew[False]
+    print(f"creating {tasks} tasks grew RSS {grew[False] / 2**20:.1f} MB without labotel, "
+          f"{grew[True] / 2**20:.1f} MB with it: labotel's part {extra / 2**20:.1f} MB "
+          f"({extra / tasks:.0f} bytes a task)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--phase", type=float, default=30.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=3, help="on phases")
+    parser.add_argument("--creation-child", choices=["on", "off"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.creation_child:
+        asyncio.run(creation_growth(args.tasks, args.creation_child == "on"))
+        return
+    memory_of_creation(args.tasks)
     asyncio.run(run(args.tasks, args.phase, args.rounds))
 
 

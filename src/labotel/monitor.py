@@ -73,6 +73,7 @@ class Monitor:
         self.footprint.add("reporter", self.reporter.bytes)
         self.footprint.add("span_queue", lambda: int(sdk.span_queue_length(self.providers)
                                                      * self.reporter.span_bytes))
+        self.footprint.add("creation_sites", origins.bytes_kept)
         self.router = Router(settings.admin_token, on_error=self.reporter.component_failed,
                              max_body_bytes=settings.admin_max_body_bytes)
         self.context = Context(settings, self.meter, self.tracer, self.reporter,
