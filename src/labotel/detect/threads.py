@@ -416,16 +416,16 @@ class ConcurrencyLeakDetector(SamplingDetector):
 
     def _sampling(self) -> dict[str, Any]:
         """How often samples are taken and judged, and why, when not as configured."""
-        sampler = self._sampler
+        sampler, window = self._sampler, self._judged_window()
         spaced = sampler.spacing > self.interval
         return {"seconds_apart": round(sampler.spacing, 3),
-                "judged_over_seconds": round(self._judged_window(), 3),
+                "judged_over_seconds": round(window, 3),
                 "last_sample_cpu_seconds": round(sampler.last_cpu, 4),
                 "cpu_budget": f"{SAMPLE_SHARE:.0%} of a core",
                 "members_followed_at_most": MAX_FOLLOWED,
                 "note": (f"samples spaced out to {sampler.spacing:.3g} s (the last took "
                          f"{sampler.last_cpu:.3g} s of CPU), trends judged over "
-                         f"{self._judged_window():.3g} s") if spaced else None}
+                         f"{window:.3g} s") if spaced else None}
 
     def bytes(self) -> int:
         """The memory its two trackers keep (an estimate)."""
