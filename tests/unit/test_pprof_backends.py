@@ -267,3 +267,58 @@ def test_a_py_spy_killed_mid_profile_is_a_counted_500_and_leaves_nothing_behind(
         assert get(monitor.admin_url + "/debug/pprof/profile?seconds=1").status == 200
     finally:
         labotel.shutdown()
+
+
+_CROWDED = """
+import json, sys, threading, time
+from labotel.profile import backends, cpu
+threading.stack_size(256 * 1024)
+release = threading.Event()
+for _ in range(int(sys.argv[1])):
+    threading.Thread(target=release.wait, daemon=True).start()
+result = {"threads": threading.active_count()}
+began = time.monotonic()
+try:
+    profile = backends.Backends(backends.AUTO).start(cpu.CPU, 100, lambda: None)
+    result["auto"] = profile.backend
+    result["comment"] = profile.stop().comments[0]
+except Exception as error:
+    result["auto"] = repr(error)
+result["auto_seconds"] = time.monotonic() - began
+try:
+    backends.Backends(backends.PY_SPY).start(cpu.CPU, 100, lambda: None).stop()
+    result["strict"] = "started"
+except cpu.Unavailable as refused:
+    result["strict"] = str(refused)
+release.set()
+print(json.dumps(result))
+"""
+
+
+def _crowded_profile(threads: int) -> dict:
+    run = subprocess.run([sys.executable, "-c", _CROWDED, str(threads)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def test_a_process_with_more_threads_than_py_spy_reads_is_not_handed_to_it():
+    """py-spy fails every sample of a process with over 4096 threads and never says it
+    started: auto waited out its 10 s start, py-spy using about a core, and then fell back;
+    py-spy chosen gave a 500 after those 10 s. Now neither starts it."""
+    crowded = _crowded_profile(4200)
+    assert crowded["threads"] > backends.PY_SPY_THREAD_LIMIT
+    assert crowded["auto"] == "in-process", crowded
+    assert f"py-spy not used: this process has {crowded['threads']} threads and py-spy " \
+           f"reads at most 4096" in crowded["comment"], crowded
+    assert crowded["strict"].startswith(f"this process has {crowded['threads']} threads"), \
+        crowded
+    assert crowded["strict"].endswith(f"(profile_backend={backends.PY_SPY})"), crowded
+
+
+def test_a_process_under_py_spy_s_thread_limit_still_gets_py_spy():
+    busy = _crowded_profile(3900)
+    assert busy["threads"] <= backends.PY_SPY_MAX_THREADS
+    assert busy["auto"] == "py-spy", busy
+    assert busy["strict"] == "started", busy

@@ -7,6 +7,8 @@ this process, and falls back to the in-process sampler otherwise; ``py-spy`` ins
 (a profile it cannot take fails with py-spy's reason); ``in-process`` never starts it.
 Whether py-spy may trace the process is learnt by trying: a refusal costs a fraction of a
 second at the start of a profile, and permissions can change, so every profile tries again.
+A process with more threads than py-spy reads is never handed to it (see
+``PY_SPY_MAX_THREADS``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,25 @@ from collections.abc import Callable
 from labotel.config import PROFILE_BACKENDS
 from labotel.profile import pyspy
 from labotel.profile.cpu import RunningProfile, Sampler, Unavailable
+from labotel.runtime.thread_frames import current_frames
 
 CHOICES = PROFILE_BACKENDS
 AUTO, PY_SPY, IN_PROCESS = CHOICES
 NOT_INSTALLED = "py-spy is not installed (pip install 'labotel[pyspy]')"
+# py-spy gives up on an interpreter with more than 4096 thread states: every sample fails
+# and it never says it started, so a profile waited out its 10 s start (py-spy using about
+# a core meanwhile) before falling back. A margin for threads started while it attaches.
+PY_SPY_THREAD_LIMIT = 4096
+PY_SPY_MAX_THREADS = 4000
+
+
+def too_many_threads_for_py_spy() -> str:
+    """Why py-spy cannot read this process's threads, or "" when it can."""
+    count = max(threading.active_count(), len(current_frames()))
+    if count <= PY_SPY_MAX_THREADS:
+        return ""
+    return (f"this process has {count} threads and py-spy reads at most "
+            f"{PY_SPY_THREAD_LIMIT}")
 
 
 class Backends:
@@ -45,6 +62,8 @@ class Backends:
             binary = self._find_py_spy()
             if binary is None:
                 refusal = NOT_INSTALLED
+            elif crowd := too_many_threads_for_py_spy():
+                refusal = crowd
             else:
                 profile = pyspy.PySpyProfile(binary, mode, rate_hz, seconds, on_failure)
                 try:
