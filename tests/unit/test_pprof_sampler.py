@@ -211,6 +211,28 @@ def test_a_sampler_over_its_budget_samples_less_often_and_says_so():
     assert abs(total / samples - profile.period) <= 1  # the period is the mean one
 
 
+def test_reading_every_threads_clock_at_start_and_stop_counts_as_the_samplers_cpu():
+    """With thousands of threads, start() and the last tick read a clock per thread on
+    the requesting thread (16-35 ms with 5000): the profile's own CPU includes them."""
+    release = threading.Event()
+    size = threading.stack_size(256 * 1024)
+    try:
+        crowd = [threading.Thread(target=release.wait, daemon=True) for _ in range(1000)]
+        for thread in crowd:
+            thread.start()
+    finally:
+        threading.stack_size(size)
+    try:
+        sampler = cpu.Sampler(cpu.CPU, 100, lambda: None)
+        began = time.thread_time_ns()
+        sampler.start()
+        sampler.stop()  # before its first tick, most likely: then the caller's work is all
+        spent_here = time.thread_time_ns() - began
+    finally:
+        release.set()
+    assert sampler.own_cpu_ns >= 0.5 * spent_here > 0, (sampler.own_cpu_ns, spent_here)
+
+
 @pytest.mark.parametrize("budget", [0.0, -1, "lots"])
 def test_a_bad_budget_is_refused_naming_the_option(budget):
     with pytest.raises(ValueError, match="profile_cpu_budget"):
