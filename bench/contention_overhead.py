@@ -1,7 +1,8 @@
 """Cost of contention profiling and of the blocked-loop watchdog, each a ratio against
 the same run with the feature off, alternated in one process (median of rounds).
 
-1. ``with lock:`` per call, uncontended: a plain lock vs an instrumented one (profiling on).
+1. ``with lock:`` per call, uncontended: a plain lock vs an instrumented one (profiling on),
+   in the main thread and in another.
 2. ``bench/workload.py``'s mixed workload with ``contention_profiling`` on vs off
    (target <= 1.02).
 3. A lock-heavy workload: four threads taking two shared locks in a tight loop, plus a
@@ -120,18 +121,41 @@ def lock_loop(lock: object) -> Callable[[int], None]:
     return loop
 
 
+def in_a_thread(measure: Callable[[], object]) -> object:
+    """``measure()`` run on a thread other than the main one (which takes a safer, dearer
+    path: see hooks/primitives.py on signals)."""
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(measure()))
+    worker.start()
+    worker.join()
+    return result[0]
+
+
+def paired_per_call(plain: Callable[[int], None], instrumented: Callable[[int], None],
+                    calls: int = 200_000, batches: int = 15) -> tuple[float, float]:
+    """Seconds per call of each, their batches alternated (the machine's drift hits both)."""
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for _ in range(batches):
+        for side, loop in enumerate((plain, instrumented)):
+            start = time.perf_counter()
+            loop(calls)
+            times[side].append((time.perf_counter() - start) / calls)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def bench_lock_call() -> None:
-    labotel.shutdown()
-    plain = per_call(lock_loop(_thread.allocate_lock()))
     labotel.start(contention_profiling=True, **OPTIONS)
     try:
         lock = threading.Lock()
         assert type(lock).__name__ == "InstrumentedLock"
-        profiled = per_call(lock_loop(lock))
+        loops = lock_loop(_thread.allocate_lock()), lock_loop(lock)
+        main = paired_per_call(*loops)
+        other = in_a_thread(lambda: paired_per_call(*loops))  # type: ignore[arg-type]
     finally:
         labotel.shutdown()
-    print(f"uncontended `with lock:`: plain {plain * 1e9:.0f} ns, with contention profiling "
-          f"{profiled * 1e9:.0f} ns (+{(profiled - plain) * 1e9:.0f} ns)")
+    for where, (plain, profiled) in (("main thread", main), ("another thread", other)):
+        print(f"uncontended `with lock:`, {where}: plain {plain * 1e9:.0f} ns, with contention "
+              f"profiling {profiled * 1e9:.0f} ns (+{(profiled - plain) * 1e9:.0f} ns)")
 
 
 def thread_cpu(name: str) -> float | None:

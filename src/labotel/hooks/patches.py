@@ -142,13 +142,23 @@ def _patch_condition_edges(replace: Replace) -> None:
 
     def __enter__(self: threading.Condition) -> bool:
         entered = previous_enter(self)
-        if active.edges is not None and not primitives.instrumented(cpython.condition_lock(self)):
-            _edge("acquire_from", self, "_labotel_clock")
+        try:
+            if active.edges is not None and \
+                    not primitives.instrumented(cpython.condition_lock(self)):
+                _edge("acquire_from", self, "_labotel_clock")
+        except BaseException:  # a signal handler's: the block will not run, let the lock go
+            previous_exit(self, None, None, None)
+            raise
         return entered
 
     def __exit__(self: threading.Condition, *exc_info: Any) -> None:
-        if active.edges is not None and not primitives.instrumented(cpython.condition_lock(self)):
-            _edge("release_into", self, "_labotel_clock")
+        try:
+            if active.edges is not None and \
+                    not primitives.instrumented(cpython.condition_lock(self)):
+                _edge("release_into", self, "_labotel_clock")
+        except BaseException:  # a signal handler's: the lock is let go all the same
+            previous_exit(self, *exc_info)
+            raise
         return previous_exit(self, *exc_info)
 
     replace(threading.Condition, "__enter__", __enter__)

@@ -12,14 +12,28 @@ now (Go's mutex profile charges the unlocker; since Go 1.22 for all the waiters 
 
 Marks carry the fork ``generation`` they were made in: a releaser drops the marks a
 forked child inherited from threads that do not exist there.
+
+A signal handler that raises (Ctrl-C's ``KeyboardInterrupt``, a SIGTERM handler's
+``SystemExit``) runs in the main thread at the next check point: a C lock's ``with lock:``
+has none between taking the lock and entering the block, but a Python method has one
+after every call it makes. Raised right after ``lock.acquire(False)`` returned, the
+exception left ``__enter__`` with the lock held and no ``__exit__`` to come, and the next
+acquire hung for ever. So the lock is taken through a per-lock iterator (``for got in
+tries: break`` runs acquire and binds its result with no check point between), anything
+that raises after it lets the lock go again, and a release lets go whatever its
+bookkeeping raises. What stays is the check point at the start of ``__exit__`` (every
+Python function has one): a signal that came in the block's last few instructions is
+raised there, before the release.
 """
 
 from __future__ import annotations
 
 import _thread
+import functools
+import itertools
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -44,6 +58,11 @@ LOCK_RELEASE = "threading.Lock.release"
 RLOCK_ACQUIRE = "threading.RLock.acquire"
 RLOCK_RELEASE = "threading.RLock.release"
 SIMPLE_QUEUE_GET = "queue.SimpleQueue.get"
+_ALWAYS_NONBLOCKING = itertools.repeat(False)  # shared: the tries' argument, for ever
+_NOT_WAITED: list[bool] = []  # never appended to: no blocking acquire was tried
+# A call of a C function: a signal handler pending since before the lock was taken runs
+# after it, inside the acquire (which then lets the lock go), not later in __exit__.
+_check_point = _thread.get_ident
 
 
 # -- calls into subscribers: never raise into the application ------------------------------
@@ -138,9 +157,26 @@ def _waiting_list(lock: InstrumentedLock) -> list:
         return waiting
 
 
+def _tries_of(lock: InstrumentedLock) -> Iterator[bool]:
+    """``acquire(False)`` of the lock's raw lock, once per step (see the module's doc)."""
+    tries = lock._tries = map(lock._lock.acquire, _ALWAYS_NONBLOCKING)
+    return tries
+
+
+def _acquire_noted(taken: list, acquire: Callable[..., Any], *args: Any) -> Any:
+    """``acquire(*args)``, its result appended to ``taken`` in the same C call."""
+    taken.extend(itertools.starmap(acquire, (args,)))
+    return taken[-1]
+
+
 def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
-               frame: FrameType | None, site: str, inside: bool = False) -> Any:
-    """A blocking acquire that could not take the lock at once: stack, mark, time."""
+               frame: FrameType | None, site: str, inside: bool = False,
+               taken: list | None = None) -> Any:
+    """A blocking acquire that could not take the lock at once: stack, mark, time.
+    With ``taken``, the result is appended to it as the lock is taken (see the module's
+    doc), so that a caller's ``except`` knows whether to let the lock go."""
+    if taken is not None:
+        acquire = functools.partial(_acquire_noted, taken, acquire)
     if _waits is None:
         return acquire(*args)
     inside = inside or getattr(active.local, "inside", False)  # in a timed Condition.wait
@@ -214,7 +250,7 @@ class _LockClass(type):
 class InstrumentedLock(metaclass=_LockClass):
     """``threading.Lock`` that tells the subscribers about its waits and hand-offs."""
 
-    __slots__ = ("_lock", "_sync", "_waiting", "_charged", "__weakref__")
+    __slots__ = ("_lock", "_sync", "_waiting", "_charged", "_tries", "__weakref__")
     _acquire_site = LOCK_ACQUIRE
     _release_site = LOCK_RELEASE
 
@@ -223,43 +259,70 @@ class InstrumentedLock(metaclass=_LockClass):
         self._sync: tuple | None = None  # the edges subscriber's: the last releaser's clock
         self._waiting: list | None = None  # [generation, since] per thread blocked on it
         self._charged = 0  # when a release last charged the waiters' waiting (clock ns)
+        self._tries: Iterator[bool] | None = None  # made at the first acquire
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         lock = self._lock
-        if not blocking or (timeout != -1 and not timeout > 0):
-            got = lock.acquire(blocking, timeout)  # never waits (or a bad argument: its error)
-        elif lock.acquire(False):
-            got = True
-        else:
-            got = _contended(self, lock.acquire, (True, timeout), cpython.getframe(1),
-                             self._acquire_site)
-        if got and _edges is not None and self._sync is not None:
-            _join(self._sync)
+        got, taken = False, _NOT_WAITED
+        try:
+            if not blocking or (timeout != -1 and not timeout > 0):
+                # never waits (or a bad argument: its error)
+                taken = []
+                got = _acquire_noted(taken, lock.acquire, blocking, timeout)
+            else:
+                for got in self._tries or _tries_of(self):  # noqa: B007 - bound, then used
+                    break
+                if not got:
+                    taken = []
+                    got = _contended(self, lock.acquire, (True, timeout), cpython.getframe(1),
+                                     self._acquire_site, taken=taken)
+            if got and _edges is not None and self._sync is not None:
+                _join(self._sync)
+            _check_point()
+        except BaseException:  # a signal handler's, once the lock may be ours: let it go
+            if got or True in taken:
+                lock.release()
+            raise
         return got
 
     def __enter__(self) -> bool:
         # acquire() without its arguments: ``with lock:`` is the common case, keep it short
         lock = self._lock
-        if not lock.acquire(False):
-            _contended(self, lock.acquire, (), cpython.getframe(1), self._acquire_site)
-        if _edges is not None and self._sync is not None:
-            _join(self._sync)
+        got, taken = False, _NOT_WAITED
+        try:
+            for got in self._tries or _tries_of(self):  # noqa: B007 - bound, then used
+                break
+            if not got:
+                taken = []
+                _contended(self, lock.acquire, (), cpython.getframe(1), self._acquire_site,
+                           taken=taken)
+            if _edges is not None and self._sync is not None:
+                _join(self._sync)
+            _check_point()
+        except BaseException:
+            if got or True in taken:
+                lock.release()
+            raise
         return True
 
     def release(self) -> None:
-        if _edges is not None:
-            _publish(self)
         waiting = self._waiting
-        self._lock.release()
+        try:
+            if _edges is not None:
+                _publish(self)
+        finally:  # let go even if a signal handler's exception comes in the bookkeeping
+            self._lock.release()
         if waiting:
             _handed_off(self, waiting, self._release_site)
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         # release() inlined: one Python call less per ``with`` block
-        if _edges is not None:
-            _publish(self)
         waiting = self._waiting
-        self._lock.release()
+        try:
+            if _edges is not None:
+                _publish(self)
+        finally:
+            self._lock.release()
         if waiting:
             _handed_off(self, waiting, self._release_site)
 
