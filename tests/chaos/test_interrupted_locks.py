@@ -57,7 +57,8 @@ residual = {(c.co_name, c.co_firstlineno) for c in (
     threading.Condition.__exit__.__code__)}  # labotel's while races are detected
 items = []
 report = {}
-cases = [(kind, pattern) for kind in ("Lock", "RLock") for pattern in ("with", "explicit")]
+cases = [(kind, pattern) for kind in ("Lock", "RLock")
+         for pattern in ("with", "explicit", "non-blocking")]
 for kind, pattern in cases + [("early Condition", "with")]:
     if kind == "early Condition":
         lock, held = early, early._is_owned
@@ -75,6 +76,13 @@ for kind, pattern in cases + [("early Condition", "with")]:
                     with lock:
                         items.append(1)
                         items.pop()
+                elif pattern == "non-blocking":
+                    if lock.acquire(False):
+                        try:
+                            items.append(1)
+                            items.pop()
+                        finally:
+                            lock.release()
                 else:
                     lock.acquire()
                     try:

@@ -265,17 +265,16 @@ class InstrumentedLock(metaclass=_LockClass):
         lock = self._lock
         got, taken = False, _NOT_WAITED
         try:
-            if not blocking or (timeout != -1 and not timeout > 0):
-                # never waits (or a bad argument: its error)
-                taken = []
-                got = _acquire_noted(taken, lock.acquire, blocking, timeout)
-            else:
+            if timeout == -1 or (blocking and timeout > 0):  # acquire(False) first
                 for got in self._tries or _tries_of(self):  # noqa: B007 - bound, then used
                     break
-                if not got:
+                if not got and blocking:
                     taken = []
                     got = _contended(self, lock.acquire, (True, timeout), cpython.getframe(1),
                                      self._acquire_site, taken=taken)
+            else:  # a timeout of 0 (never waits), or a bad argument: the raw lock's error
+                taken = []
+                got = _acquire_noted(taken, lock.acquire, blocking, timeout)
             if got and _edges is not None and self._sync is not None:
                 _join(self._sync)
             _check_point()
