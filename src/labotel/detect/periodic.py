@@ -33,9 +33,10 @@ class PeriodicThread:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, first_delay: float = 0.0) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(first_delay,), name=self.name,
+                                        daemon=True)
         self._thread.start()
 
     @property
@@ -50,17 +51,22 @@ class PeriodicThread:
             thread.join(timeout)
 
     def restart_after_fork(self) -> None:
-        """The parent's thread does not exist in a forked child: start a new one."""
+        """The parent's thread does not exist in a forked child: start a new one, whose
+        first call comes one interval later. Called at once, a costly call (the thread
+        sampler with 100 000 tasks) held the GIL while the fork hook started labotel's
+        other threads, each waiting its turn: the child's own code ran 100 ms late."""
         self._thread = None
-        self.start()
+        self.start(first_delay=self.interval)
 
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _run(self) -> None:
+    def _run(self, first_delay: float) -> None:
         stop = self._stop
-        next_tick = time.monotonic()
+        next_tick = time.monotonic() + first_delay
+        if first_delay:
+            stop.wait(first_delay)
         while not stop.is_set():
             began = time.thread_time()
             try:
