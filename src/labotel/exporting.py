@@ -46,7 +46,7 @@ import time
 import weakref
 from typing import Any
 
-from labotel import collector_check, own_random
+from labotel import collector_check, descriptors, own_random
 from labotel.compat import otel
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class ExportWatch:
         self._said_unanswered = False  # ... logged since the last export that succeeded
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        descriptors.check()  # before a pooled connection's number is used again
         self.close_retired()
         self.attempt_failed = False
         probe = self.probing
@@ -489,6 +490,17 @@ def abortable_session() -> Any:
         def _failed(self) -> None:
             if self.on_failed_request is not None:
                 self.on_failed_request()
+
+        def let_go(self) -> None:
+            """The application closed labotel's descriptors: give up every connection's
+            number without closing it (it may be the application's file now); the next
+            request connects afresh."""
+            for sock in list(sockets):
+                try:
+                    sock.detach()
+                except OSError:
+                    pass
+            self.close()  # the pools drop their (detached) connections
 
         def abort(self) -> None:
             aborted[0] = True

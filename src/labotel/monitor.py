@@ -13,7 +13,7 @@ from typing import Any, cast
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel import compat, sdk
+from labotel import compat, descriptors, sdk
 from labotel.compat.capability import Capability
 from labotel.component import Component, Unavailable
 from labotel.components import default_components
@@ -90,6 +90,8 @@ class Monitor:
             self._start_component(component)
         admin.add_routes(self.context, self.router, self.status)
         self.running = True
+        descriptors.watch()
+        descriptors.on_lost(self, self._descriptors_lost)
         if settings.admin_address:
             self._start_server()
 
@@ -139,6 +141,8 @@ class Monitor:
             return
         deadline = time.monotonic() + (self.settings.shutdown_timeout if timeout is None
                                        else timeout)
+        descriptors.check()  # the server's waker and the exporters' connections are used next
+        descriptors.forget(self)
         self.running = False
         if self.server is not None:
             self.server.stop()
@@ -187,6 +191,35 @@ class Monitor:
                 self.reporter.component_failed(component.name)
         if self.settings.admin_address and self.settings.admin_worker_ports:
             self._start_worker_server()
+
+    def _descriptors_lost(self) -> None:
+        """The application closed labotel's descriptors (a daemonizing process): the
+        exporters and the debug server let go of theirs without closing them, and the
+        server listens again on the address it had."""
+        if not hasattr(self, "providers"):
+            return
+        sdk.let_go_of_descriptors(self.providers)
+        server, self.server = self.server, None
+        if server is None:
+            return
+        server.orphan()
+        if not self.running or not descriptors.may_reopen():
+            return
+        host, port = server.address
+        bracketed = f"[{host}]" if ":" in host else host
+        try:
+            fresh = DebugServer(f"{bracketed}:{port}", self.router,
+                                limits=ServerLimits.from_settings(self.settings))
+        except OSError as error:
+            log.error("labotel: the debug server could not listen on %s:%d again (%s)",
+                      host, port, error)
+            self.reporter.component_failed("server")
+            return
+        fresh.start()
+        self.server = fresh
+        if not self.running:  # a shutdown() on another thread came meanwhile
+            self.server = None
+            fresh.stop()
 
     def _start_worker_server(self) -> None:
         """Bind the first free port of ``port+1 .. port+admin_worker_ports`` (``:0`` stays 0)."""
@@ -241,7 +274,8 @@ class Monitor:
                                "unavailable": dict(self.unavailable)},
                 "capabilities": {name: capability.as_dict()
                                  for name, capability in self.capabilities.items()},
-                "exports": sdk.export_health(self.providers) if self.providers else []}
+                "exports": sdk.export_health(self.providers) if self.providers else [],
+                "descriptors_closed_by_the_application": descriptors.losses}
 
 
 def _parent_listens_on(port: int) -> bool:

@@ -39,7 +39,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.util.types import Attributes
 
-from labotel import collector_check, exporting, own_random
+from labotel import collector_check, descriptors, exporting, own_random
 from labotel.compat import cpython, otel
 from labotel.config import Settings
 from labotel.prometheus import is_prometheus_reader, make_prometheus_reader
@@ -447,6 +447,27 @@ def export_health(providers: Providers) -> list[dict[str, Any]]:
 def unwatch_exports(providers: Providers) -> None:
     for exporter, _ in _push_exports(providers):
         exporting.unwatch(exporter)
+
+
+def let_go_of_descriptors(providers: Providers) -> None:
+    """The application closed labotel's descriptors (``labotel.descriptors``): labotel's own
+    exporters give up their connections without closing them and open new ones."""
+    for exporter in _owned_exporters(providers):
+        session = getattr(exporter, "_labotel_session", None)
+        try:
+            if session is not None:
+                session.let_go()
+            elif otel.is_grpc_exporter(exporter):
+                watched = exporting.watch_of(exporter)
+                if watched is not None:  # channels waiting to be closed: never closed now
+                    while watched.retired:
+                        descriptors.keep_forever(watched.retired.pop())
+                    if watched.disconnected:
+                        continue  # no channel: the next export opens one
+                otel.grpc_reconnect(exporter, descriptors.keep_forever)
+        except Exception:
+            log.exception("labotel: %s could not let go of its connections",
+                          type(exporter).__name__)
 
 
 def _owned_exporters(providers: Providers) -> list[object]:

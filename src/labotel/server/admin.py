@@ -115,6 +115,9 @@ def add_routes(context: Context, router: Router, status: Callable[[], dict[str, 
             "capabilities": state["capabilities"],
             # each push exporter: did its last export succeed, what was skipped while down
             "exports": state.get("exports", []),
+            # times the application closed labotel's descriptors (a daemonizing process)
+            "descriptors_closed_by_the_application": state.get(
+                "descriptors_closed_by_the_application", 0),
             "endpoints": router.paths()})
 
     add = context.add_route

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import cast
 from urllib.parse import parse_qs
 
+from labotel import descriptors
 from labotel.digits import ascii_digits
 from labotel.server import wire
 from labotel.server.http import Request, Router
@@ -59,6 +60,9 @@ LINGER_SECONDS = 2.0  # how long a closing connection's remaining input is read 
 LINGER_BYTES = 64 << 20  # and how much of it at most
 LINGER_FOR_NEXT = 0.005  # a worker's wait for the next request on its keep-alive connection
 MAX_SWEEP_INTERVAL = 1.0
+# An idle selector thread still looks this often whether the application closed its
+# descriptors (then its poll would wait for ever on an epoll nobody can wake)
+IDLE_LOOK = 2.0
 MIN_SEND_SECONDS = 1.0
 RETRY_AFTER = "1"
 
@@ -111,6 +115,9 @@ class ConnectionLoop:
         self._accept_failed = False  # warned once that the process is out of descriptors
         self._next_sweep = float("inf")
         self._failures = 0
+        # the application closed labotel's descriptors: let go of ours without closing them
+        self.orphaned = False
+        descriptors.on_lost(self, self.orphan)
 
     # -- figures for tests and the bench ------------------------------------------------
     @property
@@ -149,10 +156,15 @@ class ConnectionLoop:
         if self._connections or self._accept_paused_until:
             wake_at = min(self._next_sweep, self._accept_paused_until or now + 1,
                           now + MAX_SWEEP_INTERVAL)
-            timeout: float | None = max(0.0, wake_at - now)
+            timeout = max(0.0, wake_at - now)
         else:
-            timeout = None  # nothing to time out: sleep until a client or stop() comes
+            timeout = IDLE_LOOK  # nothing to time out: until a client, stop() or a look
+        # each descriptor number may name the application's file since the last turn
+        if descriptors.check() or self._stopping:
+            return
         events = self._poller.poll(timeout)
+        if descriptors.check() or self._stopping:
+            return
         if any(fd == self._waker_fd for fd, _ in events):
             self._drain_waker()  # before reading _returned: a wake sent later is not lost
         while self._returned:  # before the events: a connection answered meanwhile is idle
@@ -240,6 +252,8 @@ class ConnectionLoop:
             pass
 
     def wake(self) -> None:
+        if self.orphaned:  # the waker's number may be the application's file now
+            return
         try:
             self._wake_end.send(b"\0")
         except OSError:
@@ -401,10 +415,7 @@ class ConnectionLoop:
             keep, gone = False, True
         with self._lock:
             if self._loop_done:  # the selector thread has finished: nobody else will close it
-                try:
-                    connection.sock.close()
-                except OSError:
-                    pass
+                self._let_go(connection.sock)
                 return
             if keep and not connection.buffer and connection.head is None:
                 # the usual keep-alive case: it only has to become idle and readable again
@@ -516,16 +527,31 @@ class ConnectionLoop:
                     pass
                 return
             connection.closed = True
-            self._poller.unregister(connection.fd)
+            if not self.orphaned:
+                self._poller.unregister(connection.fd)
             self._connections.pop(connection.fd, None)
-            try:
-                connection.sock.close()
-            except OSError:
-                pass
+            self._let_go(connection.sock)
+
+    def _let_go(self, sock: socket.socket) -> None:
+        """Close ``sock``; once orphaned, give its number up without closing it."""
+        try:
+            if self.orphaned:
+                sock.detach()
+            else:
+                sock.close()
+        except OSError:
+            pass
 
     def stop(self) -> None:
         self._stopping = True
         self.wake()
+
+    def orphan(self) -> None:
+        """The application closed labotel's descriptors: stop serving, and let go of every
+        descriptor this server had without closing one (the selector thread ends at its
+        next look, within ``IDLE_LOOK``)."""
+        self.orphaned = True
+        self._stopping = True
 
     def _close_all(self) -> None:
         with self._lock:
@@ -540,22 +566,25 @@ class ConnectionLoop:
                     self._close(connection)  # Go's Shutdown allows); its worker closes it
         self._pool.stop()
         self._close_descriptors()
+        descriptors.forget(self)
 
     def abandon(self) -> None:
         """In a forked child: close every descriptor the parent's server had, touch nothing else."""
         for connection in list(self._connections.values()):
-            try:
-                connection.sock.close()
-            except OSError:
-                pass
+            self._let_go(connection.sock)
         self._close_descriptors()
+        descriptors.forget(self)
 
     def _close_descriptors(self) -> None:
-        for closable in (self._poller, self._listener, self._waker, self._wake_end):
-            try:
-                closable.close()
-            except OSError:
-                pass
+        for sock in (self._listener, self._waker, self._wake_end):
+            self._let_go(sock)
+        if self.orphaned:  # an epoll cannot give its number up: never finalized
+            descriptors.keep_forever(self._poller)
+            return
+        try:
+            self._poller.close()
+        except OSError:
+            pass
 
 
 def _profile_seconds(request: Request) -> float:

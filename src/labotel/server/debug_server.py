@@ -61,13 +61,14 @@ class DebugServer:
         self.limits = limits or ServerLimits.from_settings()
         self._listener = socket.create_server((host, port), family=family,
                                               backlog=LISTEN_BACKLOG)
+        self._address = self._listener.getsockname()[:2]  # kept: an orphan's is detached
         self._loop = ConnectionLoop(self._listener, router, self.limits, thread_name,
                                     on_error or _count_server_error(router))
         self._thread = threading.Thread(target=self._loop.run, name=thread_name, daemon=True)
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._listener.getsockname()[:2]
+        host, port = self._address
         return host, port
 
     @property
@@ -100,8 +101,14 @@ class DebugServer:
         """
         self._loop.abandon()
 
+    def orphan(self) -> None:
+        """The application closed labotel's descriptors: serve no more, close none."""
+        self._loop.orphan()
+
     def stop(self) -> None:
         self._loop.stop()
+        if self._loop.orphaned:  # its thread ends at its next look; nothing to close
+            return
         if self._thread.ident is not None:
             self._thread.join(timeout=5)
         else:
