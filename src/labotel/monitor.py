@@ -13,7 +13,7 @@ from typing import Any, cast
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel import compat, descriptors, sdk
+from labotel import compat, descriptors, log_relay, sdk
 from labotel.compat.capability import Capability
 from labotel.component import Component, Unavailable
 from labotel.components import default_components
@@ -74,6 +74,8 @@ class Monitor:
         self.footprint.add("span_queue", lambda: int(sdk.span_queue_length(self.providers)
                                                      * self.reporter.span_bytes))
         self.footprint.add("creation_sites", origins.bytes_kept)
+        self.footprint.add("log_relay", lambda: log_relay.pending_bytes)
+        log_relay.start()  # detections are logged off the thread that found them
         self.router = Router(settings.admin_token, on_error=self.reporter.component_failed,
                              max_body_bytes=settings.admin_max_body_bytes)
         self.context = Context(settings, self.meter, self.tracer, self.reporter,
@@ -168,6 +170,7 @@ class Monitor:
                 log.exception("labotel: removing its instruments from the application's "
                               "MeterProvider failed")
         self.providers.shutdown(deadline)
+        log_relay.stop(min(LOG_RELAY_STOP, max(0.05, deadline - time.monotonic())))
 
     def after_fork_in_child(self) -> None:
         """Make a forked child (gunicorn worker, multiprocessing) a process of its own.
@@ -177,6 +180,7 @@ class Monitor:
         debug server on the first free port after the parent's (README: "Zero-code setup").
         """
         parent_pid, self._started_pid = self._started_pid, os.getpid()
+        log_relay.after_fork_in_child()
         if self.server is not None:
             self.server.abandon()
             self.server = None
@@ -342,6 +346,7 @@ def shutdown() -> None:
 
 
 FAILED_START_STOP = 0.5  # seconds a failed start() gives its exporters (nothing to send)
+LOG_RELAY_STOP = 0.5  # seconds shutdown() waits for the records queued to be handled
 
 
 def _safe_stop(monitor: Monitor) -> None:

@@ -19,6 +19,7 @@ from collections import Counter
 import pytest
 
 import labotel
+from labotel import log_relay
 from labotel.hooks import layer, patches
 from labotel.hooks.primitives import InstrumentedLock, InstrumentedRLock
 from tests.unit.race_support import races_on, run_all
@@ -194,6 +195,7 @@ def test_a_failing_profiler_is_counted_once_in_the_logs(caplog):
         failures = re.search(r'labotel_internal_errors_total\{labotel_component='
                              r'"profile.contention"\} ([0-9.]+)', metrics)
         assert failures and float(failures.group(1)) >= 3  # every Event.wait at least
+        assert log_relay.flush()  # the record is handled on labotel's relay thread
         assert len([r for r in caplog.records if "profile.contention failed" in
                     r.getMessage()]) == 1
     finally:

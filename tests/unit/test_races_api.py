@@ -19,6 +19,7 @@ from threading import Lock as ImportedLock  # bound by name before any start()
 import pytest
 
 import labotel
+from labotel import log_relay
 from labotel.compat import python
 from labotel.config import Settings
 from labotel.detect import races, vectorclock
@@ -158,6 +159,7 @@ def test_report_carries_both_accesses(caplog):
     current, previous = detection.stacks
     assert current.frames[0][2] == "racy_pair" and "test_report_carries" in current.frames[1][2]
     assert previous.frames[0][2].endswith("writer")
+    assert log_relay.flush()  # the record is handled on labotel's relay thread
     message = caplog.records[-1].getMessage()
     for text in ("RACE CONDITION DETECTED", "Resource: user_cache", "Write: true",
                  "Write: false", "writer-thread", "ACTION REQUIRED"):
@@ -294,6 +296,7 @@ def test_failing_hook_never_breaks_locking(monkeypatch, caplog):
     run_all(worker, worker)
     assert counter[0] == 400
     assert errors
+    assert log_relay.flush()
     failures = [r for r in caplog.records if "detect.races failed" in r.getMessage()]
     assert len(failures) == 1  # logged once, then only counted
 

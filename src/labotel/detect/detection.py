@@ -29,6 +29,8 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from labotel import log_relay
+
 log = logging.getLogger(__name__)
 
 KINDS = ("race_condition", "memory_leak", "thread_leak", "task_leak", "loop_blocked")
@@ -292,9 +294,9 @@ class Reporter:
         if detection.suppressed:
             return False
         self._emit_span(detection)
-        DETECTOR_LOGGERS.get(detection.kind, log).warning(
-            "%s", detection.message or detection.summary,
-            extra={"labotel_detection": detection.kind})
+        log_relay.log(DETECTOR_LOGGERS.get(detection.kind, log), logging.WARNING,
+                      "%s", detection.message or detection.summary,
+                      extra={"labotel_detection": detection.kind})
         return True
 
     def _count_repeat(self, key: tuple, known: Detection | int, now: float) -> None:
@@ -317,9 +319,10 @@ class Reporter:
 
     @staticmethod
     def _log_suppressed(counts: tuple[int, str]) -> None:
-        log.warning("labotel: %d more detections (%s) came faster than the report budget "
-                    "(%g/s per kind): counted in labotel.detections, without a span or "
-                    "log record of their own", *counts, REPORT_RATE)
+        log_relay.log(log, logging.WARNING, "labotel: %d more detections (%s) came faster "
+                      "than the report budget (%g/s per kind): counted in "
+                      "labotel.detections, without a span or log record of their own",
+                      *counts, REPORT_RATE)
 
     def _observe_counts(self, _: CallbackOptions) -> list[Observation]:
         with self._lock:
@@ -390,6 +393,6 @@ class Reporter:
             pass
         if component not in self._failed_components:
             self._failed_components.add(component)
-            log.exception("labotel: %s failed; the application keeps running "
-                          "(further failures are only counted in labotel.internal.errors)",
-                          component)
+            log_relay.log(log, logging.ERROR, "labotel: %s failed; the application keeps "
+                          "running (further failures are only counted in "
+                          "labotel.internal.errors)", component, exc_info=True)

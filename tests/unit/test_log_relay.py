@@ -1,0 +1,69 @@
+"""The relay that hands labotel's detection records to the logging handlers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from labotel import log_relay
+
+
+class Recording(logging.Handler):
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        super().__init__()
+        self.gate = gate
+        self.records: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.records.append((record.getMessage(), threading.current_thread().name))
+
+
+@pytest.fixture
+def logger():
+    logger = logging.getLogger("labotel.test_relay")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    yield logger
+    logger.handlers.clear()
+    log_relay.stop(2)
+
+
+def test_without_a_relay_records_are_handled_at_once(logger):
+    log_relay.stop(2)
+    handler = Recording()
+    logger.addHandler(handler)
+    log_relay.log(logger, logging.WARNING, "found %s", "a race")
+    assert handler.records == [("found a race", threading.current_thread().name)]
+
+
+def test_records_are_made_on_the_callers_thread_and_handled_on_the_relay(logger):
+    handler = Recording()
+    logger.addHandler(handler)
+    log_relay.start()
+    log_relay.log(logger, logging.WARNING, "found %s", "a race")
+    log_relay.log(logger, logging.DEBUG, "below the level: never made")
+    assert log_relay.flush()
+    assert handler.records == [("found a race", "labotel-log-relay")]
+
+
+def test_a_stuck_handler_costs_the_caller_nothing_and_the_queue_is_bounded(
+        logger, monkeypatch):
+    monkeypatch.setattr(log_relay, "dropped", 0)
+    gate = threading.Event()
+    handler = Recording(gate)
+    logger.addHandler(handler)
+    log_relay.start()
+    for n in range(log_relay.MAX_PENDING + 50):  # the relay is stuck in the first one
+        log_relay.log(logger, logging.WARNING, "record %d", n)
+    assert log_relay.dropped >= 49
+    assert 0 < log_relay.pending_bytes <= log_relay.MAX_PENDING_BYTES
+    gate.set()
+    assert log_relay.flush(10)
+    assert log_relay.pending_bytes == 0
+    kept = [message for message, _ in handler.records]
+    assert kept[:3] == ["record 0", "record 1", "record 2"]
+    assert len(kept) == log_relay.MAX_PENDING + 50 - log_relay.dropped
