@@ -379,6 +379,11 @@ def watch_of(exporter: Any) -> ExportWatch | None:
 
 def abort(exporter: Any) -> None:
     """End whatever ``exporter`` is sending now; it sends nothing more."""
+    watched = watch_of(exporter)
+    if watched is not None:
+        # a first export asking a refusing collector again waits out its back-off (up to
+        # 4.8 s) unless told: at exit on 3.12 the provider's shutdown joins it unbounded
+        watched.abort_check()
     session = getattr(exporter, "_labotel_session", None)
     if session is not None:
         session.abort()
