@@ -143,9 +143,9 @@ class Monitor:
             return
         deadline = time.monotonic() + (self.settings.shutdown_timeout if timeout is None
                                        else timeout)
+        self.running = False  # first: a loss noticed next opens no server only to stop it
         descriptors.check()  # the server's waker and the exporters' connections are used next
         descriptors.forget(self)
-        self.running = False
         if self.server is not None:
             self.server.stop()
             self.server = None

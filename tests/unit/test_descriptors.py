@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from labotel import descriptors
+import labotel
+from labotel import descriptors, monitor
 
 
 @pytest.fixture
@@ -67,3 +68,25 @@ def test_a_forgotten_owner_is_not_told(canary):
     os.close(canary[0])
     assert descriptors.check() is True
     assert told == []
+
+
+def test_a_loss_noticed_by_shutdown_opens_no_server_only_to_stop_it(canary, monkeypatch):
+    """shutdown() looks at the canary first: a loss it finds lets the server's descriptors
+    go, and opens no new server (the running monitor's reaction would have)."""
+    opened_here = []
+
+    class CountedServer(monitor.DebugServer):
+        def __init__(self, *args, **kwargs) -> None:
+            opened_here.append(threading.current_thread() is threading.main_thread())
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(monitor, "DebugServer", CountedServer)
+    labotel.start(admin_address="127.0.0.1:0", metrics_exporter="none",
+                  traces_exporter="none", leak_detection=False)
+    try:
+        assert opened_here == [True]
+        os.close(canary[0])
+    finally:
+        labotel.shutdown()
+    assert descriptors.losses == 1
+    assert opened_here.count(True) == 1, opened_here  # the server start()ed, none since
