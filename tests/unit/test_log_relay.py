@@ -67,3 +67,41 @@ def test_a_stuck_handler_costs_the_caller_nothing_and_the_queue_is_bounded(
     kept = [message for message, _ in handler.records]
     assert kept[:3] == ["record 0", "record 1", "record 2"]
     assert len(kept) == log_relay.MAX_PENDING + 50 - log_relay.dropped
+
+
+def test_a_failing_loop_listener_is_logged_by_the_relay_not_on_the_loop(monkeypatch):
+    """A labotel listener that fails on an application's event loop is logged with its
+    traceback, from the relay: a stuck handler does not stop the loop."""
+    import asyncio
+
+    from labotel.patching import Patcher
+    from labotel.runtime import loops
+
+    gate = threading.Event()
+    handler = Recording(gate)
+    logger = logging.getLogger(loops.__name__)
+    monkeypatch.setattr(logger, "propagate", False)
+    logger.addHandler(handler)
+    patcher = Patcher()
+    loops.install(patcher)
+    log_relay.start()
+
+    def broken(loop: asyncio.AbstractEventLoop) -> None:
+        raise RuntimeError("a listener broke")
+
+    finished = threading.Event()
+    try:
+        loops.add_listener(broken)
+        runner = threading.Thread(target=lambda: (asyncio.run(asyncio.sleep(0.01)),
+                                                  finished.set()), daemon=True)
+        runner.start()
+        assert finished.wait(5), "the loop stopped behind the stuck handler"
+    finally:
+        gate.set()
+        assert log_relay.flush()
+        log_relay.stop(2)
+        loops.uninstall()
+        patcher.undo()
+        logger.removeHandler(handler)
+    assert handler.records[0][1] == "labotel-log-relay", handler.records
+    assert handler.records[0][0].startswith("labotel: event-loop listener"), handler.records

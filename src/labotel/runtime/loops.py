@@ -13,6 +13,7 @@ import threading
 import weakref
 from collections.abc import Callable
 
+from labotel import log_relay
 from labotel.patching import Patcher
 from labotel.runtime.thread_frames import attribute, current_frames, stack
 
@@ -76,8 +77,10 @@ def remove_listener(listener: LoopListener) -> None:
 def _notify_one(listener: LoopListener, loop: asyncio.AbstractEventLoop) -> None:
     try:
         listener(loop)
-    except Exception:  # a failing listener must not break the app's loop
-        log.exception("labotel: event-loop listener %r failed", listener)
+    except Exception:  # a failing listener must not break the app's loop, nor a stuck
+        # logging handler stop it (this runs on the loop's thread): logged by the relay
+        log_relay.log(log, logging.ERROR, "labotel: event-loop listener %r failed", listener,
+                      exc_info=True)
 
 
 def register(loop: asyncio.AbstractEventLoop) -> None:
