@@ -17,16 +17,17 @@ application now owns) and opens new ones.
 
 from __future__ import annotations
 
-import _thread
 import logging
 import os
 from collections.abc import Callable
+
+from labotel import fork_safe
 
 log = logging.getLogger(__name__)
 
 MAX_LOSSES = 16  # losses after which labotel opens no new server or channel
 
-_lock = _thread.allocate_lock()  # held only to compare and renew the canary
+_lock = fork_safe.lock()  # held only to compare and renew the canary
 _canary: tuple[int, int, int] | None = None  # (fd, st_dev, st_ino)
 _reactions: dict[object, Callable[[], None]] = {}
 _kept: list[object] = []

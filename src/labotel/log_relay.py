@@ -12,13 +12,14 @@ after ``stop()``) records are handled at once, as before.
 
 from __future__ import annotations
 
-import _thread as _lowlevel
 import collections
 import logging
 import sys
 import threading
 import time
 from typing import Any
+
+from labotel import fork_safe
 
 MAX_PENDING = 1000  # records waiting for the relay ...
 MAX_PENDING_BYTES = 4 << 20  # ... and their text (a detection's message is cut to size)
@@ -28,7 +29,7 @@ POLL = 0.05  # seconds the relay sleeps while nothing waits (no wake-up on every
 _pending: collections.deque[tuple[logging.Logger, logging.LogRecord, int]] = (
     collections.deque())
 pending_bytes = 0  # estimated memory of the queued records (labotel's own footprint)
-_bytes_lock = _lowlevel.allocate_lock()  # the count's updates come from several threads
+_bytes_lock = fork_safe.lock()  # the count's updates come from several threads
 _relay_thread: threading.Thread | None = None
 _stopping = threading.Event()  # set: hand over what is queued, then end
 _handling = False
@@ -58,8 +59,13 @@ def stop(timeout: float) -> None:
 
 
 def after_fork_in_child() -> None:
-    """The parent's relay thread does not exist here: records wait for a new one."""
-    global _relay_thread
+    """The parent's relay thread does not exist here: records wait for a new one. Those
+    the parent had queued are the parent's to log (its relay does): here they would be
+    logged twice, under the parent's pid."""
+    global _relay_thread, pending_bytes, _handling
+    _pending.clear()
+    pending_bytes = 0
+    _handling = False
     if _relay_thread is not None:
         _relay_thread = None
         start()

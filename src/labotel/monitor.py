@@ -13,7 +13,7 @@ from typing import Any, cast
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel import compat, descriptors, log_relay, sdk
+from labotel import compat, descriptors, fork_safe, log_relay, sdk
 from labotel.compat.capability import Capability
 from labotel.component import Component, Unavailable
 from labotel.components import default_components
@@ -369,6 +369,7 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     global _lock
+    fork_safe.reinit_in_child()  # first: what follows takes labotel's locks
     _lock = threading.RLock()  # a parent thread may have held it at fork time
     # module state a parent thread may have been using at fork time
     heap.forget_readings()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel import log_relay
+from labotel import fork_safe, log_relay
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +191,7 @@ class Reporter:
             collections.OrderedDict())
         self._fingerprint_bytes = 0
         self._budgets = {kind: _Budget(REPORT_RATE, REPORT_BURST) for kind in KINDS}
-        self._lock = threading.Lock()
+        self._lock = fork_safe.lock()  # application threads report: unlocked in a child
         self._failed_components: set[str] = set()
         self._closed = False  # after shutdown: nothing is recorded on the instruments
         self.reported = 0

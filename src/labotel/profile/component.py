@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from labotel import fork_safe
 from labotel.component import Component
 from labotel.profile import heap
 from labotel.profile.backends import Backends
@@ -27,7 +28,7 @@ class ProfilingComponent(Component):
         self.wall = ProfileSlot(WALL, self.backends.start)
         self.stopping = threading.Event()
         self._waiting: set[threading.Event] = set()  # requests waiting out ?seconds=
-        self._waiting_lock = threading.Lock()
+        self._waiting_lock = fork_safe.lock()
         self._heap_lease = False
         if settings.heap_profiling:
             heap.acquire(settings.heap_profile_frames)

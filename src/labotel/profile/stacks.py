@@ -18,6 +18,7 @@ import weakref
 from types import FrameType
 from typing import Any
 
+from labotel import fork_safe
 from labotel.compat import cpython
 from labotel.profile import symbols, text
 from labotel.profile.pprof import ProfileBuilder
@@ -30,7 +31,7 @@ _LINUX_STATES = {"R": "running", "S": "sleeping", "D": "disk wait", "T": "stoppe
 # WeakKeyDictionary would hash the thread or task (a subclass's __hash__) under our lock
 _ids: dict[int, tuple[weakref.ref, int]] = {}
 _next_id = itertools.count(1)
-_ids_lock = threading.Lock()
+_ids_lock = fork_safe.lock()
 
 
 @dataclasses.dataclass

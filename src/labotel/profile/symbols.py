@@ -18,12 +18,13 @@ import operator
 import os
 import struct
 import sys
-import threading
 import weakref
 from collections.abc import Callable
 from types import CodeType
 
-_lock = threading.Lock()
+from labotel import fork_safe
+
+_lock = fork_safe.lock()
 _modules_by_file: dict[str, str] = {}
 _modules_seen = 0
 _addresses: weakref.WeakValueDictionary[int, CodeType] = weakref.WeakValueDictionary()

@@ -15,7 +15,6 @@ bucket; their exact mean is ``_sum / _count``. Each bound is one series per gene
 from __future__ import annotations
 
 import gc
-import threading
 import time
 from array import array
 from collections import deque
@@ -24,6 +23,7 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from labotel import fork_safe
 from labotel.component import Component
 from labotel.context import Context
 
@@ -44,7 +44,7 @@ class PauseRecorder:
         self.dropped = 0
         self.totals = array("d", bytes(8 * GENERATIONS))  # seconds per generation, lifetime
         self.max_pause = array("d", bytes(8 * GENERATIONS))
-        self._drain_lock = threading.Lock()
+        self._drain_lock = fork_safe.lock()
         self._clock = time.perf_counter
 
     def __call__(self, phase: str, info: dict) -> None:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import weakref
 from collections.abc import Callable
 
-from labotel import log_relay
+from labotel import fork_safe, log_relay
 from labotel.patching import Patcher
 from labotel.runtime.thread_frames import attribute, current_frames, stack
 
@@ -24,7 +23,7 @@ LoopListener = Callable[[asyncio.AbstractEventLoop], None]
 # a WeakSet would hash the loop (a custom loop class's __hash__) under our lock.
 _loops: dict[int, weakref.ref] = {}
 _listeners: list[LoopListener] = []
-_lock = threading.Lock()
+_lock = fork_safe.lock()
 
 
 def _known(loop: asyncio.AbstractEventLoop) -> bool:

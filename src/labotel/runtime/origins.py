@@ -18,6 +18,7 @@ import threading
 import weakref
 from typing import Any
 
+from labotel import fork_safe
 from labotel import frames as frames_module
 from labotel.compat import cpython
 from labotel.patching import Patcher
@@ -33,9 +34,9 @@ _coro_origins: weakref.WeakKeyDictionary[Any, tuple[Frame, ...]] = weakref.WeakK
 _patcher = Patcher()  # Thread.start
 _task_patcher = Patcher()  # BaseEventLoop.create_task
 _holders: dict[str, bool] = {}  # holder -> wants every loop's tasks
-_install_lock = threading.Lock()
+_install_lock = fork_safe.lock()
 _MISSING = object()
-_loop_patcher_lock = threading.Lock()
+_loop_patcher_lock = fork_safe.lock()
 # by id, with a weak reference (a WeakSet would hash a custom loop under our lock)
 _patched_loops: dict[int, weakref.ref] = {}
 

@@ -1,0 +1,39 @@
+"""labotel's locks, unlocked again in a forked child.
+
+Only the thread that called ``fork()`` lives on in the child. A lock another thread held
+at that moment (an application thread counting a race in a storm, the debug server's
+thread looking at the descriptor canary, the relay counting a record's bytes) stays held
+in the child for ever, and the first thread there to take it stops for good: forked
+during a race storm, 4 of 40 children hung at their first race report. So every lock
+labotel shares between threads and uses again in a child is made here, raw (never one of
+the instrumented locks), and unlocked in place at the start of labotel's after-fork hook,
+as CPython's logging and threading do with theirs. What the lock guarded may be half
+updated in the child (a counter, a buffer's size): labotel's figures can be off by one
+record there, which is better than a stopped worker.
+"""
+
+from __future__ import annotations
+
+import _thread
+import weakref
+
+from labotel.compat import cpython
+
+_locks: weakref.WeakSet[_thread.LockType] = weakref.WeakSet()
+
+
+def lock() -> _thread.LockType:
+    """A raw lock that a forked child gets back unlocked."""
+    made = _thread.allocate_lock()
+    _locks.add(made)
+    return made
+
+
+def reinit_in_child() -> int:
+    """(In the child, before anything of labotel's runs there.) Unlock every lock made by
+    ``lock()``; returns how many were held."""
+    held = 0
+    for made in list(_locks):
+        held += made.locked()
+        cpython.at_fork_reinit(made)
+    return held

@@ -1,0 +1,167 @@
+"""A forked child gets labotel's locks back unlocked, whatever other threads held at fork.
+
+Only the forking thread lives on in the child. Forked while application threads counted
+races in a storm, 4 of 40 children stopped for good at their first race report: a storm
+thread had held the reporter's lock at that moment (and the relay's byte count, the
+descriptor canary's lock, the event-loop registry's are held the same way, briefly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_child_script(script: str, timeout: float = 90) -> dict:
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()  # none: the child hung, stderr says where
+    return json.loads(lines[-1]) if lines else {"stderr": done.stderr[-3000:]}
+
+
+STORM = r"""
+import itertools, json, os, threading, time
+import labotel
+labotel.start(admin_address="", metrics_exporter="none", traces_exporter="none",
+              race_detection=True, leak_detection=False)
+counter = itertools.count()
+
+def storm(tag):  # new races all the time: most are only counted, under the reporter's lock
+    while True:
+        i = next(counter) % 5000
+        labotel.record_access(f"r-{i}", write=True, location=f"/srv/{tag}.py:{i}")
+
+for tag in range(3):
+    threading.Thread(target=storm, args=(tag,), daemon=True).start()
+time.sleep(1)
+hung = 0
+for _ in range(40):
+    pid = os.fork()
+    if pid == 0:  # races of its own: two threads of the child, and the parent's resources
+        helper = threading.Thread(target=lambda: [labotel.record_access(
+            f"c-{i}", write=True, location=f"/srv/c1.py:{i}") for i in range(200)])
+        helper.start()
+        helper.join()
+        for i in range(200):
+            labotel.record_access(f"c-{i}", write=True, location=f"/srv/c2.py:{i}")
+            labotel.record_access(f"r-{i}", write=True, location=f"/srv/c3.py:{i}")
+        os._exit(0)
+    deadline = time.monotonic() + 5
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            hung += 1
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.01)
+print(json.dumps({"hung": hung}), flush=True)
+os._exit(0)
+"""
+
+
+def test_children_forked_during_a_race_storm_report_their_own_races():
+    assert run_child_script(STORM) == {"hung": 0}
+
+
+HELD = r"""
+import faulthandler, json, logging, os, threading, time
+import labotel
+from labotel import descriptors, log_relay
+from labotel.profile import stacks, symbols
+from labotel.runtime import loops, origins
+monitor = labotel.start(admin_address="127.0.0.1:0", metrics_exporter="none",
+                        traces_exporter="none", race_detection=True,
+                        contention_profiling=True, leak_sample_interval=0.2)
+by_name = {component.name: component for component in monitor.components}
+locks = {"reporter": monitor.reporter._lock, "relay's byte count": log_relay._bytes_lock,
+         "canary": descriptors._lock, "loop registry": loops._lock,
+         "origins install": origins._install_lock, "origins loops": origins._loop_patcher_lock,
+         "gc pauses": by_name["runtime.gc"].recorder._drain_lock,
+         "symbols": symbols._lock, "goroutine ids": stacks._ids_lock,
+         "profile waits": by_name["profile"]._waiting_lock}
+held, release = threading.Event(), threading.Event()
+
+def hold():  # as threads in the middle of their work at the moment of the fork
+    for lock in locks.values():
+        lock.acquire()
+    held.set()
+    release.wait()
+    for lock in locks.values():
+        lock.release()
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    faulthandler.dump_traceback_later(20, exit=True)  # a hung child says where
+    taken = [name for name, lock in locks.items() if not lock.acquire(False)]
+    for name, lock in locks.items():
+        if name not in taken:
+            lock.release()
+    def racy():
+        labotel.record_access("shared", write=True, location="/srv/a.py:1")
+    other = threading.Thread(target=racy)
+    other.start()
+    other.join()
+    racy()  # a report: the reporter's lock, the relay's count
+    log_relay.flush(5)
+    labotel.shutdown()  # the canary's lock, the profile's waiting list, the loop registry
+    print(json.dumps({"held_in_child": taken}), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+release.set()
+os._exit(0)
+"""
+
+
+def test_labotels_locks_held_by_another_thread_at_fork_are_free_in_the_child():
+    """Each lock held by a parent thread at the fork; the child takes every one of them,
+    reports a race and shuts labotel down."""
+    assert run_child_script(HELD) == {"held_in_child": []}
+
+
+RELAY = r"""
+import json, logging, os, threading
+import labotel
+from labotel import log_relay
+parent = os.getpid()
+gate = threading.Event()
+seen = []
+
+class Handler(logging.Handler):
+    def emit(self, record):
+        if os.getpid() == parent:
+            gate.wait(10)  # the parent's relay is stuck: its records stay queued
+        seen.append((record.getMessage(), record.process))
+
+logger = logging.getLogger("labotel.test_relay_fork")
+logger.propagate = False
+logger.addHandler(Handler())
+labotel.start(admin_address="", metrics_exporter="none", traces_exporter="none",
+              leak_detection=False)
+for n in range(5):
+    log_relay.log(logger, logging.WARNING, "parent record %d", n)
+pid = os.fork()
+if pid == 0:
+    log_relay.log(logger, logging.WARNING, "child record")
+    log_relay.flush(5)
+    print(json.dumps({"seen": seen, "pid": os.getpid()}), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+gate.set()
+os._exit(0)
+"""
+
+
+def test_a_child_logs_its_own_records_not_those_its_parent_had_queued():
+    outcome = run_child_script(RELAY)
+    assert outcome["seen"] == [["child record", outcome["pid"]]], outcome
