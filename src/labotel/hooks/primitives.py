@@ -149,6 +149,60 @@ def _publish(lock: InstrumentedLock) -> None:
         edge_failed()
 
 
+# -- an application's finalizer inside labotel's own bookkeeping ----------------------------
+# labotel runs Python code while it holds an application's lock: joining the last
+# releaser's clock right after the acquire, publishing this thread's clock right before the
+# release, recording a contended acquire's wait. Anything that allocates there can start a
+# garbage collection, which runs the application's finalizers (``__del__``, weakref
+# callbacks) on this thread. One that takes the same lock (a finalizer returning a
+# connection to its pool) waited for ever for its own thread, where with the C lock and a
+# block that allocates nothing it ran before or after the block. So while its bookkeeping
+# holds a lock, labotel lends it to this thread: an acquire of that lock gets it at once and
+# its release gives it back, with the real lock left as it is (the application's block has
+# not begun yet, or has ended).
+_lent_out = 0  # lent acquisitions not given back yet, all threads: a release reads it
+_lending_lock = _thread.allocate_lock()  # held for an addition only: nothing allocates
+
+
+def _lend(lock: InstrumentedLock) -> bool:
+    """Is this thread inside ``lock``'s bookkeeping? Then the acquire is lent (True)."""
+    global _lent_out
+    local = active.local
+    if getattr(local, "lending", None) is not lock:
+        return False
+    local.lent += 1
+    with _lending_lock:
+        _lent_out += 1
+    return True
+
+
+def _give_back(lock: InstrumentedLock) -> bool:
+    """A release of a lent acquire (True): the real lock stays with the bookkeeping."""
+    global _lent_out
+    local = active.local
+    if getattr(local, "lending", None) is not lock or not local.lent:
+        return False
+    local.lent -= 1
+    with _lending_lock:
+        _lent_out -= 1
+    return True
+
+
+def _lending(lock: InstrumentedLock, work: Callable[[Any], Any], argument: Any) -> None:
+    """``work(argument)``, which runs while this thread holds ``lock``'s raw lock. (Nothing
+    here allocates before the lending starts: no argument tuple, no saved pair.)"""
+    local = active.local
+    previous_lock = getattr(local, "lending", None)
+    previous_lent = getattr(local, "lent", 0)
+    local.lending = lock
+    local.lent = 0
+    try:
+        work(argument)
+    finally:
+        local.lending = previous_lock
+        local.lent = previous_lent
+
+
 def _waiting_list(lock: InstrumentedLock) -> list:
     with _waiting_lists_lock:  # two first waiters must not each install their own list
         waiting = lock._waiting
@@ -196,8 +250,21 @@ def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
             waiting.remove(mark)  # equal marks are interchangeable: any one will do
         except ValueError:  # dropped with the parent's marks after fork
             pass
-    if key is not None and kept(_waits, delay):
+    if key is None or not kept(_waits, delay):
+        return got
+    if not got:
         call_waits("block", key, delay)
+        return got
+    local = active.local  # the lock is held: lent while the wait is recorded (_lending)
+    previous_lock = getattr(local, "lending", None)
+    previous_lent = getattr(local, "lent", 0)
+    local.lending = lock
+    local.lent = 0
+    try:
+        call_waits("block", key, delay)
+    finally:
+        local.lending = previous_lock
+        local.lent = previous_lent
     return got
 
 
@@ -268,6 +335,8 @@ class InstrumentedLock(metaclass=_LockClass):
             if timeout == -1 or (blocking and timeout > 0):  # acquire(False) first
                 for got in self._tries or _tries_of(self):  # noqa: B007 - bound, then used
                     break
+                if not got and _lend(self):
+                    return True
                 if not got and blocking:
                     taken = []
                     got = _contended(self, lock.acquire, (True, timeout), cpython.getframe(1),
@@ -275,8 +344,10 @@ class InstrumentedLock(metaclass=_LockClass):
             else:  # a timeout of 0 (never waits), or a bad argument: the raw lock's error
                 taken = []
                 got = _acquire_noted(taken, lock.acquire, blocking, timeout)
+                if not got and _lend(self):
+                    return True
             if got and _edges is not None and self._sync is not None:
-                _join(self._sync)
+                _lending(self, _join, self._sync)
             _check_point()
         except BaseException:  # a signal handler's, once the lock may be ours: let it go
             if got or True in taken:
@@ -292,11 +363,13 @@ class InstrumentedLock(metaclass=_LockClass):
             for got in self._tries or _tries_of(self):  # noqa: B007 - bound, then used
                 break
             if not got:
+                if _lend(self):
+                    return True
                 taken = []
                 _contended(self, lock.acquire, (), cpython.getframe(1), self._acquire_site,
                            taken=taken)
             if _edges is not None and self._sync is not None:
-                _join(self._sync)
+                _lending(self, _join, self._sync)
             _check_point()
         except BaseException:
             if got or True in taken:
@@ -305,10 +378,12 @@ class InstrumentedLock(metaclass=_LockClass):
         return True
 
     def release(self) -> None:
+        if _lent_out and _give_back(self):
+            return
         waiting = self._waiting
         try:
             if _edges is not None:
-                _publish(self)
+                _lending(self, _publish, self)
         finally:  # let go even if a signal handler's exception comes in the bookkeeping
             self._lock.release()
         if waiting:
@@ -316,10 +391,12 @@ class InstrumentedLock(metaclass=_LockClass):
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         # release() inlined: one Python call less per ``with`` block
+        if _lent_out and _give_back(self):
+            return
         waiting = self._waiting
         try:
             if _edges is not None:
-                _publish(self)
+                _lending(self, _publish, self)
         finally:
             self._lock.release()
         if waiting:
