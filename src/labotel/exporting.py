@@ -483,6 +483,9 @@ def abortable_session() -> Any:
                 # export thread alive ~0.5 s after shutdown() with the app's threads busy
                 raise requests.exceptions.ConnectionError("labotel is shutting down: "
                                                           "no new export requests")
+            # the export looked at the canary before encoding its batch; a pooled
+            # connection found dropped is closed by urllib3: look again just before
+            descriptors.check()
             try:
                 response = super().request(*args, **kwargs)
             except RequestException:

@@ -23,6 +23,8 @@ import time
 
 import pytest
 
+import labotel
+
 pytestmark = pytest.mark.skipif(not hasattr(os, "closerange"), reason="needs os.closerange")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -125,3 +127,88 @@ def test_a_daemonizing_application_keeps_its_files_and_labotel_recovers(collecto
     assert result["shutdown"] < 3 + 0.2, result
     assert any(at > result["closed_at"] + 0.5 for at in collector.posts), result  # exports
     assert "closed labotel's file descriptors" in done.stderr
+
+
+def test_a_connection_closed_just_after_the_servers_look_leaves_the_daemons_file(tmp_path):
+    """The daemon closes every descriptor and opens its files right after its last
+    request to the debug server: the selector thread had looked at the canary before, and
+    then closed that request's connection, by number: the daemon's file (1 run in 6 of the
+    test above on 3.13, with the restarted server then unreachable). Now every close looks
+    at the canary first."""
+    import socket
+
+    from labotel import descriptors
+
+    monitor = labotel.start(admin_address="127.0.0.1:0", metrics_exporter="none",
+                            traces_exporter="none", leak_detection=False)
+    loop = monitor.server._loop
+    client = socket.create_connection(monitor.server.address)
+    files = []
+    try:
+        give_up = time.monotonic() + 5
+        while not loop._connections and time.monotonic() < give_up:
+            time.sleep(0.01)
+        connection = next(iter(loop._connections.values()))
+        losses = descriptors.losses
+        # the daemon's files now have the connection's and the canary's numbers
+        files = _daemon_files_at(tmp_path, connection.fd, descriptors._canary[0])
+        loop._close(connection)  # as the selector thread would, right after its look
+        for number in files:
+            os.write(number, b"still the daemon's\n")  # EBADF if labotel closed it
+        assert descriptors.losses == losses + 1
+    finally:
+        client.close()
+        _close_numbers(files)
+        labotel.shutdown()
+    _assert_daemon_wrote(tmp_path, files)
+
+
+def test_an_export_request_looks_at_the_canary_after_encoding_its_batch(collector, tmp_path):
+    """The export looks at the canary before it encodes its batch; the daemon may close
+    every descriptor meanwhile. urllib3 then found the pooled connection's number readable
+    (the daemon's file) and closed it as a dropped connection. The request looks again."""
+    from labotel import descriptors, sdk
+
+    monitor = labotel.start(admin_address="", otlp_endpoint=f"http://127.0.0.1:"
+                            f"{collector.server_address[1]}", otlp_protocol="http/protobuf",
+                            metric_export_interval=60, leak_detection=False)
+    files = []
+    try:
+        exporter = next(e for e in sdk._owned_exporters(monitor.providers)
+                        if getattr(e, "_labotel_session", None) is not None)
+        session = exporter._labotel_session
+        url = f"http://127.0.0.1:{collector.server_address[1]}/v1/metrics"
+        session.post(url, data=b"", timeout=5)  # a pooled keep-alive connection now
+        pools = session.get_adapter(url).poolmanager.pools
+        pooled = next(conn.sock for key in pools.keys() for conn in pools[key].pool.queue
+                      if conn is not None and conn.sock is not None)
+        files = _daemon_files_at(tmp_path, pooled.fileno(), descriptors._canary[0])
+        session.post(url, data=b"", timeout=5)  # as the export's request, after encoding
+        for number in files:
+            os.write(number, b"still the daemon's\n")  # EBADF if labotel closed it
+    finally:
+        _close_numbers(files)
+        labotel.shutdown()
+    _assert_daemon_wrote(tmp_path, files)
+
+
+def _daemon_files_at(directory, *numbers: int) -> list[int]:
+    """The daemon's files at ``numbers`` (labotel's until now), as closing everything and
+    opening files leaves them."""
+    for number in numbers:
+        with open(directory / f"daemon{number}.log", "wb") as log:
+            os.dup2(log.fileno(), number)
+    return list(numbers)
+
+
+def _close_numbers(numbers: list[int]) -> None:
+    for number in numbers:
+        try:
+            os.close(number)
+        except OSError:
+            pass
+
+
+def _assert_daemon_wrote(directory, numbers: list[int]) -> None:
+    for number in numbers:
+        assert (directory / f"daemon{number}.log").read_bytes() == b"still the daemon's\n"

@@ -533,7 +533,12 @@ class ConnectionLoop:
             self._let_go(connection.sock)
 
     def _let_go(self, sock: socket.socket) -> None:
-        """Close ``sock``; once orphaned, give its number up without closing it."""
+        """Close ``sock``; once orphaned, give its number up without closing it. The
+        canary is looked at first (a loss orphans this loop): a daemon closes every
+        descriptor right after its last request to the debug server, and this close came
+        just after the turn's own look, closing the daemon's file at that number."""
+        if not self.orphaned:
+            descriptors.check()
         try:
             if self.orphaned:
                 sock.detach()
