@@ -157,50 +157,23 @@ def _publish(lock: InstrumentedLock) -> None:
 # callbacks) on this thread. One that takes the same lock (a finalizer returning a
 # connection to its pool) waited for ever for its own thread, where with the C lock and a
 # block that allocates nothing it ran before or after the block. So while its bookkeeping
-# holds a lock, labotel lends it to this thread: an acquire of that lock gets it at once and
-# its release gives it back, with the real lock left as it is (the application's block has
-# not begun yet, or has ended).
-_lent_out = 0  # lent acquisitions not given back yet, all threads: a release reads it
-_lending_lock = _thread.allocate_lock()  # held for an addition only: nothing allocates
-
-
+# holds a lock, the lock names the thread (``_lender``) and lends itself to it: an acquire
+# there gets it at once and its release gives it back (``_lent`` counts them), with the
+# real lock left as it is (the application's block has not begun yet, or has ended).
 def _lend(lock: InstrumentedLock) -> bool:
     """Is this thread inside ``lock``'s bookkeeping? Then the acquire is lent (True)."""
-    global _lent_out
-    local = active.local
-    if getattr(local, "lending", None) is not lock:
+    if lock._lender != _thread.get_ident():
         return False
-    local.lent += 1
-    with _lending_lock:
-        _lent_out += 1
+    lock._lent += 1
     return True
 
 
 def _give_back(lock: InstrumentedLock) -> bool:
     """A release of a lent acquire (True): the real lock stays with the bookkeeping."""
-    global _lent_out
-    local = active.local
-    if getattr(local, "lending", None) is not lock or not local.lent:
+    if not lock._lent or lock._lender != _thread.get_ident():
         return False
-    local.lent -= 1
-    with _lending_lock:
-        _lent_out -= 1
+    lock._lent -= 1
     return True
-
-
-def _lending(lock: InstrumentedLock, work: Callable[[Any], Any], argument: Any) -> None:
-    """``work(argument)``, which runs while this thread holds ``lock``'s raw lock. (Nothing
-    here allocates before the lending starts: no argument tuple, no saved pair.)"""
-    local = active.local
-    previous_lock = getattr(local, "lending", None)
-    previous_lent = getattr(local, "lent", 0)
-    local.lending = lock
-    local.lent = 0
-    try:
-        work(argument)
-    finally:
-        local.lending = previous_lock
-        local.lent = previous_lent
 
 
 def _waiting_list(lock: InstrumentedLock) -> list:
@@ -242,29 +215,22 @@ def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
     started = clock()
     mark = [active.generation, started]  # releasers move mark[1] on as they charge it
     waiting.append(mark)
+    got = False
     try:
         got = acquire(*args)
     finally:
+        if got:  # held from here on: lent while the wait is recorded (see _lend)
+            lock._lender = _thread.get_ident()
         delay = clock() - started
         try:
             waiting.remove(mark)  # equal marks are interchangeable: any one will do
         except ValueError:  # dropped with the parent's marks after fork
             pass
-    if key is None or not kept(_waits, delay):
-        return got
-    if not got:
-        call_waits("block", key, delay)
-        return got
-    local = active.local  # the lock is held: lent while the wait is recorded (_lending)
-    previous_lock = getattr(local, "lending", None)
-    previous_lent = getattr(local, "lent", 0)
-    local.lending = lock
-    local.lent = 0
     try:
-        call_waits("block", key, delay)
+        if key is not None and kept(_waits, delay):
+            call_waits("block", key, delay)
     finally:
-        local.lending = previous_lock
-        local.lent = previous_lent
+        lock._lender = 0
     return got
 
 
@@ -317,7 +283,8 @@ class _LockClass(type):
 class InstrumentedLock(metaclass=_LockClass):
     """``threading.Lock`` that tells the subscribers about its waits and hand-offs."""
 
-    __slots__ = ("_lock", "_sync", "_waiting", "_charged", "_tries", "__weakref__")
+    __slots__ = ("_lock", "_sync", "_waiting", "_charged", "_tries", "_lender", "_lent",
+                 "__weakref__")
     _acquire_site = LOCK_ACQUIRE
     _release_site = LOCK_RELEASE
 
@@ -327,6 +294,8 @@ class InstrumentedLock(metaclass=_LockClass):
         self._waiting: list | None = None  # [generation, since] per thread blocked on it
         self._charged = 0  # when a release last charged the waiters' waiting (clock ns)
         self._tries: Iterator[bool] | None = None  # made at the first acquire
+        self._lender = 0  # a thread's ident while labotel's bookkeeping holds the lock
+        self._lent = 0  # acquires lent to it meanwhile, not given back yet
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         lock = self._lock
@@ -347,7 +316,11 @@ class InstrumentedLock(metaclass=_LockClass):
                 if not got and _lend(self):
                     return True
             if got and _edges is not None and self._sync is not None:
-                _lending(self, _join, self._sync)
+                self._lender = _check_point()  # the thread's ident: lent while it joins
+                try:
+                    _join(self._sync)
+                finally:
+                    self._lender = 0
             _check_point()
         except BaseException:  # a signal handler's, once the lock may be ours: let it go
             if got or True in taken:
@@ -369,7 +342,11 @@ class InstrumentedLock(metaclass=_LockClass):
                 _contended(self, lock.acquire, (), cpython.getframe(1), self._acquire_site,
                            taken=taken)
             if _edges is not None and self._sync is not None:
-                _lending(self, _join, self._sync)
+                self._lender = _check_point()  # the thread's ident: lent while it joins
+                try:
+                    _join(self._sync)
+                finally:
+                    self._lender = 0
             _check_point()
         except BaseException:
             if got or True in taken:
@@ -378,12 +355,16 @@ class InstrumentedLock(metaclass=_LockClass):
         return True
 
     def release(self) -> None:
-        if _lent_out and _give_back(self):
+        if self._lent and _give_back(self):
             return
         waiting = self._waiting
         try:
             if _edges is not None:
-                _lending(self, _publish, self)
+                self._lender = _check_point()  # lent while it publishes (see _lend)
+                try:
+                    _publish(self)
+                finally:
+                    self._lender = 0
         finally:  # let go even if a signal handler's exception comes in the bookkeeping
             self._lock.release()
         if waiting:
@@ -391,12 +372,16 @@ class InstrumentedLock(metaclass=_LockClass):
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         # release() inlined: one Python call less per ``with`` block
-        if _lent_out and _give_back(self):
+        if self._lent and _give_back(self):
             return
         waiting = self._waiting
         try:
             if _edges is not None:
-                _lending(self, _publish, self)
+                self._lender = _check_point()  # lent while it publishes (see _lend)
+                try:
+                    _publish(self)
+                finally:
+                    self._lender = 0
         finally:
             self._lock.release()
         if waiting:
@@ -415,6 +400,7 @@ class InstrumentedLock(metaclass=_LockClass):
         cpython.at_fork_reinit(self._lock)
         self._sync = None
         self._waiting = None
+        self._lender = self._lent = 0  # a parent thread's bookkeeping at the fork
 
     def __repr__(self) -> str:
         return f"<labotel instrumented {self._lock!r}>"
