@@ -403,3 +403,70 @@ def test_hooked_asyncio_methods_still_look_like_coroutine_functions():
 def test_patch_groups_name_the_subscribers_they_serve():
     for name, needs, _ in patches.GROUPS:
         assert needs and needs <= {patches.EDGES, patches.WAITS}, name
+
+
+class RecordsEveryWait:
+    """A wait subscriber keeping every wait (rate 1 ns), recording nothing."""
+
+    rate_ns = 1
+
+    def stack(self, *args):
+        return "a key"
+
+    def failed(self) -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def test_an_acquire_interrupted_right_after_it_took_the_lock_leaves_it_unlent(monkeypatch):
+    """The lock names the thread while labotel's bookkeeping holds it (a finalizer run
+    there gets it lent); a signal handler's exception in that bookkeeping (here: at the
+    clock read right after a contended acquire) must not leave that mark, or a later
+    acquire by that thread, with the lock held elsewhere, would be lent too."""
+    from labotel.hooks import active
+
+    labotel.shutdown()
+    clock, countdown = active.clock, [0]
+
+    def interrupted_clock() -> int:
+        if countdown[0] and threading.current_thread() is threading.main_thread():
+            countdown[0] -= 1
+            if not countdown[0]:  # the read right after the lock was taken
+                raise KeyboardInterrupt  # as a pending Ctrl-C at this call's check point
+        return clock()
+
+    layer.subscribe("test.waits", waits=RecordsEveryWait())
+    monkeypatch.setattr(active, "clock", interrupted_clock)
+    try:
+        lock = threading.Lock()
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with lock:
+                holding.set()
+                release.wait(5)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        holding.wait(5)
+        threading.Timer(0.05, release.set).start()
+        countdown[0] = 2  # the wait's start, then its end
+        with pytest.raises(KeyboardInterrupt):
+            with lock:  # contended: the clock is read again once the lock is ours
+                pass
+        assert countdown[0] == 0
+        holder.join(5)
+        assert not lock.locked()  # the interrupted acquire let the lock go
+        holding.clear()
+        release.clear()
+        holder = threading.Thread(target=hold)
+        holder.start()
+        holding.wait(5)
+        assert lock.acquire(timeout=0.2) is False  # held by the holder: not lent to us
+        release.set()
+        holder.join(5)
+    finally:
+        layer.unsubscribe("test.waits")
+    assert current_primitives() == ORIGINALS

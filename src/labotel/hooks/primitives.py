@@ -217,20 +217,21 @@ def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
     waiting.append(mark)
     got = False
     try:
-        got = acquire(*args)
-    finally:
-        if got:  # held from here on: lent while the wait is recorded (see _lend)
-            lock._lender = _thread.get_ident()
-        delay = clock() - started
         try:
-            waiting.remove(mark)  # equal marks are interchangeable: any one will do
-        except ValueError:  # dropped with the parent's marks after fork
-            pass
-    try:
+            got = acquire(*args)
+        finally:
+            if got:  # held from here on: lent while the wait is recorded (see _lend)
+                lock._lender = _thread.get_ident()
+            delay = clock() - started
+            try:
+                waiting.remove(mark)  # equal marks are interchangeable: any one will do
+            except ValueError:  # dropped with the parent's marks after fork
+                pass
         if key is not None and kept(_waits, delay):
             call_waits("block", key, delay)
     finally:
-        lock._lender = 0
+        if got:  # never left marked (a signal's exception): a later wait would be lent
+            lock._lender = 0
     return got
 
 
