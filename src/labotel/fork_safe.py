@@ -29,11 +29,8 @@ def lock() -> _thread.LockType:
     return made
 
 
-def reinit_in_child() -> int:
+def reinit_in_child() -> None:
     """(In the child, before anything of labotel's runs there.) Unlock every lock made by
-    ``lock()``; returns how many were held."""
-    held = 0
+    ``lock()``."""
     for made in list(_locks):
-        held += made.locked()
         cpython.at_fork_reinit(made)
-    return held
