@@ -202,7 +202,7 @@ def forget_instruments(meter: metrics.Meter, meter_provider: metrics.MeterProvid
 
 
 def global_meter_provider_set() -> bool:
-    return not type(metrics.get_meter_provider()).__name__.startswith("_Proxy")
+    return not otel.is_proxy_meter_provider(metrics.get_meter_provider())
 
 
 def global_tracer_provider_set() -> bool:

@@ -31,6 +31,16 @@ def _private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__") and not name.startswith(OWN_MARK)
 
 
+def _private_literal(node: ast.expr) -> bool:
+    """A string literal that names a private attribute (``"_target"``)."""
+    return (isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and node.value.isidentifier() and _private(node.value))
+
+
+# Methods that take a name as text: a private name passed to them is read by name.
+NAME_TAKING_METHODS = ("get", "pop", "setdefault", "startswith", "endswith")
+
+
 class _Scan(ast.NodeVisitor):
     def __init__(self, tree: ast.Module) -> None:
         self.own: set[str] = set()  # module-level names that are labotel's
@@ -91,12 +101,33 @@ class _Scan(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Call(self, node: ast.Call) -> None:
-        if (isinstance(node.func, ast.Name)
-                and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
-                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
-                and isinstance(node.args[1].value, str) and _private(node.args[1].value)
+        function = node.func
+        if (((isinstance(function, ast.Name)
+                and function.id in ("getattr", "setattr", "hasattr", "delattr"))
+                or (isinstance(function, ast.Attribute)  # object.__getattribute__(obj, name)
+                    and function.attr in ("__getattribute__", "__setattr__")))
+                and len(node.args) >= 2 and _private_literal(node.args[1])
                 and not self._own_object(node.args[0])):
             self.found.append((node.lineno, ast.unparse(node)))
+        elif (isinstance(function, ast.Attribute)
+                and function.attr in NAME_TAKING_METHODS and node.args
+                and _private_literal(node.args[0]) and not self._own_object(function.value)):
+            # namespace.get("_target"), name.startswith("_Proxy"): a private name by text
+            self.found.append((node.lineno, ast.unparse(node)))
+        self.generic_visit(node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        if _private_literal(node.slice) and not self._own_object(node.value):
+            self.found.append((node.lineno, ast.unparse(node)))
+        self.generic_visit(node)
+
+    def visit_Compare(self, node: ast.Compare) -> None:
+        for operand in (node.left, *node.comparators):
+            members = operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) \
+                else [operand]
+            if any(_private_literal(member) for member in members):
+                self.found.append((node.lineno, ast.unparse(node)))
+                break
         self.generic_visit(node)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
@@ -158,6 +189,15 @@ class Own:
 
 def patched(self: threading.Thread):
     self._started           # self here is a Thread
+
+def by_text(thread, label, provider):
+    vars(thread).get("_target")
+    vars(thread)["_name"]
+    label in ("_args", "x")
+    type(provider).__name__.startswith("_Proxy")
+    object.__getattribute__(thread, "_ident")
+    vars(thread).get("name")            # public
+    object.__getattribute__(self, "_x")  # ours
 '''
     found = [expression for _, expression in scan(source)]
     assert found == [
@@ -169,4 +209,9 @@ def patched(self: threading.Thread):
         "setattr(threading, '_active_limbo_lock', None)",
         "thread._started",
         "self._started",
+        "vars(thread).get('_target')",
+        "vars(thread)['_name']",
+        "label in ('_args', 'x')",
+        "type(provider).__name__.startswith('_Proxy')",
+        "object.__getattribute__(thread, '_ident')",
     ]

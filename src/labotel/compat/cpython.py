@@ -52,6 +52,27 @@ def thread_ident(thread: threading.Thread) -> int | None:
     return getattr(thread, "_ident", None)
 
 
+THREAD_CALL_FIELDS = ("_target", "_args", "_kwargs")
+"""The attributes where a Thread keeps the function it runs and its arguments."""
+
+
+def thread_target(namespace: dict[str, Any]) -> Any:
+    """The function a Thread runs, from its instance dict (read without running a
+    subclass's properties); None when unknown or already run."""
+    return namespace.get("_target")
+
+
+def thread_name(namespace: dict[str, Any]) -> str:
+    """A Thread's name, from its instance dict; "?" when not a plain string."""
+    name = namespace.get("_name", "?")
+    return name if type(name) is str else "?"
+
+
+def is_thread_bootstrap(function: str) -> bool:
+    """Whether a function of ``threading`` is one of the frames that start a thread."""
+    return function.startswith("_bootstrap")
+
+
 def thread_started(thread: threading.Thread) -> bool:
     """Whether ``start()`` has completed its handshake (``Thread._started`` is set)."""
     started = getattr(thread, "_started", None)

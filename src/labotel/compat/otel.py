@@ -34,6 +34,12 @@ PROMETHEUS_MAPPING = sanitize_full_name is not None
 
 
 # -- metric readers, span processors and their exporters ----------------------------------
+def is_proxy_meter_provider(provider: object) -> bool:
+    """Whether ``provider`` is the API's stand-in (``_ProxyMeterProvider``), not one set by
+    anybody: the API has no public way to ask."""
+    return type(provider).__name__.startswith("_Proxy")
+
+
 def metric_readers(meter_provider: object) -> list:
     """The readers of this one SDK MeterProvider (none for an API or proxy provider)."""
     consumer = getattr(meter_provider, "_measurement_consumer", None)

@@ -44,6 +44,7 @@ from typing import Any
 
 from labotel import frames
 from labotel.budget import Pacer
+from labotel.compat import cpython
 
 TOP_CONTAINERS = 2000  # containers remembered per walk (the longest)
 MIN_ITEMS = 4  # shorter containers are not remembered (they are still walked through)
@@ -260,10 +261,9 @@ def _roots() -> list[list[tuple[Any, Root]]]:
     workers: list[tuple[Any, Root]] = []
     for thread in threading.enumerate():
         namespace = instance_dict(thread) or {}
-        if _runs_labotel(namespace.get("_target")):
+        if _runs_labotel(cpython.thread_target(namespace)):
             continue  # labotel's own threads: its memory is counted, never the app's leak
-        name = namespace.get("_name", "?")
-        workers.append((thread, ("thread", name if type(name) is str else "?")))
+        workers.append((thread, ("thread", cpython.thread_name(namespace))))
     try:
         from labotel.runtime import aio
 
@@ -367,7 +367,7 @@ def describe(root: Root, chain: tuple, container: Any) -> str:
     named = [label for label in labels if label is not None]
     kind, name = root
     if kind == "thread":
-        if any(label[0] == "attribute" and label[2] in ("_args", "_kwargs", "_target")
+        if any(label[0] == "attribute" and label[2] in cpython.THREAD_CALL_FIELDS
                for label in named):
             return f"an argument of thread {name!r}"
         root_text = f"thread {name!r}"

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from labotel import frames as whose
+from labotel.compat import cpython
 from labotel.runtime import loops, origins
 from labotel.runtime.thread_frames import current_frames, outward
 from labotel.testing.functions import Frame, FunctionSet, ModuleNames, check_names
@@ -330,7 +331,7 @@ def _thread_stack(innermost: Any) -> tuple[Frame, ...]:
             break
         where = whose.located(frame)
         filename, _, function = where
-        if not ((filename == _THREADING_FILE and function.startswith("_bootstrap"))
+        if not ((filename == _THREADING_FILE and cpython.is_thread_bootstrap(function))
                 or whose.is_labotel(filename)):
             frames.append(where)
     return tuple(frames)
