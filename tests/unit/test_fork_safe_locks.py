@@ -73,40 +73,65 @@ def test_children_forked_during_a_race_storm_report_their_own_races():
 
 
 HELD = r"""
-import faulthandler, json, logging, os, threading, time
+import _thread, faulthandler, json, logging, os, threading, time
 import labotel
 from labotel import descriptors, log_relay
-from labotel.profile import stacks, symbols
-from labotel.runtime import loops, origins
+from labotel.detect import races, vectorclock
+from labotel.hooks import layer, primitives
+from labotel.profile import heap as heap_profile, stacks, symbols
+from labotel.runtime import heap, loops, origins
 monitor = labotel.start(admin_address="127.0.0.1:0", metrics_exporter="none",
                         traces_exporter="none", race_detection=True,
                         contention_profiling=True, leak_sample_interval=0.2)
 by_name = {component.name: component for component in monitor.components}
-locks = {"reporter": monitor.reporter._lock, "relay's byte count": log_relay._bytes_lock,
-         "canary": descriptors._lock, "loop registry": loops._lock,
-         "origins install": origins._install_lock, "origins loops": origins._loop_patcher_lock,
-         "gc pauses": by_name["runtime.gc"].recorder._drain_lock,
-         "symbols": symbols._lock, "goroutine ids": stacks._ids_lock,
-         "profile waits": by_name["profile"]._waiting_lock}
-held, release = threading.Event(), threading.Event()
+# each lock looked up where labotel uses it, in the parent and again in the child
+locks = {"reporter": lambda: monitor.reporter._lock,
+         "relay's byte count": lambda: log_relay._bytes_lock,
+         "canary": lambda: descriptors._lock, "loop registry": lambda: loops._lock,
+         "origins install": lambda: origins._install_lock,
+         "origins loops": lambda: origins._loop_patcher_lock,
+         "gc pauses": lambda: by_name["runtime.gc"].recorder._drain_lock,
+         "symbols": lambda: symbols._lock, "goroutine ids": lambda: stacks._ids_lock,
+         "profile waits": lambda: by_name["profile"]._waiting_lock,
+         "hooks layer": lambda: layer._lock,
+         "waiting lists": lambda: primitives._waiting_lists_lock,
+         "clock registry": lambda: vectorclock._registry_mu,
+         "accumulated clocks": lambda: vectorclock.AccumulatedClock._mu,
+         "race detector": lambda: races._detector.mu,
+         "contention recorder": lambda: by_name["profile.contention"].recorder._lock,
+         "cpu profile slot": lambda: by_name["profile"].cpu._lock,
+         "profile backends": lambda: by_name["profile"].backends._lock,
+         "heap profile leases": lambda: heap_profile._lock,
+         "event loop probe": lambda: by_name["runtime.asyncio"].probe._lock,
+         "memory leak samples": lambda: by_name["detect.memory"]._lock,
+         "thread leak samples": lambda: by_name["detect.threads"]._lock,
+         "heap reading": lambda: heap._blocks._lock}
+# raw signals: with the race detector's locks held, an Event's hooks would wait on them
+go, held, release = (_thread.allocate_lock() for _ in range(3))
+go.acquire()
+held.acquire()
+release.acquire()
 
 def hold():  # as threads in the middle of their work at the moment of the fork
-    for lock in locks.values():
+    go.acquire()  # once start() has returned: it waits on an Event
+    taken = [lock() for lock in locks.values()]
+    for lock in taken:
         lock.acquire()
-    held.set()
-    release.wait()
-    for lock in locks.values():
+    held.release()
+    release.acquire()
+    for lock in taken:
         lock.release()
 
 threading.Thread(target=hold, daemon=True).start()
-held.wait()
+go.release()
+held.acquire()
 pid = os.fork()
 if pid == 0:
     faulthandler.dump_traceback_later(20, exit=True)  # a hung child says where
-    taken = [name for name, lock in locks.items() if not lock.acquire(False)]
+    taken = [name for name, lock in locks.items() if not lock().acquire(False)]
     for name, lock in locks.items():
         if name not in taken:
-            lock.release()
+            lock().release()
     def racy():
         labotel.record_access("shared", write=True, location="/srv/a.py:1")
     other = threading.Thread(target=racy)
@@ -118,7 +143,7 @@ if pid == 0:
     print(json.dumps({"held_in_child": taken}), flush=True)
     os._exit(0)
 os.waitpid(pid, 0)
-release.set()
+release.release()
 os._exit(0)
 """
 

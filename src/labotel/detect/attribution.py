@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from labotel import own_random
+from labotel import fork_safe, own_random
 from labotel.budget import Pacer, Stopped
 from labotel.detect import census as census_module
 from labotel.detect.census import Census, Found, GrowingContainer, instance_dict, newest_items
@@ -146,7 +146,7 @@ class Attribution:
         self._tallies: dict[int, _Tally] = {}
         self._stop = threading.Event()
         self._leased = False
-        self._lease_lock = threading.Lock()
+        self._lease_lock = fork_safe.lock()
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()  # set while no burst of labotel's is tracing
         self._idle.set()
@@ -309,14 +309,13 @@ class Attribution:
 
     def forget(self) -> None:
         """In a forked child: the thread stayed in the parent and the profiler already
-        reset the leases; just let go. The events and the lease lock are new ones: the
+        reset the leases; just let go. The events are new ones: the
         parent's attribution thread may have been inside one at fork (the child then hung
         for ever setting the copied stop event, in ``os.fork()``'s after-fork hooks)."""
         self._stop = threading.Event()
         self._stop.set()
         self._idle = threading.Event()
         self._idle.set()
-        self._lease_lock = threading.Lock()
         self._thread = None
         self._leased = False
         self._census = None

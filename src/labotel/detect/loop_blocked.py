@@ -131,7 +131,6 @@ class BlockedLoopDetector(Component):
     def after_fork_in_child(self) -> None:
         self.suspects = {}
         self._loop_found = threading.Event()  # the parent's may have been locked at fork
-        self.probe.reset_after_fork()
         self._start_watchdog()  # the parent's thread does not exist here
 
     def _failed(self) -> None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from labotel import fork_safe
 from labotel.component import Component
 from labotel.config import Settings
 from labotel.context import Context
@@ -101,7 +102,7 @@ class SamplingDetector(Component):
         self.interval = context.settings.leak_sample_interval
         self.window = context.settings.leak_window
         self.configure(context.settings)
-        self._lock = threading.Lock()
+        self._lock = fork_safe.lock()
         self._reset()
         self._sampler = PeriodicThread(self.thread_name, self.interval, self.tick,
                                        self._failed, self.cpu_share)
@@ -124,10 +125,7 @@ class SamplingDetector(Component):
         self._sampler.stop()
 
     def after_fork_in_child(self) -> None:
-        # the parent's samples describe another process; its lock may be held by a thread
-        # that did not survive fork
-        self._lock = threading.Lock()
-        self._reset()
+        self._reset()  # the parent's samples describe another process
         self._sampler.restart_after_fork()
 
     def _failed(self) -> None:

@@ -87,8 +87,3 @@ class RaceDetection(Component):
         sync.uninstall()
         self.detector = None
 
-    def after_fork_in_child(self) -> None:
-        vectorclock.reinit_after_fork()
-        if self.detector is not None:
-            self.detector.reinit_after_fork()
-

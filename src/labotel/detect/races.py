@@ -9,12 +9,12 @@ function here returns after one global check.
 
 from __future__ import annotations
 
-import _thread
 import collections
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from labotel import fork_safe
 from labotel.compat import cpython
 from labotel.detect import race_report, vectorclock
 from labotel.detect.detection import Reporter
@@ -55,7 +55,7 @@ class Detector:
         self.max_token_bytes = int(max_bytes * TOKEN_SHARE)
         self.token_bytes = 0
         self.tokens_forgotten = 0
-        self.mu = _thread.allocate_lock()  # raw: instrumented locks call into us
+        self.mu = fork_safe.lock()  # raw: instrumented locks call into us
         self.races_seen = 0
 
     def access(self, resource: Any, write: bool, frame: FrameType | None,
@@ -219,9 +219,6 @@ class Detector:
         figures["races_seen"] = self.races_seen
         figures["races_suppressed"] = self.races_suppressed
         return figures
-
-    def reinit_after_fork(self) -> None:
-        self.mu = _thread.allocate_lock()
 
 
 def activate(detector: Detector | None) -> None:

@@ -26,13 +26,14 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from labotel import fork_safe
 from labotel.compat import cpython
 
 Snapshot = tuple  # (tid, clock, vc dict) — never mutated after it is published
 
 _ids = itertools.count(1)
 _local = threading.local()
-_registry_mu = _thread.allocate_lock()  # raw: never one of the instrumented locks
+_registry_mu = fork_safe.lock()  # raw: never one of the instrumented locks
 _live: set[int] = set()
 _exited_queue: collections.deque[int] = collections.deque()
 _exited: collections.OrderedDict[int, None] = collections.OrderedDict()
@@ -265,7 +266,7 @@ class AccumulatedClock:
     """
 
     __slots__ = ("vc", "__weakref__")
-    _mu = _thread.allocate_lock()
+    _mu = fork_safe.lock()
 
     def __init__(self) -> None:
         self.vc: dict[int, int] = {}
@@ -294,13 +295,6 @@ class AccumulatedClock:
         finally:
             state.busy = busy
         state.acquire(snapshot)
-
-
-def reinit_after_fork() -> None:
-    """Raw locks held by another thread at fork time would stay held forever in the child."""
-    global _registry_mu
-    _registry_mu = _thread.allocate_lock()
-    AccumulatedClock._mu = _thread.allocate_lock()
 
 
 def attach(holder: Any, attribute: str = "_labotel_clock") -> AccumulatedClock:

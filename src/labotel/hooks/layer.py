@@ -7,15 +7,15 @@ contention profiler for waits).
 
 from __future__ import annotations
 
-import _thread
 from typing import Any
 
+from labotel import fork_safe
 from labotel.compat import cpython
 from labotel.hooks import active, patches, primitives
 from labotel.hooks.adopt import LockAdopter
 from labotel.patching import Patcher
 
-_lock = _thread.allocate_lock()  # raw: never one of the instrumented locks
+_lock = fork_safe.lock()  # raw: never one of the instrumented locks
 _subscribers: dict[str, tuple[Any, Any, bool]] = {}  # name -> (edges, waits, adopt)
 _patcher = Patcher()
 _installed: set[str] = set()
@@ -84,9 +84,6 @@ def _undo() -> None:
 def after_fork_in_child() -> None:
     """(Run by the monitor's fork hook, after threading's own.) Waiter marks of the
     parent's threads go stale; raw locks may be held by them."""
-    global _lock
-    _lock = _thread.allocate_lock()
-    primitives._waiting_lists_lock = _thread.allocate_lock()
     active.generation += 1
     # threading's own after-fork hook rebuilt _active_limbo_lock with threading.RLock, which
     # is ours while patched: put the plain lock back under it.

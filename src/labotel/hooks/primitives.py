@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from labotel import own_random
+from labotel import fork_safe, own_random
 from labotel.compat import cpython, python
 from labotel.hooks import active
 
@@ -47,7 +47,7 @@ _edges: Any = None
 _waits: Any = None
 _allocate_lock = _thread.allocate_lock
 _RawRLock = _thread.RLock
-_waiting_lists_lock = _thread.allocate_lock()
+_waiting_lists_lock = fork_safe.lock()
 _draw = own_random.generator.random  # never the application's generator
 # What install() replaces, as the application may have imported them by name
 # (``from threading import Lock``): adopt.py rebinds those names too.

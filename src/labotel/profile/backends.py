@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from labotel import fork_safe
 from labotel.config import PROFILE_BACKENDS
 from labotel.profile import pyspy
 from labotel.profile.cpu import RunningProfile, Sampler, Unavailable
@@ -52,7 +53,7 @@ class Backends:
         self.choice = choice
         self.cpu_budget = cpu_budget
         self._find_py_spy = find_py_spy
-        self._lock = threading.Lock()
+        self._lock = fork_safe.lock()
         self._last: dict[str, str] = {}
 
     def start(self, mode: str, rate_hz: int, on_failure: Callable[[], None],
@@ -87,8 +88,7 @@ class Backends:
             self._last[mode] = text
 
     def reset_after_fork(self) -> None:
-        """A fork may have caught another thread holding the lock; the child starts afresh."""
-        self._lock = threading.Lock()
+        """The child's profiles are its own."""
         self._last = {}
 
     def describe(self) -> str:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
+from labotel import fork_safe
 from labotel.compat import cpython
 from labotel.profile.pprof import ProfileBuilder
 from labotel.runtime.thread_frames import current_frames, outward
@@ -433,7 +434,7 @@ class ProfileSlot:
     def __init__(self, mode: str, backend: Backend | None = None):
         self.mode = mode
         self._backend = backend or in_process()
-        self._lock = threading.Lock()
+        self._lock = fork_safe.lock()
         self._busy = False
         self._sampler: RunningProfile | None = None
         self._finished = threading.Event()
@@ -484,7 +485,6 @@ class ProfileSlot:
             sampler.stop()
 
     def reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
         self._busy = False
         self._sampler = None
         self._finished = threading.Event()

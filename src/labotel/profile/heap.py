@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import fnmatch
 import gc
-import threading
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from labotel import fork_safe
 from labotel.compat import cpython
 from labotel.profile import text
 from labotel.profile.pprof import ProfileBuilder
@@ -36,7 +36,7 @@ _MAX_FILES_KNOWN = 4096
 FRESH_COUNT_MAX_TRACEMALLOC_BYTES = 16 << 20
 _last_stack_count: int | None = None
 
-_lock = threading.Lock()
+_lock = fork_safe.lock()
 _leases = 0
 _started_here = False
 
@@ -72,8 +72,7 @@ def leased(frames: int) -> Iterator[None]:
 
 def reset_after_fork(held: int) -> None:
     """In a forked child only ``held`` leases survive (requests stayed in the parent)."""
-    global _lock, _leases, _started_here
-    _lock = threading.Lock()
+    global _leases, _started_here
     _leases = held
     if held == 0 and _started_here:
         _started_here = False

@@ -29,13 +29,13 @@ never go backwards.
 
 from __future__ import annotations
 
-import _thread
 import os
 import sys
 from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
+from labotel import fork_safe
 from labotel import frames as whose
 from labotel.profile.pprof import ProfileBuilder
 
@@ -69,7 +69,7 @@ class WaitRecorder:
         self.rate_ns = max(int(rate_ns), 1)  # read by the hooks, which do the sampling
         self.max_bytes = max_bytes
         self._on_failure = on_failure
-        self._lock = _thread.allocate_lock()  # raw: the hooks call in here
+        self._lock = fork_safe.lock()  # raw: the hooks call in here
         self._reset()
 
     def _reset(self) -> None:
@@ -240,8 +240,7 @@ class WaitRecorder:
                     "waits_merged_over_budget": self.dropped, "rate_ns": self.rate_ns}
 
     def reset_after_fork(self) -> None:
-        """The parent's waits are not the child's; its lock may be held by a lost thread."""
-        self._lock = _thread.allocate_lock()
+        """The parent's waits are not the child's."""
         self._reset()
 
 

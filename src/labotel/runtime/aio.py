@@ -22,6 +22,7 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from labotel import fork_safe
 from labotel.budget import Reused
 from labotel.compat import cpython, python
 from labotel.component import Component
@@ -149,7 +150,7 @@ class LoopProbe:
         self._on_loop = on_loop
         self._on_error = on_error
         self._stopped = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = fork_safe.lock()
         # by id, the beat's weak reference telling a loop from a later one at the same
         # address: a WeakKeyDictionary would hash the loop (a custom loop class's
         # __hash__, the application's code) under our lock
@@ -168,9 +169,6 @@ class LoopProbe:
                 if beat.loop() is None:
                     del self._beats[key]
             return list(self._beats.values())
-
-    def reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
 
     def _found(self, loop: asyncio.AbstractEventLoop) -> None:  # in the loop's thread
         ref = weakref.ref(loop)
@@ -247,7 +245,6 @@ class AsyncioCollector(Component):
         self.probe.stop()
 
     def after_fork_in_child(self) -> None:
-        self.probe.reset_after_fork()
         self.counts.forget()
 
     def _tasks(self, _: CallbackOptions):

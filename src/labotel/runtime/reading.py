@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+from labotel import fork_safe
 
 T = TypeVar("T")
 
@@ -15,7 +16,7 @@ class SharedReading(Generic[T]):
 
     def __init__(self, read: Callable[[], T]) -> None:
         self._read = read
-        self._lock = threading.Lock()
+        self._lock = fork_safe.lock()
         self._value: T | None = None
         self._taken = float("-inf")
 
@@ -28,7 +29,6 @@ class SharedReading(Generic[T]):
             return self._value  # type: ignore[return-value]
 
     def forget(self) -> None:
-        """Drop the reading; a new lock too, as a forked child inherits a held one as held."""
-        self._lock = threading.Lock()
+        """Drop the reading (a forked child's figures are its own)."""
         self._value = None
         self._taken = float("-inf")
