@@ -85,6 +85,24 @@ def check() -> bool:
     return True
 
 
+Identity = tuple[int, int, int]  # (fd, st_dev, st_ino)
+
+
+def identity(fd: int) -> Identity | None:
+    """What names the file at ``fd`` now: a socket or pipe has an inode nobody else has."""
+    try:
+        status = os.fstat(fd)
+    except OSError:
+        return None
+    return fd, status.st_dev, status.st_ino
+
+
+def still_ours(known: Identity | None) -> bool:
+    """Whether the number still names the file it named when ``identity()`` was taken (an
+    application that closed only some descriptors left labotel the rest)."""
+    return known is not None and _intact(known)
+
+
 def on_lost(owner: object, react: Callable[[], None]) -> None:
     _reactions[owner] = react
 

@@ -209,7 +209,15 @@ class Monitor:
         server.orphan()
         if not self.running or not descriptors.may_reopen():
             return
-        host, port = server.address
+        # an application that closed only some descriptors may have left the listener
+        # ours: the port is free once the old server has closed it, on its own thread
+        if not server.when_released(lambda: self._listen_again(*server.address)):
+            self._listen_again(*server.address)
+
+    def _listen_again(self, host: str, port: int) -> None:
+        """After a loss: the debug server on the address it had."""
+        if not self.running:
+            return
         bracketed = f"[{host}]" if ":" in host else host
         try:
             fresh = DebugServer(f"{bracketed}:{port}", self.router,

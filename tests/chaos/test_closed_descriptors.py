@@ -24,6 +24,7 @@ import time
 import pytest
 
 import labotel
+from tests.metrics_helpers import fetch
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "closerange"), reason="needs os.closerange")
 
@@ -141,7 +142,8 @@ def test_a_connection_closed_just_after_the_servers_look_leaves_the_daemons_file
 
     monitor = labotel.start(admin_address="127.0.0.1:0", metrics_exporter="none",
                             traces_exporter="none", leak_detection=False)
-    loop = monitor.server._loop
+    old_server = monitor.server
+    loop = old_server._loop
     client = socket.create_connection(monitor.server.address)
     files = []
     try:
@@ -156,11 +158,16 @@ def test_a_connection_closed_just_after_the_servers_look_leaves_the_daemons_file
         for number in files:
             os.write(number, b"still the daemon's\n")  # EBADF if labotel closed it
         assert descriptors.losses == losses + 1
+        # the application left labotel its listener: the old server closes it, and the
+        # new one listens on the same port (it found the port taken, and said so in a
+        # traceback, while the old listener was let go of without closing)
+        assert _serving_again(monitor, old_server) == old_server.address[1]
     finally:
         client.close()
         _close_numbers(files)
         labotel.shutdown()
     _assert_daemon_wrote(tmp_path, files)
+    _assert_no_labotel_thread_left()
 
 
 def test_an_export_request_looks_at_the_canary_after_encoding_its_batch(collector, tmp_path):
@@ -212,3 +219,28 @@ def _close_numbers(numbers: list[int]) -> None:
 def _assert_daemon_wrote(directory, numbers: list[int]) -> None:
     for number in numbers:
         assert (directory / f"daemon{number}.log").read_bytes() == b"still the daemon's\n"
+
+
+def _serving_again(monitor, old_server) -> int:
+    """The port of the debug server started after a loss, once it answers."""
+    give_up = time.monotonic() + 10
+    while time.monotonic() < give_up:
+        server = monitor.server
+        if server is not None and server is not old_server:
+            status, _, _ = fetch(f"{server.url}/healthz")
+            assert status == 200
+            return server.address[1]
+        time.sleep(0.01)
+    raise AssertionError(f"no debug server after the loss: {monitor.server!r}")
+
+
+def _assert_no_labotel_thread_left() -> None:
+    """shutdown() leaves no thread of labotel's; an orphaned server's ends at once too
+    (it waited for its next look, up to 2 s, and the next test saw it)."""
+    give_up = time.monotonic() + 1
+    while time.monotonic() < give_up:
+        left = [t.name for t in threading.enumerate() if t.name.startswith("labotel")]
+        if not left:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"labotel threads left after shutdown: {left}")

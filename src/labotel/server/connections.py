@@ -102,6 +102,11 @@ class ConnectionLoop:
             sock.setblocking(False)
         self._listener_fd = listener.fileno()
         self._waker_fd = self._waker.fileno()
+        # what each number named, to close after a loss those the application left us
+        self._identities = {sock: descriptors.identity(sock.fileno())
+                            for sock in (listener, self._waker, self._wake_end)}
+        self._on_released: Callable[[], None] | None = None
+        self._released = False
         self._poller.register(self._listener_fd, READ)
         self._poller.register(self._waker_fd, READ)
         self._connections: dict[int, Connection] = {}  # by fd; the selector thread's own
@@ -414,10 +419,8 @@ class ConnectionLoop:
         except OSError:
             keep, gone = False, True
         with self._lock:
-            if self._loop_done:  # the selector thread has finished: nobody else will close it
-                self._let_go(connection.sock)
-                return
-            if keep and not connection.buffer and connection.head is None:
+            done = self._loop_done  # the selector thread has finished: close it here
+            if not done and keep and not connection.buffer and connection.head is None:
                 # the usual keep-alive case: it only has to become idle and readable again
                 try:
                     self._poller.modify(connection.fd, READ)
@@ -430,7 +433,11 @@ class ConnectionLoop:
                     if not self._poller.sees_changes_while_polling:
                         self.wake()
                     return
-            self._returned.append((connection, keep, gone))
+            if not done:
+                self._returned.append((connection, keep, gone))
+        if done:  # close it, outside the lock (the canary's look may run a loss's reactions)
+            self._let_go(connection.sock)
+            return
         self.wake()
 
     # -- back on the selector thread -------------------------------------------------------
@@ -530,7 +537,8 @@ class ConnectionLoop:
             if not self.orphaned:
                 self._poller.unregister(connection.fd)
             self._connections.pop(connection.fd, None)
-            self._let_go(connection.sock)
+        # outside the lock: the canary's look may run the loss's reactions (a new server)
+        self._let_go(connection.sock)
 
     def _let_go(self, sock: socket.socket) -> None:
         """Close ``sock``; once orphaned, give its number up without closing it. The
@@ -553,24 +561,48 @@ class ConnectionLoop:
 
     def orphan(self) -> None:
         """The application closed labotel's descriptors: stop serving, and let go of every
-        descriptor this server had without closing one (the selector thread ends at its
-        next look, within ``IDLE_LOOK``)."""
+        descriptor this server had without closing one that is the application's now (the
+        selector thread ends at once if its waker is still ours, else at its next look,
+        within ``IDLE_LOOK``)."""
+        if self.orphaned:
+            return
         self.orphaned = True
         self._stopping = True
+        if descriptors.still_ours(self._identities[self._wake_end]):
+            try:
+                self._wake_end.send(b"\0")
+            except OSError:
+                pass
+
+    def when_released(self, then: Callable[[], None]) -> bool:
+        """(Orphaned.) Call ``then`` on the selector thread once it has let go of its
+        listener (closed if still ours, so the port is free again); False if it already
+        has (``then`` is not called)."""
+        with self._lock:
+            if self._released:
+                return False
+            self._on_released = then
+            return True
 
     def _close_all(self) -> None:
         with self._lock:
             self._loop_done = True  # workers still running close their own connections
             returned = [item[0] for item in self._returned]
             self._returned.clear()
+            closing = returned + [connection for connection in self._connections.values()
+                                  if connection.state != BUSY]
             for connection in returned:
                 connection.state = CLOSING
-                self._close(connection)
-            for connection in list(self._connections.values()):
-                if connection.state != BUSY:  # a running request still gets its answer (as
-                    self._close(connection)  # Go's Shutdown allows); its worker closes it
-        self._pool.stop()
-        self._close_descriptors()
+        # a running request still gets its answer (as Go's Shutdown allows); its worker
+        # closes it
+        for connection in closing:
+            self._close(connection)
+        if self.orphaned:  # free the port first: the new server waits for it
+            self._close_descriptors()
+            self._pool.stop()
+        else:
+            self._pool.stop()
+            self._close_descriptors()
         descriptors.forget(self)
 
     def abandon(self) -> None:
@@ -582,7 +614,18 @@ class ConnectionLoop:
 
     def _close_descriptors(self) -> None:
         for sock in (self._listener, self._waker, self._wake_end):
-            self._let_go(sock)
+            if self.orphaned and descriptors.still_ours(self._identities.get(sock)):
+                try:  # the application closed only some descriptors: this one is ours
+                    sock.close()
+                except OSError:
+                    pass
+            else:
+                self._let_go(sock)
+        with self._lock:
+            self._released, then = True, self._on_released
+            self._on_released = None
+        if then is not None:
+            then()
         if self.orphaned:  # an epoll cannot give its number up: never finalized
             descriptors.keep_forever(self._poller)
             return

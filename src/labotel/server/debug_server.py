@@ -102,8 +102,14 @@ class DebugServer:
         self._loop.abandon()
 
     def orphan(self) -> None:
-        """The application closed labotel's descriptors: serve no more, close none."""
+        """The application closed labotel's descriptors: serve no more, close none of
+        those that are the application's now."""
         self._loop.orphan()
+
+    def when_released(self, then: Callable[[], None]) -> bool:
+        """(Orphaned.) Call ``then`` once the listener is let go of, on the server's thread;
+        False if it already is."""
+        return self._loop.when_released(then)
 
     def stop(self) -> None:
         self._loop.stop()
