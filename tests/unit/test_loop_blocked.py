@@ -128,20 +128,20 @@ def short_callback() -> None:
     sum(range(5000))  # tens of microseconds
 
 
+async def busy_with_short_callbacks(lateness: list[float]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        for _ in range(5000):  # one pass of the loop runs them all: 0.1 s or more
+            loop.call_soon(short_callback)
+        asked = time.monotonic()
+        await asyncio.sleep(0)
+        lateness.append(time.monotonic() - asked)
+
+
 def test_a_loop_busy_with_many_short_callbacks_is_not_reported(monitor):
     lateness: list[float] = []
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:
-            for _ in range(5000):  # one pass of the loop runs them all: 0.1 s or more
-                loop.call_soon(short_callback)
-            asked = time.monotonic()
-            await asyncio.sleep(0)
-            lateness.append(time.monotonic() - asked)
-
-    asyncio.run(main())
+    asyncio.run(busy_with_short_callbacks(lateness))
     time.sleep(0.3)
     assert max(lateness) > 0.15  # the probe was as late as a blocked loop's would be
     assert reports() == []
@@ -153,13 +153,14 @@ async def short_steps() -> None:
         await asyncio.sleep(0)
 
 
-def test_many_short_task_steps_are_not_reported(monitor):
-    async def main() -> None:
-        started = time.monotonic()
-        await asyncio.gather(*(short_steps() for _ in range(2000)))
-        assert time.monotonic() - started > 0.5  # rounds of 2000 steps: late probes
+async def many_short_steps() -> None:
+    started = time.monotonic()
+    await asyncio.gather(*(short_steps() for _ in range(2000)))
+    assert time.monotonic() - started > 0.5  # rounds of 2000 steps: late probes
 
-    asyncio.run(main())
+
+def test_many_short_task_steps_are_not_reported(monitor):
+    asyncio.run(many_short_steps())
     time.sleep(0.3)
     assert reports() == []
 

@@ -32,7 +32,7 @@ import os
 import sys
 import threading
 import time
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 from labotel.compat import cpython
@@ -47,7 +47,8 @@ from labotel.runtime.gc import GCCollector
 from labotel.runtime.thread_frames import current_frames, outward, stack
 
 # the function asyncio runs every callback and task step in (None: the detector is off,
-# said once at start). Loops that do not run callbacks through it (uvloop) are not watched.
+# said once at start). Loops that run callbacks from C (uvloop) are watched through the
+# code their heartbeat was called from instead.
 _HANDLE_RUN = cpython.HANDLE_RUN_CODE
 STACK_FRAMES = 64
 STILL_BLOCKED = 1.0  # report a block that has not ended this long after the threshold
@@ -187,7 +188,7 @@ class BlockedLoopDetector(Component):
             if frames is None:  # only when some probe is overdue
                 frames = current_frames()
             frame = frames.get(beat.thread_id)
-            callback = _running_callback(frame)
+            callback = _running_callback(frame, beat.dispatcher)
             suspect = self.suspects.get(beat)
             if callback is None or (suspect is not None and suspect.callback is not callback):
                 self._ended(beat, now)
@@ -250,7 +251,8 @@ class BlockedLoopDetector(Component):
     def _take(self, loop: asyncio.AbstractEventLoop, beat: aio.Beat, frame: FrameType | None,
               callback: FrameType, held: float) -> Taken:
         frames = stack(frame)  # one read: on 3.11 each read of another thread costs a step
-        return Taken(_stack(frames), _callback_name(frames, callback), _current_task(loop),
+        name = _callback_name(frames, callback, inside=_dispatched_from_c(beat.dispatcher))
+        return Taken(_stack(frames), name, _current_task(loop),
                      _thread_name(beat.thread_id), beat.thread_id, self.threshold)
 
     def view(self) -> dict[str, Any]:
@@ -295,11 +297,29 @@ def _running(beat: aio.Beat) -> bool:
     return loop is not None and loop.is_running()
 
 
-def _running_callback(frame: FrameType | None) -> FrameType | None:
-    """The innermost ``Handle._run`` frame of a loop thread's stack (None when idle)."""
+def _dispatched_from_c(dispatcher: CodeType | None) -> bool:
+    """Whether the loop calls its callbacks from C (uvloop): the heartbeat's caller was not
+    ``Handle._run`` but the code that started the loop."""
+    return dispatcher is not None and dispatcher is not _HANDLE_RUN
+
+
+def _running_callback(frame: FrameType | None,
+                      dispatcher: CodeType | None = None) -> FrameType | None:
+    """The frame of the callback a loop thread runs now (None when idle): asyncio's
+    innermost ``Handle._run`` frame, one per callback run. A loop that calls callbacks from
+    C has no such frame: there it is the frame just inside the code that started the loop
+    (a task's coroutine keeps its frame from one step to the next, but the heartbeat runs
+    between two steps, so two long steps are never taken for one)."""
+    if not _dispatched_from_c(dispatcher):
+        for caller in outward(frame):
+            if caller.f_code is _HANDLE_RUN:
+                return caller
+        return None
+    inner = None
     for caller in outward(frame):
-        if caller.f_code is _HANDLE_RUN:
-            return caller
+        if caller.f_code is dispatcher:
+            return inner
+        inner = caller
     return None
 
 
@@ -312,9 +332,16 @@ def _stack(frames: list[FrameType]) -> tuple[Frame, ...]:
     return tuple(located)
 
 
-def _callback_name(frames: list[FrameType], callback: FrameType) -> str | None:
+def _callback_name(frames: list[FrameType], callback: FrameType,
+                   inside: bool = False) -> str | None:
     """The function ``Handle._run`` called: the frame just inside it (``frames`` is the
-    loop thread's stack, innermost first)."""
+    loop thread's stack, innermost first); ``inside``: ``callback`` is that function's
+    frame itself (a loop that calls callbacks from C)."""
+    if inside:
+        if callback not in frames:
+            return None  # the stack was read after it returned
+        code = callback.f_code
+        return f"{symbols.qualname(code)} ({code.co_filename}:{code.co_firstlineno})"
     inner = None
     for caller in frames:
         if caller is callback:

@@ -132,6 +132,9 @@ class Beat:
     native_id: int | None = None  # the kernel's id of that thread
     due: float = 0.0
     ran: float = 0.0
+    # the code that called the probe: asyncio's Handle._run, or for a loop that runs its
+    # callbacks from C (uvloop) the code that started the loop
+    dispatcher: types.CodeType | None = None
 
 
 class LoopProbe:
@@ -180,7 +183,13 @@ class LoopProbe:
                                                 threading.get_native_id())
         if self._on_loop is not None:
             self._call(self._on_loop, loop)
+        loop.call_soon(self._learn, beat)  # at once: the watchdog needs it from the start
         self._schedule(loop, beat)
+
+    @staticmethod
+    def _learn(beat: Beat) -> None:
+        """Which code calls the loop's callbacks (see ``Beat.dispatcher``)."""
+        beat.dispatcher = cpython.getframe(1).f_code
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, beat: Beat) -> None:
         if self._stopped.is_set() or loop.is_closed():
@@ -193,6 +202,7 @@ class LoopProbe:
         if self._stopped.is_set():
             return
         beat.ran = now = time.monotonic()
+        beat.dispatcher = cpython.getframe(1).f_code
         if self._on_lag is not None:
             self._call(self._on_lag, max(now - beat.due, 0.0))
         self._schedule(loop, beat)

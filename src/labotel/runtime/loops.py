@@ -1,8 +1,10 @@
 """Find every running asyncio event loop, including loops started after ``start()``.
 
-``BaseEventLoop.run_forever`` is wrapped so a loop announces itself when it starts
-running; loops already running when labotel starts are found once by looking at each
-thread's frames for a ``run_forever`` in progress.
+``BaseEventLoop.run_forever`` and ``asyncio.Runner.run`` (``asyncio.run()``, uvloop.run(),
+uvicorn) are wrapped so a loop announces itself when it starts running; loops already
+running when labotel starts are found once by looking at each thread's frames for a
+``run_forever`` in progress. A uvloop loop run by hand (``loop.run_forever()`` without a
+Runner) is not found.
 """
 
 from __future__ import annotations
@@ -104,11 +106,30 @@ def install(patcher: Patcher) -> None:
 
     run_forever.__wrapped__ = original  # type: ignore[attr-defined]
     patcher.replace(asyncio.BaseEventLoop, "run_forever", run_forever)
+    _announce_runner_loops(patcher)
     for loop in _find_running_loops():
         with _lock:
             known = _known(loop)
         if not known:
             loop.call_soon_threadsafe(register, loop)
+
+
+def _announce_runner_loops(patcher: Patcher) -> None:
+    """Loops that are not ``BaseEventLoop`` (uvloop's, which ``uvicorn[standard]`` runs)
+    have a ``run_forever`` of their own, in C; ``asyncio.run()`` and ``asyncio.Runner``,
+    which uvloop.run() and uvicorn use, announce them."""
+    original = asyncio.Runner.run
+
+    def run(self: asyncio.Runner, *args: object, **kwargs: object) -> object:
+        try:
+            loop = self.get_loop()  # the runner's own, made now if not yet
+            loop.call_soon(register, loop)
+        except Exception:  # closed or failing: the runner says so itself, below
+            pass
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    run.__wrapped__ = original  # type: ignore[attr-defined]
+    patcher.replace(asyncio.Runner, "run", run)
 
 
 def uninstall() -> None:

@@ -1,0 +1,105 @@
+"""The blocked-loop watchdog on uvloop, the loop ``uvicorn[standard]`` runs.
+
+uvloop runs its callbacks from C: there is no ``Handle._run`` frame to find the running
+callback by, and its ``run_forever`` is not ``BaseEventLoop``'s, so labotel found no loop
+at all (no lag, no task origins, no blocked-loop report). Loops are now announced by
+``asyncio.Runner`` (``asyncio.run()``, ``uvloop.run()``), and the running callback is the
+frame just inside the code the heartbeat was called from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import uvloop
+
+from tests.unit.test_loop_blocked import (
+    BLOCKING_LINE,
+    blocking_callback,
+    busy_with_short_callbacks,
+    handle_request,
+    many_short_steps,
+    metric,
+    reports,
+    start,
+    wait_for_report,
+)
+
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+BLOCKING_FILE = handle_request.__code__.co_filename
+
+
+@pytest.fixture
+def monitor():
+    import labotel
+
+    yield start()
+    labotel.shutdown()
+
+
+def run_on_uvloop(main) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+def test_a_coroutine_calling_time_sleep_on_uvloop_is_reported_with_its_line(monitor):
+    seen: list[type] = []
+
+    async def main() -> None:
+        seen.append(type(asyncio.get_running_loop()))
+        await asyncio.sleep(0)  # labotel hooks the loop's task factory in its first pass
+        await asyncio.create_task(handle_request(0.35), name="request-42")
+        await asyncio.sleep(0.1)
+
+    run_on_uvloop(main)
+    assert seen == [uvloop.Loop]
+    (report,) = wait_for_report()
+    attributes = report.attributes
+    assert (attributes["code.filepath"], attributes["code.lineno"],
+            attributes["code.function"]) == (BLOCKING_FILE, BLOCKING_LINE, "handle_request")
+    assert 0.2 <= attributes["labotel.loop.blocked_seconds"] <= 1.0
+    assert attributes["labotel.loop.task"] == "request-42"
+    assert attributes["labotel.loop.task.created_at"].startswith(__file__ + ":")
+    assert attributes["thread.name"] == threading.current_thread().name
+    assert metric(monitor, "labotel_asyncio_loop_blocks_total") == 1
+
+
+def test_a_plain_callback_on_uvloop_is_named(monitor):
+    async def main() -> None:
+        asyncio.get_running_loop().call_soon(blocking_callback)
+        await asyncio.sleep(0.4)
+
+    run_on_uvloop(main)
+    (report,) = wait_for_report()
+    assert report.attributes["code.function"] == "blocking_callback"
+    assert report.attributes["labotel.loop.task"] is None
+    assert report.attributes["labotel.loop.callback"].startswith("blocking_callback (")
+
+
+def test_a_uvloop_busy_with_many_short_callbacks_is_not_reported(monitor):
+    lateness: list[float] = []
+    run_on_uvloop(lambda: busy_with_short_callbacks(lateness))
+    time.sleep(0.3)
+    assert max(lateness) > 0.15  # the probe was as late as a blocked loop's would be
+    assert reports() == []
+
+
+def test_many_short_task_steps_on_uvloop_are_not_reported(monitor):
+    run_on_uvloop(many_short_steps)
+    time.sleep(0.3)
+    assert reports() == []
+
+
+def test_uvloop_loops_are_counted_and_their_lag_measured(monitor):
+    counted: list[float] = []
+
+    async def main() -> None:
+        await asyncio.sleep(1.2)  # a few lag probes (loop_lag_interval 0.5 s by default)
+        counted.append(metric(monitor, "labotel_asyncio_loops"))
+
+    run_on_uvloop(main)
+    assert counted == [1]
+    assert metric(monitor, "labotel_asyncio_loop_lag_seconds_count") >= 1
