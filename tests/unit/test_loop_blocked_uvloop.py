@@ -103,3 +103,21 @@ def test_uvloop_loops_are_counted_and_their_lag_measured(monitor):
     run_on_uvloop(main)
     assert counted == [1]
     assert metric(monitor, "labotel_asyncio_loop_lag_seconds_count") >= 1
+
+
+def test_a_runner_run_from_a_running_loop_is_refused_as_without_labotel(monitor):
+    """The announcing wrapper asks the runner for its loop only where the runner would
+    make one: called from a running loop, Runner.run() refuses before making any."""
+    outcome: list[object] = []
+
+    async def main() -> None:
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        coroutine = asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="running event loop"):
+            runner.run(coroutine)
+        coroutine.close()
+        outcome.append(runner._loop)
+        runner.close()
+
+    run_on_uvloop(main)
+    assert outcome == [None]

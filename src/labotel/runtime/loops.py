@@ -122,10 +122,13 @@ def _announce_runner_loops(patcher: Patcher) -> None:
 
     def run(self: asyncio.Runner, *args: object, **kwargs: object) -> object:
         try:
-            loop = self.get_loop()  # the runner's own, made now if not yet
-            loop.call_soon(register, loop)
-        except Exception:  # closed or failing: the runner says so itself, below
-            pass
+            asyncio.get_running_loop()
+        except RuntimeError:  # not called from a running loop (the runner refuses that)
+            try:
+                loop = self.get_loop()  # the runner's own, made now if not yet
+                loop.call_soon(register, loop)
+            except Exception:  # closed or failing: the runner says so itself, below
+                pass
         return original(self, *args, **kwargs)  # type: ignore[arg-type]
 
     run.__wrapped__ = original  # type: ignore[attr-defined]
