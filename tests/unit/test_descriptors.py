@@ -90,3 +90,26 @@ def test_a_loss_noticed_by_shutdown_opens_no_server_only_to_stop_it(canary, monk
         labotel.shutdown()
     assert descriptors.losses == 1
     assert opened_here.count(True) == 1, opened_here  # the server start()ed, none since
+
+
+def test_a_failing_replacement_is_counted_and_the_old_servers_thread_ends_quietly(canary):
+    """What the orphaned server runs once it let go of its listener (the monitor's new
+    server) failing: counted as the server's error, never an exception out of its
+    thread (the application's threading.excepthook would hear of it)."""
+    from labotel.server.debug_server import DebugServer
+    from labotel.server.http import Router
+
+    errors: list[int] = []
+    hooked: list[object] = []
+    previous_hook = threading.excepthook
+    threading.excepthook = hooked.append
+    try:
+        server = DebugServer("127.0.0.1:0", Router(), on_error=lambda: errors.append(1))
+        server.start()
+        registered = server.when_released(lambda: 1 / 0)  # first: orphan() wakes it
+        server.orphan()
+        server._thread.join(5)
+    finally:
+        threading.excepthook = previous_hook
+    assert not server._thread.is_alive()  # woken at once: its waker was still its own
+    assert (registered, errors, hooked) == (True, [1], [])

@@ -625,7 +625,11 @@ class ConnectionLoop:
             self._released, then = True, self._on_released
             self._on_released = None
         if then is not None:
-            then()
+            try:
+                then()
+            except Exception:  # a labotel bug: count it; the thread ends quietly
+                log.debug("labotel: the debug server's replacement failed", exc_info=True)
+                self._on_error()
         if self.orphaned:  # an epoll cannot give its number up: never finalized
             descriptors.keep_forever(self._poller)
             return
