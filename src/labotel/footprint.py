@@ -10,8 +10,9 @@ detector's samples, so labotel's own growth is never reported as the application
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
+
+from labotel import fork_safe
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 class Footprint:
     def __init__(self) -> None:
         self._parts: dict[str, Callable[[], int]] = {}
-        self._lock = threading.Lock()
+        self._lock = fork_safe.lock()  # a forked child's components take it at stop
 
     def add(self, part: str, measure: Callable[[], int]) -> None:
         with self._lock:

@@ -16,15 +16,23 @@ from __future__ import annotations
 
 import _thread
 import weakref
+from typing import Any
 
 from labotel.compat import cpython
 
-_locks: weakref.WeakSet[_thread.LockType] = weakref.WeakSet()
+_locks: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def lock() -> _thread.LockType:
     """A raw lock that a forked child gets back unlocked."""
     made = _thread.allocate_lock()
+    _locks.add(made)
+    return made
+
+
+def rlock() -> _thread.RLock:
+    """A raw re-entrant lock that a forked child gets back unlocked."""
+    made = _thread.RLock()
     _locks.add(made)
     return made
 

@@ -105,7 +105,10 @@ locks = {"reporter": lambda: monitor.reporter._lock,
          "event loop probe": lambda: by_name["runtime.asyncio"].probe._lock,
          "memory leak samples": lambda: by_name["detect.memory"]._lock,
          "thread leak samples": lambda: by_name["detect.threads"]._lock,
-         "heap reading": lambda: heap._blocks._lock}
+         "heap reading": lambda: heap._blocks._lock,
+         "footprint": lambda: monitor.footprint._lock,
+         # the parent's server: the child only closes its copies of the sockets
+         "debug server loop": lambda loop=monitor.server._loop: loop._lock}
 # raw signals: with the race detector's locks held, an Event's hooks would wait on them
 go, held, release = (_thread.allocate_lock() for _ in range(3))
 go.acquire()

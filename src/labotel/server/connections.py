@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import cast
 from urllib.parse import parse_qs
 
-from labotel import descriptors
+from labotel import descriptors, fork_safe
 from labotel.digits import ascii_digits
 from labotel.server import wire
 from labotel.server.http import Request, Router
@@ -111,7 +111,8 @@ class ConnectionLoop:
         self._poller.register(self._waker_fd, READ)
         self._connections: dict[int, Connection] = {}  # by fd; the selector thread's own
         self._returned: collections.deque[tuple[Connection, bool, bool]] = collections.deque()
-        self._lock = threading.RLock()  # hand-over of connections between threads
+        # hand-over of connections between threads; a forked child's abandon() takes it
+        self._lock = fork_safe.rlock()
         self._loop_done = False
         self._pool = WorkerPool(limits.max_concurrent_requests, thread_name + "-worker",
                                 on_error)
