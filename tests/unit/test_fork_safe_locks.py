@@ -108,7 +108,9 @@ locks = {"reporter": lambda: monitor.reporter._lock,
          "heap reading": lambda: heap._blocks._lock,
          "footprint": lambda: monitor.footprint._lock,
          # the parent's server: the child only closes its copies of the sockets
-         "debug server loop": lambda loop=monitor.server._loop: loop._lock}
+         "debug server loop": lambda loop=monitor.server._loop: loop._lock,
+         # an Event's lock: a profile request's thread at the edge of its wait
+         "profile stopping": lambda: by_name["profile"].stopping._cond}
 # raw signals: with the race detector's locks held, an Event's hooks would wait on them
 go, held, release = (_thread.allocate_lock() for _ in range(3))
 go.acquire()

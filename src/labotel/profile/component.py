@@ -61,7 +61,10 @@ class ProfilingComponent(Component):
             heap.release()
 
     def after_fork_in_child(self) -> None:
-        # Sampler threads and in-flight requests stayed in the parent.
+        # Sampler threads and in-flight requests stayed in the parent; a request's thread
+        # there may have been inside one of these events at the fork (their locks)
+        self.stopping = threading.Event()
+        self._waiting = set()
         self.cpu.reset_after_fork()
         self.wall.reset_after_fork()
         self.backends.reset_after_fork()
