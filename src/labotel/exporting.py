@@ -238,6 +238,12 @@ class ExportWatch:
         finally:
             self.since = None
 
+    def after_fork_in_child(self) -> None:
+        """The parent's exporter thread may have been at the edge of its back-off's wait
+        at the fork (the event's lock): the child's shutdown sets a fresh event."""
+        if not self._stopped.is_set():
+            self._stopped = threading.Event()
+
     def abort_check(self) -> None:
         """End the question asked now, and any the first export would still ask."""
         self._stopped.set()

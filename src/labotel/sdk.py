@@ -584,6 +584,10 @@ def refresh_after_fork(providers: Providers, parent_pid: int) -> None:
     """
     _reset_readers(providers.meter_provider)
     _free_metric_locks(providers.meter_provider)
+    for exporter in _owned_exporters(providers):
+        watched = exporting.watch_of(exporter)
+        if watched is not None:
+            watched.after_fork_in_child()
     _fresh_grpc_channels(providers)
     _update_resources(providers, process_identity(parent_pid))
 

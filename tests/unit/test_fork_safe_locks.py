@@ -72,7 +72,36 @@ def test_children_forked_during_a_race_storm_report_their_own_races():
     assert run_child_script(STORM) == {"hung": 0}
 
 
-HELD = r"""
+# The start of a child script: fork_while_held(getters) forks while another thread holds
+# each lock the getters return, as threads in the middle of their work at that moment.
+# Signalled with raw locks: with the race detector's locks held, an Event's hooks would
+# wait on them.
+HOLDING = r"""
+import _thread, os, threading
+go, held, release = (_thread.allocate_lock() for _ in range(3))
+go.acquire()
+held.acquire()
+release.acquire()
+
+def _hold(getters):
+    go.acquire()  # once start() has returned: it waits on an Event
+    taken = [get() for get in getters]
+    for lock in taken:
+        lock.acquire()
+    held.release()
+    release.acquire()
+    for lock in taken:
+        lock.release()
+
+def fork_while_held(getters):
+    threading.Thread(target=_hold, args=(getters,), daemon=True).start()
+    go.release()
+    held.acquire()
+    return os.fork()
+"""
+
+
+HELD = HOLDING + r"""
 import _thread, faulthandler, json, logging, os, threading, time
 import labotel
 from labotel import descriptors, log_relay
@@ -111,26 +140,7 @@ locks = {"reporter": lambda: monitor.reporter._lock,
          "debug server loop": lambda loop=monitor.server._loop: loop._lock,
          # an Event's lock: a profile request's thread at the edge of its wait
          "profile stopping": lambda: by_name["profile"].stopping._cond}
-# raw signals: with the race detector's locks held, an Event's hooks would wait on them
-go, held, release = (_thread.allocate_lock() for _ in range(3))
-go.acquire()
-held.acquire()
-release.acquire()
-
-def hold():  # as threads in the middle of their work at the moment of the fork
-    go.acquire()  # once start() has returned: it waits on an Event
-    taken = [lock() for lock in locks.values()]
-    for lock in taken:
-        lock.acquire()
-    held.release()
-    release.acquire()
-    for lock in taken:
-        lock.release()
-
-threading.Thread(target=hold, daemon=True).start()
-go.release()
-held.acquire()
-pid = os.fork()
+pid = fork_while_held(list(locks.values()))
 if pid == 0:
     faulthandler.dump_traceback_later(20, exit=True)  # a hung child says where
     taken = [name for name, lock in locks.items() if not lock().acquire(False)]
@@ -195,3 +205,32 @@ os._exit(0)
 def test_a_child_logs_its_own_records_not_those_its_parent_had_queued():
     outcome = run_child_script(RELAY)
     assert outcome["seen"] == [["child record", outcome["pid"]]], outcome
+
+
+WATCH = HOLDING + r"""
+import _thread, faulthandler, json, os, socket, threading
+import labotel
+from labotel import exporting, sdk
+refusing = socket.socket()
+refusing.bind(("127.0.0.1", 0))  # bound, never listening: every export is refused
+port = refusing.getsockname()[1]
+monitor = labotel.start(admin_address="", otlp_endpoint=f"http://127.0.0.1:{port}",
+                        otlp_protocol="http/protobuf", leak_detection=False,
+                        shutdown_timeout=2)
+watches = [exporting.watch_of(e) for e in sdk._owned_exporters(monitor.providers)]
+watches = [w for w in watches if w is not None]
+# as an exporter thread at the edge of its back-off's wait
+pid = fork_while_held([lambda w=w: w._stopped._cond for w in watches])
+if pid == 0:
+    faulthandler.dump_traceback_later(20, exit=True)  # a hung child says where
+    labotel.shutdown()  # aborts each watch's question: sets its event
+    print(json.dumps({"watches": len(watches), "shut_down": True}), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+release.release()
+os._exit(0)
+"""
+
+
+def test_a_child_shuts_down_when_an_export_backoff_was_at_its_waits_edge_at_fork():
+    assert run_child_script(WATCH) == {"watches": 2, "shut_down": True}
