@@ -6,7 +6,6 @@ import atexit
 import errno
 import logging
 import os
-import threading
 import time
 from typing import Any, cast
 
@@ -302,8 +301,9 @@ def _parent_listens_on(port: int) -> bool:
 
 # Held for the whole of start() and shutdown(): calls from several threads run one after
 # the other, so the state left is always that of the last call. (Overlapping, an old
-# monitor's stop removed the patches and the port of the one started meanwhile.)
-_lock = threading.RLock()
+# monitor's stop removed the patches and the port of the one started meanwhile.) A parent
+# thread may hold it at fork: fork_safe unlocks it in the child.
+_lock = fork_safe.rlock()
 _current: Monitor | None = None
 
 
@@ -376,9 +376,7 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock
-    fork_safe.reinit_in_child()  # first: what follows takes labotel's locks
-    _lock = threading.RLock()  # a parent thread may have held it at fork time
+    fork_safe.reinit_in_child()  # first: what follows takes labotel's locks (and _lock)
     # module state a parent thread may have been using at fork time
     heap.forget_readings()
     hooks_layer.after_fork_in_child()

@@ -102,7 +102,7 @@ def fork_while_held(getters):
 
 
 HELD = HOLDING + r"""
-import _thread, faulthandler, json, logging, os, threading, time
+import _thread, faulthandler, json, logging, os, sys, threading, time
 import labotel
 from labotel import descriptors, log_relay
 from labotel.detect import races, vectorclock
@@ -139,7 +139,9 @@ locks = {"reporter": lambda: monitor.reporter._lock,
          # the parent's server: the child only closes its copies of the sockets
          "debug server loop": lambda loop=monitor.server._loop: loop._lock,
          # an Event's lock: a profile request's thread at the edge of its wait
-         "profile stopping": lambda: by_name["profile"].stopping._cond}
+         "profile stopping": lambda: by_name["profile"].stopping._cond,
+         # start()/shutdown()'s: the child's shutdown takes it
+         "lifecycle": lambda: sys.modules["labotel.monitor"]._lock}
 pid = fork_while_held(list(locks.values()))
 if pid == 0:
     faulthandler.dump_traceback_later(20, exit=True)  # a hung child says where

@@ -202,6 +202,7 @@ class LoopProbe:
         if self._stopped.is_set():
             return
         beat.ran = now = time.monotonic()
+        # renewed: a loop run again may be started from other code (uvloop's dispatcher)
         beat.dispatcher = cpython.getframe(1).f_code
         if self._on_lag is not None:
             self._call(self._on_lag, max(now - beat.due, 0.0))
