@@ -52,6 +52,11 @@ class Patcher:
             else:
                 setattr(owner, name, original)
 
+    def holds(self, owner: Any, name: str) -> bool:
+        """Whether ``owner.name`` is one of ours to undo."""
+        return any(saved is owner and saved_name == name
+                   for saved, saved_name, _ in self._saved)
+
     def __bool__(self) -> bool:
         return bool(self._saved)
 

@@ -108,7 +108,7 @@ from labotel import descriptors, log_relay
 from labotel.detect import races, vectorclock
 from labotel.hooks import layer, primitives
 from labotel.profile import heap as heap_profile, stacks, symbols
-from labotel.runtime import heap, loops, origins
+from labotel.runtime import heap, loop_classes, loops, origins
 monitor = labotel.start(admin_address="127.0.0.1:0", metrics_exporter="none",
                         traces_exporter="none", race_detection=True,
                         contention_profiling=True, leak_sample_interval=0.2)
@@ -117,6 +117,7 @@ by_name = {component.name: component for component in monitor.components}
 locks = {"reporter": lambda: monitor.reporter._lock,
          "relay's byte count": lambda: log_relay._bytes_lock,
          "canary": lambda: descriptors._lock, "loop registry": lambda: loops._lock,
+         "loop classes": lambda: loop_classes._lock,
          "origins install": lambda: origins._install_lock,
          "origins loops": lambda: origins._loop_patcher_lock,
          "gc pauses": lambda: by_name["runtime.gc"].recorder._drain_lock,

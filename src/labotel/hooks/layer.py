@@ -7,6 +7,7 @@ contention profiler for waits).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from labotel import fork_safe
@@ -14,6 +15,7 @@ from labotel.compat import cpython
 from labotel.hooks import active, patches, primitives
 from labotel.hooks.adopt import LockAdopter
 from labotel.patching import Patcher
+from labotel.runtime import loop_classes
 
 _lock = fork_safe.lock()  # raw: never one of the instrumented locks
 _subscribers: dict[str, tuple[Any, Any, bool]] = {}  # name -> (edges, waits, adopt)
@@ -38,7 +40,8 @@ def subscribe(name: str, *, edges: Any = None, waits: Any = None, adopt: bool = 
         kinds = {kind for kind, wanted in ((patches.EDGES, edges), (patches.WAITS, waits))
                  if wanted is not None}
         try:
-            patches.install(kinds, _installed, _patcher.replace)
+            classes = loop_classes.watch(_loop_class_imported)
+            patches.install(kinds, _installed, _patcher.replace, classes)
             _subscribers[name] = (edges, waits, adopt)
             _publish()
             if adopt and _adopted is None:
@@ -62,6 +65,13 @@ def unsubscribe(name: str) -> None:
             _undo()
 
 
+def _loop_class_imported(loop_class: type[asyncio.AbstractEventLoop]) -> None:
+    """uvloop imported while hooks are in (on the importing thread)."""
+    with _lock:
+        if _subscribers:
+            patches.install_loop_class(loop_class, _installed, _patcher.replace)
+
+
 def adopted_locks() -> int:
     return _adopted or 0
 
@@ -75,6 +85,7 @@ def _publish() -> None:
 
 def _undo() -> None:
     global _adopted
+    loop_classes.unwatch(_loop_class_imported)
     _adopter.undo()
     _adopted = None
     _patcher.undo()

@@ -12,13 +12,14 @@ so a group is installed once, when the first subscriber that needs it arrives.
   clock kept on it (edges);
 - ``events``: ``Event.set`` -> ``wait()``/``is_set()`` returning True (edges);
 - ``queues``, ``simple_queue``, ``executor``, ``loop_handoff``: put -> get, task_done ->
-  join, submit -> task, ``call_soon_threadsafe`` -> callback (edges; ``SimpleQueue.get``
-  is also timed); ``queue_mutex`` leaves a ``queue.Queue``'s own mutex plain while no
-  edges subscriber listens (waits);
+  join, submit -> task, ``call_soon_threadsafe`` -> callback on every loop class, uvloop's
+  too (edges; ``SimpleQueue.get`` is also timed); ``queue_mutex`` leaves a
+  ``queue.Queue``'s own mutex plain while no edges subscriber listens (waits);
 - ``asyncio_waits``: asyncio's ``Lock``/``Semaphore.acquire``, ``Event``/``Condition.wait``
-  and ``Queue.get``/``put`` are timed when they will wait, and ``loop.create_future()``
-  called by the application (or ``wrap_future``, so ``run_in_executor``) makes futures
-  whose ``await`` is timed while pending (waits).
+  and ``Queue.get``/``put`` are timed when they will wait; ``loop_futures``:
+  ``loop.create_future()`` called by the application (or ``wrap_future``, so
+  ``run_in_executor``) makes futures whose ``await`` is timed while pending, on every loop
+  class (waits).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from labotel.hooks.primitives import (
 )
 
 Replace = Callable[[Any, str, Any], Any]
+LoopClass = type[asyncio.AbstractEventLoop]
 EDGES, WAITS = "edges", "waits"
 CONDITION_WAIT = "threading.Condition.wait"
 THREAD_JOIN = "threading.Thread.join"
@@ -286,8 +288,7 @@ class _AfterSnapshot:
         return repr(self.callback)
 
 
-def _patch_loop_handoff(replace: Replace) -> None:
-    loop_class = asyncio.BaseEventLoop
+def _patch_loop_handoff(replace: Replace, loop_class: LoopClass) -> None:
     previous = loop_class.call_soon_threadsafe
 
     def call_soon_threadsafe(self: Any, callback: Callable[..., Any], *args: Any,
@@ -419,7 +420,10 @@ def _patch_asyncio_waits(replace: Replace) -> None:
     hook(asyncio.Condition, "wait", None)
     hook(asyncio.Queue, "get", lambda items: not items.empty())
     hook(asyncio.Queue, "put", lambda items: not items.full())
-    previous = asyncio.BaseEventLoop.create_future
+
+
+def _patch_loop_futures(replace: Replace, loop_class: LoopClass) -> None:
+    previous = loop_class.create_future
 
     def create_future(self: asyncio.AbstractEventLoop) -> asyncio.Future:
         if active.waits is not None:
@@ -428,7 +432,7 @@ def _patch_asyncio_waits(replace: Replace) -> None:
                 return TimedFuture(loop=self)
         return previous(self)  # type: ignore[arg-type]
 
-    replace(asyncio.BaseEventLoop, "create_future", create_future)
+    replace(loop_class, "create_future", create_future)
 
 
 GROUPS: list[tuple[str, frozenset[str], Callable[[Replace], None]]] = [
@@ -442,14 +446,33 @@ GROUPS: list[tuple[str, frozenset[str], Callable[[Replace], None]]] = [
     ("queue_mutex", frozenset({WAITS}), _patch_queue_mutex),
     ("simple_queue", frozenset({EDGES, WAITS}), _patch_simple_queue),
     ("executor", frozenset({EDGES}), _patch_executor),
-    ("loop_handoff", frozenset({EDGES}), _patch_loop_handoff),
     ("asyncio_waits", frozenset({WAITS}), _patch_asyncio_waits),
+]
+# patched on each event-loop class: asyncio's, and uvloop's once imported (loop_classes)
+LOOP_GROUPS: list[tuple[str, frozenset[str], Callable[[Replace, LoopClass], None]]] = [
+    ("loop_handoff", frozenset({EDGES}), _patch_loop_handoff),
+    ("loop_futures", frozenset({WAITS}), _patch_loop_futures),
 ]
 
 
-def install(kinds: set[str], installed: set[str], replace: Replace) -> None:
-    """Install every group some of ``kinds`` needs that is not ``installed`` yet."""
+def install(kinds: set[str], installed: set[str], replace: Replace,
+            loop_classes: list[LoopClass]) -> None:
+    """Install every group some of ``kinds`` needs that is not ``installed`` yet (the
+    loop groups on each of ``loop_classes``)."""
     for name, needs, patch in GROUPS:
         if name not in installed and needs & kinds:
             patch(replace)
             installed.add(name)
+    for name, needs, patch_class in LOOP_GROUPS:
+        if name not in installed and needs & kinds:
+            for loop_class in loop_classes:
+                patch_class(replace, loop_class)
+            installed.add(name)
+
+
+def install_loop_class(loop_class: LoopClass, installed: set[str],
+                       replace: Replace) -> None:
+    """A loop class imported after the groups went in gets the installed loop groups."""
+    for name, _, patch_class in LOOP_GROUPS:
+        if name in installed:
+            patch_class(replace, loop_class)

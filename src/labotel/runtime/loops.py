@@ -1,10 +1,11 @@
 """Find every running asyncio event loop, including loops started after ``start()``.
 
-``BaseEventLoop.run_forever`` and ``asyncio.Runner.run`` (``asyncio.run()``, uvloop.run(),
-uvicorn) are wrapped so a loop announces itself when it starts running; loops already
-running when labotel starts are found once by looking at each thread's frames for a
-``run_forever`` in progress. A uvloop loop run by hand (``loop.run_forever()`` without a
-Runner) is not found.
+``run_forever`` of every loop class (``BaseEventLoop`` and uvloop's ``Loop``, also once it
+is imported later: ``loop_classes``) and ``asyncio.Runner.run`` (``asyncio.run()``,
+uvloop.run(), uvicorn; and a loop of another implementation) are wrapped so a loop
+announces itself when it starts running; asyncio loops already running when labotel
+starts are found once by looking at each thread's frames for a ``run_forever`` in
+progress (uvloop's is C: a uvloop loop already running at ``start()`` is not found).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 from labotel import fork_safe, log_relay
 from labotel.patching import Patcher
+from labotel.runtime import loop_classes
 from labotel.runtime.thread_frames import attribute, current_frames, stack
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,9 @@ LoopListener = Callable[[asyncio.AbstractEventLoop], None]
 _loops: dict[int, weakref.ref] = {}
 _listeners: list[LoopListener] = []
 _lock = fork_safe.lock()
+_class_patcher = Patcher()  # run_forever of each loop class (under _lock: a late class's
+# patch comes from the thread importing uvloop)
+_watching = False  # between install() and uninstall()
 
 
 def _known(loop: asyncio.AbstractEventLoop) -> bool:
@@ -97,15 +102,13 @@ def register(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def install(patcher: Patcher) -> None:
-    """Announce loops from now on; the patch goes into ``patcher`` (the monitor's)."""
-    original = asyncio.BaseEventLoop.run_forever
-
-    def run_forever(self: asyncio.BaseEventLoop) -> None:
-        self.call_soon(register, self)
-        return original(self)
-
-    run_forever.__wrapped__ = original  # type: ignore[attr-defined]
-    patcher.replace(asyncio.BaseEventLoop, "run_forever", run_forever)
+    """Announce loops from now on; the Runner patch goes into ``patcher`` (the monitor's),
+    the loop classes' into this module's own (undone by ``uninstall``)."""
+    global _watching
+    with _lock:
+        _watching = True
+    for loop_class in loop_classes.watch(_announce_loops_of):
+        _announce_loops_of(loop_class)
     _announce_runner_loops(patcher)
     for loop in _find_running_loops():
         with _lock:
@@ -114,10 +117,25 @@ def install(patcher: Patcher) -> None:
             loop.call_soon_threadsafe(register, loop)
 
 
+def _announce_loops_of(loop_class: type[asyncio.AbstractEventLoop]) -> None:
+    """Wrap ``loop_class.run_forever`` (once) so each loop announces itself."""
+    with _lock:
+        if not _watching or _class_patcher.holds(loop_class, "run_forever"):
+            return  # uninstalled meanwhile (a late import's call), or wrapped already
+        original = loop_class.run_forever
+
+        def run_forever(self: asyncio.AbstractEventLoop) -> None:
+            self.call_soon(register, self)
+            return original(self)
+
+        run_forever.__wrapped__ = original  # type: ignore[attr-defined]
+        _class_patcher.replace(loop_class, "run_forever", run_forever)
+
+
 def _announce_runner_loops(patcher: Patcher) -> None:
-    """Loops that are not ``BaseEventLoop`` (uvloop's, which ``uvicorn[standard]`` runs)
-    have a ``run_forever`` of their own, in C; ``asyncio.run()`` and ``asyncio.Runner``,
-    which uvloop.run() and uvicorn use, announce them."""
+    """A loop of another implementation than asyncio's or uvloop's has a ``run_forever``
+    labotel does not wrap; ``asyncio.run()`` and ``asyncio.Runner`` (which uvloop.run()
+    and uvicorn use too) announce whatever loop they run."""
     original = asyncio.Runner.run
 
     def run(self: asyncio.Runner, *args: object, **kwargs: object) -> object:
@@ -136,10 +154,15 @@ def _announce_runner_loops(patcher: Patcher) -> None:
 
 
 def uninstall() -> None:
-    """Forget loops and listeners (``run_forever`` is the patcher's to undo)."""
+    """Forget loops and listeners, and unwrap the loop classes (the Runner patch is the
+    monitor's patcher's to undo)."""
+    global _watching
+    loop_classes.unwatch(_announce_loops_of)
     with _lock:
+        _watching = False
         _listeners.clear()
         _loops.clear()
+        _class_patcher.undo()
 
 
 def _find_running_loops() -> list[asyncio.AbstractEventLoop]:

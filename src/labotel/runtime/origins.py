@@ -2,9 +2,9 @@
 
 Thread creation is ``Thread.start()`` (the analogue of Go's ``go`` statement); task
 creation is the loop's task factory (``track_loop_tasks``, for loops the monitor finds
-running) or, for ``labotel.testing``, ``BaseEventLoop.create_task`` itself (every loop,
-from its first step on). Frames inside threading, asyncio, concurrent.futures and labotel
-itself are skipped so the site names the application line.
+running) or, for ``labotel.testing``, ``create_task`` itself on each loop class (asyncio's
+and uvloop's: every loop, from its first step on). Frames inside threading, asyncio,
+concurrent.futures and labotel itself are skipped so the site names the application line.
 
 Several holders may install the hooks at once (the monitor, ``labotel.testing``): they
 stay until the last holder uninstalls, so ``labotel.shutdown()`` in a test suite does not
@@ -22,6 +22,7 @@ from labotel import fork_safe
 from labotel import frames as frames_module
 from labotel.compat import cpython
 from labotel.patching import Patcher
+from labotel.runtime import loop_classes
 
 Frame = frames_module.Frame
 MAX_FRAMES = 6
@@ -32,7 +33,7 @@ _task_origins: weakref.WeakKeyDictionary[asyncio.Future, tuple[Frame, ...]] = (
 # on the loop's thread, whose stack holds no application frame
 _coro_origins: weakref.WeakKeyDictionary[Any, tuple[Frame, ...]] = weakref.WeakKeyDictionary()
 _patcher = Patcher()  # Thread.start
-_task_patcher = Patcher()  # BaseEventLoop.create_task
+_task_patcher = Patcher()  # create_task of each loop class, run_coroutine_threadsafe
 _holders: dict[str, bool] = {}  # holder -> wants every loop's tasks
 _install_lock = fork_safe.lock()
 _MISSING = object()
@@ -136,7 +137,7 @@ def task_origin(task: asyncio.Future) -> tuple[Frame, ...] | None:
 
 def install(holder: str = "monitor", *, every_loop: bool = False) -> None:
     """Record creation sites of threads started from now on; with ``every_loop``, also of
-    tasks created through any asyncio loop's ``create_task`` (``asyncio.create_task``,
+    tasks created through any asyncio or uvloop loop's ``create_task`` (``asyncio.create_task``,
     ``TaskGroup``, ``gather``, ``run_coroutine_threadsafe``...), which ``recorded_tasks()``
     then lists. Idempotent per ``holder``."""
     with _install_lock:
@@ -144,7 +145,13 @@ def install(holder: str = "monitor", *, every_loop: bool = False) -> None:
         if not _patcher:
             _patch_thread_start()
         if every_loop and not _task_patcher:
-            _patch_create_task()
+            _patch_run_coroutine_threadsafe()
+            watching = True
+        else:
+            watching = False
+    if watching:  # outside our lock: each class is patched under it
+        for loop_class in loop_classes.watch(_record_tasks_of):
+            _record_tasks_of(loop_class)
 
 
 def uninstall(holder: str = "monitor") -> None:
@@ -152,6 +159,7 @@ def uninstall(holder: str = "monitor") -> None:
     with _install_lock:
         _holders.pop(holder, None)
         if not any(_holders.values()):
+            loop_classes.unwatch(_record_tasks_of)
             _task_patcher.undo()
         if _holders:
             return
@@ -184,20 +192,30 @@ def _patch_thread_start() -> None:
     _patcher.replace(threading.Thread, "start", start)
 
 
-def _patch_create_task() -> None:
-    original = asyncio.BaseEventLoop.create_task
+def _record_tasks_of(loop_class: type[asyncio.AbstractEventLoop]) -> None:
+    """Wrap ``loop_class.create_task`` (once, while a holder wants every loop's tasks)."""
+    with _install_lock:
+        if not any(_holders.values()) or _task_patcher.holds(loop_class, "create_task"):
+            return  # uninstalled meanwhile (a late import's call), or wrapped already
+        original = loop_class.create_task
 
-    def create_task(self: asyncio.BaseEventLoop, coro: Any, *args: Any,
-                    **kwargs: Any) -> asyncio.Task:
-        task = original(self, coro, *args, **kwargs)
-        try:
-            if not _task_origins.get(task):  # a factory of track_loop_tasks may have one
-                handed = _coro_origins.pop(coro, None) if _coro_origins else None
-                _task_origins[task] = handed or capture(2)
-        except Exception:  # not weak-referenceable, or a hostile __hash__: no origin
-            pass
-        return task
+        def create_task(self: asyncio.AbstractEventLoop, coro: Any, *args: Any,
+                        **kwargs: Any) -> asyncio.Task:
+            task = original(self, coro, *args, **kwargs)
+            try:
+                if not _task_origins.get(task):  # a factory of track_loop_tasks may have one
+                    handed = _coro_origins.pop(coro, None) if _coro_origins else None
+                    _task_origins[task] = handed or capture(2)
+            except Exception:  # not weak-referenceable, or a hostile __hash__: no origin
+                pass
+            return task
 
+        create_task.__wrapped__ = original  # type: ignore[attr-defined]
+        _task_patcher.replace(loop_class, "create_task", create_task)
+
+
+def _patch_run_coroutine_threadsafe() -> None:
+    """(under ``_install_lock``)"""
     original_threadsafe = asyncio.run_coroutine_threadsafe
 
     def run_coroutine_threadsafe(coro: Any, loop: asyncio.AbstractEventLoop) -> Any:
@@ -207,9 +225,7 @@ def _patch_create_task() -> None:
             pass
         return original_threadsafe(coro, loop)
 
-    create_task.__wrapped__ = original  # type: ignore[attr-defined]
     run_coroutine_threadsafe.__wrapped__ = original_threadsafe  # type: ignore[attr-defined]
-    _task_patcher.replace(asyncio.BaseEventLoop, "create_task", create_task)
     for module in (asyncio, asyncio.tasks):
         if module.__dict__.get("run_coroutine_threadsafe") is original_threadsafe:
             _task_patcher.replace(module, "run_coroutine_threadsafe", run_coroutine_threadsafe)

@@ -1,0 +1,154 @@
+"""The event-loop classes whose methods labotel wraps: asyncio's ``BaseEventLoop`` and,
+once it is imported, uvloop's ``Loop`` (what ``uvicorn[standard]`` runs).
+
+uvloop's methods are written in C, but the class loops are made from, ``uvloop.Loop``, is
+a Python subclass of the C one, so its attributes can be set: ``run_forever``,
+``create_task``, ``call_soon_threadsafe`` and ``create_future`` wrapped there are seen by
+every caller, uvloop's own ``run_until_complete`` included (it looks them up by name).
+uvloop is often imported after ``start()`` (under ``opentelemetry-instrument``, uvicorn
+imports it once the launcher has started labotel), so while someone wants loop classes
+and uvloop is not imported yet, an entry on ``sys.meta_path`` waits for that import and
+hands its ``Loop`` to every listener as soon as the module has run. labotel never imports
+uvloop itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.abc
+import importlib.machinery
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+from labotel import fork_safe, log_relay
+
+log = logging.getLogger(__name__)
+LoopClass = type[asyncio.AbstractEventLoop]
+LoopClassListener = Callable[[LoopClass], None]
+WATCHED_MODULE = "uvloop"
+
+_lock = fork_safe.lock()
+_listeners: list[LoopClassListener] = []
+_finding = threading.local()  # a thread asking the other finders: not us again
+
+
+def current() -> list[LoopClass]:
+    """Loop classes there are now: asyncio's, and uvloop's if it is imported."""
+    classes: list[LoopClass] = [asyncio.BaseEventLoop]
+    module = sys.modules.get(WATCHED_MODULE)
+    loop_class = _loop_class(module) if module is not None else None
+    if loop_class is not None:
+        classes.append(loop_class)
+    return classes
+
+
+def _loop_class(module: ModuleType) -> LoopClass | None:
+    loop_class = getattr(module, "Loop", None)
+    if isinstance(loop_class, type) and issubclass(loop_class, asyncio.AbstractEventLoop):
+        return loop_class
+    return None
+
+
+def watch(listener: LoopClassListener) -> list[LoopClass]:
+    """Call ``listener(cls)`` on each loop class imported from now on (on the importing
+    thread, once the module has run); returns the classes there are already."""
+    with _lock:
+        if listener not in _listeners:
+            _listeners.append(listener)
+        if sys.modules.get(WATCHED_MODULE) is None and _FINDER not in sys.meta_path:
+            sys.meta_path.insert(0, _FINDER)
+    return current()
+
+
+def unwatch(listener: LoopClassListener) -> None:
+    """Stop calling ``listener``; the last one out takes the import watch away."""
+    with _lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+        if not _listeners:
+            _remove_finder()
+
+
+def _remove_finder() -> None:
+    """(under ``_lock``)"""
+    try:
+        sys.meta_path.remove(_FINDER)
+    except ValueError:  # the application rebuilt sys.meta_path
+        pass
+
+
+def _imported(module: ModuleType) -> None:
+    """The watched module has run (on the importing thread): hand its loop class on."""
+    loop_class = _loop_class(module)
+    with _lock:
+        _remove_finder()
+        listeners = list(_listeners)
+    if loop_class is None:
+        return
+    for listener in listeners:
+        try:
+            listener(loop_class)
+        except Exception:  # the application's import goes on; logged off its thread
+            log_relay.log(log, logging.ERROR, "labotel: hooking %s.Loop failed",
+                          WATCHED_MODULE, exc_info=True)
+
+
+class _ThenHook(importlib.abc.Loader):
+    """The module's own loader, and ``_imported`` once the module has run."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        spec = module.__spec__
+        if spec is not None and spec.loader is self:  # the module names its real loader
+            spec.loader = self.loader
+        if getattr(module, "__loader__", None) is self:
+            module.__loader__ = self.loader
+        self.loader.exec_module(module)
+        _imported(module)
+
+
+class _ImportWatch(importlib.abc.MetaPathFinder):
+    """Waits for ``import uvloop``: finds its spec with the finders after it and wraps
+    the loader. Every other import costs one string comparison here."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != WATCHED_MODULE or getattr(_finding, "busy", False):
+            return None
+        _finding.busy = True
+        try:
+            spec = _spec_from_the_others(self, fullname, path, target)
+        except Exception:  # the import system will ask them again and report it
+            return None
+        finally:
+            _finding.busy = False
+        if spec is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        spec.loader = _ThenHook(spec.loader)
+        return spec
+
+
+def _spec_from_the_others(watch: _ImportWatch, fullname: str, path: Sequence[str] | None,
+                          target: ModuleType | None) -> importlib.machinery.ModuleSpec | None:
+    for finder in list(sys.meta_path):
+        if finder is watch:
+            continue
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is None:
+            continue
+        spec = find_spec(fullname, path, target)
+        if spec is not None:
+            return spec
+    return None
+
+
+_FINDER = _ImportWatch()

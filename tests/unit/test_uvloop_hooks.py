@@ -1,0 +1,239 @@
+"""labotel's loop hooks on uvloop's loop class, imported before ``start()`` or after it.
+
+uvloop's methods are C, so the hooks on ``asyncio.BaseEventLoop`` never saw its loops:
+a thread's ``call_soon_threadsafe`` hand-over was no happens-before edge (a false race),
+a loop run by hand was never found, tasks it made had no creation site for the leak
+checks, and its futures' awaits were not timed. labotel now wraps the same methods on
+``uvloop.Loop`` (a Python subclass of the C class), as soon as uvloop is imported.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import pathlib
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import uvloop
+
+import labotel
+from labotel.runtime import loops
+from labotel.testing import find_leaks, ignore_current, install, uninstall
+from tests.unit import test_contention
+from tests.unit.race_support import races_on, start_detector
+from tests.unit.test_leaks_memory import source_line
+
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+WRAPPED = ("run_forever", "create_task", "call_soon_threadsafe", "create_future")
+
+
+@pytest.fixture
+def uvloop_policy():
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    yield
+    asyncio.set_event_loop_policy(previous)
+
+
+def hand_over_from_a_thread(loop_factory) -> None:
+    """A thread writes, then hands a callback that writes too to the loop: ordered."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def on_the_loop() -> None:
+            labotel.record_access("handed-over", write=True)
+            done.set()
+
+        def in_a_thread() -> None:
+            labotel.record_access("handed-over", write=True)
+            loop.call_soon_threadsafe(on_the_loop)
+
+        thread = threading.Thread(target=in_a_thread)
+        thread.start()
+        await done.wait()  # no join before it: only the hand-over orders the two writes
+        thread.join()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
+def test_a_call_soon_threadsafe_hand_over_on_uvloop_is_no_race():
+    start_detector()
+    try:
+        hand_over_from_a_thread(uvloop.new_event_loop)
+        time.sleep(0.1)
+        assert races_on("handed-over") == []
+    finally:
+        labotel.shutdown()
+
+
+def test_without_the_hand_over_the_same_writes_are_a_race_on_uvloop():
+    """The check above can fail: unordered writes on uvloop are reported."""
+    start_detector()
+    try:
+        async def main() -> None:
+            written: list[bool] = []  # polled: no synchronization labotel could see
+            held = _thread.allocate_lock()  # raw: the thread outlives the loop's write
+            held.acquire()
+
+            def in_a_thread() -> None:
+                labotel.record_access("not-handed-over", write=True)
+                written.append(True)
+                held.acquire()
+
+            thread = threading.Thread(target=in_a_thread)
+            thread.start()
+            while not written:
+                await asyncio.sleep(0.005)
+            labotel.record_access("not-handed-over", write=True)
+            held.release()
+            thread.join()
+
+        uvloop.run(main())
+        assert len(races_on("not-handed-over")) == 1
+    finally:
+        labotel.shutdown()
+
+
+def run_by_hand_on_a_thread(ready: threading.Event, release: threading.Event) -> None:
+    loop = uvloop.new_event_loop()
+
+    async def main() -> None:
+        ready.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def test_a_uvloop_loop_run_by_hand_is_found():
+    monitor = labotel.start(admin_address="", leak_detection=False, service_name="uv-test")
+    ready, release = threading.Event(), threading.Event()
+    thread = threading.Thread(target=run_by_hand_on_a_thread, args=(ready, release))
+    thread.start()
+    try:
+        assert ready.wait(5)
+        deadline = time.monotonic() + 5
+        while not any(isinstance(loop, uvloop.Loop) for loop in loops.running_loops()):
+            assert time.monotonic() < deadline, "the loop run by hand was not found"
+            time.sleep(0.01)
+        assert monitor.running
+    finally:
+        release.set()
+        thread.join(5)
+        labotel.shutdown()
+
+
+def test_a_task_left_on_a_uvloop_loop_has_its_creation_line():
+    install()
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="leaky-uvloop", daemon=True)
+    thread.start()
+    before = ignore_current()
+    try:
+        async def spawn() -> None:
+            asyncio.get_running_loop().create_task(asyncio.Event().wait())  # LEFT ON UVLOOP
+
+        asyncio.run_coroutine_threadsafe(spawn(), loop).result(5)
+        groups = find_leaks(before, grace=0.2)
+        assert [(g.kind, g.site) for g in groups] == [
+            ("task", source_line("# LEFT ON UVLOOP", __file__))]
+    finally:
+        for task in asyncio.run_coroutine_threadsafe(_other_tasks(), loop).result(5):
+            loop.call_soon_threadsafe(task.cancel)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+        uninstall()
+
+
+async def _other_tasks() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+@pytest.mark.parametrize(("program", "site"), [
+    (test_contention.wait_on_asyncio_future, "asyncio.Future.__await__"),
+    (test_contention.wait_on_executor_from_a_task, "asyncio.Future.__await__"),
+    (test_contention.wait_on_asyncio_event, "asyncio.Event.wait"),
+    (test_contention.wait_on_asyncio_lock, "asyncio.Lock.acquire"),
+], ids=lambda value: getattr(value, "__name__", None))
+def test_a_task_waiting_on_uvloop_is_in_the_block_profile(uvloop_policy, program, site):
+    seen = []
+
+    async def loop_type() -> None:
+        seen.append(type(asyncio.get_running_loop()))
+
+    asyncio.run(loop_type())
+    assert seen == [uvloop.Loop]
+    profiler = test_contention.start().component("profile.contention")
+    try:
+        program()
+        assert any(s[0][0] == site and s[2] >= 0.03e9
+                   for s in test_contention.samples(profiler, "block")), (
+            test_contention.samples(profiler, "block"))
+    finally:
+        labotel.shutdown()
+
+
+def test_shutdown_takes_every_wrapper_off_uvloops_class():
+    start_detector(contention_profiling=True)
+    install()
+    wrapped = [name for name in WRAPPED if name in vars(uvloop.Loop)]
+    uninstall()
+    labotel.shutdown()
+    assert wrapped == list(WRAPPED)
+    assert [name for name in WRAPPED if name in vars(uvloop.Loop)] == []
+
+
+IMPORTED_AFTER_START = textwrap.dedent("""
+    import asyncio, sys, threading, time
+    import labotel, labotel.testing
+    from labotel.runtime import loop_classes, loops
+    options = dict(race_detection=True, contention_profiling=True, admin_address="",
+                   leak_detection=False, service_name="uv-late")
+    labotel.start(**options)
+    assert loop_classes._FINDER in sys.meta_path
+    labotel.shutdown()
+    assert loop_classes._FINDER not in sys.meta_path, "the watch outlives shutdown"
+    labotel.start(**options)
+    labotel.testing.install()  # the leak checks' hook: create_task
+    assert "uvloop" not in sys.modules
+    assert loop_classes._FINDER in sys.meta_path
+    import uvloop
+    assert loop_classes._FINDER not in sys.meta_path, "the watch stays after the import"
+    assert uvloop.__spec__.loader is uvloop.__loader__
+    assert type(uvloop.__loader__).__name__ != "_ThenHook", "the module names our loader"
+    from tests.unit.test_uvloop_hooks import WRAPPED, hand_over_from_a_thread
+    print("wrapped", sorted(n for n in WRAPPED if n in vars(uvloop.Loop)))
+    hand_over_from_a_thread(uvloop.new_event_loop)
+    found = []
+    async def main():
+        await asyncio.sleep(0)
+        found.append(asyncio.get_running_loop() in loops.running_loops())
+    loop = uvloop.new_event_loop()
+    loop.run_until_complete(main())
+    loop.close()
+    time.sleep(0.1)
+    print("races", len(labotel.detections("race_condition")), "found", found)
+    labotel.testing.uninstall()
+    labotel.shutdown()
+    print("left", sorted(n for n in WRAPPED if n in vars(uvloop.Loop)))
+""")
+
+
+def test_uvloop_imported_after_start_gets_the_same_hooks():
+    result = subprocess.run([sys.executable, "-c", IMPORTED_AFTER_START], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"wrapped {sorted(WRAPPED)}", "races 0 found [True]", "left []"]
