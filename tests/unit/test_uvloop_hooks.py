@@ -17,12 +17,13 @@ import sys
 import textwrap
 import threading
 import time
+import types
 
 import pytest
 import uvloop
 
 import labotel
-from labotel.runtime import loops
+from labotel.runtime import loop_classes, loops
 from labotel.testing import find_leaks, ignore_current, install, uninstall
 from tests.unit import test_contention
 from tests.unit.race_support import races_on, start_detector
@@ -237,3 +238,65 @@ def test_uvloop_imported_after_start_gets_the_same_hooks():
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         f"wrapped {sorted(WRAPPED)}", "races 0 found [True]", "left []"]
+
+
+def a_loop_class() -> type:
+    """A fresh class standing in for uvloop's (a subclass of it: its C methods inherited)."""
+    return type("Loop", (uvloop.Loop,), {})
+
+
+def test_a_loop_class_handed_over_after_shutdown_is_left_alone():
+    """The import's thread takes the listeners, then a shutdown on another thread undoes
+    the hooks, then the import hands its class on: nothing may be wrapped for good."""
+    start_detector(contention_profiling=True)
+    install()
+    late = list(loop_classes._listeners)
+    uninstall()
+    labotel.shutdown()
+    loop_class = a_loop_class()
+    assert len(late) == 3  # the loop registry, the creation hooks, the primitive hooks
+    for listener in late:
+        listener(loop_class)
+    assert [name for name in WRAPPED if name in vars(loop_class)] == []
+
+
+def test_a_loop_class_handed_over_while_running_is_wrapped_and_unwrapped():
+    start_detector(contention_profiling=True)
+    install()
+    loop_class = a_loop_class()
+    try:
+        loop_classes._imported(types.SimpleNamespace(Loop=loop_class))  # type: ignore[arg-type]
+        assert sorted(name for name in WRAPPED if name in vars(loop_class)) == sorted(WRAPPED)
+    finally:
+        uninstall()
+        labotel.shutdown()
+    assert [name for name in WRAPPED if name in vars(loop_class)] == []
+
+
+HOSTILE_LOOP_CLASS = textwrap.dedent('''
+    import asyncio, logging, sys, types
+    import labotel
+    logging.basicConfig(level=logging.ERROR, stream=sys.stdout, format="%(message)s")
+    class Refusing(type):
+        def __setattr__(cls, name, value):
+            raise RuntimeError("this class takes no new attributes")
+    class Loop(asyncio.AbstractEventLoop, metaclass=Refusing):
+        pass
+    labotel.start(race_detection=True, admin_address="", leak_detection=False,
+                  service_name="uv-hostile")
+    from labotel.runtime import loop_classes
+    loop_classes._imported(types.SimpleNamespace(Loop=Loop))
+    print("import went on")
+    from labotel import log_relay
+    log_relay.flush(5)
+    labotel.shutdown()
+''')
+
+
+def test_a_loop_class_that_refuses_the_wrapper_does_not_fail_the_import():
+    result = subprocess.run([sys.executable, "-c", HOSTILE_LOOP_CLASS], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "import went on"
+    assert "labotel: hooking uvloop.Loop failed" in lines[1:]
