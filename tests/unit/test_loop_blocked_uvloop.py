@@ -3,8 +3,9 @@
 uvloop runs its callbacks from C: there is no ``Handle._run`` frame to find the running
 callback by, and its ``run_forever`` is not ``BaseEventLoop``'s, so labotel found no loop
 at all (no lag, no task origins, no blocked-loop report). Loops are now announced by
-``asyncio.Runner`` (``asyncio.run()``, ``uvloop.run()``), and the running callback is the
-frame just inside the code the heartbeat was called from.
+``asyncio.Runner`` (``asyncio.run()``, ``uvloop.run()``) and by ``run_forever`` wrapped on
+``uvloop.Loop`` (a loop run by hand), and the running callback is the frame just inside
+the code the heartbeat was called from.
 """
 
 from __future__ import annotations
@@ -126,3 +127,21 @@ def test_a_runner_run_from_a_running_loop_is_refused_as_without_labotel(monitor)
 
     run_on_uvloop(main)
     assert outcome == [None]
+
+
+def test_a_uvloop_loop_run_by_hand_is_watched_too(monitor):
+    """No Runner (aiohttp's run_app, older code): found by uvloop.Loop.run_forever."""
+    async def main() -> None:
+        await asyncio.sleep(0)
+        await asyncio.create_task(handle_request(0.35), name="by-hand")
+        await asyncio.sleep(0.1)
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    (report,) = wait_for_report()
+    assert (report.attributes["code.filepath"], report.attributes["code.lineno"]) == (
+        BLOCKING_FILE, BLOCKING_LINE)
+    assert report.attributes["labotel.loop.task"] == "by-hand"
