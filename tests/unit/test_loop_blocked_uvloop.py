@@ -145,3 +145,55 @@ def test_a_uvloop_loop_run_by_hand_is_watched_too(monitor):
     assert (report.attributes["code.filepath"], report.attributes["code.lineno"]) == (
         BLOCKING_FILE, BLOCKING_LINE)
     assert report.attributes["labotel.loop.task"] == "by-hand"
+
+
+def test_start_called_on_a_running_uvloop_watches_that_loop():
+    """labotel.start() from a coroutine (a FastAPI lifespan under uvicorn[standard]): the
+    loop already runs, and uvloop's run_forever leaves no frame to find it by."""
+    import labotel
+
+    found: list[bool] = []
+
+    async def main() -> None:
+        start()
+        await asyncio.sleep(0.2)
+        from labotel.runtime import loops
+
+        found.append(asyncio.get_running_loop() in loops.running_loops())
+        await asyncio.create_task(handle_request(0.35), name="after-start")
+        await asyncio.sleep(0.1)
+
+    try:
+        uvloop.run(main())
+        assert found == [True]
+        (report,) = wait_for_report()
+        assert report.attributes["code.lineno"] == BLOCKING_LINE
+    finally:
+        labotel.shutdown()
+
+
+def test_a_uvloop_loop_already_running_on_another_thread_is_found():
+    """uvloop.run() on a thread before start(): found through its Runner's frame."""
+    import labotel
+    from labotel.runtime import loops
+
+    ready, stop = threading.Event(), threading.Event()
+
+    async def serve() -> None:
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+
+    thread = threading.Thread(target=uvloop.run, args=(serve(),))
+    thread.start()
+    try:
+        assert ready.wait(5)
+        start()
+        deadline = time.monotonic() + 5
+        while not any(isinstance(loop, uvloop.Loop) for loop in loops.running_loops()):
+            assert time.monotonic() < deadline, "the running uvloop loop was not found"
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(5)
+        labotel.shutdown()

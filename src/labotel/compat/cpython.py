@@ -156,6 +156,12 @@ def loop_thread_id(loop: asyncio.AbstractEventLoop) -> int | None:
     return getattr(loop, "_thread_id", None)
 
 
+def runner_loop(runner: asyncio.Runner) -> asyncio.AbstractEventLoop | None:
+    """The loop a Runner made, without making one (``get_loop()`` would, lazily)."""
+    loop = getattr(runner, "_loop", None)
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+
 def task_waiter(task: asyncio.Task) -> Any:
     """The future a suspended task waits for (None when runnable or running)."""
     return getattr(task, "_fut_waiter", None)

@@ -3,9 +3,11 @@
 ``run_forever`` of every loop class (``BaseEventLoop`` and uvloop's ``Loop``, also once it
 is imported later: ``loop_classes``) and ``asyncio.Runner.run`` (``asyncio.run()``,
 uvloop.run(), uvicorn; and a loop of another implementation) are wrapped so a loop
-announces itself when it starts running; asyncio loops already running when labotel
-starts are found once by looking at each thread's frames for a ``run_forever`` in
-progress (uvloop's is C: a uvloop loop already running at ``start()`` is not found).
+announces itself when it starts running. Loops already running when labotel starts are
+found once: the loop of the thread calling ``start()``, and on each thread a
+``run_forever`` or a Runner's ``run`` in progress (a uvloop loop run by hand, without a
+Runner, that already runs at ``start()`` on another thread is not found: its
+``run_forever`` is C and leaves no frame).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable
+from types import FrameType
 
 from labotel import fork_safe, log_relay
+from labotel.compat import cpython
 from labotel.patching import Patcher
 from labotel.runtime import loop_classes
 from labotel.runtime.thread_frames import attribute, current_frames, stack
@@ -28,6 +32,7 @@ LoopListener = Callable[[asyncio.AbstractEventLoop], None]
 _loops: dict[int, weakref.ref] = {}
 _listeners: list[LoopListener] = []
 _lock = fork_safe.lock()
+_RUNNERS_FILE = asyncio.runners.__file__
 _class_patcher = Patcher()  # run_forever of each loop class (under _lock: a late class's
 # patch comes from the thread importing uvloop)
 _watching = False  # between install() and uninstall()
@@ -166,13 +171,31 @@ def uninstall() -> None:
 
 
 def _find_running_loops() -> list[asyncio.AbstractEventLoop]:
-    """Loops in a ``run_forever`` call on some thread right now (one-off frame scan)."""
+    """Loops running on some thread right now (one-off frame scan): the caller's own
+    (``start()`` called from a coroutine or callback, as in a FastAPI lifespan), and on each
+    thread a ``BaseEventLoop.run_forever`` or an ``asyncio.Runner.run`` in progress
+    (uvloop's run_forever is C: no frame of its own, but ``uvloop.run()`` and uvicorn run
+    it from a Runner)."""
     found = []
+    try:
+        found.append(asyncio.get_running_loop())
+    except RuntimeError:  # start() called outside a loop
+        pass
     for innermost in current_frames().values():
         for frame in stack(innermost):
-            if frame.f_code.co_name == "run_forever":
-                candidate = (attribute(frame, "f_locals") or {}).get("self")
-                if isinstance(candidate, asyncio.AbstractEventLoop) and candidate.is_running():
-                    found.append(candidate)
-                    break
+            loop = _loop_run_in(frame)
+            if loop is not None and loop.is_running() and all(loop is not f for f in found):
+                found.append(loop)
+                break
     return found
+
+
+def _loop_run_in(frame: FrameType) -> asyncio.AbstractEventLoop | None:
+    """The loop ``frame`` runs, if it is a ``run_forever`` or a Runner's ``run``."""
+    name = frame.f_code.co_name
+    if name != "run_forever" and (name != "run" or frame.f_code.co_filename != _RUNNERS_FILE):
+        return None  # (every thread has a Thread.run frame: its locals are not asked)
+    candidate = (attribute(frame, "f_locals") or {}).get("self")
+    if name == "run_forever":
+        return candidate if isinstance(candidate, asyncio.AbstractEventLoop) else None
+    return cpython.runner_loop(candidate) if isinstance(candidate, asyncio.Runner) else None
