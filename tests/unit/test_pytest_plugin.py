@@ -412,6 +412,36 @@ def test_without_flags_nothing_is_checked_patched_or_imported(pytester: pytest.P
     assert "unrecognized arguments: --leaks" in disabled.stderr.str()
 
 
+UVLOOP_LEAK = """
+import asyncio
+import threading
+
+import uvloop  # imported after the plugin's hooks went in: they reach its loop class
+
+held = []  # asyncio keeps tasks weakly: a collection would free the leaked one
+
+
+def test_leaks_a_task_on_a_uvloop_loop():
+    loop = uvloop.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def spawn():
+        held.append(asyncio.get_running_loop().create_task(asyncio.Event().wait()))  # UV TASK
+
+    asyncio.run_coroutine_threadsafe(spawn(), loop).result(5)
+"""
+
+
+def test_leaks_sees_a_task_on_a_uvloop_loop(pytester: pytest.Pytester):
+    """uvloop's create_task is C: until labotel wrapped it on uvloop.Loop, a task left on
+    a uvloop loop was no leak (only its loop's thread was)."""
+    tests = pytester.makepyfile(test_uv=UVLOOP_LEAK)
+    result = run(pytester, "--leaks")
+    report = sections(result)["test_leaks_a_task_on_a_uvloop_loop"]
+    assert "1 leaked thread and 1 leaked task:" in report, result.stdout.str()
+    assert f"1 task created at {line(tests, '# UV TASK')} (in spawn)" in report
+
+
 @pytest.fixture
 def race_project(pytester: pytest.Pytester):
     pytester.mkpydir("mypkg").joinpath("__init__.py").write_text(textwrap.dedent(RACE_PACKAGE))

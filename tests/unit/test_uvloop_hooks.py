@@ -142,8 +142,11 @@ def test_a_task_left_on_a_uvloop_loop_has_its_creation_line():
     thread.start()
     before = ignore_current()
     try:
+        held = []  # asyncio keeps tasks weakly: a collection would free this one
+
         async def spawn() -> None:
-            asyncio.get_running_loop().create_task(asyncio.Event().wait())  # LEFT ON UVLOOP
+            running = asyncio.get_running_loop()
+            held.append(running.create_task(asyncio.Event().wait()))  # LEFT ON UVLOOP
 
         asyncio.run_coroutine_threadsafe(spawn(), loop).result(5)
         groups = find_leaks(before, grace=0.2)
