@@ -360,6 +360,35 @@ def test_cpu_samples_match_each_short_lived_threads_own_cpu_clock(sampled_url):
         assert low <= per_thread.get(name, 0) <= high, (name, per_thread, lived)
 
 
+def test_a_dump_taken_while_a_uvloop_task_blocks_shows_the_blocking_line(url):
+    """uvloop keeps its loop's thread in C: the registry's record of it gives the running
+    task its live frames (before, only its outermost coroutine frame)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def blocking_handler():
+        await asyncio.sleep(0.05)  # let labotel notice the loop and wrap its task factory
+        return get(url + "goroutine?debug=2").text  # BLOCKS THE LOOP
+
+    async def main():
+        return await asyncio.create_task(blocking_handler(), name="handler")
+
+    dump = uvloop.run(main())
+    block = next(b for b in dump.split("\n\n") if 'task "handler"' in b)
+    header, *lines = block.splitlines()
+    assert header.endswith('[running, task "handler"]:'), block
+    functions = [line for line in lines if line.endswith("(...)")]
+    # innermost first: the call it blocks in, down to the task's coroutine, nothing of uvloop
+    assert functions[-2:] == ["tests.unit.test_pprof_support.get(...)",
+                              f"{__name__}.{blocking_handler.__qualname__}(...)"], block
+    assert f"{__file__}:{line_of('# BLOCKS THE LOOP')} " in block, block
+
+
+def line_of(marker: str) -> int:
+    with open(__file__) as source:
+        return next(n for n, text in enumerate(source, 1)
+                    if marker in text and "line_of" not in text)
+
+
 def test_a_running_task_is_read_from_its_threads_live_frames():
     from labotel.profile import stacks
 

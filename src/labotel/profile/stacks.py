@@ -19,10 +19,9 @@ from types import FrameType
 from typing import Any
 
 from labotel import fork_safe
-from labotel.compat import cpython
 from labotel.profile import symbols, text
 from labotel.profile.pprof import ProfileBuilder
-from labotel.runtime import aio, origins
+from labotel.runtime import aio, loops, origins
 from labotel.runtime.thread_frames import current_frames, outward
 
 _LINUX_STATES = {"R": "running", "S": "sleeping", "D": "disk wait", "T": "stopped",
@@ -102,7 +101,7 @@ def collect(builder: ProfileBuilder) -> list[Goroutine]:
             origins.thread_origin(thread) if thread is not None else None, tuple(details)))
     for loop, tasks in aio.all_tasks_by_loop().items():
         current = asyncio.current_task(loop)
-        thread_id = cpython.loop_thread_id(loop)
+        thread_id = loops.thread_of(loop)
         loop_frame = frames.get(thread_id) if thread_id is not None else None
         for task in tasks:
             state = aio.task_wait(task, current)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import weakref
 from collections.abc import Callable
 from types import FrameType
@@ -31,6 +32,8 @@ LoopListener = Callable[[asyncio.AbstractEventLoop], None]
 # a WeakSet would hash the loop (a custom loop class's __hash__) under our lock.
 _loops: dict[int, weakref.ref] = {}
 _listeners: list[LoopListener] = []
+# the thread each registered loop announced itself from (uvloop keeps its own in C)
+_threads: dict[int, int] = {}
 _lock = fork_safe.lock()
 _RUNNERS_FILE = asyncio.runners.__file__
 _class_patcher = Patcher()  # run_forever of each loop class (under _lock: a late class's
@@ -51,9 +54,19 @@ def _alive() -> list[asyncio.AbstractEventLoop]:
         loop = ref()
         if loop is None:
             del _loops[key]
+            _threads.pop(key, None)
         else:
             loops.append(loop)
     return loops
+
+
+def thread_of(loop: asyncio.AbstractEventLoop) -> int | None:
+    """The ident of the thread ``loop`` runs on, while it runs (None when not known)."""
+    ident = cpython.loop_thread_id(loop)  # asyncio's own record
+    if ident is not None or not loop.is_running():
+        return ident
+    with _lock:
+        return _threads.get(id(loop)) if _known(loop) else None
 
 
 def running_loops() -> list[asyncio.AbstractEventLoop]:
@@ -97,10 +110,13 @@ def _notify_one(listener: LoopListener, loop: asyncio.AbstractEventLoop) -> None
 def register(loop: asyncio.AbstractEventLoop) -> None:
     """Announce a running loop (called from its own thread)."""
     ref = weakref.ref(loop)
+    thread = threading.get_ident()
     with _lock:
         if _known(loop):
+            _threads[id(loop)] = thread  # run again, maybe on another thread
             return
         _loops[id(loop)] = ref
+        _threads[id(loop)] = thread
         listeners = list(_listeners)
     for listener in listeners:
         _notify_one(listener, loop)
@@ -167,6 +183,7 @@ def uninstall() -> None:
         _watching = False
         _listeners.clear()
         _loops.clear()
+        _threads.clear()
         _class_patcher.undo()
 
 
