@@ -3,9 +3,12 @@ last call, whole (issue 11, item 4)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -158,3 +161,65 @@ def test_start_shutdown_and_fork_storm_against_a_silent_collector(monkeypatch, p
                 thread.join(2.0)
                 assert not thread.is_alive(), thread.name
 
+
+
+UVLOOP_IMPORTED_IN_A_STORM = r"""
+import asyncio, json, sys, threading, time
+import labotel
+from labotel.runtime import loop_classes
+
+WRAPPED = ("run_forever", "call_soon_threadsafe", "create_future")
+options = {"admin_address": "", "race_detection": True, "contention_profiling": True,
+           "leak_detection": False, "metrics_exporter": "none", "traces_exporter": "none"}
+errors = []
+stop = threading.Event()
+
+def storm():
+    while not stop.is_set():
+        try:
+            labotel.start(**options)
+            time.sleep(0.001)
+            labotel.shutdown()
+        except Exception as error:
+            errors.append(repr(error))
+
+def import_and_run():
+    time.sleep(0.2)
+    import uvloop
+    for _ in range(20):  # loops run by hand while the hooks come and go
+        loop = uvloop.new_event_loop()
+        loop.run_until_complete(asyncio.sleep(0.005))
+        loop.close()
+
+threads = [threading.Thread(target=storm) for _ in range(3)]
+importer = threading.Thread(target=import_and_run)
+for thread in threads + [importer]:
+    thread.start()
+importer.join(60)
+time.sleep(0.3)
+stop.set()
+for thread in threads:
+    thread.join(60)
+labotel.shutdown()
+import uvloop
+left = [name for name in WRAPPED if name in vars(uvloop.Loop)]
+labotel.start(**options)
+on = sorted(name for name in WRAPPED if name in vars(uvloop.Loop))
+labotel.shutdown()
+print(json.dumps({"errors": errors, "left_after_storm": left, "on_again": on,
+                  "left_at_the_end": [n for n in WRAPPED if n in vars(uvloop.Loop)],
+                  "watch_left": loop_classes._FINDER in sys.meta_path}))
+"""
+
+
+def test_uvloop_imported_during_a_start_shutdown_storm_is_left_as_the_last_call_says():
+    """The import's hand-over of uvloop's class races starts and shutdowns on three threads:
+    after the last shutdown nothing of labotel stays on the class, and a start wraps it."""
+    result = call_with_deadline(lambda: subprocess.run(
+        [sys.executable, "-c", UVLOOP_IMPORTED_IN_A_STORM], capture_output=True, text=True,
+        timeout=120), 150)
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert outcome == {"errors": [], "left_after_storm": [],
+                       "on_again": ["call_soon_threadsafe", "create_future", "run_forever"],
+                       "left_at_the_end": [], "watch_left": False}, outcome
