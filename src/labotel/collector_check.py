@@ -22,9 +22,11 @@ socket costs the application nothing at fork: no gRPC thread runs):
 No answer (refused, reset, silent, or not the protocol asked): the attempt fails, and no
 gRPC thread ran. An answer: the attempt goes ahead over gRPC as before, and the question's
 connection is ended cleanly (this side closed first, the rest of the answer read until the
-server closes), not reset: a collector may log every reset. Endpoints this
-cannot ask (a Unix socket, a gRPC target name, a server name a TLS hello cannot carry)
-are not asked.
+server closes), not reset: a collector may log every reset. A Unix socket is asked the
+same way (``unix:`` and ``unix-abstract:`` targets), and so are gRPC's URI forms of one
+host and port (``dns:///host:port``, ``ipv4:``, ``ipv6:``). Endpoints this cannot ask (no
+port, a list of addresses, another resolver's scheme, a server name a TLS hello cannot
+carry) are not asked.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type 4, no flags
@@ -43,6 +46,8 @@ _SETTINGS = 4
 _TLS_ANSWERS = (21, 22)  # the content type of an alert record, of a handshake record
 _SLICE = 0.05  # seconds between looks at an abort while waiting
 _PARTING = 0.5  # seconds an answered server gets to close its side after ours
+
+Address = tuple[str, int] | str  # a host and port, or a Unix socket's path
 
 
 def host_and_port(endpoint: str) -> tuple[str, int] | None:
@@ -55,6 +60,27 @@ def host_and_port(endpoint: str) -> tuple[str, int] | None:
     elif ":" in host:
         return None  # an IPv6 address without brackets is ambiguous
     return host, int(port)
+
+
+def socket_address(target: str) -> Address | None:
+    """Where a gRPC target connects: ``host:port``; gRPC's URI forms for one address
+    (``dns:[//authority/]host:port``, ``ipv4:addr:port``, ``ipv6:[addr]:port``); a Unix
+    socket (``unix:path``, ``unix:///abs/path``, ``unix-abstract:name``, the path
+    returned as text, an abstract name with its leading NUL). None for what cannot be
+    asked: no port (gRPC's default is not guessed), several addresses, other schemes."""
+    scheme, sep, rest = target.partition(":")
+    if not sep or scheme not in ("dns", "ipv4", "ipv6", "unix", "unix-abstract"):
+        return host_and_port(target)
+    if scheme == "unix":
+        path = rest[2:] if rest.startswith("//") else rest  # unix:///abs -> /abs
+        return path if path and "\0" not in path else None
+    if scheme == "unix-abstract":
+        return "\0" + rest if rest else None
+    if scheme == "dns" and rest.startswith("//"):
+        rest = rest[2:].partition("/")[2]  # a DNS server named as authority: not used
+    if "," in rest:
+        return None  # ipv4:a:1,b:2 lists several addresses: which one is used is gRPC's
+    return host_and_port(rest)
 
 
 _asking: set[Check] = set()  # the checks with a socket open now
@@ -91,7 +117,7 @@ def client_hello(server_name: str) -> bytes:
 class Check:
     """One question to one collector; ``abort()`` from another thread ends it now."""
 
-    def __init__(self, address: tuple[str, int], wait: float, tls: bool = False) -> None:
+    def __init__(self, address: Address, wait: float, tls: bool = False) -> None:
         self.address = address
         self.wait = wait
         self.tls = tls
@@ -108,21 +134,30 @@ class Check:
         connection is being made (a host that drops SYNs). True, unasked, for a server name
         a TLS hello cannot carry."""
         hello = _PREFACE + _EMPTY_SETTINGS  # 33 bytes: fits any send buffer
+        unix = isinstance(self.address, str)
         if self.tls:
+            # over a Unix socket gRPC names the server "localhost", as labotel does here
+            server_name = "localhost" if unix else self.address[0]
             try:
-                hello = client_hello(self.address[0])  # ~0.5 KB: fits one too
+                hello = client_hello(server_name)  # ~0.5 KB: fits one too
             except (OSError, ValueError, TypeError):  # a name ssl will not send: not asked
                 return True
         deadline = time.monotonic() + self.wait
         try:
-            family, kind, proto, _, address = socket.getaddrinfo(
-                *self.address, type=socket.SOCK_STREAM)[0]
+            address: Any = self.address  # a path (Unix), or what getaddrinfo returns
+            family, kind, proto = socket.AF_UNIX, socket.SOCK_STREAM, 0
+            if not isinstance(self.address, str):
+                host, port = self.address
+                family, kind, proto, _, address = socket.getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM)[0]
             with socket.socket(family, kind, proto) as sock, _Selector() as selector:
                 self._socket = sock
                 _asking.add(self)
                 sock.setblocking(False)
                 selector.register(sock, selectors.EVENT_WRITE)
                 error = sock.connect_ex(address)
+                if unix and error == errno.EAGAIN:  # a Unix listener's backlog is full
+                    return False
                 if error not in (0, errno.EINPROGRESS) or not self._until(
                         deadline, lambda: selector.select(_SLICE)):
                     return False

@@ -31,8 +31,32 @@ from tests.tls_support import self_signed_certificate
     ("collector:http", None),
     (":4317", None),
 ])
-def test_only_host_and_port_endpoints_are_asked(endpoint, address):
+def test_host_and_port_reads_only_host_and_port(endpoint, address):
     assert collector_check.host_and_port(endpoint) == address
+
+
+@pytest.mark.parametrize(("target", "address"), [
+    ("127.0.0.1:4317", ("127.0.0.1", 4317)),
+    ("[::1]:4317", ("::1", 4317)),
+    ("unix:///run/collector.sock", "/run/collector.sock"),
+    ("unix:/run/collector.sock", "/run/collector.sock"),
+    ("unix:collector.sock", "collector.sock"),  # relative to the working directory
+    ("unix-abstract:otel", "\0otel"),
+    ("dns:///collector:4317", ("collector", 4317)),
+    ("dns://8.8.8.8/collector:4317", ("collector", 4317)),  # the DNS server is gRPC's
+    ("dns:collector:4317", ("collector", 4317)),
+    ("ipv4:10.0.0.1:4317", ("10.0.0.1", 4317)),
+    ("ipv6:[::1]:4317", ("::1", 4317)),
+    ("ipv4:10.0.0.1:4317,10.0.0.2:4317", None),  # several: which one is gRPC's choice
+    ("dns:///collector", None),  # no port
+    ("localhost", None),
+    ("unix:", None),
+    ("unix:bad\0path", None),
+    ("xds:///collector", None),  # another resolver
+    ("collector:http", None),
+])
+def test_which_grpc_targets_are_asked_and_where(target, address):
+    assert collector_check.socket_address(target) == address
 
 
 @pytest.fixture
@@ -72,6 +96,42 @@ def test_a_server_answers_a_process_that_holds_over_1024_descriptors(
         assert collector_check.Check(("127.0.0.1", grpc_server_port), wait=5).answers()
         silent = collector_check.Check(("127.0.0.1", silent_port), wait=0.3)
         assert not silent.answers() and silent.ran_out  # waited, not failed at once
+
+
+@pytest.fixture
+def grpc_server_socket(tmp_path):
+    """A gRPC server (no service) on a Unix socket: its path."""
+    path = str(tmp_path / "collector.sock")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    server.add_insecure_port("unix:" + path)
+    server.start()
+    try:
+        yield path
+    finally:
+        server.stop(0)
+
+
+def test_a_grpc_server_on_a_unix_socket_answers(grpc_server_socket):
+    assert collector_check.Check(grpc_server_socket, wait=5).answers()
+
+
+def test_a_unix_socket_that_accepts_and_never_answers_does_not_answer(tmp_path):
+    path = str(tmp_path / "silent.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(16)
+        check = collector_check.Check(path, wait=0.3)
+        began = time.monotonic()
+        assert not check.answers()
+        assert 0.25 <= time.monotonic() - began < 2 and check.ran_out
+
+
+def test_a_unix_socket_nobody_listens_on_does_not_answer_at_once(tmp_path):
+    for path in (str(tmp_path / "missing.sock"), f"\0labotel-test-nobody-{os.getpid()}"):
+        check = collector_check.Check(path, wait=5)
+        began = time.monotonic()
+        assert not check.answers()
+        assert time.monotonic() - began < 0.5 and not check.ran_out
 
 
 def test_a_port_that_accepts_and_never_answers_does_not_answer_within_the_wait(silent_port):
@@ -116,6 +176,20 @@ def tls_grpc_server_port(request, tmp_path):
     server.start()
     try:
         yield port
+    finally:
+        server.stop(0)
+
+
+def test_a_tls_grpc_server_on_a_unix_socket_answers_the_tls_hello(tmp_path):
+    certificate, key = self_signed_certificate(tmp_path)
+    credentials = grpc.ssl_server_credentials([(key.read_bytes(), certificate.read_bytes())])
+    path = str(tmp_path / "tls.sock")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    server.add_secure_port("unix:" + path, credentials)
+    server.start()
+    try:
+        assert collector_check.Check(path, wait=5, tls=True).answers()
+        assert not collector_check.Check(path, wait=0.5, tls=False).answers()  # not HTTP/2
     finally:
         server.stop(0)
 

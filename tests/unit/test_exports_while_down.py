@@ -169,13 +169,26 @@ def test_a_failed_grpc_export_leaves_no_channel_open_until_the_next_attempt(
 
 
 GRPC_THREADS = textwrap.dedent("""
-    import os, socket, sys, time
-    collector = socket.socket(); collector.bind(("127.0.0.1", 0))
-    if sys.argv[1].startswith("hung"):
+    import os, socket, sys, tempfile, time
+    kind = sys.argv[1]
+    if kind.endswith("-unix"):  # a Unix socket (its path, or nothing at it), plaintext
+        path = os.path.join(tempfile.mkdtemp(), "collector.sock")
+        collector = socket.socket(socket.AF_UNIX)
+        if kind.startswith("hung"):
+            collector.bind(path)
+        endpoint = "unix://" + path
+        os.environ["OTEL_EXPORTER_OTLP_INSECURE"] = "true"
+    else:
+        collector = socket.socket(); collector.bind(("127.0.0.1", 0))
+        port = collector.getsockname()[1]
+        scheme = "https" if kind.endswith("-tls") else "http"
+        endpoint = "%s://127.0.0.1:%d" % (scheme, port)
+        if kind.endswith("-dns"):  # gRPC's own target syntax
+            endpoint = "dns:///127.0.0.1:%d" % port
+            os.environ["OTEL_EXPORTER_OTLP_INSECURE"] = "true"
+    if kind.startswith("hung"):
         collector.listen(64)  # the kernel accepts; nothing ever reads or answers
-    port = collector.getsockname()[1]
-    scheme = "https" if sys.argv[1].endswith("-tls") else "http"
-    os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT="%s://127.0.0.1:%d" % (scheme, port),
+    os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
                       OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_TRACES_EXPORTER="otlp",
                       OTEL_EXPORTER_OTLP_TIMEOUT="2", OTEL_BSP_SCHEDULE_DELAY="500",
                       GRPC_VERBOSITY="NONE")
@@ -206,7 +219,8 @@ GRPC_THREADS = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
-@pytest.mark.parametrize("collector", ["refusing", "hung", "hung-tls"])
+@pytest.mark.parametrize("collector", ["refusing", "hung", "hung-tls", "refusing-unix",
+                                       "hung-unix", "hung-dns"])
 def test_with_the_collector_down_no_grpc_thread_runs(collector):
     """In a process of its own (no other gRPC user): while the collector is down, gRPC's
     threads (which gRPC's fork handler has to park inside ``fork()``) never run, the first
@@ -215,7 +229,9 @@ def test_with_the_collector_down_no_grpc_thread_runs(collector):
     (``https://``) as without. None is left after shutdown. Before: gRPC's threads ran
     during every attempt, to a hung collector for the exporter's whole timeout (over TLS
     until the TLS question, for every attempt); and, until the first export was asked too,
-    through the first export (2 s here, 10 s by default)."""
+    through the first export (2 s here, 10 s by default). A collector on a Unix socket
+    (``unix://``) or named with gRPC's own target syntax (``dns:///``) is asked the same
+    way; before, it was not asked, and gRPC's threads ran through every attempt."""
     result = subprocess.run([sys.executable, "-c", GRPC_THREADS, collector],
                             capture_output=True, text=True, timeout=120, env={**os.environ})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -367,6 +383,30 @@ def test_a_process_holding_over_1024_descriptors_exports_to_a_collector_that_ans
             assert watch.last_ok is True and watch.unanswered == 0
             assert collector.calls and all(ok for _, ok in collector.calls)
             labotel.shutdown()
+    finally:
+        labotel.shutdown()
+        server.stop(0)
+
+
+@pytest.mark.parametrize("target", ["unix", "dns"])
+def test_a_collector_named_by_a_grpc_target_is_asked_and_exported_to(
+        monkeypatch, tmp_path, target):
+    """A Unix socket (``unix://``) or gRPC's target syntax (``dns:///``): the question
+    reaches the collector, which answers, and every export is made."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")  # the SDK's TLS otherwise
+    path = tmp_path / "collector.sock"
+    collector, server, port = serve_collector(
+        f"unix:{path}" if target == "unix" else "127.0.0.1:0")
+    try:
+        monitor = start_exporting_metrics(
+            f"unix://{path}" if target == "unix" else f"dns:///127.0.0.1:{port}")
+        _, watch = metric_watch(monitor)
+        asked, tls = watch._collector_endpoint()
+        assert (asked, tls) == (str(path) if target == "unix" else ("127.0.0.1", port), False)
+        assert wait_until(lambda: watch.finished >= 2, 4), monitor.status()["exports"]
+        assert watch.last_ok is True and watch.unanswered == 0
+        assert collector.calls and all(ok for _, ok in collector.calls)
     finally:
         labotel.shutdown()
         server.stop(0)
