@@ -6,10 +6,14 @@ a Python subclass of the C one, so its attributes can be set: ``run_forever``,
 ``create_task``, ``call_soon_threadsafe`` and ``create_future`` wrapped there are seen by
 every caller, uvloop's own ``run_until_complete`` included (it looks them up by name).
 uvloop is often imported after ``start()`` (under ``opentelemetry-instrument``, uvicorn
-imports it once the launcher has started labotel), so while someone wants loop classes
-and uvloop is not imported yet, an entry on ``sys.meta_path`` waits for that import and
-hands its ``Loop`` to every listener as soon as the module has run. labotel never imports
-uvloop itself.
+imports it once the launcher has started labotel), so when someone wants loop classes and
+uvloop is not imported yet, an entry on ``sys.meta_path`` waits for that import and hands
+its ``Loop`` to every listener as soon as the module has run. labotel never imports uvloop
+itself. The entry is put in once and never taken out: the import system walks that list
+while other threads may change it, and an entry taken out from in front of a walk shifts
+the rest under it, so that import skips the finder after ours (a ``ModuleNotFoundError``
+in the application); one put in only makes a walk ask one finder twice. With no listener,
+or once uvloop is imported, it answers nothing after one string comparison.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ WATCHED_MODULE = "uvloop"
 
 _lock = fork_safe.lock()
 _listeners: list[LoopClassListener] = []
+_finder_in = False  # put on sys.meta_path (once, for good)
 _finding = threading.local()  # a thread asking the other finders: not us again
 
 
@@ -56,36 +61,27 @@ def _loop_class(module: ModuleType) -> LoopClass | None:
 def watch(listener: LoopClassListener) -> list[LoopClass]:
     """Call ``listener(cls)`` on each loop class imported from now on (on the importing
     thread, once the module has run); returns the classes there are already."""
+    global _finder_in
     with _lock:
         if listener not in _listeners:
             _listeners.append(listener)
-        if sys.modules.get(WATCHED_MODULE) is None and _FINDER not in sys.meta_path:
+        if not _finder_in and sys.modules.get(WATCHED_MODULE) is None:
             sys.meta_path.insert(0, _FINDER)
+            _finder_in = True
     return current()
 
 
 def unwatch(listener: LoopClassListener) -> None:
-    """Stop calling ``listener``; the last one out takes the import watch away."""
+    """Stop calling ``listener`` (the import watch stays, answering nothing without one)."""
     with _lock:
         if listener in _listeners:
             _listeners.remove(listener)
-        if not _listeners:
-            _remove_finder()
-
-
-def _remove_finder() -> None:
-    """(under ``_lock``)"""
-    try:
-        sys.meta_path.remove(_FINDER)
-    except ValueError:  # the application rebuilt sys.meta_path
-        pass
 
 
 def _imported(module: ModuleType) -> None:
     """The watched module has run (on the importing thread): hand its loop class on."""
     loop_class = _loop_class(module)
     with _lock:
-        _remove_finder()
         listeners = list(_listeners)
     if loop_class is None:
         return
@@ -117,12 +113,12 @@ class _ThenHook(importlib.abc.Loader):
 
 
 class _ImportWatch(importlib.abc.MetaPathFinder):
-    """Waits for ``import uvloop``: finds its spec with the finders after it and wraps
-    the loader. Every other import costs one string comparison here."""
+    """Waits for ``import uvloop`` while someone listens: finds its spec with the other
+    finders and wraps the loader. Every other import costs one string comparison here."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != WATCHED_MODULE or getattr(_finding, "busy", False):
+        if fullname != WATCHED_MODULE or not _listeners or getattr(_finding, "busy", False):
             return None
         _finding.busy = True
         try:
