@@ -110,8 +110,9 @@ class Settings:
         "and allowed to trace this process, else the in-process sampler), py-spy (only "
         "py-spy; a profile it cannot take fails with its reason) or in-process")
     profile_cpu_budget: float = _option(
-        0.01, "share of one core the in-process sampler may use; above it, it samples less "
-        "often (the profile's period and comment say the rate it used)", minimum=0.0001)
+        0.01, "share of one core the CPU and wall profiles' sampling may use, the in-process "
+        "sampler's thread or the py-spy process; above it, they sample less often (the "
+        "profile's period and comment say the rate used)", minimum=0.0001)
     contention_profiling: bool = _option(
         False, "record lock and wait contention for /debug/pprof/mutex and /debug/pprof/block")
     contention_profile_rate: int = _option(

@@ -15,7 +15,7 @@ import threading
 import pytest
 
 import labotel
-from labotel.profile import backends, cpu, pyspy
+from labotel.profile import backends, cpu, pyspy, pyspy_rate
 from labotel.profile.pprof import ProfileBuilder
 from tests.unit.test_pprof_support import (
     BACKENDS,
@@ -322,3 +322,56 @@ def test_a_process_under_py_spy_s_thread_limit_still_gets_py_spy():
     assert busy["threads"] <= backends.PY_SPY_MAX_THREADS
     assert busy["auto"] == "py-spy", busy
     assert busy["strict"] == "started", busy
+
+
+# -- py-spy keeps to profile_cpu_budget --------------------------------------------------------
+@pytest.mark.parametrize(("mode", "threads", "budget", "rate"), [
+    (cpu.CPU, 10, 0.01, 100),  # 79 us a tick: 126 Hz affordable, 100 asked
+    (cpu.CPU, 1000, 0.01, 5),  # 1.96 ms a tick
+    (cpu.WALL, 10, 0.01, 9),  # --idle unwinds every thread: 1.1 ms a tick
+    (cpu.WALL, 100, 0.01, 1),  # 8.75 ms a tick: 1.1 Hz, and never below 1 Hz
+    (cpu.WALL, 10, 1.0, 100),
+])
+def test_py_spy_s_rate_keeps_its_predicted_cpu_within_the_budget(mode, threads, budget, rate):
+    choice = pyspy_rate.PySpyRate(budget).choose(mode, 100, threads)
+    assert choice.rate_hz == rate
+    assert choice.lowered == (rate < 100)
+
+
+def test_py_spy_s_rate_follows_what_py_spy_used_in_a_long_enough_profile():
+    rates = pyspy_rate.PySpyRate(0.01)
+    first = rates.choose(cpu.CPU, 100, 1000)
+    # py-spy used twice the prediction per tick over 10 s: the next rate is half
+    rates.learn(cpu.CPU, first, 2 * first.seconds_per_sample * 50, 50, 10.0)
+    assert rates.choose(cpu.CPU, 100, 1000).rate_hz == first.rate_hz // 2
+    assert rates.choose(cpu.WALL, 100, 10).rate_hz == 9  # each mode learns its own
+    rates.learn(cpu.CPU, first, 100.0, 50, 1.0)  # a short profile: attach-dominated, ignored
+    assert rates.choose(cpu.CPU, 100, 1000).rate_hz == first.rate_hz // 2
+
+
+def test_a_py_spy_profile_of_many_threads_is_sampled_slower_and_says_why():
+    """Real py-spy, 300 idle threads: a wall profile at 100 Hz would cost py-spy about a
+    core here; with the default budget it samples at a few Hz, and the profile says so."""
+    release = threading.Event()
+    idle = [threading.Thread(target=release.wait, daemon=True) for _ in range(300)]
+    for thread in idle:
+        thread.start()
+    try:
+        # (a CPU profile with a whole core to spend samples as asked)
+        for mode, budget in ((cpu.WALL, 0.01), (cpu.CPU, 1.0)):
+            chooser = backends.Backends(backends.PY_SPY, cpu_budget=budget)
+            profile = chooser.start(mode, 100, lambda: None, 1)
+            threading.Event().wait(1)
+            builder = profile.stop()
+            (comment,) = builder.comments
+            if budget < 1:
+                assert 1 <= profile.rate_hz < 10
+                assert builder.period == 1_000_000_000 // profile.rate_hz
+                assert (f"sampled at {profile.rate_hz} Hz, not the 100 Hz asked, to keep "
+                        "py-spy within profile_cpu_budget (1% of one core: about ") in comment
+            else:
+                assert profile.rate_hz == 100 and "not the 100 Hz asked" not in comment
+    finally:
+        release.set()
+        for thread in idle:
+            thread.join()

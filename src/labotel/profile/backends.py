@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from labotel import fork_safe
 from labotel.config import PROFILE_BACKENDS
-from labotel.profile import pyspy
+from labotel.profile import pyspy, pyspy_rate
 from labotel.profile.cpu import RunningProfile, Sampler, Unavailable
 from labotel.runtime.thread_frames import current_frames
 
@@ -52,6 +52,7 @@ class Backends:
                              f"got {choice!r}")
         self.choice = choice
         self.cpu_budget = cpu_budget
+        self.pyspy_rates = pyspy_rate.PySpyRate(cpu_budget)  # py-spy keeps to it too
         self._find_py_spy = find_py_spy
         self._lock = fork_safe.lock()
         self._last: dict[str, str] = {}
@@ -66,7 +67,8 @@ class Backends:
             elif crowd := too_many_threads_for_py_spy():
                 refusal = crowd
             else:
-                profile = pyspy.PySpyProfile(binary, mode, rate_hz, seconds, on_failure)
+                profile = pyspy.PySpyProfile(binary, mode, rate_hz, seconds, on_failure,
+                                             rates=self.pyspy_rates)
                 try:
                     profile.start()
                 except Unavailable as error:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import psutil
 
 from labotel.digits import ascii_digits
-from labotel.profile import symbols
+from labotel.profile import pyspy_rate, symbols
 from labotel.profile.cpu import WALL, Unavailable, new_builder
 from labotel.profile.pprof import ProfileBuilder
 
@@ -85,10 +85,16 @@ class PySpyProfile:
     backend = "py-spy"
 
     def __init__(self, binary: str, mode: str, rate_hz: int, seconds: float | None = None,
-                 on_failure: Callable[[], None] = lambda: None):
+                 on_failure: Callable[[], None] = lambda: None,
+                 rates: pyspy_rate.PySpyRate | None = None):
         self.binary = binary
         self._on_failure = on_failure
         self.mode = mode
+        # the budget may lower the rate asked for; what py-spy used teaches the next choice
+        self._rates = rates
+        self.choice = rates.choose(mode, rate_hz, threading.active_count()) if rates else None
+        if self.choice is not None:
+            rate_hz = self.choice.rate_hz
         self.rate_hz = rate_hz
         self.period_ns = max(1, 1_000_000_000 // rate_hz)
         self.seconds = seconds
@@ -97,6 +103,7 @@ class PySpyProfile:
         self._directory = ""
         self._process: subprocess.Popen | None = None
         self._started = 0.0
+        self._attached = (0.0, 0.0)  # (monotonic time, py-spy's CPU seconds) once attached
         self._names: dict[int, str] = {}
         self._names_done = threading.Event()
         self._lock = threading.Lock()
@@ -154,6 +161,8 @@ class PySpyProfile:
                 self._clean_up()
                 raise Unavailable(f"py-spy did not start sampling within {START_TIMEOUT:g} s")
             time.sleep(0.005)
+        # its attach (reading the interpreter's symbols) is not a cost per sample
+        self._attached = (time.monotonic(), _cpu_seconds(self._process.pid))
         threading.Thread(target=self._note_names, name=NAMES_THREAD, daemon=True).start()
 
     def _note_names(self) -> None:
@@ -180,13 +189,15 @@ class PySpyProfile:
                 process.kill()
                 process.wait()
                 self.error = RuntimeError(f"py-spy did not stop within {STOP_TIMEOUT:g} s")
-            seconds = time.monotonic() - self._started
+            stopped = time.monotonic()
+            seconds = stopped - self._started
             builder.duration_ns = time.time_ns() - builder.start_ns
             try:
                 if self.error is None:
                     self._names.update(_thread_names())
                     self._convert(builder)
                     builder.comments.append(self._describe(seconds))
+                    self._learn(stopped)
             except OSError as error:  # no output: py-spy failed after it started
                 self.error = RuntimeError(f"py-spy wrote no profile ({error.strerror}): "
                                           f"{self._reason()}")
@@ -239,11 +250,23 @@ class PySpyProfile:
         return builder.named_line_location(filename, int(match.group("line")),
                                            symbols.qualify(filename, match.group("name")))
 
+    def _learn(self, stopped: float) -> None:
+        """Tell the rate chooser what py-spy's sampling cost (attach left out: ticks, not
+        recorded samples, count, since CPU mode records none while every thread idles)."""
+        if self._rates is None or self.choice is None:
+            return
+        attached_at, cpu_at_attach = self._attached
+        sampling = stopped - attached_at
+        self._rates.learn(self.mode, self.choice, self.own_cpu_seconds - cpu_at_attach,
+                          int(self.rate_hz * sampling), sampling)
+
     def _describe(self, seconds: float) -> str:
         text = (f"labotel {self.mode} profile: taken by {version(self.binary)} from outside "
                 f"the process at {self.rate_hz} Hz (--nonblocking, "
                 f"{'--idle' if self.mode == WALL else '--gil'}); py-spy's own CPU "
                 f"{100 * self.own_cpu_seconds / max(seconds, 1e-9):.2f}% of one core")
+        if self._rates is not None and self.choice is not None:
+            text += pyspy_rate.describe(self.choice, self._rates.cpu_budget)
         log = self._read_log()
         errors = _ERRORS.findall(log)
         if errors and int(errors[-1][1]):
