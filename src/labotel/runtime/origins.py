@@ -35,6 +35,7 @@ _coro_origins: weakref.WeakKeyDictionary[Any, tuple[Frame, ...]] = weakref.WeakK
 _patcher = Patcher()  # Thread.start
 _task_patcher = Patcher()  # create_task of each loop class, run_coroutine_threadsafe
 _holders: dict[str, bool] = {}  # holder -> wants every loop's tasks
+_tasks_hooked = False  # run_coroutine_threadsafe patched, loop classes watched
 _install_lock = fork_safe.lock()
 _MISSING = object()
 _loop_patcher_lock = fork_safe.lock()
@@ -140,15 +141,15 @@ def install(holder: str = "monitor", *, every_loop: bool = False) -> None:
     tasks created through any asyncio or uvloop loop's ``create_task`` (``asyncio.create_task``,
     ``TaskGroup``, ``gather``, ``run_coroutine_threadsafe``...), which ``recorded_tasks()``
     then lists. Idempotent per ``holder``."""
+    global _tasks_hooked
     with _install_lock:
         _holders[holder] = _holders.get(holder, False) or every_loop
         if not _patcher:
             _patch_thread_start()
-        if every_loop and not _task_patcher:
+        watching = every_loop and not _tasks_hooked
+        if watching:
+            _tasks_hooked = True
             _patch_run_coroutine_threadsafe()
-            watching = True
-        else:
-            watching = False
     if watching:  # outside our lock: each class is patched under it
         for loop_class in loop_classes.watch(_record_tasks_of):
             _record_tasks_of(loop_class)
@@ -156,9 +157,11 @@ def install(holder: str = "monitor", *, every_loop: bool = False) -> None:
 
 def uninstall(holder: str = "monitor") -> None:
     """Drop ``holder``'s hooks; the last holder out undoes every patch and task factory."""
+    global _tasks_hooked
     with _install_lock:
         _holders.pop(holder, None)
         if not any(_holders.values()):
+            _tasks_hooked = False
             loop_classes.unwatch(_record_tasks_of)
             _task_patcher.undo()
         if _holders:
@@ -195,7 +198,7 @@ def _patch_thread_start() -> None:
 def _record_tasks_of(loop_class: type[asyncio.AbstractEventLoop]) -> None:
     """Wrap ``loop_class.create_task`` (once, while a holder wants every loop's tasks)."""
     with _install_lock:
-        if not any(_holders.values()) or _task_patcher.holds(loop_class, "create_task"):
+        if not _tasks_hooked or _task_patcher.holds(loop_class, "create_task"):
             return  # uninstalled meanwhile (a late import's call), or wrapped already
         original = loop_class.create_task
 
