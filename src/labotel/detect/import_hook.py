@@ -127,12 +127,19 @@ class InstrumentingFinder:
         pass
 
 
+_finder: InstrumentingFinder | None = None  # on sys.meta_path from the first install on
+
+
 def install(prefixes: tuple[str, ...], on_failure: Callable[[], None]) -> InstrumentingFinder:
-    """Put the finder first on ``sys.meta_path``; warn once about matching modules that
-    are already imported (they run uninstrumented)."""
-    uninstall()
-    finder = InstrumentingFinder(prefixes, on_failure)
-    sys.meta_path.insert(0, finder)
+    """Have the finder claim ``prefixes`` (put first on ``sys.meta_path`` the first time);
+    warn once about matching modules that are already imported (they run uninstrumented)."""
+    global _finder
+    if _finder is None:
+        _finder = InstrumentingFinder((), on_failure)
+        sys.meta_path.insert(0, _finder)
+    _finder.on_failure = on_failure
+    _finder.instrumented = []
+    _finder.prefixes = prefixes  # last: it claims modules from here on
     for name in sorted(name for name in list(sys.modules) if matches(name, prefixes)):
         if name not in _warned:
             _warned.add(name)
@@ -141,9 +148,17 @@ def install(prefixes: tuple[str, ...], on_failure: Callable[[], None]) -> Instru
                 "its code is not instrumented; start labotel before the application's "
                 "imports (call labotel.start() first, or run under opentelemetry-instrument)",
                 name)
-    return finder
+    return _finder
 
 
 def uninstall() -> None:
-    sys.meta_path[:] = [finder for finder in sys.meta_path
-                        if not isinstance(finder, InstrumentingFinder)]
+    """Claim no module from now on. The finder stays on ``sys.meta_path``: taking an entry
+    out while another thread's import walks that list makes the walk skip the next finder
+    (a ``ModuleNotFoundError`` in the application; see ``runtime.loop_classes``)."""
+    if _finder is not None:
+        _finder.prefixes = ()
+
+
+def claiming() -> tuple[str, ...]:
+    """The module prefixes the finder instruments now (none once uninstalled)."""
+    return _finder.prefixes if _finder is not None else ()
