@@ -174,17 +174,22 @@ options = {"admin_address": "", "race_detection": True, "contention_profiling": 
 errors = []
 stop = threading.Event()
 
+started = []  # polled: the import comes once the storm is under way
+
 def storm():
     while not stop.is_set():
         try:
             labotel.start(**options)
+            started.append(True)
             time.sleep(0.001)
             labotel.shutdown()
         except Exception as error:
             errors.append(repr(error))
 
 def import_and_run():
-    time.sleep(0.2)
+    while not started:
+        time.sleep(0.01)
+    time.sleep(0.05)
     import uvloop
     for _ in range(20):  # loops run by hand while the hooks come and go
         loop = uvloop.new_event_loop()
