@@ -12,6 +12,7 @@ import tracemalloc
 import pytest
 
 import labotel
+from tests.unit.test_leaks_memory import source_line
 from tests.unit.test_pprof_support import (
     BACKENDS,
     allocate_blocks,
@@ -380,13 +381,7 @@ def test_a_dump_taken_while_a_uvloop_task_blocks_shows_the_blocking_line(url):
     # innermost first: the call it blocks in, down to the task's coroutine, nothing of uvloop
     assert functions[-2:] == ["tests.unit.test_pprof_support.get(...)",
                               f"{__name__}.{blocking_handler.__qualname__}(...)"], block
-    assert f"{__file__}:{line_of('# BLOCKS THE LOOP')} " in block, block
-
-
-def line_of(marker: str) -> int:
-    with open(__file__) as source:
-        return next(n for n, text in enumerate(source, 1)
-                    if marker in text and "line_of" not in text)
+    assert f"{source_line('# BLOCKS THE LOOP', __file__)} " in block, block
 
 
 def test_a_running_task_is_read_from_its_threads_live_frames():
