@@ -7,7 +7,6 @@ contention profiler for waits).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from labotel import fork_safe
@@ -65,7 +64,7 @@ def unsubscribe(name: str) -> None:
             _undo()
 
 
-def _loop_class_imported(loop_class: type[asyncio.AbstractEventLoop]) -> None:
+def _loop_class_imported(loop_class: loop_classes.LoopClass) -> None:
     """uvloop imported while hooks are in (on the importing thread)."""
     with _lock:
         if _subscribers:

@@ -45,9 +45,9 @@ from labotel.hooks.primitives import (
     kept,
     timed_wait,
 )
+from labotel.runtime.loop_classes import LoopClass
 
 Replace = Callable[[Any, str, Any], Any]
-LoopClass = type[asyncio.AbstractEventLoop]
 EDGES, WAITS = "edges", "waits"
 CONDITION_WAIT = "threading.Condition.wait"
 THREAD_JOIN = "threading.Thread.join"

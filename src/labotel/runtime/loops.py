@@ -138,7 +138,7 @@ def install(patcher: Patcher) -> None:
             loop.call_soon_threadsafe(register, loop)
 
 
-def _announce_loops_of(loop_class: type[asyncio.AbstractEventLoop]) -> None:
+def _announce_loops_of(loop_class: loop_classes.LoopClass) -> None:
     """Wrap ``loop_class.run_forever`` (once) so each loop announces itself."""
     with _lock:
         if not _watching or _class_patcher.holds(loop_class, "run_forever"):

@@ -195,7 +195,7 @@ def _patch_thread_start() -> None:
     _patcher.replace(threading.Thread, "start", start)
 
 
-def _record_tasks_of(loop_class: type[asyncio.AbstractEventLoop]) -> None:
+def _record_tasks_of(loop_class: loop_classes.LoopClass) -> None:
     """Wrap ``loop_class.create_task`` (once, while a holder wants every loop's tasks)."""
     with _install_lock:
         if not _tasks_hooked or _task_patcher.holds(loop_class, "create_task"):
