@@ -32,9 +32,14 @@ PY_SPY_THREAD_LIMIT = 4096
 PY_SPY_MAX_THREADS = 4000
 
 
-def too_many_threads_for_py_spy() -> str:
+def thread_count() -> int:
+    """The interpreter's threads, as py-spy reads them (threading's, and any other)."""
+    return max(threading.active_count(), len(current_frames()))
+
+
+def too_many_threads_for_py_spy(count: int | None = None) -> str:
     """Why py-spy cannot read this process's threads, or "" when it can."""
-    count = max(threading.active_count(), len(current_frames()))
+    count = thread_count() if count is None else count
     if count <= PY_SPY_MAX_THREADS:
         return ""
     return (f"this process has {count} threads and py-spy reads at most "
@@ -64,11 +69,11 @@ class Backends:
             binary = self._find_py_spy()
             if binary is None:
                 refusal = NOT_INSTALLED
-            elif crowd := too_many_threads_for_py_spy():
+            elif crowd := too_many_threads_for_py_spy(threads := thread_count()):
                 refusal = crowd
             else:
                 profile = pyspy.PySpyProfile(binary, mode, rate_hz, seconds, on_failure,
-                                             rates=self.pyspy_rates)
+                                             rates=self.pyspy_rates, threads=threads)
                 try:
                     profile.start()
                 except Unavailable as error:

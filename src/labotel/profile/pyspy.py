@@ -86,13 +86,14 @@ class PySpyProfile:
 
     def __init__(self, binary: str, mode: str, rate_hz: int, seconds: float | None = None,
                  on_failure: Callable[[], None] = lambda: None,
-                 rates: pyspy_rate.PySpyRate | None = None):
+                 rates: pyspy_rate.PySpyRate | None = None, threads: int = 0):
         self.binary = binary
         self._on_failure = on_failure
         self.mode = mode
-        # the budget may lower the rate asked for; what py-spy used teaches the next choice
+        # the budget may lower the rate asked for (py-spy's cost grows with ``threads``);
+        # what py-spy used teaches the next choice
         self._rates = rates
-        self.choice = rates.choose(mode, rate_hz, threading.active_count()) if rates else None
+        self.choice = rates.choose(mode, rate_hz, threads) if rates else None
         if self.choice is not None:
             rate_hz = self.choice.rate_hz
         self.rate_hz = rate_hz
