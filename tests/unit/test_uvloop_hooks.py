@@ -28,6 +28,7 @@ from labotel.testing import find_leaks, ignore_current, install, uninstall
 from tests.unit import test_contention
 from tests.unit.race_support import races_on, start_detector
 from tests.unit.test_leaks_memory import source_line
+from tests.unit.test_testing_leaks import _all_tasks
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -153,16 +154,12 @@ def test_a_task_left_on_a_uvloop_loop_has_its_creation_line():
         assert [(g.kind, g.site) for g in groups] == [
             ("task", source_line("# LEFT ON UVLOOP", __file__))]
     finally:
-        for task in asyncio.run_coroutine_threadsafe(_other_tasks(), loop).result(5):
+        for task in asyncio.run_coroutine_threadsafe(_all_tasks(), loop).result(5):
             loop.call_soon_threadsafe(task.cancel)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
         uninstall()
-
-
-async def _other_tasks() -> list[asyncio.Task]:
-    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
 
 @pytest.mark.parametrize(("program", "site"), [
