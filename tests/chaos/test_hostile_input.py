@@ -202,3 +202,56 @@ def test_event_loop_with_reentrant_hash_is_seen_and_never_disturbed():
             loop.close()
     assert errors == []
     assert seen == 1
+
+
+class DictRefusingThread(threading.Thread):
+    def __getattribute__(self, name: str):
+        if name == "__dict__":
+            raise RuntimeError("no __dict__ for you")
+        return super().__getattribute__(name)
+
+
+def test_a_hostile_thread_and_task_already_there_do_not_stop_start_finding_loops():
+    """start() looks at each thread's target and each task's loop to find loops already
+    running: a thread refusing its ``__dict__`` and a task whose ``get_loop`` raises are
+    passed over, and the loop (uvloop's, run by hand: no frame to find it by) is still
+    found by its other task."""
+    import asyncio
+
+    import uvloop
+
+    from labotel.runtime import loops
+
+    class HostileTask(asyncio.Task):
+        def get_loop(self):
+            raise RuntimeError("no loop for you")
+
+    labotel.shutdown()
+    loop = uvloop.new_event_loop()
+    ready, stop = threading.Event(), threading.Event()
+
+    async def serve() -> None:
+        loop.set_task_factory(lambda loop, coro, **kw: HostileTask(coro, loop=loop, **kw))
+        hostile = asyncio.ensure_future(asyncio.sleep(30))
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+        hostile.cancel()
+
+    refusing = DictRefusingThread(target=stop.wait, daemon=True)
+    refusing.start()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    thread.start()
+    try:
+        assert ready.wait(5)
+        call_with_deadline(lambda: labotel.start(admin_address="", leak_detection=False), 10)
+        deadline = time.monotonic() + 5
+        while loop not in loops.running_loops():
+            assert time.monotonic() < deadline, "the running loop was not found"
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(5)
+        refusing.join(5)
+        loop.close()
+        labotel.shutdown()

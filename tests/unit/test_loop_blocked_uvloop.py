@@ -197,3 +197,57 @@ def test_a_uvloop_loop_already_running_on_another_thread_is_found():
         stop.set()
         thread.join(5)
         labotel.shutdown()
+
+
+def test_a_uvloop_loop_run_by_hand_on_another_thread_before_start_is_found_by_its_task():
+    """``loop.run_until_complete(main())`` on a thread, no Runner, before start(): its
+    run_forever is C and leaves no frame; its unfinished task names it."""
+    import labotel
+
+    ready, stop = threading.Event(), threading.Event()
+    loop = uvloop.new_event_loop()
+
+    async def serve() -> None:
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()))
+    thread.start()
+    try:
+        assert ready.wait(5)
+        start()
+        asyncio.run_coroutine_threadsafe(handle_request(0.35), loop)
+        (report,) = wait_for_report()
+        assert (report.attributes["code.filepath"], report.attributes["code.lineno"]) == (
+            BLOCKING_FILE, BLOCKING_LINE)
+    finally:
+        stop.set()
+        thread.join(5)
+        loop.close()
+        labotel.shutdown()
+
+
+def test_a_uvloop_loop_a_thread_runs_as_its_target_before_start_is_found():
+    """``Thread(target=loop.run_forever)`` before start(), no task on the loop: found as
+    the thread's target, and a callback blocking it later is reported."""
+    import labotel
+
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not loop.is_running():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        start()
+        time.sleep(0.2)  # the heartbeat's first beats
+        loop.call_soon_threadsafe(blocking_callback)
+        (report,) = wait_for_report()
+        assert report.attributes["code.function"] == "blocking_callback"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+        labotel.shutdown()

@@ -52,7 +52,7 @@ def all_tasks_by_loop() -> dict[asyncio.AbstractEventLoop, list[asyncio.Task]]:
         result[loop] = []
     tasks: set[asyncio.Task] = set()
     for registry in registries:  # a task moving from one to the next is seen once
-        tasks.update(_copy(registry))
+        tasks.update(copy_registry(registry))
     for task in tasks:
         if not task.done():
             bucket = result.get(task.get_loop())
@@ -61,7 +61,9 @@ def all_tasks_by_loop() -> dict[asyncio.AbstractEventLoop, list[asyncio.Task]]:
     return result
 
 
-def _copy(registry: Any) -> list[asyncio.Task]:
+def copy_registry(registry: Any) -> list[asyncio.Task]:
+    """The tasks in one of asyncio's task registries (``python.TASK_REGISTRIES``), from
+    any thread."""
     for _ in range(100):  # a weak set may change size while other threads run
         try:
             return list(registry)

@@ -4,10 +4,12 @@
 is imported later: ``loop_classes``) and ``asyncio.Runner.run`` (``asyncio.run()``,
 uvloop.run(), uvicorn; and a loop of another implementation) are wrapped so a loop
 announces itself when it starts running. Loops already running when labotel starts are
-found once: the loop of the thread calling ``start()``, and on each thread a
-``run_forever`` or a Runner's ``run`` in progress (a uvloop loop run by hand, without a
-Runner, that already runs at ``start()`` on another thread is not found: its
-``run_forever`` is C and leaves no frame).
+found once: the loop of the thread calling ``start()``, on each thread a ``run_forever``
+or a Runner's ``run`` in progress, the loop of every unfinished task, and a loop whose
+method is a thread's target (``Thread(target=loop.run_forever)``). A uvloop loop run by
+hand leaves no frame (its ``run_forever`` is C), so one that already runs at ``start()`` on
+another thread is found only by the last two: one with no task then, run from a function
+of the application's, is not found.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from labotel import fork_safe, log_relay
-from labotel.compat import cpython
+from labotel.compat import cpython, python
 from labotel.patching import Patcher
 from labotel.runtime import loop_classes
 from labotel.runtime.thread_frames import attribute, current_frames, stack
@@ -188,11 +191,12 @@ def uninstall() -> None:
 
 
 def _find_running_loops() -> list[asyncio.AbstractEventLoop]:
-    """Loops running on some thread right now (one-off frame scan): the caller's own
-    (``start()`` called from a coroutine or callback, as in a FastAPI lifespan), and on each
+    """Loops running on some thread right now (one-off scan): the caller's own
+    (``start()`` called from a coroutine or callback, as in a FastAPI lifespan), on each
     thread a ``BaseEventLoop.run_forever`` or an ``asyncio.Runner.run`` in progress
     (uvloop's run_forever is C: no frame of its own, but ``uvloop.run()`` and uvicorn run
-    it from a Runner)."""
+    it from a Runner), and the loops of unfinished tasks and of threads' targets (a uvloop
+    loop run by hand)."""
     found = []
     try:
         found.append(asyncio.get_running_loop())
@@ -201,10 +205,50 @@ def _find_running_loops() -> list[asyncio.AbstractEventLoop]:
     for innermost in current_frames().values():
         for frame in stack(innermost):
             loop = _loop_run_in(frame)
-            if loop is not None and loop.is_running() and all(loop is not f for f in found):
+            if loop is not None:
                 found.append(loop)
                 break
-    return found
+    found.extend(_loops_of_tasks())
+    found.extend(_loops_threads_run())
+    running: list[asyncio.AbstractEventLoop] = []
+    for loop in found:
+        try:  # the application's loop class answers (outside labotel's lock)
+            if loop.is_running() and all(loop is not other for other in running):
+                running.append(loop)
+        except Exception:
+            continue
+    return running
+
+
+def _loops_of_tasks() -> Iterator[asyncio.AbstractEventLoop]:
+    """The loop of each unfinished task, each loop once (asyncio's registry of every task,
+    copied; ~10 ms per 100 000 tasks, once at ``start()``)."""
+    from labotel.runtime import aio  # (aio asks this module for the loops)
+
+    seen: set[int] = set()
+    for registry in python.TASK_REGISTRIES or ():
+        for task in aio.copy_registry(registry):
+            try:  # a task class of the application's answers
+                loop = None if task.done() else task.get_loop()
+            except Exception:
+                continue
+            if loop is not None and id(loop) not in seen:
+                seen.add(id(loop))
+                yield loop
+
+
+def _loops_threads_run() -> Iterator[asyncio.AbstractEventLoop]:
+    """Loops whose bound method a thread runs as its target:
+    ``Thread(target=loop.run_forever)``, read from each thread's own dict."""
+    for thread in list(cpython.THREADS_ACTIVE.values()):
+        try:  # (a Thread subclass of the application's may answer for its __dict__)
+            target = cpython.thread_target(thread.__dict__)
+        except Exception:
+            continue
+        if type(target) in (types.MethodType, types.BuiltinMethodType):
+            owner = target.__self__
+            if issubclass(type(owner), asyncio.AbstractEventLoop):
+                yield owner
 
 
 def _loop_run_in(frame: FrameType) -> asyncio.AbstractEventLoop | None:
