@@ -1,5 +1,5 @@
 """Helpers for fault-path tests: a collector that never answers, a forked child's exit, a
-process holding over 1024 descriptors."""
+process holding over 1024 descriptors, an HTTP CONNECT proxy."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -69,3 +70,46 @@ def descriptors_past_1024() -> Iterator[None]:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@contextlib.contextmanager
+def connect_proxy(upstream: tuple[str, int]) -> Iterator[tuple[str, list[bytes]]]:
+    """An HTTP CONNECT proxy on loopback that tunnels every CONNECT to ``upstream``
+    (whatever name it asks for: a name only the proxy can resolve, as behind an egress
+    proxy). Yields its URL and the request lines it was sent."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests: list[bytes] = []
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # closed: the proxy is done
+                return
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := client.recv(4096)):
+                head += chunk
+            requests.append(head.split(b"\r\n", 1)[0])
+            server = socket.create_connection(upstream)
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            for ends in ((client, server), (server, client)):
+                threading.Thread(target=pipe, args=ends, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", requests
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # ends the accept() waiting
+        listener.close()

@@ -23,10 +23,12 @@ No answer (refused, reset, silent, or not the protocol asked): the attempt fails
 gRPC thread ran. An answer: the attempt goes ahead over gRPC as before, and the question's
 connection is ended cleanly (this side closed first, the rest of the answer read until the
 server closes), not reset: a collector may log every reset. A Unix socket is asked the
-same way (``unix:`` and ``unix-abstract:`` targets), and so are gRPC's URI forms of one
-host and port (``dns:///host:port``, ``ipv4:``, ``ipv6:``). Endpoints this cannot ask (no
-port, a list of addresses, another resolver's scheme, a server name a TLS hello cannot
-carry) are not asked.
+same way; where a target connects is ``collector_target``'s to say. A host name is looked
+up on a thread of its own (``getaddrinfo`` cannot be interrupted, and an unreachable name
+server holds it for 5 s or more per try), and every address it has is tried at once, the
+first to connect asked, as gRPC goes on to the next address when one fails: asking only
+the first took a collector on ``localhost`` listening on IPv4 only for a down one where
+``::1`` comes first. A server name a TLS hello cannot carry is not asked.
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ import errno
 import selectors
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from labotel import fork_safe
+from labotel.collector_target import Address
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type 4, no flags
@@ -46,42 +52,7 @@ _SETTINGS = 4
 _TLS_ANSWERS = (21, 22)  # the content type of an alert record, of a handshake record
 _SLICE = 0.05  # seconds between looks at an abort while waiting
 _PARTING = 0.5  # seconds an answered server gets to close its side after ours
-
-Address = tuple[str, int] | str  # a host and port, or a Unix socket's path
-
-
-def host_and_port(endpoint: str) -> tuple[str, int] | None:
-    """``host:port`` or ``[v6]:port`` as a socket address; None for anything else."""
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit() or "/" in endpoint:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        return None  # an IPv6 address without brackets is ambiguous
-    return host, int(port)
-
-
-def socket_address(target: str) -> Address | None:
-    """Where a gRPC target connects: ``host:port``; gRPC's URI forms for one address
-    (``dns:[//authority/]host:port``, ``ipv4:addr:port``, ``ipv6:[addr]:port``); a Unix
-    socket (``unix:path``, ``unix:///abs/path``, ``unix-abstract:name``, the path
-    returned as text, an abstract name with its leading NUL). None for what cannot be
-    asked: no port (gRPC's default is not guessed), several addresses, other schemes."""
-    scheme, sep, rest = target.partition(":")
-    if not sep or scheme not in ("dns", "ipv4", "ipv6", "unix", "unix-abstract"):
-        return host_and_port(target)
-    if scheme == "unix":
-        path = rest[2:] if rest.startswith("//") else rest  # unix:///abs -> /abs
-        return path if path and "\0" not in path else None
-    if scheme == "unix-abstract":
-        return "\0" + rest if rest else None
-    if scheme == "dns" and rest.startswith("//"):
-        rest = rest[2:].partition("/")[2]  # a DNS server named as authority: not used
-    if "," in rest:
-        return None  # ipv4:a:1,b:2 lists several addresses: which one is used is gRPC's
-    return host_and_port(rest)
-
+_MAX_ADDRESSES = 8  # of a name's addresses, the first this many are tried
 
 _asking: set[Check] = set()  # the checks with a socket open now
 
@@ -93,10 +64,64 @@ _Selector = getattr(selectors, "PollSelector", selectors.DefaultSelector)
 
 def close_inherited() -> None:
     """In a forked child: close the copies of the sockets of checks the parent was running
-    (its thread is not in the child, and the copy would hold the connection open)."""
+    (its thread is not in the child, and the copy would hold the connection open), and
+    forget the parent's lookups (their threads are not in the child either)."""
     for check in list(_asking):
         check.close_copy()
     _asking.clear()
+    _lookups.clear()
+
+
+class _Lookup:
+    """One ``getaddrinfo`` on a thread of its own; ``done`` is set when it has ended."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.key = (host, port)
+        self.done = threading.Event()
+        self.addresses: list[tuple[Any, ...]] = []
+
+    def run(self) -> None:
+        try:
+            self.addresses = socket.getaddrinfo(*self.key, type=socket.SOCK_STREAM)
+        except Exception:  # unknown name, a name idna refuses: no address
+            pass
+        finally:
+            with _lookups_lock:
+                if _lookups.get(self.key) is self:
+                    del _lookups[self.key]
+            self.done.set()
+
+
+# Lookups running now, by host and port: a question asked while the last one's lookup
+# still waits for a name server waits for that one, so a hung resolver holds one thread
+_lookups: dict[tuple[str, int], _Lookup] = {}
+_lookups_lock = fork_safe.lock()
+
+
+def _numeric(host: str, port: int) -> list[tuple[Any, ...]] | None:
+    """The address of a host given as an IP address (no lookup); None for a name."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                  flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        return None
+
+
+def _lookup(host: str, port: int) -> _Lookup:
+    """The lookup of ``host`` running now, or a new one."""
+    with _lookups_lock:
+        lookup = _lookups.get((host, port))
+        if lookup is not None:
+            return lookup
+        lookup = _lookups[(host, port)] = _Lookup(host, port)
+    try:
+        threading.Thread(target=lookup.run, name="labotel-collector-lookup",
+                         daemon=True).start()
+    except RuntimeError:  # no thread to be had: no address, this time
+        with _lookups_lock:
+            _lookups.pop((host, port), None)
+        lookup.done.set()
+    return lookup
 
 
 def client_hello(server_name: str) -> bytes:
@@ -121,7 +146,7 @@ class Check:
         self.address = address
         self.wait = wait
         self.tls = tls
-        self._socket: socket.socket | None = None
+        self._sockets: list[socket.socket] = []  # open now (every address being tried)
         self._aborted = False
         # No answer because the wait ran out (a silent or slow server), not because the
         # connection was refused or reset, nor aborted
@@ -144,25 +169,16 @@ class Check:
                 return True
         deadline = time.monotonic() + self.wait
         try:
-            address: Any = self.address  # a path (Unix), or what getaddrinfo returns
-            family, kind, proto = socket.AF_UNIX, socket.SOCK_STREAM, 0
-            if not isinstance(self.address, str):
-                host, port = self.address
-                family, kind, proto, _, address = socket.getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM)[0]
-            with socket.socket(family, kind, proto) as sock, _Selector() as selector:
-                self._socket = sock
+            if unix:
+                candidates: list[tuple[Any, ...]] = [
+                    (socket.AF_UNIX, socket.SOCK_STREAM, 0, "", self.address)]
+            else:
+                candidates = self._addresses(deadline)
+            with _Selector() as selector:
                 _asking.add(self)
-                sock.setblocking(False)
-                selector.register(sock, selectors.EVENT_WRITE)
-                error = sock.connect_ex(address)
-                if unix and error == errno.EAGAIN:  # a Unix listener's backlog is full
+                sock = self._connect_first(candidates, selector, deadline)
+                if sock is None:
                     return False
-                if error not in (0, errno.EINPROGRESS) or not self._until(
-                        deadline, lambda: selector.select(_SLICE)):
-                    return False
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                    return False  # refused, unreachable
                 sock.sendall(hello)
                 selector.modify(sock, selectors.EVENT_READ)
                 if self.tls:
@@ -174,11 +190,58 @@ class Check:
                 if answered:
                     self._part(sock, selector)
                 return answered
-        except (OSError, ValueError):
+        except Exception:  # whatever the address or the network does: no answer
             return False
         finally:
             _asking.discard(self)
-            self._socket = None
+            sockets, self._sockets = self._sockets, []
+            for sock in sockets:
+                sock.close()
+
+    def _addresses(self, deadline: float) -> list[tuple[Any, ...]]:
+        """The host's addresses (``getaddrinfo``), looked up on another thread while this
+        one waits in slices, so the deadline and ``abort()`` hold during the lookup too."""
+        if isinstance(self.address, str):
+            return []  # (a Unix socket has no lookup)
+        host, port = self.address
+        numeric = _numeric(host, port)
+        if numeric is not None:
+            return numeric
+        lookup = _lookup(host, port)
+        if not self._until(deadline, lambda: lookup.done.wait(_SLICE)):
+            return []
+        return lookup.addresses
+
+    def _connect_first(self, candidates: list[tuple[Any, ...]],
+                       selector: selectors.BaseSelector,
+                       deadline: float) -> socket.socket | None:
+        """Connect to every candidate at once; the first connected socket (the others
+        closed), or None when all were refused, or the deadline or an abort came first."""
+        for family, kind, proto, _, address in candidates[:_MAX_ADDRESSES]:
+            sock = socket.socket(family, kind, proto)
+            self._sockets.append(sock)
+            sock.setblocking(False)
+            error = sock.connect_ex(address)
+            if error in (0, errno.EINPROGRESS):  # (EAGAIN: a Unix listener's backlog
+                selector.register(sock, selectors.EVENT_WRITE)  # is full, as refused)
+        ready: list[Any] = []
+
+        def some_ready() -> bool:
+            ready[:] = selector.select(_SLICE)
+            return bool(ready)
+
+        while selector.get_map():
+            if not self._until(deadline, some_ready):
+                return None
+            for key, _ in ready:
+                sock = key.fileobj  # type: ignore[assignment]
+                selector.unregister(sock)
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    for other in list(selector.get_map().values()):
+                        selector.unregister(other.fileobj)
+                    selector.register(sock, selectors.EVENT_WRITE)
+                    return sock  # type: ignore[return-value]
+        return None  # refused, unreachable
 
     def _receive(self, sock: socket.socket, selector: selectors.BaseSelector, size: int,
                  deadline: float) -> bytes:
@@ -219,14 +282,12 @@ class Check:
         return False
 
     def close_copy(self) -> None:
-        sock = self._socket
-        if sock is not None:
+        for sock in list(self._sockets):
             sock.close()  # this process's copy only; shutdown() would end the parent's too
 
     def abort(self) -> None:
         self._aborted = True
-        sock = self._socket
-        if sock is not None:
+        for sock in list(self._sockets):
             try:
                 sock.shutdown(socket.SHUT_RDWR)  # a blocked recv() returns at once
             except OSError:

@@ -46,7 +46,7 @@ import time
 import weakref
 from typing import Any
 
-from labotel import collector_check, descriptors, own_random
+from labotel import collector_check, collector_target, descriptors, own_random
 from labotel.compat import otel
 
 log = logging.getLogger(__name__)
@@ -155,17 +155,22 @@ class ExportWatch:
         _quiet_exporter_loggers()
         return _ABORTED_CALLS.around(self.export)(*args, **kwargs)
 
-    def _collector_endpoint(self) -> tuple[collector_check.Address, bool] | None:
+    def _collector_endpoint(self) -> tuple[collector_target.Address, bool] | None:
         """The collector's socket address and whether it speaks TLS; None where it cannot
-        be asked (a gRPC target with no port or several addresses) or need not be (the
-        exporter was shut down: its export fails at once)."""
+        be asked (a gRPC target with no port or several addresses, one gRPC reaches
+        through a proxy) or need not be (the exporter was shut down: its export fails at
+        once)."""
         if otel.exporter_shut_down(self.exporter):
             return None
         target = otel.grpc_endpoint(self.exporter)
-        address = collector_check.socket_address(target[0]) if target else None
-        return (address, target[1]) if target and address else None
+        address = collector_target.socket_address(target[0]) if target else None
+        if not target or not address:
+            return None
+        if isinstance(address, tuple) and collector_target.proxied(address[0]):
+            return None
+        return address, target[1]
 
-    def _ask(self, address: collector_check.Address, wait: float, tls: bool) -> bool:
+    def _ask(self, address: collector_target.Address, wait: float, tls: bool) -> bool:
         """One question (``collector_check``); ``abort_check()`` ends it. A question that
         ran out its wait leaves ``timed_out`` set: the next one gets the exporter's whole
         timeout. (Else a collector farther than the short wait allows, 0.25 s away, would

@@ -15,7 +15,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from labotel import collector_check
+from labotel import collector_check, collector_target
 from tests.fault_support import descriptors_past_1024
 from tests.tls_support import self_signed_certificate
 
@@ -30,9 +30,12 @@ from tests.tls_support import self_signed_certificate
     ("::1:4317", None),  # ambiguous without brackets
     ("collector:http", None),
     (":4317", None),
+    ("collector:\u00b9", None),  # a digit to str.isdigit(), not to int()
+    ("collector:99999", None),  # past 65535 (the socket would ask 99999 % 65536)
+    ("collector:0", None),
 ])
 def test_host_and_port_reads_only_host_and_port(endpoint, address):
-    assert collector_check.host_and_port(endpoint) == address
+    assert collector_target.host_and_port(endpoint) == address
 
 
 @pytest.mark.parametrize(("target", "address"), [
@@ -54,9 +57,18 @@ def test_host_and_port_reads_only_host_and_port(endpoint, address):
     ("unix:bad\0path", None),
     ("xds:///collector", None),  # another resolver
     ("collector:http", None),
+    # gRPC parses targets as URIs: %-escapes decoded, query and fragment not the address
+    ("unix:/run/my%20dir/collector.sock", "/run/my dir/collector.sock"),
+    ("unix:///run/collector.sock?x=1#y", "/run/collector.sock"),
+    ("unix-abstract:otel%00x", "\0otel\0x"),
+    ("ipv6:[fe80::1%25eth0]:4317", ("fe80::1%eth0", 4317)),
+    ("dns:///collector%2Einternal:4317", ("collector.internal", 4317)),
+    ("unix:/run/bad%zzescape", None),  # gRPC refuses the target
+    ("unix:/run/%ff%fe", None),  # not UTF-8: not asked
+    ("localhost:99999999999999999999", None),
 ])
 def test_which_grpc_targets_are_asked_and_where(target, address):
-    assert collector_check.socket_address(target) == address
+    assert collector_target.socket_address(target) == address
 
 
 @pytest.fixture
@@ -312,9 +324,9 @@ def test_a_forked_child_closes_its_copy_of_a_check_the_parent_is_running(silent_
     asker.start()
     try:
         give_up = time.monotonic() + 5
-        while check._socket is None and time.monotonic() < give_up:
+        while not check._sockets and time.monotonic() < give_up:
             time.sleep(0.01)
-        fd = check._socket.fileno()
+        fd = check._sockets[0].fileno()
         pid = os.fork()
         if pid == 0:
             try:
@@ -374,3 +386,92 @@ def test_an_answered_question_ends_with_a_clean_close_not_a_reset(tls, reply):
         assert ending == ["end of stream"]
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize(("environment", "host", "proxied"), [
+    ({}, "collector", False),
+    ({"grpc_proxy": "http://proxy:3128"}, "collector", True),
+    ({"https_proxy": "http://proxy:3128"}, "collector", True),
+    ({"HTTP_PROXY": "http://proxy:3128"}, "collector", True),
+    ({"grpc_proxy": "http://proxy:3128", "no_proxy": "collector"}, "collector", False),
+    ({"grpc_proxy": "http://proxy:3128", "no_proxy": ".internal"}, "c.internal", False),
+    ({"grpc_proxy": "http://proxy:3128", "no_proxy": "*.internal"}, "c.internal", False),
+    ({"grpc_proxy": "http://proxy:3128", "no_proxy": "*"}, "collector", False),
+    ({"grpc_proxy": "http://proxy:3128", "no_proxy": "other"}, "collector", True),
+    # gRPC reads the first of no_grpc_proxy, no_proxy that has a value
+    ({"grpc_proxy": "http://p:1", "no_grpc_proxy": "x", "no_proxy": "collector"},
+     "collector", True),
+    # an address range is not read: not asked, which costs only the fast answer
+    ({"grpc_proxy": "http://p:1", "no_proxy": "10.0.0.0/8"}, "10.0.0.1", True),
+])
+def test_a_collector_grpc_reaches_through_a_proxy_is_known_as_proxied(
+        monkeypatch, environment, host, proxied):
+    for name in ("grpc_proxy", "https_proxy", "http_proxy", "no_grpc_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert collector_target.proxied(host) is proxied
+
+
+@pytest.fixture
+def resolver(monkeypatch):
+    """Names the test gives addresses to, or a lookup time (a name server that is slow
+    or does not answer); every other lookup is the system's."""
+    names: dict[str, object] = {}
+    system = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        found = names.get(host)
+        if kwargs.get("flags", 0) & socket.AI_NUMERICHOST:  # no name server is asked
+            return system(host, port, *args, **kwargs)
+        if isinstance(found, float):
+            time.sleep(found)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        if found is not None:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))
+                    for address in found]
+        return system(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return names
+
+
+def test_every_address_of_a_name_is_tried_not_only_the_first(resolver):
+    """A name with two addresses, the first refusing (a collector on ``localhost``
+    listening on IPv4 only, where ``::1`` comes first): gRPC goes on to the next, and so
+    does the question. Before, only the first was asked: taken for a down collector."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.2:0")  # nothing at 127.0.0.1 on that port
+    server.start()
+    try:
+        resolver["collector.test"] = ["127.0.0.1", "127.0.0.2"]
+        assert collector_check.Check(("collector.test", port), wait=5).answers()
+        resolver["collector.test"] = ["127.0.0.1"]
+        check = collector_check.Check(("collector.test", port), wait=5)
+        assert not check.answers() and not check.ran_out  # refused, not silent
+    finally:
+        server.stop(0)
+
+
+def test_a_name_server_that_does_not_answer_holds_a_question_no_longer_than_its_wait(
+        resolver):
+    """``getaddrinfo`` cannot be interrupted, and a name server that does not answer holds
+    it 5 s or more per try: the lookup runs on a thread of its own, and the question ends at
+    its wait, or at once when aborted, while a later question waits for the same lookup
+    instead of starting another."""
+    resolver["slow.test"] = 2.0
+    began = time.monotonic()
+    check = collector_check.Check(("slow.test", 4317), wait=0.3)
+    assert not check.answers() and check.ran_out
+    assert time.monotonic() - began < 1.0
+    lookups = [t for t in threading.enumerate() if t.name == "labotel-collector-lookup"]
+    assert len(lookups) == 1
+    check = collector_check.Check(("slow.test", 4317), wait=10)
+    threading.Timer(0.2, check.abort).start()
+    began = time.monotonic()
+    assert not check.answers()
+    assert time.monotonic() - began < 1.0
+    assert [t for t in threading.enumerate()
+            if t.name == "labotel-collector-lookup"] == lookups  # the same lookup waited for
+    lookups[0].join(5)

@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.parse
 from concurrent import futures
 
 import grpc
@@ -28,7 +29,7 @@ from opentelemetry.proto.collector.metrics.v1 import (
 )
 
 import labotel
-from tests.fault_support import descriptors_past_1024
+from tests.fault_support import connect_proxy, descriptors_past_1024
 from tests.tls_support import self_signed_certificate
 from tests.unit.test_lifecycle import (
     export_outcomes,
@@ -388,25 +389,56 @@ def test_a_process_holding_over_1024_descriptors_exports_to_a_collector_that_ans
         server.stop(0)
 
 
-@pytest.mark.parametrize("target", ["unix", "dns"])
+@pytest.mark.parametrize("target", ["unix", "unix-escaped", "dns"])
 def test_a_collector_named_by_a_grpc_target_is_asked_and_exported_to(
         monkeypatch, tmp_path, target):
-    """A Unix socket (``unix://``) or gRPC's target syntax (``dns:///``): the question
-    reaches the collector, which answers, and every export is made."""
+    """A Unix socket (``unix://``; its path %-escaped in the target, which gRPC decodes)
+    or gRPC's target syntax (``dns:///``): the question reaches the collector, which
+    answers, and every export is made. (Before, the escaped path was asked as written: a
+    collector gRPC reaches was taken for a down one, and every export was dropped.)"""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")  # the SDK's TLS otherwise
-    path = tmp_path / "collector.sock"
-    collector, server, port = serve_collector(
-        f"unix:{path}" if target == "unix" else "127.0.0.1:0")
+    folder = tmp_path / ("my collector" if target == "unix-escaped" else "plain")
+    folder.mkdir()
+    path = folder / "collector.sock"
+    unix = target.startswith("unix")
+    collector, server, port = serve_collector(f"unix:{path}" if unix else "127.0.0.1:0")
+    endpoint = {"unix": f"unix://{path}",
+                "unix-escaped": "unix://" + urllib.parse.quote(str(path)),
+                "dns": f"dns:///127.0.0.1:{port}"}[target]
     try:
-        monitor = start_exporting_metrics(
-            f"unix://{path}" if target == "unix" else f"dns:///127.0.0.1:{port}")
+        monitor = start_exporting_metrics(endpoint)
         _, watch = metric_watch(monitor)
         asked, tls = watch._collector_endpoint()
-        assert (asked, tls) == (str(path) if target == "unix" else ("127.0.0.1", port), False)
+        assert (asked, tls) == (str(path) if unix else ("127.0.0.1", port), False)
         assert wait_until(lambda: watch.finished >= 2, 4), monitor.status()["exports"]
         assert watch.last_ok is True and watch.unanswered == 0
         assert collector.calls and all(ok for _, ok in collector.calls)
+    finally:
+        labotel.shutdown()
+        server.stop(0)
+
+
+def test_a_collector_reached_through_grpcs_proxy_is_not_asked_and_is_exported_to(
+        monkeypatch):
+    """gRPC sends a TCP target through the HTTP CONNECT proxy its environment names
+    (``grpc_proxy``, ``https_proxy``, ``http_proxy``); a direct question can fail where
+    gRPC gets through (here the collector's name resolves only at the proxy). Before, every
+    export was dropped as unanswered; now such a collector is not asked."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    collector, server, port = serve_collector()
+    try:
+        with connect_proxy(("127.0.0.1", port)) as (proxy, requests):
+            monkeypatch.setenv("grpc_proxy", proxy)
+            monitor = start_exporting_metrics("collector.invalid:4317")
+            _, watch = metric_watch(monitor)
+            assert watch._collector_endpoint() is None
+            assert wait_until(lambda: watch.finished >= 2, 4), monitor.status()["exports"]
+            assert watch.last_ok is True and watch.unanswered == 0
+            assert collector.calls and all(ok for _, ok in collector.calls)
+            assert requests and requests[0].startswith(b"CONNECT collector.invalid:4317 ")
+            labotel.shutdown()
     finally:
         labotel.shutdown()
         server.stop(0)

@@ -104,7 +104,7 @@ def fork_while_held(getters):
 HELD = HOLDING + r"""
 import _thread, faulthandler, json, logging, os, sys, threading, time
 import labotel
-from labotel import descriptors, log_relay
+from labotel import collector_check, descriptors, log_relay
 from labotel.detect import races, vectorclock
 from labotel.hooks import layer, primitives
 from labotel.profile import heap as heap_profile, stacks, symbols
@@ -138,6 +138,7 @@ locks = {"reporter": lambda: monitor.reporter._lock,
          "thread leak samples": lambda: by_name["detect.threads"]._lock,
          "heap reading": lambda: heap._blocks._lock,
          "footprint": lambda: monitor.footprint._lock,
+         "collector lookups": lambda: collector_check._lookups_lock,
          # the parent's server: the child only closes its copies of the sockets
          "debug server loop": lambda loop=monitor.server._loop: loop._lock,
          # an Event's lock: a profile request's thread at the edge of its wait
