@@ -12,7 +12,7 @@ from typing import Any, cast
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel import compat, descriptors, fork_safe, log_relay, sdk
+from labotel import compat, descriptors, fork_safe, log_relay, patching, sdk
 from labotel.compat.capability import Capability
 from labotel.component import Component, Unavailable
 from labotel.components import default_components
@@ -154,7 +154,7 @@ class Monitor:
             except Exception:
                 log.exception("labotel: stopping %s failed", component.name)
         self.components.clear()
-        self.patcher.undo()
+        patching.say_left_in_place(self.patcher.undo())
         loops.uninstall()
         origins.uninstall()
         if not hasattr(self, "providers"):  # a start() that failed before they were built

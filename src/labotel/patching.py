@@ -13,9 +13,12 @@ class Patcher:
     """Replace attributes and restore them, newest first, on ``undo()``.
 
     ``undo`` restores a value only while it is still the one we set: if someone else
-    (another instrumentation, the application) replaced it since, theirs stays, and that
-    is logged once per attribute. Ours then stays reachable inside theirs, which is why
-    every labotel patch does nothing once its subscriber is gone.
+    (another instrumentation, the application) replaced it since, theirs stays, and
+    ``undo`` returns its name for the caller to log with ``say_left_in_place`` once it
+    holds no lock of labotel's (a logging handler is the application's code: one that
+    started an event loop under the loop registry's lock hung the shutdown). Ours then
+    stays reachable inside theirs, which is why every labotel patch does nothing once its
+    subscriber is gone.
     """
 
     def __init__(self) -> None:
@@ -34,15 +37,17 @@ class Patcher:
         setattr(owner, name, value)
         return original_value
 
-    def undo(self) -> None:
+    def undo(self) -> list[str]:
+        """Restore every value replaced; returns the names left in place (someone else's
+        replacement is there now)."""
+        left: list[str] = []
         while self._saved:
             owner, name, original = self._saved.pop()
             ours = self._ours.pop()
             now = owner.__dict__.get(name, _MISSING) if hasattr(owner, "__dict__") else \
                 getattr(owner, name, _MISSING)
             if now is not ours:
-                log.warning("labotel: %s.%s was replaced by someone else after labotel "
-                            "patched it; leaving theirs in place", _label(owner), name)
+                left.append(f"{_label(owner)}.{name}")
                 continue
             if original is _MISSING:
                 try:
@@ -51,6 +56,7 @@ class Patcher:
                     pass
             else:
                 setattr(owner, name, original)
+        return left
 
     def holds(self, owner: Any, name: str) -> bool:
         """Whether ``owner.name`` is one of ours to undo."""
@@ -59,6 +65,13 @@ class Patcher:
 
     def __bool__(self) -> bool:
         return bool(self._saved)
+
+
+def say_left_in_place(left: list[str]) -> None:
+    """Log what ``Patcher.undo`` left in place (call it holding no lock of labotel's)."""
+    for name in left:
+        log.warning("labotel: %s was replaced by someone else after labotel patched it; "
+                    "leaving theirs in place", name)
 
 
 def _label(owner: Any) -> str:

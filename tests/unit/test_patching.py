@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import types
 
 import labotel
-from labotel.patching import Patcher
+from labotel.patching import Patcher, say_left_in_place
 
 
 def test_undo_restores_what_is_still_ours():
@@ -35,7 +36,9 @@ def test_undo_leaves_a_later_replacement_in_place_and_says_so(caplog):
     patcher.replace(owner, "greet", lambda: "ours")
     owner.greet = lambda: "theirs"  # another instrumentation wraps or replaces ours
     with caplog.at_level(logging.WARNING, logger="labotel"):
-        patcher.undo()
+        left = patcher.undo()
+        assert caplog.records == []  # said by the caller, once it holds no lock of its own
+        say_left_in_place(left)
     assert owner.greet() == "theirs"
     assert [r.getMessage() for r in caplog.records if "greet" in r.getMessage()] == [
         "labotel: SimpleNamespace.greet was replaced by someone else after labotel patched it; "
@@ -59,3 +62,43 @@ def test_shutdown_keeps_a_thread_start_the_app_installed_after_start():
         assert threading.Thread.start is apps_start
     finally:
         threading.Thread.start = original
+
+
+class StartsAnEventLoop(logging.Handler):
+    """A handler of the application's that sends each record from a coroutine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        async def send() -> None:
+            self.sent.append(record.getMessage())
+
+        asyncio.run(send())
+
+
+def test_shutdown_says_what_it_left_in_place_holding_no_lock_of_labotels():
+    """Another instrumentation wrapped the loop's run_forever after labotel did; shutdown's
+    warning about it went to the application's handlers under the loop registry's lock,
+    and a handler starting an event loop (labotel's run_forever wrapper, still inside the
+    other one, takes that lock) hung the shutdown for good."""
+    handler = StartsAnEventLoop()
+    logging.getLogger("labotel").addHandler(handler)
+    original = asyncio.BaseEventLoop.run_forever
+    labotel.start(admin_address="", leak_detection=False)
+    labotels = asyncio.BaseEventLoop.run_forever
+
+    def other_instrumentation(self: asyncio.BaseEventLoop) -> None:
+        return labotels(self)
+
+    asyncio.BaseEventLoop.run_forever = other_instrumentation
+    try:
+        stopping = threading.Thread(target=labotel.shutdown, daemon=True)
+        stopping.start()
+        stopping.join(10)
+        assert not stopping.is_alive(), "shutdown hung in the application's log handler"
+        assert any("run_forever was replaced" in sent for sent in handler.sent)
+    finally:
+        asyncio.BaseEventLoop.run_forever = original  # (labotel's own wrapper too)
+        logging.getLogger("labotel").removeHandler(handler)

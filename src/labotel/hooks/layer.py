@@ -13,7 +13,7 @@ from labotel import fork_safe
 from labotel.compat import cpython
 from labotel.hooks import active, patches, primitives
 from labotel.hooks.adopt import LockAdopter
-from labotel.patching import Patcher
+from labotel.patching import Patcher, say_left_in_place
 from labotel.runtime import loop_classes
 
 _lock = fork_safe.lock()  # raw: never one of the instrumented locks
@@ -49,19 +49,21 @@ def subscribe(name: str, *, edges: Any = None, waits: Any = None, adopt: bool = 
             _subscribers.pop(name, None)
             _publish()
             if not _subscribers:
-                _undo()
+                _undo()  # (the failure is what the caller hears of)
             raise
         return _adopted or 0
 
 
 def unsubscribe(name: str) -> None:
     """Stop delivering to ``name``; the last one out undoes adoption and every patch."""
+    left: list[str] = []
     with _lock:
         if _subscribers.pop(name, None) is None:
             return
         _publish()
         if not _subscribers:
-            _undo()
+            left = _undo()
+    say_left_in_place(left)
 
 
 def _loop_class_imported(loop_class: loop_classes.LoopClass) -> None:
@@ -82,13 +84,15 @@ def _publish() -> None:
     active.waits = primitives._waits = waits
 
 
-def _undo() -> None:
+def _undo() -> list[str]:
+    """(under ``_lock``) Undo adoption and every patch; returns what was left in place."""
     global _adopted
     loop_classes.unwatch(_loop_class_imported)
     _adopter.undo()
     _adopted = None
-    _patcher.undo()
+    left = _patcher.undo()
     _installed.clear()
+    return left
 
 
 def after_fork_in_child() -> None:

@@ -21,10 +21,11 @@ import types
 import weakref
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 from labotel import fork_safe, log_relay
 from labotel.compat import cpython, python
-from labotel.patching import Patcher
+from labotel.patching import Patcher, say_left_in_place
 from labotel.runtime import loop_classes
 from labotel.runtime.thread_frames import attribute, current_frames, stack
 
@@ -38,6 +39,8 @@ _listeners: list[LoopListener] = []
 # the thread each registered loop announced itself from (uvloop keeps its own in C)
 _threads: dict[int, int] = {}
 _lock = fork_safe.lock()
+PRUNE_AT = 64  # registered loops before the dead ones are dropped (then twice the live)
+_prune_at = PRUNE_AT
 _RUNNERS_FILE = asyncio.runners.__file__
 _class_patcher = Patcher()  # run_forever of each loop class (under _lock: a late class's
 # patch comes from the thread importing uvloop)
@@ -51,7 +54,8 @@ def _known(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def _alive() -> list[asyncio.AbstractEventLoop]:
-    """(under ``_lock``) The registered loops still alive."""
+    """(under ``_lock``) The registered loops still alive (the dead ones forgotten)."""
+    global _prune_at
     loops = []
     for key, ref in list(_loops.items()):
         loop = ref()
@@ -60,6 +64,7 @@ def _alive() -> list[asyncio.AbstractEventLoop]:
             _threads.pop(key, None)
         else:
             loops.append(loop)
+    _prune_at = max(PRUNE_AT, 2 * len(_loops))
     return loops
 
 
@@ -91,8 +96,7 @@ def add_listener(listener: LoopListener) -> None:
         _listeners.append(listener)
         loops = _alive()
     for loop in loops:
-        if loop.is_running() and not loop.is_closed():
-            loop.call_soon_threadsafe(_notify_one, listener, loop)
+        _call_soon_threadsafe(loop, _notify_one, listener, loop)
 
 
 def remove_listener(listener: LoopListener) -> None:
@@ -115,9 +119,13 @@ def register(loop: asyncio.AbstractEventLoop) -> None:
     ref = weakref.ref(loop)
     thread = threading.get_ident()
     with _lock:
+        if not _watching:  # a wrapper of ours left inside someone else's after shutdown
+            return
         if _known(loop):
             _threads[id(loop)] = thread  # run again, maybe on another thread
             return
+        if len(_loops) >= _prune_at:  # loops made and dropped, in a process that never
+            _alive()  # asks running_loops() (no metrics read): forgotten here too
         _loops[id(loop)] = ref
         _threads[id(loop)] = thread
         listeners = list(_listeners)
@@ -138,7 +146,17 @@ def install(patcher: Patcher) -> None:
         with _lock:
             known = _known(loop)
         if not known:
-            loop.call_soon_threadsafe(register, loop)
+            _call_soon_threadsafe(loop, register, loop)
+
+
+def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, *call: Any) -> None:
+    """Hand ``call`` to a running loop; one that stopped or closed meanwhile (its thread
+    goes on) needs nothing, and its refusal must not fail ``start()``."""
+    try:
+        if loop.is_running() and not loop.is_closed():
+            loop.call_soon_threadsafe(*call)
+    except Exception:
+        pass
 
 
 def _announce_loops_of(loop_class: loop_classes.LoopClass) -> None:
@@ -149,7 +167,8 @@ def _announce_loops_of(loop_class: loop_classes.LoopClass) -> None:
         original = loop_class.run_forever
 
         def run_forever(self: asyncio.AbstractEventLoop) -> None:
-            self.call_soon(register, self)
+            if _watching:
+                self.call_soon(register, self)
             return original(self)
 
         run_forever.__wrapped__ = original  # type: ignore[attr-defined]
@@ -187,7 +206,8 @@ def uninstall() -> None:
         _listeners.clear()
         _loops.clear()
         _threads.clear()
-        _class_patcher.undo()
+        left = _class_patcher.undo()
+    say_left_in_place(left)
 
 
 def _find_running_loops() -> list[asyncio.AbstractEventLoop]:

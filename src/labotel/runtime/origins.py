@@ -21,7 +21,7 @@ from typing import Any
 from labotel import fork_safe
 from labotel import frames as frames_module
 from labotel.compat import cpython
-from labotel.patching import Patcher
+from labotel.patching import Patcher, say_left_in_place
 from labotel.runtime import loop_classes
 
 Frame = frames_module.Frame
@@ -41,6 +41,8 @@ _MISSING = object()
 _loop_patcher_lock = fork_safe.lock()
 # by id, with a weak reference (a WeakSet would hash a custom loop under our lock)
 _patched_loops: dict[int, weakref.ref] = {}
+PRUNE_AT = 64  # entries before the dead loops' are dropped (then twice the live ones)
+_prune_at = PRUNE_AT
 
 
 def capture(skip: int = 1, limit: int = MAX_FRAMES) -> tuple[Frame, ...]:
@@ -158,15 +160,19 @@ def install(holder: str = "monitor", *, every_loop: bool = False) -> None:
 def uninstall(holder: str = "monitor") -> None:
     """Drop ``holder``'s hooks; the last holder out undoes every patch and task factory."""
     global _tasks_hooked
+    left: list[str] = []
     with _install_lock:
         _holders.pop(holder, None)
         if not any(_holders.values()):
             _tasks_hooked = False
             loop_classes.unwatch(_record_tasks_of)
-            _task_patcher.undo()
-        if _holders:
-            return
-        _patcher.undo()
+            left += _task_patcher.undo()
+        last_out = not _holders
+        if last_out:
+            left += _patcher.undo()
+    say_left_in_place(left)
+    if not last_out:
+        return
     with _loop_patcher_lock:
         loops = [ref() for ref in _patched_loops.values()]
         _patched_loops.clear()
@@ -246,11 +252,17 @@ def recorded_tasks() -> list[asyncio.Future]:
 
 def track_loop_tasks(loop: asyncio.AbstractEventLoop) -> None:
     """Wrap ``loop``'s task factory (keeping any the app set) to record task origins."""
+    global _prune_at
     ref = weakref.ref(loop)
     with _loop_patcher_lock:  # claim the loop; its own methods run outside the lock
         known = _patched_loops.get(id(loop))
         if known is not None and known() is loop:
             return
+        if len(_patched_loops) >= _prune_at:  # loops made and dropped (one per test,
+            # per asyncio.run() of a worker): forgotten here, not only at shutdown
+            for key in [key for key, old in _patched_loops.items() if old() is None]:
+                del _patched_loops[key]
+            _prune_at = max(PRUNE_AT, 2 * len(_patched_loops))
         _patched_loops[id(loop)] = ref
     if loop.is_closed():
         with _loop_patcher_lock:
