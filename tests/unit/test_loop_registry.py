@@ -5,8 +5,10 @@ down, and never a reason for ``start()`` to fail."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import labotel
 from labotel.runtime import loops, origins
@@ -33,9 +35,10 @@ def test_loops_made_and_dropped_are_forgotten_while_labotel_runs():
     assert registered <= 128 and patched <= 128, (registered, patched)  # of 600
 
 
-def test_after_shutdown_a_wrapper_left_inside_anothers_registers_no_loop():
-    """Another instrumentation wrapped run_forever after labotel: shutdown leaves it (and
-    labotel's wrapper inside it) in place; labotel's then records nothing."""
+@contextlib.contextmanager
+def labotel_started_then_wrapped_by_another() -> Iterator[None]:
+    """labotel started, then another instrumentation wrapping its run_forever wrapper (so
+    shutdown leaves both in place); the class's own method given back at the end."""
     labotel.shutdown()
     original = asyncio.BaseEventLoop.run_forever
     labotel.start(admin_address="", leak_detection=False)
@@ -46,12 +49,20 @@ def test_after_shutdown_a_wrapper_left_inside_anothers_registers_no_loop():
 
     asyncio.BaseEventLoop.run_forever = other_instrumentation
     try:
+        yield
+    finally:
+        labotel.shutdown()
+        asyncio.BaseEventLoop.run_forever = original  # (labotel's own wrapper too)
+
+
+def test_after_shutdown_a_wrapper_left_inside_anothers_registers_no_loop():
+    """Another instrumentation wrapped run_forever after labotel: shutdown leaves it (and
+    labotel's wrapper inside it) in place; labotel's then records nothing."""
+    with labotel_started_then_wrapped_by_another():
         labotel.shutdown()
         for _ in range(50):
             asyncio.run(job())
         assert loops._loops == {} and loops._threads == {}
-    finally:
-        asyncio.BaseEventLoop.run_forever = original  # (labotel's own wrapper too)
 
 
 def test_a_loop_that_closes_while_start_looks_for_loops_does_not_fail_start(monkeypatch):

@@ -9,6 +9,7 @@ import types
 
 import labotel
 from labotel.patching import Patcher, say_left_in_place
+from tests.unit.test_loop_registry import labotel_started_then_wrapped_by_another
 
 
 def test_undo_restores_what_is_still_ours():
@@ -85,20 +86,12 @@ def test_shutdown_says_what_it_left_in_place_holding_no_lock_of_labotels():
     other one, takes that lock) hung the shutdown for good."""
     handler = StartsAnEventLoop()
     logging.getLogger("labotel").addHandler(handler)
-    original = asyncio.BaseEventLoop.run_forever
-    labotel.start(admin_address="", leak_detection=False)
-    labotels = asyncio.BaseEventLoop.run_forever
-
-    def other_instrumentation(self: asyncio.BaseEventLoop) -> None:
-        return labotels(self)
-
-    asyncio.BaseEventLoop.run_forever = other_instrumentation
     try:
-        stopping = threading.Thread(target=labotel.shutdown, daemon=True)
-        stopping.start()
-        stopping.join(10)
-        assert not stopping.is_alive(), "shutdown hung in the application's log handler"
-        assert any("run_forever was replaced" in sent for sent in handler.sent)
+        with labotel_started_then_wrapped_by_another():
+            stopping = threading.Thread(target=labotel.shutdown, daemon=True)
+            stopping.start()
+            stopping.join(10)
+            assert not stopping.is_alive(), "shutdown hung in the application's log handler"
+            assert any("run_forever was replaced" in sent for sent in handler.sent)
     finally:
-        asyncio.BaseEventLoop.run_forever = original  # (labotel's own wrapper too)
         logging.getLogger("labotel").removeHandler(handler)
