@@ -401,7 +401,7 @@ def test_hooked_asyncio_methods_still_look_like_coroutine_functions():
 
 
 def test_patch_groups_name_the_subscribers_they_serve():
-    for name, needs, _ in patches.GROUPS + patches.LOOP_GROUPS:
+    for name, needs, *_ in patches.GROUPS + patches.LOOP_GROUPS:
         assert needs and needs <= {patches.EDGES, patches.WAITS}, name
 
 

@@ -301,3 +301,135 @@ def test_a_loop_class_that_refuses_the_wrapper_does_not_fail_the_import():
     lines = result.stdout.splitlines()
     assert lines[0] == "import went on"
     assert "labotel: hooking uvloop.Loop failed" in lines[1:]
+
+
+IMPORTING_WHILE_STARTING = textwrap.dedent("""
+    import importlib.abc, importlib.machinery, sys, threading, time
+    import labotel
+
+    class Slow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        '''uvloop's own spec and loader, its module run half a second late.'''
+        def find_spec(self, name, path, target=None):
+            if name != "uvloop":
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            self.real = spec.loader
+            spec.loader = self
+            return spec
+        def create_module(self, spec):
+            return self.real.create_module(spec)
+        def exec_module(self, module):
+            time.sleep(0.5)
+            self.real.exec_module(module)
+
+    sys.meta_path.insert(0, Slow())
+    importing = threading.Thread(target=__import__, args=("uvloop",))
+    importing.start()
+    while "uvloop" not in sys.modules:
+        time.sleep(0.01)
+    labotel.start(race_detection=True, contention_profiling=True, admin_address="",
+                  leak_detection=False, service_name="uv-during")
+    importing.join()
+    import uvloop
+    from tests.unit.test_uvloop_hooks import WRAPPED
+    deadline = time.monotonic() + 5
+    while sorted(n for n in WRAPPED if n in vars(uvloop.Loop)) != sorted(
+            ["run_forever", "call_soon_threadsafe", "create_future"]):
+        assert time.monotonic() < deadline, sorted(vars(uvloop.Loop))
+        time.sleep(0.05)
+    print("hooked")
+    labotel.shutdown()
+""")
+
+
+def test_uvloop_imported_on_another_thread_while_start_runs_gets_the_hooks():
+    """uvloop's import was under way (found before labotel's import watch went in) when
+    start() ran: its class was never hooked, and every hand-over on its loops was a
+    false race. The import is now waited for."""
+    result = subprocess.run([sys.executable, "-c", IMPORTING_WHILE_STARTING], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["hooked"]
+
+
+SPEC_BEFORE_THE_IMPORT = textwrap.dedent("""
+    import importlib.util, pkgutil, sys
+    import labotel
+    labotel.start(admin_address="", leak_detection=False, service_name="uv-spec")
+    spec = importlib.util.find_spec("uvloop")  # uvloop not imported yet
+    print(spec.loader.get_filename("uvloop").endswith("__init__.py"),
+          spec.loader.is_package("uvloop"),
+          pkgutil.get_data("uvloop", "__init__.py") is not None)
+    labotel.shutdown()
+""")
+
+
+def test_the_spec_found_for_uvloop_before_its_import_has_its_loaders_whole_interface():
+    """While labotel waits for uvloop's import, the spec the import system finds for it
+    carries labotel's loader: it lacked get_filename, is_package, get_resource_reader...,
+    so pkgutil.get_data and importlib.resources failed on uvloop while labotel ran."""
+    result = subprocess.run([sys.executable, "-c", SPEC_BEFORE_THE_IMPORT], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "True"]
+
+
+def test_a_loop_class_handed_over_twice_is_wrapped_once():
+    """The import's thread took the listeners; a shutdown and start() on another thread
+    wrapped the class meanwhile; the import then handed it over too. Wrapped twice,
+    create_future saw labotel's own wrapper as its caller and timed every future asyncio
+    makes for itself (a sleep's, a lock's)."""
+    start_detector(contention_profiling=True)
+    loop_class = a_loop_class()
+    try:
+        for _ in range(2):
+            loop_classes._imported(types.SimpleNamespace(Loop=loop_class))  # type: ignore[arg-type]
+        loop = loop_class()
+        future = loop.run_until_complete(_made_by_asyncio())
+        loop.close()
+    finally:
+        labotel.shutdown()
+    assert type(future) is asyncio.Future
+    assert [name for name in WRAPPED if name in vars(loop_class)] == []
+
+
+async def _made_by_asyncio() -> asyncio.Future:
+    """The future asyncio.sleep() makes for itself (with the loop's create_future), read
+    as its task waits on it."""
+    sleeper = asyncio.get_running_loop().create_task(asyncio.sleep(0.05))
+    await asyncio.sleep(0)  # the sleeper runs until it waits
+    future = sleeper._fut_waiter
+    await sleeper
+    return future
+
+
+def test_another_tools_wrapper_around_create_future_does_not_make_asyncios_futures_timed():
+    """An APM wrapping create_future after labotel (a wrapper named as the method, as
+    functools.wraps users write them): asyncio's own futures (a sleep's) were taken for the
+    application's and timed."""
+    start_detector(contention_profiling=True)
+    labotels = asyncio.BaseEventLoop.create_future
+
+    def create_future(self):
+        return labotels(self)
+
+    asyncio.BaseEventLoop.create_future = create_future
+    try:
+        future = asyncio.run(_made_by_asyncio())
+    finally:
+        asyncio.BaseEventLoop.create_future = labotels
+        labotel.shutdown()
+    assert type(future) is asyncio.Future
+
+
+def test_the_wrapped_loop_methods_keep_their_names_and_signatures():
+    start_detector(contention_profiling=True)
+    install()
+    try:
+        for name in WRAPPED:
+            wrapper, original = vars(uvloop.Loop)[name], getattr(uvloop.Loop.__mro__[1], name)
+            assert (wrapper.__name__, wrapper.__doc__, wrapper.__wrapped__) == (
+                original.__name__, original.__doc__, original), name
+    finally:
+        uninstall()
+        labotel.shutdown()

@@ -40,7 +40,7 @@ def subscribe(name: str, *, edges: Any = None, waits: Any = None, adopt: bool = 
                  if wanted is not None}
         try:
             classes = loop_classes.watch(_loop_class_imported)
-            patches.install(kinds, _installed, _patcher.replace, classes)
+            patches.install(kinds, _installed, _patcher.replace, _patcher.holds, classes)
             _subscribers[name] = (edges, waits, adopt)
             _publish()
             if adopt and _adopted is None:
@@ -70,7 +70,8 @@ def _loop_class_imported(loop_class: loop_classes.LoopClass) -> None:
     """uvloop imported while hooks are in (on the importing thread)."""
     with _lock:
         if _subscribers:
-            patches.install_loop_class(loop_class, _installed, _patcher.replace)
+            patches.install_loop_class(loop_class, _installed, _patcher.replace,
+                                       _patcher.holds)
 
 
 def adopted_locks() -> int:

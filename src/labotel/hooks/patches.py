@@ -73,6 +73,7 @@ def _patch_locks(replace: Replace) -> None:
 def _patch_thread_start(replace: Replace) -> None:
     previous_start = threading.Thread.start
 
+    @functools.wraps(previous_start)
     def start(self: threading.Thread) -> None:
         if active.edges is not None:
             try:
@@ -81,7 +82,6 @@ def _patch_thread_start(replace: Replace) -> None:
                 pass
         previous_start(self)
 
-    start.__wrapped__ = previous_start  # type: ignore[attr-defined]
     replace(threading.Thread, "start", start)
 
 
@@ -291,6 +291,7 @@ class _AfterSnapshot:
 def _patch_loop_handoff(replace: Replace, loop_class: LoopClass) -> None:
     previous = loop_class.call_soon_threadsafe
 
+    @functools.wraps(previous)
     def call_soon_threadsafe(self: Any, callback: Callable[..., Any], *args: Any,
                              context: Any = None) -> Any:
         if active.edges is not None:
@@ -425,9 +426,13 @@ def _patch_asyncio_waits(replace: Replace) -> None:
 def _patch_loop_futures(replace: Replace, loop_class: LoopClass) -> None:
     previous = loop_class.create_future
 
+    @functools.wraps(previous)
     def create_future(self: asyncio.AbstractEventLoop) -> asyncio.Future:
         if active.waits is not None:
-            code = cpython.getframe(1).f_code
+            caller = cpython.getframe(1)
+            while caller.f_code.co_name == "create_future" and caller.f_back is not None:
+                caller = caller.f_back  # another tool's wrapper around ours: its caller
+            code = caller.f_code
             if code is _WRAP_FUTURE or not code.co_filename.startswith(_ASYNCIO_DIR):
                 return TimedFuture(loop=self)
         return previous(self)  # type: ignore[arg-type]
@@ -449,30 +454,34 @@ GROUPS: list[tuple[str, frozenset[str], Callable[[Replace], None]]] = [
     ("asyncio_waits", frozenset({WAITS}), _patch_asyncio_waits),
 ]
 # patched on each event-loop class: asyncio's, and uvloop's once imported (loop_classes)
-LOOP_GROUPS: list[tuple[str, frozenset[str], Callable[[Replace, LoopClass], None]]] = [
-    ("loop_handoff", frozenset({EDGES}), _patch_loop_handoff),
-    ("loop_futures", frozenset({WAITS}), _patch_loop_futures),
+# (each wraps one method, named last: a class handed over twice is wrapped once)
+LOOP_GROUPS: list[tuple[str, frozenset[str], Callable[[Replace, LoopClass], None], str]] = [
+    ("loop_handoff", frozenset({EDGES}), _patch_loop_handoff, "call_soon_threadsafe"),
+    ("loop_futures", frozenset({WAITS}), _patch_loop_futures, "create_future"),
 ]
+Held = Callable[[Any, str], bool]  # whether an attribute is already one of ours
 
 
-def install(kinds: set[str], installed: set[str], replace: Replace,
+def install(kinds: set[str], installed: set[str], replace: Replace, held: Held,
             loop_classes: list[LoopClass]) -> None:
     """Install every group some of ``kinds`` needs that is not ``installed`` yet (the
-    loop groups on each of ``loop_classes``)."""
+    loop groups on each of ``loop_classes``, where not ``held`` already)."""
     for name, needs, patch in GROUPS:
         if name not in installed and needs & kinds:
             patch(replace)
             installed.add(name)
-    for name, needs, patch_class in LOOP_GROUPS:
+    for name, needs, patch_class, method in LOOP_GROUPS:
         if name not in installed and needs & kinds:
             for loop_class in loop_classes:
-                patch_class(replace, loop_class)
+                if not held(loop_class, method):
+                    patch_class(replace, loop_class)
             installed.add(name)
 
 
-def install_loop_class(loop_class: LoopClass, installed: set[str],
-                       replace: Replace) -> None:
-    """A loop class imported after the groups went in gets the installed loop groups."""
-    for name, _, patch_class in LOOP_GROUPS:
-        if name in installed:
+def install_loop_class(loop_class: LoopClass, installed: set[str], replace: Replace,
+                       held: Held) -> None:
+    """A loop class imported after the groups went in gets the installed loop groups
+    (once: the import's call may come after a start() that wrapped the class already)."""
+    for name, _, patch_class, method in LOOP_GROUPS:
+        if name in installed and not held(loop_class, method):
             patch_class(replace, loop_class)

@@ -6,14 +6,15 @@ a Python subclass of the C one, so its attributes can be set: ``run_forever``,
 ``create_task``, ``call_soon_threadsafe`` and ``create_future`` wrapped there are seen by
 every caller, uvloop's own ``run_until_complete`` included (it looks them up by name).
 uvloop is often imported after ``start()`` (under ``opentelemetry-instrument``, uvicorn
-imports it once the launcher has started labotel), so when someone wants loop classes and
-uvloop is not imported yet, an entry on ``sys.meta_path`` waits for that import and hands
-its ``Loop`` to every listener as soon as the module has run. labotel never imports uvloop
-itself. The entry is put in once and never taken out: the import system walks that list
-while other threads may change it, and an entry taken out from in front of a walk shifts
-the rest under it, so that import skips the finder after ours (a ``ModuleNotFoundError``
-in the application); one put in only makes a walk ask one finder twice. With no listener,
-or once uvloop is imported, it answers nothing after one string comparison.
+imports it once the launcher has started labotel), so when someone first wants loop
+classes, an entry on ``sys.meta_path`` waits for that import and hands its ``Loop`` to
+every listener as soon as the module has run; an import already under way on another
+thread then (found before the entry went in) is waited for by a short-lived thread.
+labotel never imports uvloop itself. The entry is put in once and never taken out: the
+import system walks that list while other threads may change it, and an entry taken out
+from in front of a walk shifts the rest under it, so that import skips the finder after
+ours (a ``ModuleNotFoundError`` in the application); one put in only makes a walk ask one
+finder twice. With no listener, it answers nothing after one string comparison.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import importlib.machinery
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -35,6 +37,8 @@ LoopClass = type[asyncio.AbstractEventLoop]
 LoopClassListener = Callable[[LoopClass], None]
 WATCHED_MODULE = "uvloop"
 
+IMPORT_WAIT = 30.0  # seconds an import in progress at watch() is waited for, at most
+IMPORT_POLL = 0.05  # ... looked at this often (the import is the other thread's to finish)
 _lock = fork_safe.lock()
 _listeners: list[LoopClassListener] = []
 _finder_in = False  # put on sys.meta_path (once, for good)
@@ -65,10 +69,35 @@ def watch(listener: LoopClassListener) -> list[LoopClass]:
     with _lock:
         if listener not in _listeners:
             _listeners.append(listener)
-        if not _finder_in and sys.modules.get(WATCHED_MODULE) is None:
-            sys.meta_path.insert(0, _FINDER)
-            _finder_in = True
+        if not _finder_in:
+            sys.meta_path.insert(0, _FINDER)  # (also for an import that fails now and
+            _finder_in = True  # is tried again)
+    module = sys.modules.get(WATCHED_MODULE)
+    if module is not None and _loop_class(module) is None:
+        _wait_for_the_import_in_progress()
     return current()
+
+
+def _wait_for_the_import_in_progress() -> None:
+    """The module is being imported on another thread, past the import watch (it was
+    found before the watch went in): its class is handed on once the module has it."""
+    try:
+        threading.Thread(target=_hand_on_when_imported, name="labotel-loop-class-import",
+                         daemon=True).start()
+    except RuntimeError:  # no thread to be had: that import's loops go unwatched
+        pass
+
+
+def _hand_on_when_imported() -> None:
+    give_up = time.monotonic() + IMPORT_WAIT
+    while time.monotonic() < give_up:
+        module = sys.modules.get(WATCHED_MODULE)
+        if module is None:
+            return  # the import failed; the watch sees the next one
+        if _loop_class(module) is not None:
+            _imported(module)
+            return
+        time.sleep(IMPORT_POLL)
 
 
 def unwatch(listener: LoopClassListener) -> None:
@@ -98,6 +127,14 @@ class _ThenHook(importlib.abc.Loader):
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        # the rest of the real loader's interface (get_filename, is_package,
+        # get_resource_reader...): a spec found before the import is used by pkgutil and
+        # importlib.resources as it is
+        if name == "loader":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self.loader.create_module(spec)

@@ -15,6 +15,7 @@ of the application's, is not found.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import types
@@ -166,12 +167,12 @@ def _announce_loops_of(loop_class: loop_classes.LoopClass) -> None:
             return  # uninstalled meanwhile (a late import's call), or wrapped already
         original = loop_class.run_forever
 
+        @functools.wraps(original)
         def run_forever(self: asyncio.AbstractEventLoop) -> None:
             if _watching:
                 self.call_soon(register, self)
             return original(self)
 
-        run_forever.__wrapped__ = original  # type: ignore[attr-defined]
         _class_patcher.replace(loop_class, "run_forever", run_forever)
 
 
@@ -181,6 +182,7 @@ def _announce_runner_loops(patcher: Patcher) -> None:
     and uvicorn use too) announce whatever loop they run."""
     original = asyncio.Runner.run
 
+    @functools.wraps(original)
     def run(self: asyncio.Runner, *args: object, **kwargs: object) -> object:
         try:
             asyncio.get_running_loop()
@@ -192,7 +194,6 @@ def _announce_runner_loops(patcher: Patcher) -> None:
                 pass
         return original(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    run.__wrapped__ = original  # type: ignore[attr-defined]
     patcher.replace(asyncio.Runner, "run", run)
 
 

@@ -14,6 +14,7 @@ take creation sites away from the leak checks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import weakref
 from typing import Any
@@ -187,6 +188,7 @@ def uninstall(holder: str = "monitor") -> None:
 def _patch_thread_start() -> None:
     original_start = threading.Thread.start
 
+    @functools.wraps(original_start)
     def start(self: threading.Thread) -> None:
         try:
             self._labotel_origin = capture(2)  # type: ignore[attr-defined]
@@ -197,7 +199,6 @@ def _patch_thread_start() -> None:
             pass
         original_start(self)
 
-    start.__wrapped__ = original_start  # type: ignore[attr-defined]
     _patcher.replace(threading.Thread, "start", start)
 
 
@@ -208,6 +209,7 @@ def _record_tasks_of(loop_class: loop_classes.LoopClass) -> None:
             return  # uninstalled meanwhile (a late import's call), or wrapped already
         original = loop_class.create_task
 
+        @functools.wraps(original)
         def create_task(self: asyncio.AbstractEventLoop, coro: Any, *args: Any,
                         **kwargs: Any) -> asyncio.Task:
             task = original(self, coro, *args, **kwargs)
@@ -219,7 +221,6 @@ def _record_tasks_of(loop_class: loop_classes.LoopClass) -> None:
                 pass
             return task
 
-        create_task.__wrapped__ = original  # type: ignore[attr-defined]
         _task_patcher.replace(loop_class, "create_task", create_task)
 
 
@@ -227,6 +228,7 @@ def _patch_run_coroutine_threadsafe() -> None:
     """(under ``_install_lock``)"""
     original_threadsafe = asyncio.run_coroutine_threadsafe
 
+    @functools.wraps(original_threadsafe)
     def run_coroutine_threadsafe(coro: Any, loop: asyncio.AbstractEventLoop) -> Any:
         try:
             _coro_origins[coro] = capture(2)
@@ -234,7 +236,6 @@ def _patch_run_coroutine_threadsafe() -> None:
             pass
         return original_threadsafe(coro, loop)
 
-    run_coroutine_threadsafe.__wrapped__ = original_threadsafe  # type: ignore[attr-defined]
     for module in (asyncio, asyncio.tasks):
         if module.__dict__.get("run_coroutine_threadsafe") is original_threadsafe:
             _task_patcher.replace(module, "run_coroutine_threadsafe", run_coroutine_threadsafe)
