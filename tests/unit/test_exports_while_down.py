@@ -220,8 +220,11 @@ GRPC_THREADS = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
-@pytest.mark.parametrize("collector", ["refusing", "hung", "hung-tls", "refusing-unix",
-                                       "hung-unix", "hung-dns"])
+@pytest.mark.parametrize("collector", [
+    "refusing", "hung",
+    # the same question to other kinds of address: on the default Python only (13 s each)
+    *(pytest.param(kind, marks=pytest.mark.slow)
+      for kind in ("hung-tls", "refusing-unix", "hung-unix", "hung-dns"))])
 def test_with_the_collector_down_no_grpc_thread_runs(collector):
     """In a process of its own (no other gRPC user): while the collector is down, gRPC's
     threads (which gRPC's fork handler has to park inside ``fork()``) never run, the first
