@@ -286,7 +286,8 @@ class Monitor:
                 "capabilities": {name: capability.as_dict()
                                  for name, capability in self.capabilities.items()},
                 "exports": sdk.export_health(self.providers) if self.providers else [],
-                "descriptors_closed_by_the_application": descriptors.losses}
+                "descriptors_closed_by_the_application": descriptors.losses,
+                "log_records_dropped": log_relay.dropped}
 
 
 def _parent_listens_on(port: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 
@@ -67,6 +68,21 @@ def test_a_stuck_handler_costs_the_caller_nothing_and_the_queue_is_bounded(
     kept = [message for message, _ in handler.records]
     assert kept[:3] == ["record 0", "record 1", "record 2"]
     assert len(kept) == log_relay.MAX_PENDING + 50 - log_relay.dropped
+
+
+def test_records_dropped_are_counted_where_the_admin_page_shows_them(monkeypatch):
+    import labotel
+    from tests.metrics_helpers import fetch
+
+    labotel.shutdown()
+    monitor = labotel.start(admin_address="127.0.0.1:0", leak_detection=False)
+    try:
+        monkeypatch.setattr(log_relay, "dropped", 7)  # as the test above drops them
+        assert monitor.status()["log_records_dropped"] == 7
+        page = json.loads(fetch(monitor.admin_url + "/admin/monitoring/")[2])
+        assert page["log_records_dropped"] == 7
+    finally:
+        labotel.shutdown()
 
 
 def test_a_failing_loop_listener_is_logged_by_the_relay_not_on_the_loop(monkeypatch):

@@ -118,6 +118,8 @@ def add_routes(context: Context, router: Router, status: Callable[[], dict[str, 
             # times the application closed labotel's descriptors (a daemonizing process)
             "descriptors_closed_by_the_application": state.get(
                 "descriptors_closed_by_the_application", 0),
+            # labotel's own log lines let go while the logging handlers did not keep up
+            "log_records_dropped": state.get("log_records_dropped", 0),
             "endpoints": router.paths()})
 
     add = context.add_route
