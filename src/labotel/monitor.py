@@ -380,6 +380,7 @@ def _after_fork_in_child() -> None:
     fork_safe.reinit_in_child()  # first: what follows takes labotel's locks (and _lock)
     # module state a parent thread may have been using at fork time
     heap.forget_readings()
+    loops.forget_other_threads_loops()
     hooks_layer.after_fork_in_child()
     sdk.release_collection_after_fork(in_child=True)
     monitor = _current

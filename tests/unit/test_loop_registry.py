@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import threading
 import time
 from collections.abc import Iterator
+
+import pytest
 
 import labotel
 from labotel.runtime import loops, origins
@@ -113,3 +117,47 @@ def _frames_of(thread: threading.Thread) -> list:
         frames.append(frame)
         frame = frame.f_back
     return frames
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_a_forked_child_forgets_the_loops_other_threads_ran(kind):
+    """A loop another thread of the parent ran is copied into the child still saying it
+    runs; its thread is not there. The child counted it among its running loops (and
+    asked it for its lag); the loop of the thread that forked stays."""
+    import uvloop
+
+    labotel.shutdown()
+    labotel.start(admin_address="", leak_detection=False)
+    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while loop not in loops.running_loops():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        async def fork_here() -> list[bool]:
+            mine = asyncio.get_running_loop()
+            reader, writer = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    running = loops.running_loops()
+                    os.write(writer, json.dumps([loop in running, mine in running]).encode())
+                finally:
+                    os._exit(0)
+            os.close(writer)
+            with os.fdopen(reader) as pipe:
+                answer = json.loads(pipe.read())
+            os.waitpid(pid, 0)
+            return answer
+
+        other_threads_loop, forking_threads_loop = asyncio.run(fork_here())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+        labotel.shutdown()
+    assert (other_threads_loop, forking_threads_loop) == (False, True)

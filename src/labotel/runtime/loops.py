@@ -78,6 +78,16 @@ def thread_of(loop: asyncio.AbstractEventLoop) -> int | None:
         return _threads.get(id(loop)) if _known(loop) else None
 
 
+def forget_other_threads_loops() -> None:
+    """In a forked child: only the thread that forked is here, so a loop another thread
+    ran is copied in a state that says it runs, and never will (it was counted in
+    ``labotel.asyncio.loops`` and asked for its lag)."""
+    me = threading.get_ident()
+    for key in [key for key, thread in _threads.items() if thread != me]:
+        _loops.pop(key, None)
+        _threads.pop(key, None)
+
+
 def running_loops() -> list[asyncio.AbstractEventLoop]:
     """Loops that are running now (closed and stopped ones are dropped)."""
     if not _loops:  # the usual answer in a thread-only process, without the lock
