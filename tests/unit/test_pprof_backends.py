@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -269,6 +270,53 @@ def test_a_py_spy_killed_mid_profile_is_a_counted_500_and_leaves_nothing_behind(
         labotel.shutdown()
 
 
+def _names_thread_cannot_start(monkeypatch, error: BaseException) -> None:
+    """py-spy's names thread fails to start, as in a process at its thread limit."""
+    start_thread = threading.Thread.start
+
+    def start_unless_names(thread: threading.Thread) -> None:
+        if thread.name == pyspy.NAMES_THREAD:
+            raise error
+        start_thread(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_unless_names)
+
+
+def test_a_start_that_fails_once_py_spy_runs_ends_it_and_is_a_clear_fallback(tmp_path,
+                                                                             monkeypatch):
+    """Only a refusal used to end py-spy: a names thread that could not start left
+    ``py-spy record`` sampling for seconds + 60 s, its directory forever, and the error
+    went up to the caller."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _names_thread_cannot_start(monkeypatch, RuntimeError("can't start new thread"))
+    failures: list[str] = []
+    sampler = backends.Backends(backends.AUTO).start(
+        cpu.CPU, 100, lambda: failures.append("cpu"), 1)
+    try:
+        assert sampler.backend == "in-process"
+        assert not py_spy_children()
+    finally:
+        (comment,) = sampler.stop().comments
+    assert "py-spy not used: py-spy failed to start: RuntimeError: can't start new thread" \
+        in comment
+    assert failures == ["cpu"], "an unexpected failure is counted"
+    assert not list(tmp_path.iterdir()), "the failed start left files"
+    with pytest.raises(cpu.Unavailable, match=r"^py-spy failed to start: RuntimeError: can't "
+                                              r"start new thread \(profile_backend=py-spy\)$"):
+        backends.Backends(backends.PY_SPY).start(cpu.WALL, 100, lambda: None, 1)
+    assert not py_spy_children() and not list(tmp_path.iterdir())
+
+
+def test_an_interrupted_py_spy_start_ends_py_spy_and_removes_its_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _names_thread_cannot_start(monkeypatch, KeyboardInterrupt())
+    profile = pyspy.PySpyProfile(pyspy.find_binary(), cpu.CPU, 100, seconds=1)
+    with pytest.raises(KeyboardInterrupt):
+        profile.start()
+    assert not py_spy_children()
+    assert not list(tmp_path.iterdir())
+
+
 _CROWDED = """
 import json, sys, threading, time
 from labotel.profile import backends, cpu
@@ -329,13 +377,55 @@ def test_a_process_under_py_spy_s_thread_limit_still_gets_py_spy():
     (cpu.CPU, 10, 0.01, 100),  # 79 us a tick: 126 Hz affordable, 100 asked
     (cpu.CPU, 1000, 0.01, 5),  # 1.96 ms a tick
     (cpu.WALL, 10, 0.01, 9),  # --idle unwinds every thread: 1.1 ms a tick
-    (cpu.WALL, 100, 0.01, 1),  # 8.75 ms a tick: 1.1 Hz, and never below 1 Hz
+    (cpu.WALL, 100, 0.01, 1),  # 8.75 ms a tick: 1.1 Hz, so its lowest rate fits
     (cpu.WALL, 10, 1.0, 100),
 ])
 def test_py_spy_s_rate_keeps_its_predicted_cpu_within_the_budget(mode, threads, budget, rate):
     choice = pyspy_rate.PySpyRate(budget).choose(mode, 100, threads)
     assert choice.rate_hz == rate
     assert choice.lowered == (rate < 100)
+
+
+@pytest.mark.parametrize(("mode", "threads", "budget", "share"), [
+    (cpu.WALL, 300, 0.01, "2.6%"),
+    (cpu.WALL, 1000, 0.01, "8.5%"),
+    (cpu.CPU, 4000, 0.005, "0.77%"),
+])
+def test_where_even_1_hz_would_pass_the_budget_py_spy_is_not_used(mode, threads, budget,
+                                                                    share):
+    """py-spy's 1 Hz floor used to win over the budget: 1,000 threads in wall mode cost
+    8.5% of a core against 1%, and the profile said it kept within the budget."""
+    with pytest.raises(cpu.Unavailable) as refused:
+        pyspy_rate.PySpyRate(budget).choose(mode, 100, threads)
+    assert str(refused.value).startswith(
+        f"py-spy's {mode} sampling of {threads} threads would use about {share} of one core "
+        f"even at its lowest rate, 1 Hz (")
+    assert str(refused.value).endswith(
+        f"over profile_cpu_budget ({100 * budget:g}% of one core)")
+
+
+def test_a_process_py_spy_cannot_sample_within_the_budget_is_profiled_in_process(monkeypatch):
+    """auto falls back to the in-process sampler (it spaces its ticks by their CPU), and
+    profile_backend=py-spy is a 500 that says why; py-spy is not started."""
+    monkeypatch.setattr(backends, "thread_count", lambda: 1000)
+    reason = "py-spy's wall sampling of 1000 threads would use about 8.5% of one core"
+    sampler = backends.Backends(backends.AUTO).start(cpu.WALL, 100, lambda: None, 1)
+    try:
+        assert sampler.backend == "in-process"
+        assert not py_spy_children()
+    finally:
+        (comment,) = sampler.stop().comments
+    assert f"py-spy not used: {reason}" in comment and "profile_cpu_budget" in comment
+    monitor = start(profile_backend="py-spy")
+    try:
+        reply = get(monitor.admin_url + "/debug/pprof/wall?seconds=1")
+        assert reply.status == 500 and reply.headers["X-Go-Pprof"] == "1"
+        assert reply.text.startswith(f"wall-clock profiling failed: {reason}"), reply.text
+        assert reply.text.rstrip("\n").endswith("over profile_cpu_budget (1% of one core) "
+                                               "(profile_backend=py-spy)"), reply.text
+        assert not py_spy_children()
+    finally:
+        labotel.shutdown()
 
 
 def test_py_spy_s_rate_follows_what_py_spy_used_in_a_long_enough_profile():
@@ -349,16 +439,82 @@ def test_py_spy_s_rate_follows_what_py_spy_used_in_a_long_enough_profile():
     assert rates.choose(cpu.CPU, 100, 1000).rate_hz == first.rate_hz // 2
 
 
+def test_one_cheap_profile_lifts_py_spy_s_rate_only_a_little():
+    """The learnt scale was the last profile's: one odd profile (py-spy stopped, then
+    catching up in a cheap burst) set the next rate several times over the budget."""
+    rates = pyspy_rate.PySpyRate(0.01)
+    first = rates.choose(cpu.CPU, 100, 1000)
+    cheap = 0.1 * first.seconds_per_sample  # a tenth of the prediction, every tick
+    rates.learn(cpu.CPU, first, cheap * 50, 50, 10.0)
+    assert first.rate_hz < rates.choose(cpu.CPU, 100, 1000).rate_hz <= 2 * first.rate_hz
+    for _ in range(10):  # cheap profile after cheap profile: followed, a step at a time
+        choice = rates.choose(cpu.CPU, 100, 1000)
+        rates.learn(cpu.CPU, choice, cheap * 10 * choice.rate_hz, 10 * choice.rate_hz, 10.0)
+    assert rates.choose(cpu.CPU, 100, 1000).rate_hz >= 9 * first.rate_hz
+
+
+@pytest.mark.parametrize(("taken", "cost", "log", "rate"), [
+    (800, 2.0, "", 5),  # twice the prediction per tick taken: about half the rate
+    (200, 1.0, "", 11),  # a fifth of the ticks asked: stalled, nothing learnt
+    (1000, 0.3, "py-spy> 4.12s behind in sampling, results may be inaccurate", 11),
+])
+def test_a_wall_profile_teaches_the_rate_by_the_ticks_py_spy_took(tmp_path, taken, cost, log,
+                                                                  rate):
+    """py-spy's names thread is in every --idle tick: its count is the ticks taken. They
+    used to be the rate times the time, so a py-spy that stopped for most of a profile
+    taught a cost per tick far too low."""
+    rates = pyspy_rate.PySpyRate(1.0)
+    assert rates.choose(cpu.WALL, 100, 1000).rate_hz == 11  # 85 ms a tick
+    profile = pyspy.PySpyProfile("py-spy", cpu.WALL, 100, rates=rates, threads=10)
+    assert profile.rate_hz == 100
+    profile._directory = str(tmp_path)
+    (tmp_path / "profile.txt").write_text(
+        f"thread (7): {pyspy.NAMES_THREAD};Event.wait (/lib/threading.py:629) {taken}\n")
+    (tmp_path / "py-spy.log").write_text(f"py-spy> Sampling process\n{log}\n")
+    profile._convert(ProfileBuilder([("samples", "count"), ("wall", "nanoseconds")],
+                                    ("wall", "nanoseconds"), 10_000_000))
+    # 10 s of sampling at 100 Hz asked 1000 ticks
+    profile.own_cpu_seconds = taken * cost * pyspy_rate.predicted_cost(cpu.WALL, 10)
+    profile._learn(stopped=profile._attached[0] + 10.0)
+    assert rates.choose(cpu.WALL, 100, 1000).rate_hz == rate
+
+
+def test_a_py_spy_stopped_for_most_of_a_profile_teaches_the_rate_nothing():
+    """Real py-spy, stopped (SIGSTOP, as a frozen container) for 5.5 s of a 6 s profile:
+    it catches up in a burst, far cheaper per tick than sampling as it goes, and says it
+    fell behind. That profile used to set the next rate a few times over the budget."""
+    rates = pyspy_rate.PySpyRate(0.01)
+    before = rates.choose(cpu.CPU, 100, 1000).rate_hz
+    profile = pyspy.PySpyProfile(pyspy.find_binary(), cpu.CPU, 100, 10, rates=rates,
+                                 threads=2)
+    profile.start()
+    pid = profile._process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        threading.Event().wait(5.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    threading.Event().wait(0.3)
+    (comment,) = profile.stop().comments
+    assert profile.error is None
+    assert "py-spy fell behind the sampling rate at times" in comment
+    assert rates.choose(cpu.CPU, 100, 1000).rate_hz == before
+
+
 def test_a_py_spy_profile_of_many_threads_is_sampled_slower_and_says_why():
     """Real py-spy, 300 idle threads: a wall profile at 100 Hz would cost py-spy about a
-    core here; with the default budget it samples at a few Hz, and the profile says so."""
+    core here; with a budget of 10% of a core it samples at a few Hz, and the profile says
+    so. With the default 1%, even 1 Hz would pass it: py-spy is not used."""
     release = threading.Event()
     idle = [threading.Thread(target=release.wait, daemon=True) for _ in range(300)]
     for thread in idle:
         thread.start()
     try:
+        with pytest.raises(cpu.Unavailable, match=r"^py-spy's wall sampling of 30\d threads "
+                                                  r"would use about .* even at its lowest"):
+            backends.Backends(backends.PY_SPY).start(cpu.WALL, 100, lambda: None, 1)
         # (a CPU profile with a whole core to spend samples as asked)
-        for mode, budget in ((cpu.WALL, 0.01), (cpu.CPU, 1.0)):
+        for mode, budget in ((cpu.WALL, 0.1), (cpu.CPU, 1.0)):
             chooser = backends.Backends(backends.PY_SPY, cpu_budget=budget)
             profile = chooser.start(mode, 100, lambda: None, 1)
             threading.Event().wait(1)
@@ -368,7 +524,7 @@ def test_a_py_spy_profile_of_many_threads_is_sampled_slower_and_says_why():
                 assert 1 <= profile.rate_hz < 10
                 assert builder.period == 1_000_000_000 // profile.rate_hz
                 assert (f"sampled at {profile.rate_hz} Hz, not the 100 Hz asked, to keep "
-                        "py-spy within profile_cpu_budget (1% of one core: about ") in comment
+                        "py-spy within profile_cpu_budget (10% of one core: about ") in comment
             else:
                 assert profile.rate_hz == 100 and "not the 100 Hz asked" not in comment
     finally:

@@ -8,7 +8,8 @@ this process, and falls back to the in-process sampler otherwise; ``py-spy`` ins
 Whether py-spy may trace the process is learnt by trying: a refusal costs a fraction of a
 second at the start of a profile, and permissions can change, so every profile tries again.
 A process with more threads than py-spy reads is never handed to it (see
-``PY_SPY_MAX_THREADS``).
+``PY_SPY_MAX_THREADS``), nor one where even py-spy's lowest rate would pass
+``profile_cpu_budget`` (see ``pyspy_rate``).
 """
 
 from __future__ import annotations
@@ -72,12 +73,17 @@ class Backends:
             elif crowd := too_many_threads_for_py_spy(threads := thread_count()):
                 refusal = crowd
             else:
-                profile = pyspy.PySpyProfile(binary, mode, rate_hz, seconds, on_failure,
-                                             rates=self.pyspy_rates, threads=threads)
                 try:
+                    profile = pyspy.PySpyProfile(binary, mode, rate_hz, seconds, on_failure,
+                                                 rates=self.pyspy_rates, threads=threads)
                     profile.start()
                 except Unavailable as error:
                     refusal = str(error)
+                except Exception as error:
+                    # not a refusal but a fault (a thread that cannot start, say): counted,
+                    # and told like a refusal, so auto still profiles in-process
+                    on_failure()
+                    refusal = f"py-spy failed to start: {type(error).__name__}: {error}"
                 else:
                     self._remember(mode, f"{pyspy.version(binary)}, from outside the process")
                     return profile

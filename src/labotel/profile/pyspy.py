@@ -90,8 +90,8 @@ class PySpyProfile:
         self.binary = binary
         self._on_failure = on_failure
         self.mode = mode
-        # the budget may lower the rate asked for (py-spy's cost grows with ``threads``);
-        # what py-spy used teaches the next choice
+        # the budget may lower the rate asked for (py-spy's cost grows with ``threads``), or
+        # refuse py-spy (Unavailable); what py-spy used teaches the next choice
         self._rates = rates
         self.choice = rates.choose(mode, rate_hz, threads) if rates else None
         if self.choice is not None:
@@ -107,6 +107,7 @@ class PySpyProfile:
         self._attached = (0.0, 0.0)  # (monotonic time, py-spy's CPU seconds) once attached
         self._names: dict[int, str] = {}
         self._names_done = threading.Event()
+        self._names_thread_samples = 0  # wall mode: the ticks py-spy took (see _learn)
         self._lock = threading.Lock()
         self._builder: ProfileBuilder | None = None
 
@@ -119,11 +120,25 @@ class PySpyProfile:
         return os.path.join(self._directory, "py-spy.log")
 
     def start(self) -> None:
-        """Attach py-spy; raises Unavailable (with py-spy's reason) if it cannot."""
+        """Attach py-spy; raises Unavailable (with py-spy's reason) if it cannot, and
+        whatever else raises leaves no py-spy running and no files behind."""
         try:
             self._directory = tempfile.mkdtemp(prefix="labotel-py-spy-")
         except OSError as error:
             raise Unavailable(f"no room for py-spy's output: {error}") from None
+        try:
+            self._attach()
+        except BaseException:
+            # Whatever ends the start (py-spy's refusal, a names thread that cannot start in
+            # a process at its thread limit, KeyboardInterrupt), py-spy must not sample on
+            # for seconds + 60 s, nor its directory stay.
+            self._names_done.set()
+            self._kill()
+            self._clean_up()
+            raise
+
+    def _attach(self) -> None:
+        """Start py-spy and wait until it samples (start() cleans up when this raises)."""
         command = [self.binary, "record", "--pid", str(os.getpid()),
                    "--rate", str(self.rate_hz), "--format", "raw", "--output", self._output,
                    "--threads", "--full-filenames", "--nonblocking"]
@@ -145,7 +160,6 @@ class PySpyProfile:
                     command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     env=_environment(), start_new_session=True)  # no terminal's Ctrl-C
         except OSError as error:
-            self._clean_up()
             raise Unavailable(f"py-spy could not be started: {error}") from None
         try:  # where cores are scarce, the application comes first
             os.setpriority(os.PRIO_PROCESS, self._process.pid, NICENESS)
@@ -154,12 +168,8 @@ class PySpyProfile:
         deadline = time.monotonic() + START_TIMEOUT
         while READY not in self._read_log():
             if self._process.poll() is not None:
-                reason = self._reason()
-                self._clean_up()
-                raise Unavailable(f"py-spy cannot profile this process: {reason}")
+                raise Unavailable(f"py-spy cannot profile this process: {self._reason()}")
             if time.monotonic() > deadline:
-                self._kill()
-                self._clean_up()
                 raise Unavailable(f"py-spy did not start sampling within {START_TIMEOUT:g} s")
             time.sleep(0.005)
         # its attach (reading the interpreter's symbols) is not a cost per sample
@@ -217,12 +227,15 @@ class PySpyProfile:
                 if not ascii_digits(count_text):
                     continue
                 thread, frames = self._split_thread(stack_text)
+                count = int(count_text)
                 # Our own machinery (the in-process sampler leaves itself out too), and a
                 # thread with no Python frame yet (starting up, or ending).
-                if thread == NAMES_THREAD or not frames:
+                if thread == NAMES_THREAD:
+                    self._names_thread_samples += count
+                    continue
+                if not frames:
                     continue
                 stack = tuple(self._location(builder, frame) for frame in reversed(frames))
-                count = int(count_text)
                 builder.add(stack, [count, count * period], (("thread", thread),))
 
     def _split_thread(self, text: str) -> tuple[str, list[str]]:
@@ -252,14 +265,23 @@ class PySpyProfile:
                                            symbols.qualify(filename, match.group("name")))
 
     def _learn(self, stopped: float) -> None:
-        """Tell the rate chooser what py-spy's sampling cost (attach left out: ticks, not
-        recorded samples, count, since CPU mode records none while every thread idles)."""
+        """Tell the rate chooser what py-spy's sampling cost (attach left out) per tick it
+        took: ticks, not recorded samples, count, since CPU mode records none while every
+        thread idles."""
         if self._rates is None or self.choice is None:
             return
         attached_at, cpu_at_attach = self._attached
         sampling = stopped - attached_at
+        if self.mode == WALL:
+            # --idle records every thread at every tick, our names thread too, which lives
+            # through the sampling: its count is the ticks py-spy took
+            ticks = self._names_thread_samples
+        else:  # --gil records only the thread holding the GIL: the ticks asked stand in
+            ticks = int(self.rate_hz * sampling)
+        # a py-spy stopped or starved for over a second says so, and its ticks mislead
+        fell_behind = "behind in sampling" in self._read_log()
         self._rates.learn(self.mode, self.choice, self.own_cpu_seconds - cpu_at_attach,
-                          int(self.rate_hz * sampling), sampling)
+                          ticks, sampling, fell_behind)
 
     def _describe(self, seconds: float) -> str:
         text = (f"labotel {self.mode} profile: taken by {version(self.binary)} from outside "

@@ -12,20 +12,32 @@ in-process sampler: a profile starts at the rate asked for, or lower when py-spy
 predicted CPU at that rate is over the budget, and the profile's comment says so. A rate
 cannot change while py-spy runs (a stopped py-spy catches up in a burst when let go on),
 so the prediction is made up front: a fixed part and a part per thread, fitted to those
-figures, scaled by what py-spy really used in the last long enough profile of that mode.
+figures, scaled by what py-spy really used in long enough profiles of that mode. Where even
+py-spy's lowest rate (1 Hz: ``--rate`` is a whole number) would pass the budget, py-spy is
+not used (``Unavailable``): the in-process sampler spaces its ticks by the CPU they cost.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from labotel import fork_safe
+from labotel.profile.cpu import Unavailable
 
 # (fixed seconds, seconds per thread) of py-spy's CPU per tick, fitted to the figures above
 PRIOR = {"cpu": (60e-6, 1.9e-6), "wall": (250e-6, 85e-6)}
-MIN_RATE_HZ = 1
+MIN_RATE_HZ = 1  # py-spy's --rate is a whole number of Hz
 # Shorter profiles are not learnt from: too few ticks to tell the cost per tick
 MIN_LEARNING_SECONDS = 5.0
+# Nor one whose py-spy took fewer than this share of the ticks asked: stopped (SIGSTOP, a
+# frozen container) or starved, it then catches up in a burst cheaper per tick than usual
+MIN_TICKS_TAKEN = 0.5
+# How far one profile may move the learnt scale: at once up to this factor when py-spy was
+# dearer than thought (the budget is at stake), and by half the ratio, at most a halving,
+# when it was cheaper (a higher rate), so that one odd profile cannot lift the rate far
+MAX_SCALE_RISE = 4.0
+MAX_SCALE_FALL = 2.0
 
 
 def predicted_cost(mode: str, threads: int, scale: float = 1.0) -> float:
@@ -59,16 +71,29 @@ class PySpyRate:
             scale = self._scale.get(mode, 1.0)
         cost = predicted_cost(mode, threads, scale)
         affordable = int(self.cpu_budget / cost) if cost > 0 else asked_hz
-        rate = max(MIN_RATE_HZ, min(asked_hz, affordable))
-        return Choice(rate, asked_hz, cost, threads)
+        if affordable < MIN_RATE_HZ:
+            raise Unavailable(
+                f"py-spy's {mode} sampling of {threads} threads would use about "
+                f"{100 * MIN_RATE_HZ * cost:.2g}% of one core even at its lowest rate, "
+                f"{MIN_RATE_HZ} Hz ({1e3 * cost:.1f} ms a sample), over profile_cpu_budget "
+                f"({100 * self.cpu_budget:g}% of one core)")
+        return Choice(min(asked_hz, affordable), asked_hz, cost, threads)
 
     def learn(self, mode: str, choice: Choice, cpu_seconds: float, ticks: int,
-              seconds: float) -> None:
-        """py-spy used ``cpu_seconds`` for ``ticks`` ticks over ``seconds``."""
-        if seconds < MIN_LEARNING_SECONDS or ticks <= 0 or cpu_seconds <= 0:
+              seconds: float, fell_behind: bool = False) -> None:
+        """py-spy used ``cpu_seconds`` for the ``ticks`` it took over ``seconds``;
+        ``fell_behind``: py-spy said it was behind in sampling (a stall)."""
+        if seconds < MIN_LEARNING_SECONDS or ticks <= 0 or cpu_seconds <= 0 or fell_behind:
             return
-        scale = cpu_seconds / ticks / predicted_cost(mode, choice.threads)
+        if ticks < MIN_TICKS_TAKEN * choice.rate_hz * seconds:
+            return
+        observed = cpu_seconds / ticks / predicted_cost(mode, choice.threads)
         with self._lock:
+            previous = self._scale.get(mode, 1.0)
+            if observed >= previous:
+                scale = min(observed, previous * MAX_SCALE_RISE)
+            else:
+                scale = max(math.sqrt(previous * observed), previous / MAX_SCALE_FALL)
             self._scale[mode] = scale
 
 
