@@ -433,3 +433,21 @@ def test_the_wrapped_loop_methods_keep_their_names_and_signatures():
     finally:
         uninstall()
         labotel.shutdown()
+
+
+def test_a_loop_in_debug_mode_refuses_a_coroutine_handed_over_at_the_call():
+    """asyncio's loop in debug mode refuses a coroutine function given to
+    call_soon_threadsafe at the call; race detection's hand-over wrapper hid it from that
+    check, and the error came later, on the loop's thread, from inside labotel."""
+    async def not_a_callback() -> None:
+        pass
+
+    start_detector()
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    try:
+        with pytest.raises(TypeError, match="coroutines cannot be used"):
+            loop.call_soon_threadsafe(not_a_callback)
+    finally:
+        loop.close()
+        labotel.shutdown()

@@ -288,13 +288,20 @@ class _AfterSnapshot:
         return repr(self.callback)
 
 
+def _refused(callback: Any) -> bool:
+    """What a loop in debug mode refuses at the call (a coroutine, or a coroutine
+    function, is no callback): handed over as it is, for that error to be raised there,
+    not later on the loop's thread from inside labotel's wrapper."""
+    return asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback)
+
+
 def _patch_loop_handoff(replace: Replace, loop_class: LoopClass) -> None:
     previous = loop_class.call_soon_threadsafe
 
     @functools.wraps(previous)
     def call_soon_threadsafe(self: Any, callback: Callable[..., Any], *args: Any,
                              context: Any = None) -> Any:
-        if active.edges is not None:
+        if active.edges is not None and not (self.get_debug() and _refused(callback)):
             snapshot = _edge("publish")
             if snapshot is not None:
                 callback = _AfterSnapshot(callback, snapshot)
