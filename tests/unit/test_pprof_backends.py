@@ -531,3 +531,19 @@ def test_a_py_spy_profile_of_many_threads_is_sampled_slower_and_says_why():
         release.set()
         for thread in idle:
             thread.join()
+
+
+def test_a_long_py_spy_log_still_gives_its_closing_counts(tmp_path):
+    """py-spy writes its samples-and-errors line as it stops, at the end of its log; a log
+    long with read errors pushed it past the 64 KiB read from the start, and the profile
+    said nothing of the samples it could not read, nor that py-spy fell behind."""
+    profile = pyspy.PySpyProfile("py-spy", cpu.CPU, 100)
+    profile._directory = str(tmp_path)
+    errors = "py-spy> Failed to get stack trace for thread 7: a read error\n" * 3000
+    (tmp_path / "py-spy.log").write_text(
+        f"py-spy> Sampling process\n{errors}py-spy> 1.20s behind in sampling, results may "
+        "be inaccurate. Try reducing the sampling rate\npy-spy> Samples: 500 Errors: 20\n")
+    assert len(errors) > 2 * pyspy.LOG_READ
+    comment = profile._describe(5.0)
+    assert "20 of 500 samples could not be read" in comment
+    assert "fell behind the sampling rate" in comment

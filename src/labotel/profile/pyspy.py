@@ -41,6 +41,7 @@ from labotel.profile.pprof import ProfileBuilder
 READY = "py-spy> Sampling process"  # printed once py-spy has attached
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+LOG_READ = 65536  # bytes of py-spy's log read from its start, and as many from its end
 NAMES_INTERVAL = 0.1  # seconds between looks at thread names while py-spy runs
 NAMES_THREAD = "labotel-py-spy-names"
 NICENESS = 10  # py-spy yields the CPU to the application when both want it
@@ -300,11 +301,20 @@ class PySpyProfile:
 
     # -- the py-spy process -------------------------------------------------------------
     def _read_log(self) -> str:
+        """The log's first and last ``LOG_READ`` bytes: its start says why py-spy would not
+        attach, its end has the samples-and-errors line py-spy writes as it stops (a long
+        log of read errors pushed that line out of a read of the start only)."""
         try:
-            with open(self._log, encoding="utf-8", errors="replace") as log:
-                return log.read(65536)
+            with open(self._log, "rb") as log:
+                head = log.read(LOG_READ)
+                size = log.seek(0, os.SEEK_END)
+                tail = b""
+                if size > LOG_READ:
+                    log.seek(max(LOG_READ, size - LOG_READ))
+                    tail = log.read(LOG_READ)
         except OSError:
             return ""
+        return (head + b"\n" + tail if tail else head).decode("utf-8", errors="replace")
 
     def _reason(self) -> str:
         lines = [line.strip() for line in self._read_log().splitlines()
