@@ -451,3 +451,41 @@ def test_a_loop_in_debug_mode_refuses_a_coroutine_handed_over_at_the_call():
     finally:
         loop.close()
         labotel.shutdown()
+
+
+CACHING_FINDER = textwrap.dedent("""
+    import importlib.machinery, importlib.util, sys
+    import labotel
+
+    class Caching:
+        '''A finder that keeps the spec it found and hands the same object out again.'''
+        spec = None
+        def find_spec(self, name, path, target=None):
+            if name != "uvloop":
+                return None
+            if self.spec is None:
+                self.spec = importlib.machinery.PathFinder.find_spec(name, path)
+            return self.spec
+
+    caching = Caching()
+    sys.meta_path.append(caching)
+    sys.meta_path.remove(importlib.machinery.PathFinder)  # the caching one finds uvloop
+    sys.meta_path.append(importlib.machinery.PathFinder)
+    labotel.start(admin_address="", leak_detection=False, service_name="uv-cache")
+    for _ in range(3):
+        importlib.util.find_spec("uvloop")
+    print(type(caching.spec.loader).__name__)
+    import uvloop
+    print(type(uvloop.__loader__).__name__, "run_forever" in vars(uvloop.Loop))
+    labotel.shutdown()
+""")
+
+
+def test_a_finder_that_keeps_its_specs_gets_them_back_untouched():
+    """labotel's import watch set its loader on the spec another finder returned: a
+    finder that keeps its specs then handed out labotel's loader, one inside another for
+    each lookup."""
+    result = subprocess.run([sys.executable, "-c", CACHING_FINDER], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["SourceFileLoader", "SourceFileLoader", "True"]

@@ -20,6 +20,7 @@ finder twice. With no listener, it answers nothing after one string comparison.
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib.abc
 import importlib.machinery
 import logging
@@ -166,6 +167,7 @@ class _ImportWatch(importlib.abc.MetaPathFinder):
             _finding.busy = False
         if spec is None or not hasattr(spec.loader, "exec_module"):
             return None
+        spec = copy.copy(spec)  # the finder's own may be kept and handed out again
         spec.loader = _ThenHook(spec.loader)
         return spec
 
