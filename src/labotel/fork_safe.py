@@ -10,11 +10,18 @@ the instrumented locks), and unlocked in place at the start of labotel's after-f
 as CPython's logging and threading do with theirs. What the lock guarded may be half
 updated in the child (a counter, a buffer's size): labotel's figures can be off by one
 record there, which is better than a stopped worker.
+
+That unlocking is registered when labotel is imported, not at ``start()``: a child runs
+its after-fork hooks in the order they were registered, and a hook the application
+registered in between (at the import of a module imported after labotel, before
+``start()``) that took an instrumented lock or recorded an access reached one of these
+locks still held from the parent.
 """
 
 from __future__ import annotations
 
 import _thread
+import os
 import weakref
 from typing import Any
 
@@ -42,3 +49,7 @@ def reinit_in_child() -> None:
     ``lock()``."""
     for made in list(_locks):
         cpython.at_fork_reinit(made)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reinit_in_child)

@@ -377,7 +377,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    fork_safe.reinit_in_child()  # first: what follows takes labotel's locks (and _lock)
+    # (fork_safe's own hook, registered at labotel's import, has unlocked labotel's locks:
+    # what follows takes them, and _lock)
     # module state a parent thread may have been using at fork time
     heap.forget_readings()
     loops.forget_other_threads_loops()
@@ -429,10 +430,11 @@ _fork_hooks_registered = False
 
 
 def _register_fork_hooks() -> None:
-    """(Under ``_lock``) labotel's only fork hooks, registered by the first ``start()``:
-    importing labotel changes nothing at fork. They cannot be unregistered, so they are
-    registered once and do nothing while no monitor runs. Registered long after
-    threading's own, so the hook layer's part runs after it."""
+    """(Under ``_lock``) labotel's fork hooks, registered by the first ``start()`` (only
+    the unlocking of labotel's own locks, ``fork_safe``, is registered at its import).
+    They cannot be unregistered, so they are registered once and do nothing while no
+    monitor runs. Registered long after threading's own, so the hook layer's part runs
+    after it."""
     global _fork_hooks_registered
     if _fork_hooks_registered or not hasattr(os, "register_at_fork"):
         return

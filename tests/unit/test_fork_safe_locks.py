@@ -239,3 +239,41 @@ os._exit(0)
 
 def test_a_child_shuts_down_when_an_export_backoff_was_at_its_waits_edge_at_fork():
     assert run_child_script(WATCH) == {"watches": 2, "shut_down": True}
+
+
+HOOK_BEFORE_START = HOLDING + r"""
+import json, faulthandler, time
+import labotel
+from labotel.detect import races
+# a library imported after labotel, before start(), registers an after-fork hook that
+# takes one of the application's locks (instrumented once labotel runs)
+pool_lock = None
+def reset_pool_in_child():
+    with pool_lock:
+        labotel.record_access("pool", write=True, location="/srv/pool.py:1")
+os.register_at_fork(after_in_child=reset_pool_in_child)
+labotel.start(admin_address="", metrics_exporter="none", traces_exporter="none",
+              race_detection=True, leak_detection=False)
+pool_lock = threading.Lock()
+pid = fork_while_held([lambda: races._detector.mu])
+if pid == 0:
+    os._exit(0)  # the hook ran (or hung) before this line
+release.release()
+deadline = time.monotonic() + 10
+while not os.waitpid(pid, os.WNOHANG)[0]:
+    if time.monotonic() > deadline:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        print(json.dumps({"child": "hung in the application's after-fork hook"}))
+        os._exit(0)
+    time.sleep(0.01)
+print(json.dumps({"child": "exited"}), flush=True)
+os._exit(0)
+"""
+
+
+def test_an_after_fork_hook_registered_before_start_finds_labotels_locks_unlocked():
+    """A child runs its after-fork hooks in the order they were registered: a hook of the
+    application's registered after labotel's import but before start() ran before labotel
+    unlocked its locks, and hung on the race detector's lock a parent thread held."""
+    assert run_child_script(HOOK_BEFORE_START) == {"child": "exited"}
