@@ -218,7 +218,10 @@ class Check:
         """Connect to every candidate at once; the first connected socket (the others
         closed), or None when all were refused, or the deadline or an abort came first."""
         for family, kind, proto, _, address in candidates[:_MAX_ADDRESSES]:
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:  # a family this host has not (IPv6 off): the next address
+                continue
             self._sockets.append(sock)
             sock.setblocking(False)
             error = sock.connect_ex(address)

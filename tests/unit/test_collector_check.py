@@ -475,3 +475,26 @@ def test_a_name_server_that_does_not_answer_holds_a_question_no_longer_than_its_
     assert [t for t in threading.enumerate()
             if t.name == "labotel-collector-lookup"] == lookups  # the same lookup waited for
     lookups[0].join(5)
+
+
+def test_an_address_of_a_family_the_host_has_not_is_passed_over(resolver, monkeypatch):
+    """A name with an IPv6 address first, on a host with IPv6 turned off (the socket
+    cannot even be made): the next address is asked, as gRPC does."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    system_socket = socket.socket
+
+    def no_ipv6(family=socket.AF_INET, *args, **kwargs):
+        if family == socket.AF_INET6:
+            raise OSError(97, "Address family not supported by protocol")
+        return system_socket(family, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))])
+    try:
+        assert collector_check.Check(("collector.test", port), wait=5).answers()
+    finally:
+        server.stop(0)
