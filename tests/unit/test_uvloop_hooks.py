@@ -489,3 +489,38 @@ def test_a_finder_that_keeps_its_specs_gets_them_back_untouched():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["SourceFileLoader", "SourceFileLoader", "True"]
+
+
+FINDER_IN_FRONT = textwrap.dedent("""
+    import asyncio, importlib.machinery, sys
+    import labotel
+
+    class InFront:
+        '''A finder put in front of labotel's after start() that answers for uvloop.'''
+        def find_spec(self, name, path, target=None):
+            if name == "uvloop":
+                return importlib.machinery.PathFinder.find_spec(name, path)
+            return None
+
+    labotel.start(race_detection=True, contention_profiling=True, admin_address="",
+                  leak_detection=False, service_name="uv-front")
+    sys.meta_path.insert(0, InFront())
+    import uvloop
+    from tests.unit.test_uvloop_hooks import WRAPPED
+    print("imported", sorted(n for n in WRAPPED if n in vars(uvloop.Loop)))
+    async def main():
+        return sorted(n for n in WRAPPED if n in vars(uvloop.Loop))
+    print("running", uvloop.run(main()))
+    labotel.shutdown()
+""")
+
+
+def test_uvloop_imported_past_the_watch_is_hooked_before_its_first_loop_runs():
+    """A finder in front of labotel's answered for uvloop, so the import watch never saw
+    it: its class stayed unhooked. The Runner (uvloop.run(), asyncio.run()) now hands such
+    a class on before the loop runs."""
+    result = subprocess.run([sys.executable, "-c", FINDER_IN_FRONT], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    hooked = ["call_soon_threadsafe", "create_future", "run_forever"]
+    assert result.stdout.splitlines() == ["imported []", f"running {hooked}"]

@@ -44,6 +44,7 @@ _lock = fork_safe.lock()
 _listeners: list[LoopClassListener] = []
 _finder_in = False  # put on sys.meta_path (once, for good)
 _finding = threading.local()  # a thread asking the other finders: not us again
+_handed: LoopClass | None = None  # the loop class last handed on (catch_up's mark)
 
 
 def current() -> list[LoopClass]:
@@ -73,10 +74,13 @@ def watch(listener: LoopClassListener) -> list[LoopClass]:
         if not _finder_in:
             sys.meta_path.insert(0, _FINDER)  # (also for an import that fails now and
             _finder_in = True  # is tried again)
+    global _handed
     module = sys.modules.get(WATCHED_MODULE)
     if module is not None and _loop_class(module) is None:
         _wait_for_the_import_in_progress()
-    return current()
+    classes = current()
+    _handed = classes[-1] if len(classes) > 1 else _handed  # the caller hooks it itself
+    return classes
 
 
 def _wait_for_the_import_in_progress() -> None:
@@ -108,13 +112,27 @@ def unwatch(listener: LoopClassListener) -> None:
             _listeners.remove(listener)
 
 
+def catch_up() -> None:
+    """Where a loop is about to run: hand on a loop class imported past the watch (a finder
+    in front of ours answered for it, or its import had walked past ours when ours went
+    in). One dictionary lookup and a comparison when there is none."""
+    module = sys.modules.get(WATCHED_MODULE)
+    if module is None or not _listeners:
+        return
+    loop_class = _loop_class(module)
+    if loop_class is not None and loop_class is not _handed:
+        _imported(module)
+
+
 def _imported(module: ModuleType) -> None:
     """The watched module has run (on the importing thread): hand its loop class on."""
+    global _handed
     loop_class = _loop_class(module)
     with _lock:
         listeners = list(_listeners)
     if loop_class is None:
         return
+    _handed = loop_class
     for listener in listeners:
         try:
             listener(loop_class)

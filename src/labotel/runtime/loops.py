@@ -194,6 +194,7 @@ def _announce_runner_loops(patcher: Patcher) -> None:
 
     @functools.wraps(original)
     def run(self: asyncio.Runner, *args: object, **kwargs: object) -> object:
+        loop_classes.catch_up()  # uvloop imported past the watch: hooked before it runs
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # not called from a running loop (the runner refuses that)
