@@ -29,6 +29,8 @@ POLL = 0.05  # seconds the relay sleeps while nothing waits (no wake-up on every
 _pending: collections.deque[tuple[logging.Logger, logging.LogRecord, int]] = (
     collections.deque())
 pending_bytes = 0  # estimated memory of the queued records (labotel's own footprint)
+_queued = 0  # records queued or being made (their room taken), under _bytes_lock
+TRACEBACK_FRAME_BYTES = 500  # a record's traceback keeps each of its frames alive
 _bytes_lock = fork_safe.lock()  # the count's updates come from several threads
 _relay_thread: threading.Thread | None = None
 _stopping = threading.Event()  # set: hand over what is queued, then end
@@ -62,9 +64,10 @@ def after_fork_in_child() -> None:
     """The parent's relay thread does not exist here: records wait for a new one. Those
     the parent had queued are the parent's to log (its relay does): here they would be
     logged twice, under the parent's pid."""
-    global _relay_thread, pending_bytes, _handling
+    global _relay_thread, pending_bytes, _handling, _queued
     _pending.clear()
     pending_bytes = 0
+    _queued = 0
     _handling = False
     if _relay_thread is not None:
         _relay_thread = None
@@ -74,22 +77,45 @@ def after_fork_in_child() -> None:
 def log(logger: logging.Logger, level: int, message: str, *args: Any,
         extra: dict[str, Any] | None = None, exc_info: bool = False) -> None:
     """``logger.log(level, message, *args)`` through the relay."""
-    global dropped, pending_bytes
+    global dropped, pending_bytes, _queued
     if not logger.isEnabledFor(level):
         return
     if _relay_thread is None:
         logger.log(level, message, *args, extra=extra, exc_info=exc_info, stacklevel=2)
         return
+    failure = sys.exc_info() if exc_info else None
     size = RECORD_BYTES + len(message) + sum(len(a) for a in args if isinstance(a, str))
-    if len(_pending) >= MAX_PENDING or pending_bytes + size > MAX_PENDING_BYTES:
-        dropped += 1
-        return
-    path, line, function, _ = logger.findCaller(False, 2)
-    record = logger.makeRecord(logger.name, level, path, line, message, args,
-                               sys.exc_info() if exc_info else None, function, extra)
-    with _bytes_lock:
+    if failure is not None:  # the traceback keeps its frames alive while it waits
+        size += TRACEBACK_FRAME_BYTES * _depth(failure[2])
+    with _bytes_lock:  # room taken before the record is made: threads cannot overshoot
+        if _queued >= MAX_PENDING or pending_bytes + size > MAX_PENDING_BYTES:
+            dropped += 1
+            return
         pending_bytes += size
+        _queued += 1
+    try:
+        path, line, function, _ = logger.findCaller(False, 2)
+        record = logger.makeRecord(logger.name, level, path, line, message, args, failure,
+                                   function, extra)
+    except BaseException:
+        _give_back(size)
+        raise
     _pending.append((logger, record, size))
+
+
+def _give_back(size: int) -> None:
+    global pending_bytes, _queued
+    with _bytes_lock:
+        pending_bytes -= size
+        _queued -= 1
+
+
+def _depth(traceback: Any) -> int:
+    depth = 0
+    while traceback is not None and depth < 1000:
+        depth += 1
+        traceback = traceback.tb_next
+    return depth
 
 
 def flush(timeout: float = 2.0) -> bool:
@@ -103,14 +129,13 @@ def flush(timeout: float = 2.0) -> bool:
 
 
 def _relay(stopping: threading.Event) -> None:
-    global _handling, pending_bytes
+    global _handling
     while True:
         while _pending:
             _handling = True
             try:
                 logger, record, size = _pending.popleft()
-                with _bytes_lock:
-                    pending_bytes -= size
+                _give_back(size)
                 logger.handle(record)
             except Exception:  # a failing handler: logging's own handleError said so
                 pass

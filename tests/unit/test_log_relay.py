@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import pytest
 
@@ -121,3 +122,58 @@ def test_a_failing_loop_listener_is_logged_by_the_relay_not_on_the_loop(monkeypa
         logger.removeHandler(handler)
     assert handler.records[0][1] == "labotel-log-relay", handler.records
     assert handler.records[0][0].startswith("labotel: event-loop listener"), handler.records
+
+
+def test_threads_logging_at_once_never_queue_past_the_bound(logger, monkeypatch):
+    """The room was checked, then the record made (a record factory may take its time,
+    giving up the GIL), then queued: threads logging at once all passed the check and
+    queued past it. Room is now taken before the record is made."""
+    monkeypatch.setattr(log_relay, "dropped", 0)
+    monkeypatch.setattr(log_relay, "MAX_PENDING", 20)
+    gate = threading.Event()
+    logger.addHandler(Recording(gate))
+    made = logging.getLogRecordFactory()
+
+    def slow_factory(*args, **kwargs):
+        time.sleep(0.002)  # another thread runs meanwhile
+        return made(*args, **kwargs)
+
+    logging.setLogRecordFactory(slow_factory)
+    log_relay.start()
+    try:
+        threads = [threading.Thread(target=lambda: [log_relay.log(
+            logger, logging.WARNING, "record") for _ in range(5)]) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        queued = len(log_relay._pending)
+    finally:
+        logging.setLogRecordFactory(made)
+        gate.set()
+    assert log_relay.flush(10)
+    assert queued <= 20 and log_relay.dropped >= 100 - 21, (queued, log_relay.dropped)
+
+
+def test_a_records_traceback_counts_the_frames_it_keeps_alive(logger):
+    gate = threading.Event()
+    logger.addHandler(Recording(gate))
+    log_relay.start()
+
+    def deep(n: int) -> None:
+        if n:
+            deep(n - 1)
+        else:
+            raise ValueError("at the bottom")
+
+    try:
+        before = log_relay.pending_bytes
+        try:
+            deep(200)
+        except ValueError:
+            log_relay.log(logger, logging.ERROR, "failed", exc_info=True)
+        counted = log_relay.pending_bytes - before
+    finally:
+        gate.set()
+    assert log_relay.flush(10)
+    assert counted >= 200 * log_relay.TRACEBACK_FRAME_BYTES
