@@ -112,7 +112,8 @@ class Settings:
     profile_cpu_budget: float = _option(
         0.01, "share of one core the CPU and wall profiles' sampling may use, the in-process "
         "sampler's thread or the py-spy process; above it, they sample less often (the "
-        "profile's period and comment say the rate used)", minimum=0.0001)
+        "profile's period and comment say the rate used), and py-spy, where even 1 Hz would "
+        "pass it, is not used", minimum=0.0001)
     contention_profiling: bool = _option(
         False, "record lock and wait contention for /debug/pprof/mutex and /debug/pprof/block")
     contention_profile_rate: int = _option(

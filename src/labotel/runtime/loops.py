@@ -130,8 +130,6 @@ def register(loop: asyncio.AbstractEventLoop) -> None:
     ref = weakref.ref(loop)
     thread = threading.get_ident()
     with _lock:
-        if not _watching:  # a wrapper of ours left inside someone else's after shutdown
-            return
         if _known(loop):
             _threads[id(loop)] = thread  # run again, maybe on another thread
             return
@@ -179,7 +177,7 @@ def _announce_loops_of(loop_class: loop_classes.LoopClass) -> None:
 
         @functools.wraps(original)
         def run_forever(self: asyncio.AbstractEventLoop) -> None:
-            if _watching:
+            if _watching:  # (a wrapper left inside someone else's after shutdown: inert)
                 self.call_soon(register, self)
             return original(self)
 
@@ -194,6 +192,8 @@ def _announce_runner_loops(patcher: Patcher) -> None:
 
     @functools.wraps(original)
     def run(self: asyncio.Runner, *args: object, **kwargs: object) -> object:
+        if not _watching:  # left inside someone else's wrapper after shutdown: inert
+            return original(self, *args, **kwargs)  # type: ignore[arg-type]
         loop_classes.catch_up()  # uvloop imported past the watch: hooked before it runs
         try:
             asyncio.get_running_loop()
