@@ -190,10 +190,13 @@ class PySpyProfile:
         """Remember the names of threads that start and end while py-spy runs: py-spy
         reads a thread's name once, when it first sees it, and may find none yet."""
         interval = NAMES_INTERVAL
+        spent = time.thread_time()
         while not self._names_done.wait(interval):
-            began = time.thread_time()
             self._names.update(_thread_names())
-            interval = names_interval(time.thread_time() - began)
+            # the look and the wake-up before it (~0.1 ms here: 0.1% of a core alone)
+            now = time.thread_time()
+            interval = names_interval(now - spent)
+            spent = now
 
     def stop(self) -> ProfileBuilder:
         """Stop py-spy (SIGINT makes it write what it has) and convert its output."""
