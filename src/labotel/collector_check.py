@@ -169,11 +169,11 @@ class Check:
                 return True
         deadline = time.monotonic() + self.wait
         try:
-            if unix:
+            if isinstance(self.address, str):
                 candidates: list[tuple[Any, ...]] = [
                     (socket.AF_UNIX, socket.SOCK_STREAM, 0, "", self.address)]
             else:
-                candidates = self._addresses(deadline)
+                candidates = self._addresses(*self.address, deadline)
             with _Selector() as selector:
                 _asking.add(self)
                 sock = self._connect_first(candidates, selector, deadline)
@@ -198,12 +198,9 @@ class Check:
             for sock in sockets:
                 sock.close()
 
-    def _addresses(self, deadline: float) -> list[tuple[Any, ...]]:
+    def _addresses(self, host: str, port: int, deadline: float) -> list[tuple[Any, ...]]:
         """The host's addresses (``getaddrinfo``), looked up on another thread while this
         one waits in slices, so the deadline and ``abort()`` hold during the lookup too."""
-        if isinstance(self.address, str):
-            return []  # (a Unix socket has no lookup)
-        host, port = self.address
         numeric = _numeric(host, port)
         if numeric is not None:
             return numeric
