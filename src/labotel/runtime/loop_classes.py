@@ -79,7 +79,8 @@ def watch(listener: LoopClassListener) -> list[LoopClass]:
     if module is not None and _loop_class(module) is None:
         _wait_for_the_import_in_progress()
     classes = current()
-    _handed = classes[-1] if len(classes) > 1 else _handed  # the caller hooks it itself
+    if len(classes) > 1:  # uvloop's class is there already: the caller hooks it itself
+        _handed = classes[-1]
     return classes
 
 
