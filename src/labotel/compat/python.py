@@ -66,3 +66,13 @@ TASK_REGISTRIES: tuple[Collection[asyncio.Task], ...] | None = _task_registries(
 """asyncio's module-level sets that together hold every task of every loop, in the order to
 copy them (from any thread); None where they are not found (then ask
 ``asyncio.all_tasks(loop)`` per loop)."""
+
+
+def copy_registry(registry: Collection[asyncio.Task]) -> list[asyncio.Task]:
+    """The tasks in one of ``TASK_REGISTRIES``, from any thread."""
+    for _ in range(100):  # a weak set may change size while other threads run
+        try:
+            return list(registry)
+        except RuntimeError:
+            continue
+    return []

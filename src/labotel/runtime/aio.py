@@ -52,24 +52,13 @@ def all_tasks_by_loop() -> dict[asyncio.AbstractEventLoop, list[asyncio.Task]]:
         result[loop] = []
     tasks: set[asyncio.Task] = set()
     for registry in registries:  # a task moving from one to the next is seen once
-        tasks.update(copy_registry(registry))
+        tasks.update(python.copy_registry(registry))
     for task in tasks:
         if not task.done():
             bucket = result.get(task.get_loop())
             if bucket is not None:
                 bucket.append(task)
     return result
-
-
-def copy_registry(registry: Any) -> list[asyncio.Task]:
-    """The tasks in one of asyncio's task registries (``python.TASK_REGISTRIES``), from
-    any thread."""
-    for _ in range(100):  # a weak set may change size while other threads run
-        try:
-            return list(registry)
-        except RuntimeError:
-            continue
-    return []
 
 
 # -- one vocabulary for task states, one walker of a task's await chain ----------------

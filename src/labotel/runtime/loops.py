@@ -255,11 +255,9 @@ def _find_running_loops() -> list[asyncio.AbstractEventLoop]:
 def _loops_of_tasks() -> Iterator[asyncio.AbstractEventLoop]:
     """The loop of each unfinished task, each loop once (asyncio's registry of every task,
     copied; ~10 ms per 100 000 tasks, once at ``start()``)."""
-    from labotel.runtime import aio  # (aio asks this module for the loops)
-
     seen: set[int] = set()
     for registry in python.TASK_REGISTRIES or ():
-        for task in aio.copy_registry(registry):
+        for task in python.copy_registry(registry):
             try:  # a task class of the application's answers
                 loop = None if task.done() else task.get_loop()
             except Exception:
