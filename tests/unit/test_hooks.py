@@ -470,3 +470,78 @@ def test_an_acquire_interrupted_right_after_it_took_the_lock_leaves_it_unlent(mo
     finally:
         layer.unsubscribe("test.waits")
     assert current_primitives() == ORIGINALS
+
+
+def _taking_the_lock_at_a_call_of(code, lock: threading.Lock, seen: list):
+    """A trace function whose call event, at the start of ``code``, takes ``lock`` as a
+    signal handler or a finalizer run at that function's first check point would."""
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code is code and not seen:
+            seen.append(lock.acquire(False))
+            if seen[-1]:
+                lock.release()
+            with lock:
+                seen.append("handler")
+        return None
+    return tracer
+
+
+@pytest.mark.parametrize("feature", ["contention", "races"])
+@pytest.mark.parametrize("method", ["__exit__", "release"])
+def test_a_handler_at_the_start_of_the_release_gets_the_lock_its_thread_still_holds(
+        feature, method):
+    """Every Python function has a check point at its start, where a signal handler (or,
+    from 3.12, a garbage collection's finalizer) runs: there labotel's ``__exit__`` still
+    holds the lock, where the C lock's has no such point. A handler taking that lock waited
+    for its own thread for ever; now it is lent the lock. A trace function's call event
+    runs at that same place, on demand."""
+    if feature == "races":
+        start(contention_profiling=False, race_detection=True)
+    else:
+        start()
+    try:
+        lock = threading.Lock()
+        seen: list = []
+        tracer = _taking_the_lock_at_a_call_of(getattr(InstrumentedLock, method).__code__,
+                                               lock, seen)
+
+        def app() -> None:
+            sys.settrace(tracer)
+            try:
+                if method == "__exit__":
+                    with lock:
+                        pass
+                else:
+                    lock.acquire()
+                    lock.release()
+            finally:
+                sys.settrace(None)
+
+        worker = threading.Thread(target=app, daemon=True)
+        worker.start()
+        worker.join(5)
+        assert not worker.is_alive(), "the handler waited for its own thread"
+        assert seen == [True, "handler"]
+        assert not lock.locked()  # the lent acquires were given back, the block let go
+        assert lock.acquire(False)  # and the lock works as before
+        lock.release()
+    finally:
+        labotel.shutdown()
+
+
+def test_the_holders_own_block_still_cannot_take_its_lock():
+    """Lending is for labotel's own methods only: the application's block, and what it
+    calls, still finds its own lock taken (a non-reentrant lock's usual check)."""
+    start(race_detection=True)
+    try:
+        lock = threading.Lock()
+
+        def nested() -> tuple:
+            return lock.acquire(False), lock.acquire(timeout=0.05)
+
+        with lock:
+            assert lock.acquire(False) is False
+            assert nested() == (False, False)
+        assert not lock.locked()
+    finally:
+        labotel.shutdown()

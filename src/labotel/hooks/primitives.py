@@ -21,9 +21,11 @@ exception left ``__enter__`` with the lock held and no ``__exit__`` to come, and
 acquire hung for ever. So the lock is taken through a per-lock iterator (``for got in
 tries: break`` runs acquire and binds its result with no check point between), anything
 that raises after it lets the lock go again, and a release lets go whatever its
-bookkeeping raises. What stays is the check point at the start of ``__exit__`` (every
-Python function has one): a signal that came in the block's last few instructions is
-raised there, before the release.
+bookkeeping raises. A signal pending when the acquire starts is handled before the lock is
+taken. What stays is the check point at the start of ``__exit__`` (every Python function
+has one): a signal that came in the block's last few instructions is raised there, before
+the release. A handler that does not raise but takes the same lock is lent it there (see
+_lend).
 """
 
 from __future__ import annotations
@@ -59,9 +61,10 @@ RLOCK_ACQUIRE = "threading.RLock.acquire"
 RLOCK_RELEASE = "threading.RLock.release"
 SIMPLE_QUEUE_GET = "queue.SimpleQueue.get"
 _ALWAYS_NONBLOCKING = itertools.repeat(False)  # shared: the tries' argument, for ever
-_NOT_WAITED: list[bool] = []  # never appended to: no blocking acquire was tried
-# A call of a C function: a signal handler pending since before the lock was taken runs
-# after it, inside the acquire (which then lets the lock go), not later in __exit__.
+_NOT_WAITED = [False]  # never written to: no blocking acquire was tried
+# A call of a C function: a signal handler pending when an acquire starts runs after it,
+# before the lock is taken. It gives the thread's ident too, which the lock records as its
+# holder (``_owner``) with no call, hence no check point, after taking it (see _lend).
 _check_point = _thread.get_ident
 
 
@@ -149,28 +152,46 @@ def _publish(lock: InstrumentedLock) -> None:
         edge_failed()
 
 
-# -- an application's finalizer inside labotel's own bookkeeping ----------------------------
+# -- an application's finalizer or signal handler inside labotel's own code --------------
 # labotel runs Python code while it holds an application's lock: joining the last
 # releaser's clock right after the acquire, publishing this thread's clock right before the
-# release, recording a contended acquire's wait. Anything that allocates there can start a
+# release, recording a contended acquire's wait, and every Python function's check point at
+# the start of ``__exit__``/``release()``. Anything that allocates there can start a
 # garbage collection, which runs the application's finalizers (``__del__``, weakref
-# callbacks) on this thread. One that takes the same lock (a finalizer returning a
-# connection to its pool) waited for ever for its own thread, where with the C lock and a
-# block that allocates nothing it ran before or after the block. So while its bookkeeping
-# holds a lock, the lock names the thread (``_lender``) and lends itself to it: an acquire
-# there gets it at once and its release gives it back (``_lent`` counts them), with the
-# real lock left as it is (the application's block has not begun yet, or has ended).
-def _lend(lock: InstrumentedLock) -> bool:
-    """Is this thread inside ``lock``'s bookkeeping? Then the acquire is lent (True)."""
-    if lock._lender != _thread.get_ident():
+# callbacks) on this thread, and a signal handler runs at any check point there. One that
+# takes the same lock (a finalizer returning a connection to its pool, a handler recording
+# the signal) waited for ever for its own thread, where with the C lock and a block that
+# calls and allocates nothing it ran before or after the block. So the lock records its
+# holder (``_owner``, with no check point after the raw acquire) and lends itself to it
+# while one of the holder's outer frames is this lock's own acquire or release method: an
+# acquire there gets it at once and its release gives it back (``_lent`` counts them), with
+# the real lock left as it is (the application's block has not begun yet, or has ended).
+# The frames are looked at only when the holder cannot take its own lock, a self-deadlock
+# otherwise; the application's own block (no such frame) still cannot.
+def _lend(lock: InstrumentedLock, me: int) -> bool:
+    """Is thread ``me`` inside ``lock``'s methods while it holds it? Then lent (True)."""
+    if lock._owner != me or not _inside_own_method(lock):
         return False
     lock._lent += 1
     return True
 
 
+def _inside_own_method(lock: InstrumentedLock) -> bool:
+    """Is an outer frame of this thread one of ``lock``'s acquire or release methods? The
+    acquire asking (frame 2, which called _lend) is not: its caller's frame is first."""
+    frame = cpython.getframe(3)
+    for _ in range(_OWN_METHODS_DEPTH):
+        if frame is None:
+            return False
+        if frame.f_code in _OWN_METHODS and frame.f_locals.get("self") is lock:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _give_back(lock: InstrumentedLock) -> bool:
-    """A release of a lent acquire (True): the real lock stays with the bookkeeping."""
-    if not lock._lent or lock._lender != _thread.get_ident():
+    """A release of a lent acquire (True): the real lock stays with the holder."""
+    if not lock._lent or lock._owner != _thread.get_ident():
         return False
     lock._lent -= 1
     return True
@@ -190,20 +211,27 @@ def _tries_of(lock: InstrumentedLock) -> Iterator[bool]:
     return tries
 
 
-def _acquire_noted(taken: list, acquire: Callable[..., Any], *args: Any) -> Any:
-    """``acquire(*args)``, its result appended to ``taken`` in the same C call."""
-    taken.extend(itertools.starmap(acquire, (args,)))
-    return taken[-1]
+def _acquire_noted(taken: list, lock: InstrumentedLock, me: int,
+                   acquire: Callable[..., Any], *args: Any) -> Any:
+    """``acquire(*args)``; once it took the lock, ``taken[0]`` says so and thread ``me`` is
+    its holder (see _lend), both before the next check point."""
+    for got in itertools.starmap(acquire, (args,)):  # noqa: B007 - bound, then used
+        break
+    if got:
+        taken[0] = True
+        lock._owner = me
+    return got
 
 
 def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
                frame: FrameType | None, site: str, inside: bool = False,
-               taken: list | None = None) -> Any:
+               taken: list | None = None, me: int = 0) -> Any:
     """A blocking acquire that could not take the lock at once: stack, mark, time.
-    With ``taken``, the result is appended to it as the lock is taken (see the module's
-    doc), so that a caller's ``except`` knows whether to let the lock go."""
+    With ``taken``, ``taken[0]`` is set as the lock is taken (see the module's doc), so
+    that a caller's ``except`` knows whether to let the lock go, and so is its holder,
+    thread ``me``."""
     if taken is not None:
-        acquire = functools.partial(_acquire_noted, taken, acquire)
+        acquire = functools.partial(_acquire_noted, taken, lock, me, acquire)
     if _waits is None:
         return acquire(*args)
     inside = inside or getattr(active.local, "inside", False)  # in a timed Condition.wait
@@ -215,23 +243,16 @@ def _contended(lock: InstrumentedLock, acquire: Callable[..., Any], args: tuple,
     started = clock()
     mark = [active.generation, started]  # releasers move mark[1] on as they charge it
     waiting.append(mark)
-    got = False
     try:
-        try:
-            got = acquire(*args)
-        finally:
-            if got:  # held from here on: lent while the wait is recorded (see _lend)
-                lock._lender = _thread.get_ident()
-            delay = clock() - started
-            try:
-                waiting.remove(mark)  # equal marks are interchangeable: any one will do
-            except ValueError:  # dropped with the parent's marks after fork
-                pass
-        if key is not None and kept(_waits, delay):
-            call_waits("block", key, delay)
+        got = acquire(*args)
     finally:
-        if got:  # never left marked (a signal's exception): a later wait would be lent
-            lock._lender = 0
+        delay = clock() - started
+        try:
+            waiting.remove(mark)  # equal marks are interchangeable: any one will do
+        except ValueError:  # dropped with the parent's marks after fork
+            pass
+    if key is not None and kept(_waits, delay):
+        call_waits("block", key, delay)
     return got
 
 
@@ -284,7 +305,7 @@ class _LockClass(type):
 class InstrumentedLock(metaclass=_LockClass):
     """``threading.Lock`` that tells the subscribers about its waits and hand-offs."""
 
-    __slots__ = ("_lock", "_sync", "_waiting", "_charged", "_tries", "_lender", "_lent",
+    __slots__ = ("_lock", "_sync", "_waiting", "_charged", "_tries", "_owner", "_lent",
                  "__weakref__")
     _acquire_site = LOCK_ACQUIRE
     _release_site = LOCK_RELEASE
@@ -295,36 +316,35 @@ class InstrumentedLock(metaclass=_LockClass):
         self._waiting: list | None = None  # [generation, since] per thread blocked on it
         self._charged = 0  # when a release last charged the waiters' waiting (clock ns)
         self._tries: Iterator[bool] | None = None  # made at the first acquire
-        self._lender = 0  # a thread's ident while labotel's bookkeeping holds the lock
-        self._lent = 0  # acquires lent to it meanwhile, not given back yet
+        self._owner = 0  # the ident of the thread that took it, until it lets it go
+        self._lent = 0  # acquires lent to that thread inside our methods, not given back
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         lock = self._lock
+        me = _check_point()  # before the lock is taken (see _check_point)
         got, taken = False, _NOT_WAITED
         try:
             if timeout == -1 or (blocking and timeout > 0):  # acquire(False) first
                 for got in self._tries or _tries_of(self):  # noqa: B007 - bound, then used
                     break
-                if not got and _lend(self):
+                if got:
+                    self._owner = me
+                elif _lend(self, me):
                     return True
-                if not got and blocking:
-                    taken = []
+                elif blocking:
+                    taken = [False]
                     got = _contended(self, lock.acquire, (True, timeout), cpython.getframe(1),
-                                     self._acquire_site, taken=taken)
+                                     self._acquire_site, taken=taken, me=me)
             else:  # a timeout of 0 (never waits), or a bad argument: the raw lock's error
-                taken = []
-                got = _acquire_noted(taken, lock.acquire, blocking, timeout)
-                if not got and _lend(self):
+                taken = [False]
+                got = _acquire_noted(taken, self, me, lock.acquire, blocking, timeout)
+                if not got and _lend(self, me):
                     return True
             if got and _edges is not None and self._sync is not None:
-                self._lender = _check_point()  # the thread's ident: lent while it joins
-                try:
-                    _join(self._sync)
-                finally:
-                    self._lender = 0
-            _check_point()
+                _join(self._sync)
         except BaseException:  # a signal handler's, once the lock may be ours: let it go
-            if got or True in taken:
+            if got or taken[0]:
+                self._owner = 0
                 lock.release()
             raise
         return got
@@ -332,25 +352,24 @@ class InstrumentedLock(metaclass=_LockClass):
     def __enter__(self) -> bool:
         # acquire() without its arguments: ``with lock:`` is the common case, keep it short
         lock = self._lock
+        me = _check_point()
         got, taken = False, _NOT_WAITED
         try:
             for got in self._tries or _tries_of(self):  # noqa: B007 - bound, then used
                 break
-            if not got:
-                if _lend(self):
+            if got:
+                self._owner = me
+            else:
+                if _lend(self, me):
                     return True
-                taken = []
+                taken = [False]
                 _contended(self, lock.acquire, (), cpython.getframe(1), self._acquire_site,
-                           taken=taken)
+                           taken=taken, me=me)
             if _edges is not None and self._sync is not None:
-                self._lender = _check_point()  # the thread's ident: lent while it joins
-                try:
-                    _join(self._sync)
-                finally:
-                    self._lender = 0
-            _check_point()
+                _join(self._sync)
         except BaseException:
-            if got or True in taken:
+            if got or taken[0]:
+                self._owner = 0
                 lock.release()
             raise
         return True
@@ -361,12 +380,9 @@ class InstrumentedLock(metaclass=_LockClass):
         waiting = self._waiting
         try:
             if _edges is not None:
-                self._lender = _check_point()  # lent while it publishes (see _lend)
-                try:
-                    _publish(self)
-                finally:
-                    self._lender = 0
+                _publish(self)
         finally:  # let go even if a signal handler's exception comes in the bookkeeping
+            self._owner = 0
             self._lock.release()
         if waiting:
             _handed_off(self, waiting, self._release_site)
@@ -378,12 +394,9 @@ class InstrumentedLock(metaclass=_LockClass):
         waiting = self._waiting
         try:
             if _edges is not None:
-                self._lender = _check_point()  # lent while it publishes (see _lend)
-                try:
-                    _publish(self)
-                finally:
-                    self._lender = 0
+                _publish(self)
         finally:
+            self._owner = 0
             self._lock.release()
         if waiting:
             _handed_off(self, waiting, self._release_site)
@@ -401,10 +414,19 @@ class InstrumentedLock(metaclass=_LockClass):
         cpython.at_fork_reinit(self._lock)
         self._sync = None
         self._waiting = None
-        self._lender = self._lent = 0  # a parent thread's bookkeeping at the fork
+        self._owner = self._lent = 0  # a parent thread's, at the fork
 
     def __repr__(self) -> str:
         return f"<labotel instrumented {self._lock!r}>"
+
+
+# The methods inside which the holder's own acquire is lent (see _lend). Between the
+# asking acquire and such a frame sit a finalizer's or handler's frames and labotel's own
+# bookkeeping, rarely more than a few dozen.
+_OWN_METHODS = frozenset(method.__code__ for method in (
+    InstrumentedLock.acquire, InstrumentedLock.__enter__, InstrumentedLock.release,
+    InstrumentedLock.__exit__))
+_OWN_METHODS_DEPTH = 64
 
 
 class InstrumentedRLock(InstrumentedLock):
@@ -425,6 +447,7 @@ class InstrumentedRLock(InstrumentedLock):
         if _edges is not None:
             _publish(self)
         waiting = self._waiting
+        self._owner = 0
         saved = cpython.release_save(self._lock)
         if waiting:
             _handed_off(self, waiting, self._release_site)

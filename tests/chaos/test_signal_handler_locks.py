@@ -1,0 +1,76 @@
+"""A signal handler that takes the lock the code it interrupted was taking or letting go.
+
+With the C lock, ``with lock: d[k] = v`` has no check point between taking the lock and
+letting it go (the block calls nothing), so a Python signal handler never runs while the
+main thread holds it and ``with lock:`` in the handler always gets it. labotel's lock is
+Python code with check points while it holds the raw lock (its own bookkeeping, the start
+of ``__exit__``): a handler that ran there and took the same lock waited for its own
+thread, and, as each new signal interrupted the wait, nested until a ``RecursionError``
+reached the application. Now labotel lends the lock to a handler (or finalizer) that runs
+there, as it does for one run by its bookkeeping: to it, the block has not begun yet or
+has ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_APP = r"""
+import faulthandler, json, signal, sys, threading, time
+import labotel
+mode = sys.argv[1]
+if mode != "off":
+    labotel.start(admin_address="", metrics_exporter="none", traces_exporter="none",
+                  leak_detection=False, runtime_metrics=False,
+                  race_detection=mode == "races", contention_profiling=mode == "contention")
+faulthandler.dump_traceback_later(30, exit=True)  # a hang fails the test, saying where
+lock = threading.Lock()
+shared = {}
+calls = 0
+
+def handler(signum, frame):
+    global calls
+    calls += 1
+    with lock:
+        shared["handler"] = calls
+
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)  # a signal every 0.3 ms
+rounds = 0
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    with lock:  # calls nothing: the C lock has no check point inside
+        shared["main"] = rounds
+    rounds += 1
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+print(json.dumps({"rounds": rounds, "handler_calls": calls,
+                  "held_after": lock.locked()}), flush=True)
+"""
+
+
+def _run(mode: str, seconds: float) -> dict:
+    done = subprocess.run([sys.executable, "-c", _APP, mode, str(seconds)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_c_lock_survives_the_handler():
+    """The baseline the instrumented lock must match: no check point, no hang."""
+    seen = _run("off", 1.0)
+    assert seen["handler_calls"] >= 100 and not seen["held_after"], seen
+
+
+@pytest.mark.parametrize("mode", ["contention", "races"])
+def test_a_signal_handler_taking_the_lock_being_taken_or_let_go_gets_it(mode):
+    """The code before hung or raised RecursionError within the first second."""
+    seen = _run(mode, 3.0)
+    assert seen["handler_calls"] >= 300 and not seen["held_after"], seen
+    assert seen["rounds"] >= 1000, seen
