@@ -475,7 +475,7 @@ def test_a_wall_profile_teaches_the_rate_by_the_ticks_py_spy_took(tmp_path, take
                                     ("wall", "nanoseconds"), 10_000_000))
     # 10 s of sampling at 100 Hz asked 1000 ticks
     profile.own_cpu_seconds = taken * cost * pyspy_rate.predicted_cost(cpu.WALL, 10)
-    profile._learn(stopped=profile._attached[0] + 10.0)
+    profile._learn(stopped=profile._attached[0] + 10.0, log=profile._read_log())
     assert rates.choose(cpu.WALL, 100, 1000).rate_hz == rate
 
 
@@ -544,7 +544,7 @@ def test_a_long_py_spy_log_still_gives_its_closing_counts(tmp_path):
         f"py-spy> Sampling process\n{errors}py-spy> 1.20s behind in sampling, results may "
         "be inaccurate. Try reducing the sampling rate\npy-spy> Samples: 500 Errors: 20\n")
     assert len(errors) > 2 * pyspy.LOG_READ
-    comment = profile._describe(5.0)
+    comment = profile._describe(5.0, profile._read_log())
     assert "20 of 500 samples could not be read" in comment
     assert "fell behind the sampling rate" in comment
 

@@ -223,8 +223,9 @@ class PySpyProfile:
                 if self.error is None:
                     self._names.update(_thread_names())
                     self._convert(builder)
-                    builder.comments.append(self._describe(seconds))
-                    self._learn(stopped)
+                    log = self._read_log()  # complete now that py-spy has exited
+                    builder.comments.append(self._describe(seconds, log))
+                    self._learn(stopped, log)
             except OSError as error:  # no output: py-spy failed after it started
                 self.error = RuntimeError(f"py-spy wrote no profile ({error.strerror}): "
                                           f"{self._reason()}")
@@ -280,7 +281,7 @@ class PySpyProfile:
         return builder.named_line_location(filename, int(match.group("line")),
                                            symbols.qualify(filename, match.group("name")))
 
-    def _learn(self, stopped: float) -> None:
+    def _learn(self, stopped: float, log: str) -> None:
         """Tell the rate chooser what py-spy's sampling cost (attach left out) per tick it
         took: ticks, not recorded samples, count, since CPU mode records none while every
         thread idles."""
@@ -295,18 +296,17 @@ class PySpyProfile:
         else:  # --gil records only the thread holding the GIL: the ticks asked stand in
             ticks = int(self.rate_hz * sampling)
         # a py-spy stopped or starved for over a second says so, and its ticks mislead
-        fell_behind = "behind in sampling" in self._read_log()
+        fell_behind = "behind in sampling" in log
         self._rates.learn(self.mode, self.choice, self.own_cpu_seconds - cpu_at_attach,
                           ticks, sampling, fell_behind)
 
-    def _describe(self, seconds: float) -> str:
+    def _describe(self, seconds: float, log: str) -> str:
         text = (f"labotel {self.mode} profile: taken by {version(self.binary)} from outside "
                 f"the process at {self.rate_hz} Hz (--nonblocking, "
                 f"{'--idle' if self.mode == WALL else '--gil'}); py-spy's own CPU "
                 f"{100 * self.own_cpu_seconds / max(seconds, 1e-9):.2f}% of one core")
         if self._rates is not None and self.choice is not None:
             text += pyspy_rate.describe(self.choice, self._rates.cpu_budget)
-        log = self._read_log()
         errors = _ERRORS.findall(log)
         if errors and int(errors[-1][1]):
             text += f"; {errors[-1][1]} of {errors[-1][0]} samples could not be read"
