@@ -545,3 +545,66 @@ def test_the_holders_own_block_still_cannot_take_its_lock():
         assert not lock.locked()
     finally:
         labotel.shutdown()
+
+
+@pytest.mark.parametrize("feature", ["contention", "races"])
+def test_ctrl_c_as_a_condition_wait_takes_its_lock_back_leaves_it_held_for_the_block(
+        feature, monkeypatch):
+    """Condition.wait() takes its lock back in a ``finally`` and returns into the block,
+    whose exit lets the lock go. A Ctrl-C once the lock was taken back (here: in the race
+    detector's join, or in the wait's timing) made labotel's acquire let it go, and the
+    block's exit then released it again: the application saw ``RuntimeError: release
+    unlocked lock`` instead of its KeyboardInterrupt (or released another thread's hold)."""
+    from labotel.hooks import primitives
+
+    if feature == "races":
+        start(contention_profiling=False, race_detection=True)
+    else:
+        start()
+    try:
+        cond = threading.Condition(threading.Lock())
+        armed = [True]
+
+        def restoring() -> bool:
+            return any(frame.f_code.co_name == "_acquire_restore"
+                       for frame in map(sys._getframe, range(2, 8)))
+
+        if feature == "races":
+            edges = primitives._edges
+            join = type(edges).join
+
+            def interrupted_join(self, snapshot):
+                if armed[0] and restoring():
+                    armed[0] = False
+                    raise KeyboardInterrupt  # as a Ctrl-C at this call's check point
+                return join(self, snapshot)
+            monkeypatch.setattr(type(edges), "join", interrupted_join)
+            with cond:  # a first block, so that the lock has a releaser's clock to join
+                pass
+        else:
+            from labotel.hooks import active
+            clock = active.clock
+            reads = [0]
+
+            def interrupted_clock() -> int:
+                if armed[0] and restoring():
+                    reads[0] += 1
+                    if reads[0] == 2:  # the wait's end: the lock was taken back
+                        armed[0] = False
+                        raise KeyboardInterrupt
+                return clock()
+            monkeypatch.setattr(active, "clock", interrupted_clock)
+
+        def hold_then_notify() -> None:
+            with cond:
+                cond.notify()
+                time.sleep(0.05)  # the waiter's taking back contends
+
+        with pytest.raises(KeyboardInterrupt):
+            with cond:
+                threading.Thread(target=hold_then_notify).start()
+                cond.wait(5)
+        assert not armed[0], "the interruption never came"
+        assert not cond._lock.locked()  # let go once, by the block's exit
+    finally:
+        labotel.shutdown()

@@ -401,6 +401,22 @@ class InstrumentedLock(metaclass=_LockClass):
         if waiting:
             _handed_off(self, waiting, self._release_site)
 
+    def _acquire_restore(self, saved: Any) -> None:
+        # Condition.wait() takes the lock back with this, in a ``finally``: the block it
+        # returns to lets the lock go, so what raises once the lock is ours (a Ctrl-C in the
+        # join) leaves it held, as the C lock does there. acquire() let it go, and the
+        # block's exit released it a second time (RuntimeError, or another thread's hold).
+        me = _check_point()
+        for got in self._tries or _tries_of(self):  # noqa: B007 - bound, then used
+            break
+        if got:
+            self._owner = me
+        elif not _lend(self, me):
+            _contended(self, self._lock.acquire, (), cpython.getframe(1), self._acquire_site,
+                       inside=True, taken=[False], me=me)
+        if _edges is not None and self._sync is not None:
+            _join(self._sync)
+
     def locked(self) -> bool:
         return self._lock.locked()
 
