@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from typing import TYPE_CHECKING, Any
 
 __all__ = ["Detection", "Monitor", "start", "shutdown", "record_access", "shared",
@@ -23,7 +24,6 @@ _LAZY = {
     "Detection": "labotel.detect.detection",
     "Monitor": "labotel.monitor",
     "start": "labotel.monitor",
-    "shutdown": "labotel.monitor",
     # the race-detection API: near-free while detection is off
     "record_access": "labotel.detect.races",
     "shared": "labotel.detect.races",
@@ -34,7 +34,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from labotel.detect.detection import Detection
     from labotel.detect.races import happens_after, happens_before, record_access, shared
-    from labotel.monitor import Monitor, shutdown, start
+    from labotel.monitor import Monitor, start
 
 
 def __getattr__(name: str) -> Any:
@@ -55,6 +55,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+def shutdown() -> None:
+    """Stop the running monitor; waits at most ``shutdown_timeout`` (+0.2 s) for exports.
+
+    Defined here, not loaded on first use: a signal handler calling it while the main
+    thread's first ``labotel.start`` was still importing ``labotel.monitor`` got that
+    half-made module's ``AttributeError``. Until that module is whole nothing can run."""
+    monitor = sys.modules.get("labotel.monitor")
+    if getattr(monitor, "LOADED", False):
+        monitor.shutdown()  # type: ignore[union-attr]
 
 
 def detections(kind: str | None = None) -> list[Detection]:

@@ -27,6 +27,10 @@ class Component:
     def start(self, context: Context) -> None:
         raise NotImplementedError
 
+    def end_requests(self) -> None:
+        """labotel is about to stop, its debug server first: end whatever keeps one of
+        the component's requests waiting (the server waits for running requests)."""
+
     def stop(self) -> None:
         """Undo everything ``start`` did."""
 

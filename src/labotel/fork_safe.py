@@ -28,6 +28,7 @@ from typing import Any
 from labotel.compat import cpython
 
 _locks: weakref.WeakSet[Any] = weakref.WeakSet()
+_RLOCK = type(_thread.RLock())
 
 
 def lock() -> _thread.LockType:
@@ -46,8 +47,11 @@ def rlock() -> _thread.RLock:
 
 def reinit_in_child() -> None:
     """(In the child, before anything of labotel's runs there.) Unlock every lock made by
-    ``lock()``."""
+    ``lock()`` and ``rlock()``, but a re-entrant one the forking thread itself holds (a
+    signal handler forking inside ``start()``): that thread, which lives on, lets it go."""
     for made in list(_locks):
+        if isinstance(made, _RLOCK) and cpython.lock_is_owned(made)():
+            continue
         cpython.at_fork_reinit(made)
 
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from labotel import compat, descriptors, fork_safe, log_relay, patching, sdk
+from labotel import compat, descriptors, fork_safe, log_relay, patching, sdk, signal_context
 from labotel.compat.capability import Capability
 from labotel.component import Component, Unavailable
 from labotel.components import default_components
@@ -137,39 +139,61 @@ class Monitor:
 
     def stop(self, timeout: float | None = None) -> None:
         """Undo everything; at most ``timeout`` (default ``shutdown_timeout``) + ``sdk.ABORT_GRACE``
-        in all."""
+        in all. Every step runs even if one raises: an error is logged, a Ctrl-C or
+        ``SystemExit`` raised once the last step is done (raised at once, it left the
+        patches, the threads and the race detector in place, with no monitor left to
+        stop them)."""
         if not self.running:
             return
         deadline = time.monotonic() + (self.settings.shutdown_timeout if timeout is None
                                        else timeout)
         self.running = False  # first: a loss noticed next opens no server only to stop it
-        descriptors.check()  # the server's waker and the exporters' connections are used next
-        descriptors.forget(self)
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-        for component in reversed(self.components):
+        steps = self._stop_steps(deadline)
+        interrupted: BaseException | None = None
+        while steps:
             try:
-                component.stop()
-            except Exception:
-                log.exception("labotel: stopping %s failed", component.name)
-        self.components.clear()
-        patching.say_left_in_place(self.patcher.undo())
-        loops.uninstall()
-        origins.uninstall()
+                while steps:
+                    name, step = steps.pop(0)
+                    try:
+                        step()
+                    except Exception:
+                        log.exception("labotel: stopping %s failed", name)
+            except BaseException as error:  # noqa: PERF203 - the steps left still run
+                interrupted = interrupted or error
+        if interrupted is not None:
+            raise interrupted
+
+    def _stop_steps(self, deadline: float) -> list[tuple[str, Callable[[], Any]]]:
+        """What ``stop`` does, in order, each a (name, step)."""
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            # the server's waker and the exporters' connections are used next
+            ("descriptors", descriptors.check),
+            ("descriptors", lambda: descriptors.forget(self))]
+        # a profile a client waits for ends now: the server waits for running requests
+        steps += [(component.name, component.end_requests) for component in self.components]
+        steps.append(("server", self._stop_server))
+        steps += [(component.name, component.stop) for component in reversed(self.components)]
+        steps += [("components", self.components.clear),
+                  ("patches", lambda: patching.say_left_in_place(self.patcher.undo())),
+                  ("loops", loops.uninstall),
+                  ("origins", origins.uninstall)]
         if not hasattr(self, "providers"):  # a start() that failed before they were built
-            return
+            return steps
         if hasattr(self, "reporter"):
-            self.reporter.close()
+            steps.append(("reporter", self.reporter.close))
         if not self.providers.owns_meter_provider and hasattr(self, "meter"):
             # the app's provider lives on: take labotel's instruments off it
-            try:
-                sdk.forget_instruments(self.meter, self.providers.meter_provider)
-            except Exception:
-                log.exception("labotel: removing its instruments from the application's "
-                              "MeterProvider failed")
-        self.providers.shutdown(deadline)
-        log_relay.stop(min(LOG_RELAY_STOP, max(0.05, deadline - time.monotonic())))
+            steps.append(("instruments", lambda: sdk.forget_instruments(
+                self.meter, self.providers.meter_provider)))
+        steps += [("providers", lambda: self.providers.shutdown(deadline)),
+                  ("log relay", lambda: log_relay.stop(
+                      min(LOG_RELAY_STOP, max(0.05, deadline - time.monotonic()))))]
+        return steps
+
+    def _stop_server(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
 
     def after_fork_in_child(self) -> None:
         """Make a forked child (gunicorn worker, multiprocessing) a process of its own.
@@ -306,6 +330,13 @@ def _parent_listens_on(port: int) -> bool:
 # thread may hold it at fork: fork_safe unlocks it in the child.
 _lock = fork_safe.rlock()
 _current: Monitor | None = None
+# The thread inside start() or shutdown() (its ident, set under _lock), and the calls a
+# signal handler or a finalizer made on that thread meanwhile. Run there, they would build
+# or take down half of what the interrupted call was doing (a shutdown() inside start()
+# found nothing to stop, and start() then left labotel running): the interrupted call
+# makes them, in order, before it returns.
+_inside = 0
+_nested: list[tuple[str, Monitor | None, bool]] = []
 
 
 def current() -> Monitor | None:
@@ -313,45 +344,109 @@ def current() -> Monitor | None:
 
 
 def start(**options: Any) -> Monitor:
-    global _current
+    global _inside
     settings = Settings.load(options)
-    with _lock:
-        _register_fork_hooks()
-        _register_exit_hook()
-        if _current is not None and _current.running:
-            if options and _current.settings != settings:
-                log.warning("labotel.start(): already running; new options ignored "
-                            "(call labotel.shutdown() first to change them)")
-            return _current
+    if _inside == _thread.get_ident():  # nested in start()/shutdown() on this thread
         monitor = Monitor(settings)
+        _nested.append(("start", monitor, bool(options)))
+        return monitor  # started (or not) by the interrupted call, as it ends
+    with _lock:
+        _inside = _thread.get_ident()
         try:
-            monitor.start()
-        except ValueError:  # a configuration error: the caller must hear about it
-            _safe_stop(monitor)
-            raise
-        except Exception as error:
-            # Anything else is the process's circumstances (no thread can start at its
-            # limit, no socket at its descriptor limit...): the application must start
-            # anyway. What was built is undone, and a later start() tries again.
-            _safe_stop(monitor)
-            monitor.start_error = f"{type(error).__name__}: {error}"
-            log.error("labotel: could not start (%s); the application runs without it",
-                      monitor.start_error, exc_info=True)
-            return monitor
-        except BaseException:
-            _safe_stop(monitor)
-            raise
-        _current = monitor
+            monitor = _start(Monitor(settings), bool(options))
+            _run_nested()
+        finally:
+            _inside = 0
+            _nested.clear()
         return monitor
 
 
 def shutdown() -> None:
     """Stop the running monitor; waits at most ``shutdown_timeout`` (+0.2 s) for exports."""
-    global _current
+    global _inside
+    if _inside == _thread.get_ident():  # nested in start()/shutdown() on this thread
+        _nested.append(("shutdown", None, False))
+        return
+    if signal_context.interrupted_own_code():
+        # a signal handler's, run inside labotel's code, which may hold a lock the stop
+        # takes: the stop runs on a thread of its own once the handler has returned (a
+        # raw one: threading's start handshake could wait on that very lock)
+        try:
+            _thread.start_new_thread(_shutdown_aside, ())
+            return
+        except RuntimeError:  # no thread can start: stop here, as before
+            pass
     with _lock:
-        monitor, _current = _current, None
-        if monitor is not None:
-            monitor.stop()
+        _inside = _thread.get_ident()
+        try:
+            _stop_current()
+            _run_nested()
+        finally:
+            _inside = 0
+            _nested.clear()
+
+
+def _shutdown_aside() -> None:
+    try:
+        shutdown()
+    except Exception:
+        log.exception("labotel: shutdown() asked by a signal handler failed")
+
+
+def _start(monitor: Monitor, options_given: bool) -> Monitor:
+    """(Under ``_lock``) ``monitor`` started, unless one runs already (then that one)."""
+    global _current
+    _register_fork_hooks()
+    _register_exit_hook()
+    if _current is not None and _current.running:
+        if options_given and _current.settings != monitor.settings:
+            log.warning("labotel.start(): already running; new options ignored "
+                        "(call labotel.shutdown() first to change them)")
+        return _current
+    try:
+        monitor.start()
+    except ValueError:  # a configuration error: the caller must hear about it
+        _safe_stop(monitor)
+        raise
+    except Exception as error:
+        # Anything else is the process's circumstances (no thread can start at its
+        # limit, no socket at its descriptor limit...): the application must start
+        # anyway. What was built is undone, and a later start() tries again.
+        _safe_stop(monitor)
+        monitor.start_error = f"{type(error).__name__}: {error}"
+        log.error("labotel: could not start (%s); the application runs without it",
+                  monitor.start_error, exc_info=True)
+        return monitor
+    except BaseException:
+        _safe_stop(monitor)
+        raise
+    _current = monitor
+    return monitor
+
+
+def _stop_current() -> None:
+    """(Under ``_lock``) Stop the running monitor, if any."""
+    global _current
+    monitor, _current = _current, None
+    if monitor is not None:
+        monitor.stop()
+
+
+def _run_nested() -> None:
+    """(Under ``_lock``, as the interrupted call ends) the calls nested in it, in order.
+    Their callers have returned: a failure is logged, not raised into this caller."""
+    while _nested:
+        request, monitor, options_given = _nested.pop(0)
+        try:
+            if monitor is None:
+                _stop_current()
+            elif _start(monitor, options_given) is not monitor:
+                monitor.start_error = "labotel was running already"
+        except ValueError as error:
+            if monitor is not None:
+                monitor.start_error = f"ValueError: {error}"
+            log.error("labotel: a %s() made in a signal handler or finalizer failed: %s",
+                      request, error)
 
 
 FAILED_START_STOP = 0.5  # seconds a failed start() gives its exporters (nothing to send)
@@ -422,6 +517,8 @@ def _shutdown_at_exit() -> None:
         shutdown()
     except Exception:
         log.exception("labotel: shutdown at exit failed")
+    except BaseException:  # Ctrl-C during the exit's stop, which finished its steps anyway
+        pass
     finally:
         _lock.release()
 
@@ -441,3 +538,7 @@ def _register_fork_hooks() -> None:
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_after_fork_in_child)
     _fork_hooks_registered = True
+
+
+# Last: ``labotel.shutdown()`` calls in here only once this module is whole.
+LOADED = True

@@ -539,3 +539,39 @@ def test_an_abort_while_a_request_connects_still_ends_that_request(monkeypatch):
         monkeypatch.setattr(urllib3.util.connection, "create_connection", real_connect)
         with pytest.raises(requests.exceptions.ConnectionError, match="shutting down"):
             session.post(url, data=b"metrics", timeout=30)
+
+
+def test_a_profile_a_client_waits_for_does_not_hold_shutdown_past_its_timeout():
+    """The debug server, stopped first, waits up to 1 s for running requests; a client's
+    ``?seconds=10`` profile was ended only later, by the profiling component's stop:
+    ``shutdown()`` with ``shutdown_timeout=0.5`` took 1.02 s. The profile now ends first."""
+    import urllib.request
+
+    labotel.shutdown()
+    monitor = labotel.start(admin_address="127.0.0.1:0", metrics_exporter="none",
+                            traces_exporter="none", leak_detection=False,
+                            runtime_metrics=False, shutdown_timeout=0.5)
+    host, port = monitor.server.address
+    answered: list = []
+
+    def client() -> None:
+        url = f"http://{host}:{port}/debug/pprof/profile?seconds=10"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                answered.append(response.status)
+        except Exception as error:
+            answered.append(repr(error))
+
+    asking = threading.Thread(target=client)
+    asking.start()
+    profile = monitor.component("profile")
+    deadline = time.monotonic() + 10
+    while not profile._waiting and time.monotonic() < deadline:  # the client waits
+        time.sleep(0.01)
+    assert profile._waiting
+    started = time.monotonic()
+    labotel.shutdown()
+    took = time.monotonic() - started
+    asking.join(10)
+    assert answered == [200]  # what was sampled until then
+    assert took < 0.9, took  # the timeout and its 0.2 s grace, with room; 1.0 s before

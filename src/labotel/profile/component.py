@@ -49,11 +49,14 @@ class ProfilingComponent(Component):
             with self._waiting_lock:
                 self._waiting.discard(cancelled)
 
-    def stop(self) -> None:
+    def end_requests(self) -> None:
         with self._waiting_lock:
             self.stopping.set()
             for cancelled in self._waiting:
                 cancelled.set()
+
+    def stop(self) -> None:
+        self.end_requests()
         self.cpu.cancel()
         self.wall.cancel()
         if self._heap_lease:
