@@ -90,8 +90,12 @@ class Detector:
             locations = self.locations
             if locations is None:
                 return
-            with self.mu:
-                conflicts = locations.write(obj, marker, rmw, state, frame, site, garbage)
+            state.busy = True  # as in access(): a finalizer or handler must not re-enter mu
+            try:
+                with self.mu:
+                    conflicts = locations.write(obj, marker, rmw, state, frame, site, garbage)
+            finally:
+                state.busy = False
             if conflicts:
                 self._report_located(state, conflicts, obj, key, site, keyobj)
         except Exception:
