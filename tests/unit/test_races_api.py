@@ -29,6 +29,7 @@ from labotel.runtime import origins
 from tests.unit.race_support import races_on, run_all, spawn, start_detector, wait_until
 
 _MODULE_LOCK = threading.Lock()  # created at import time, before any start()
+_MODULE_LOCK_ALIAS = _MODULE_LOCK  # another name for it (`from state import LOCK`)
 # what the import above bound: _thread.allocate_lock, or from 3.13 the lock type itself
 _ORIGINAL_LOCK_FACTORY = ImportedLock
 
@@ -72,6 +73,21 @@ class _HostileModule:
     @property
     def __dict__(self):
         raise RuntimeError("no namespace here")
+
+
+def test_every_name_of_an_adopted_lock_gets_the_same_wrapper():
+    """A lock records its holder on its wrapper and lends itself to that holder's
+    handler or finalizer (hooks/primitives._lend): with one wrapper per global, a signal
+    handler taking the lock under one name while the main thread let it go under the other
+    waited for ever for its own thread."""
+    start_detector()
+    try:
+        assert type(_MODULE_LOCK) is InstrumentedLock
+        assert _MODULE_LOCK_ALIAS is _MODULE_LOCK
+    finally:
+        labotel.shutdown()
+    assert type(_MODULE_LOCK_ALIAS) is type(_thread.allocate_lock())
+    assert _MODULE_LOCK_ALIAS is _MODULE_LOCK
 
 
 def test_adoption_resolves_the_path_only_of_modules_holding_a_lock_or_a_factory(monkeypatch):

@@ -76,6 +76,10 @@ class LockAdopter:
         replacements = {id(ORIGINAL_FACTORIES["Lock"]): InstrumentedLock,
                         id(ORIGINAL_FACTORIES["RLock"]): InstrumentedRLock,
                         id(ORIGINAL_FACTORIES["SimpleQueue"]): InstrumentedSimpleQueue}
+        # one wrapper per lock, whatever the globals bound to it (``from state import
+        # LOCK``): a lock records its holder and lends itself on the wrapper, and two
+        # wrappers of one lock could not see each other's (see primitives._lend)
+        wrappers: dict[int, Any] = {}
         for module in list(sys.modules.values()):
             found = _plain_locks_and_factories(module, replacements)
             # the namespace first: resolving a module's path is a dozen syscalls, each a GIL
@@ -85,7 +89,12 @@ class LockAdopter:
                 continue
             namespace = vars(module)
             for name, value, wrap in found:
-                wrapper = replacements[id(value)] if wrap is None else wrap(value)
+                if wrap is None:
+                    wrapper = replacements[id(value)]
+                else:
+                    wrapper = wrappers.get(id(value))
+                    if wrapper is None:
+                        wrapper = wrappers[id(value)] = wrap(value)
                 namespace[name] = wrapper
                 self._adopted.append((module, name, value, wrapper))
         return len(self._adopted)
