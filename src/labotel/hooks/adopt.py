@@ -89,6 +89,7 @@ class LockAdopter:
                 continue
             namespace = vars(module)
             for name, value, wrap in found:
+                wrapper: Any
                 if wrap is None:
                     wrapper = replacements[id(value)]
                 else:
