@@ -1,10 +1,13 @@
-"""Whether a call runs in a Python signal handler that interrupted labotel's own code.
+"""Python signal handlers that run inside labotel's own code.
 
 A handler runs in the main thread at any check point of the code it interrupts, labotel's
-included, and that code may hold one of labotel's locks then (the loop registry's, say, as
-a loop announces itself). A handler calling ``labotel.shutdown()`` there waited for ever
-for a lock its own thread held; ``shutdown()`` asks this first and, if so, stops labotel
-on a thread of its own once the handler has returned.
+included. That code may hold one of labotel's locks then (the loop registry's, say, as a
+loop announces itself): a handler calling ``labotel.shutdown()`` there waited for ever for
+a lock its own thread held, so ``shutdown()`` asks ``interrupted_own_code()`` first and, if
+so, stops labotel on a thread of its own once the handler has returned. And the handler's
+exception (a SIGALRM time limit's ``TimeoutError``) comes out of labotel's code: the
+catch-alls that keep labotel's own failures from the application ask
+``raised_by_a_handler()`` and let the application's exception through.
 """
 
 from __future__ import annotations
@@ -31,6 +34,20 @@ def interrupted_own_code() -> bool:
             return _ours_among(frame.f_back)
         frame = frame.f_back
     return False
+
+
+def raised_by_a_handler(error: BaseException) -> bool:
+    """Did a Python signal handler raise ``error`` (one of its frames is in the traceback)?
+    Asked only as labotel catches an exception, which is rare."""
+    frames: list[CodeType] = []
+    traceback = error.__traceback__
+    while traceback is not None and len(frames) < 200:
+        frames.append(traceback.tb_frame.f_code)
+        traceback = traceback.tb_next
+    if not frames:
+        return False
+    handlers = _handler_codes()
+    return any(code in handlers for code in frames)
 
 
 def _ours_among(frame: FrameType | None) -> bool:

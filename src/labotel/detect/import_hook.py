@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from labotel import signal_context
 from labotel.detect import race_runtime
 from labotel.detect.rewrite import REWRITE_VERSION, rewrite
 
@@ -75,7 +76,9 @@ class InstrumentingLoader(importlib.machinery.SourceFileLoader):
             code = compile(rewrite(source, path, fullname), path, "exec", dont_inherit=True)
         except SyntaxError:
             raise  # the plain compile would fail the same way: the application's error
-        except Exception:  # our rewrite failed: the module runs uninstrumented
+        except Exception as error:  # our rewrite failed: the module runs uninstrumented
+            if signal_context.raised_by_a_handler(error):
+                raise  # the application's own, from a signal handler run in there
             self.on_failure()
             return self.source_to_code(source, path)
         if not sys.dont_write_bytecode:
@@ -119,7 +122,9 @@ class InstrumentingFinder:
             if len(self.instrumented) < 10_000:
                 self.instrumented.append(fullname)
             return spec
-        except Exception:
+        except Exception as error:
+            if signal_context.raised_by_a_handler(error):
+                raise
             self.on_failure()
             return None
 

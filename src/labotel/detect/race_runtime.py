@@ -31,6 +31,7 @@ from collections.abc import Callable
 from types import ModuleType as _ModuleType
 from typing import Any
 
+from labotel import signal_context
 from labotel.compat import cpython
 from labotel.detect.keys import MAX_KEY_CHARS
 from labotel.detect.rewrite import AUG_OPS, PREFIX
@@ -86,7 +87,9 @@ def schedules(module: str, count: int) -> list:
         if len(_tables) < MAX_TABLES:
             _tables.append((module, table))
         _arm(module, table)
-    except Exception:  # the application's import must not fail: its code runs as written
+    except Exception as error:  # the application's import must not fail: its code runs as written
+        if signal_context.raised_by_a_handler(error):
+            raise
         log.debug("labotel: arming %s's schedule table failed", module, exc_info=True)
     return table
 
@@ -211,7 +214,9 @@ def _plain(key: Any) -> Any:
         if issubclass(kind, tuple) and len(key) <= 16:
             return tuple(_plain(item) for item in tuple.__iter__(key))
         return ("#", hash(key))
-    except Exception:
+    except Exception as error:
+        if signal_context.raised_by_a_handler(error):
+            raise  # the application's own, from a signal handler run in there
         return ("#?", id(key))
     finally:
         state.busy = False

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from labotel import fork_safe
+from labotel import fork_safe, signal_context
 from labotel.compat import cpython
 from labotel.detect import race_report, vectorclock
 from labotel.detect.detection import Reporter
@@ -77,7 +77,9 @@ class Detector:
                 state.busy = False
             if conflicts:
                 self._report(state, conflicts)
-        except Exception:
+        except Exception as error:
+            if signal_context.raised_by_a_handler(error):
+                raise  # the application's own, from a signal handler run in there
             self.on_failure()
 
     def located(self, obj: Any, marker: tuple, key: Any, rmw: bool,
@@ -98,13 +100,17 @@ class Detector:
                 state.busy = False
             if conflicts:
                 self._report_located(state, conflicts, obj, key, site, keyobj)
-        except Exception:
+        except Exception as error:
+            if signal_context.raised_by_a_handler(error):
+                raise  # the application's own, from a signal handler run in there
             self.on_failure()
         finally:
             state.busy = True  # objects labotel held last may run __del__ as they go
             try:
                 del garbage[:]
-            except Exception:
+            except Exception as error:
+                if signal_context.raised_by_a_handler(error):
+                    raise
                 self.on_failure()
             finally:
                 state.busy = False
@@ -201,7 +207,9 @@ class Detector:
                     self._recount(key, clock)
             else:
                 clock.acquire(state)
-        except Exception:
+        except Exception as error:
+            if signal_context.raised_by_a_handler(error):
+                raise  # the application's own, from a signal handler run in there
             self.on_failure()
 
     def stats(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from labotel import signal_context
 from labotel.compat import cpython
 from labotel.hooks import active, primitives
 from labotel.hooks.primitives import (
@@ -60,7 +61,9 @@ def _edge(method: str, *args: Any) -> Any:
         return None
     try:
         return getattr(edges, method)(*args)
-    except Exception:
+    except Exception as error:
+        if signal_context.raised_by_a_handler(error):
+            raise  # the application's own, from a signal handler run in there
         edge_failed()
         return None
 

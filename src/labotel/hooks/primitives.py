@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from labotel import fork_safe, own_random
+from labotel import fork_safe, own_random, signal_context
 from labotel.compat import cpython, python
 from labotel.hooks import active
 
@@ -85,7 +85,9 @@ def call_waits(method: str, *args: Any) -> Any:
     local.busy = True
     try:
         return getattr(waits, method)(*args)
-    except Exception:
+    except Exception as error:
+        if signal_context.raised_by_a_handler(error):
+            raise  # the application's own, from a signal handler run in there
         try:
             waits.failed()
         except Exception:
@@ -102,7 +104,9 @@ def kept(waits: Any, delay_ns: int) -> bool:
     try:
         rate = waits.rate_ns
         return delay_ns >= rate or _draw() * rate < max(delay_ns, 1)
-    except Exception:  # a broken subscriber: tell it, never the application
+    except Exception as error:  # a broken subscriber: tell it, never the application
+        if signal_context.raised_by_a_handler(error):
+            raise
         call_waits("failed")
         return False
 
@@ -139,7 +143,9 @@ def timed_wait(site: str, frame: FrameType | None, function: Callable[..., Any],
 def _join(snapshot: Any) -> None:
     try:
         _edges.join(snapshot)
-    except Exception:
+    except Exception as error:
+        if signal_context.raised_by_a_handler(error):
+            raise  # the application's own, from a signal handler run in there
         edge_failed()
 
 
@@ -148,7 +154,9 @@ def _publish(lock: InstrumentedLock) -> None:
         snapshot = _edges.publish()
         if snapshot is not None:
             lock._sync = snapshot
-    except Exception:
+    except Exception as error:
+        if signal_context.raised_by_a_handler(error):
+            raise
         edge_failed()
 
 
@@ -275,7 +283,9 @@ def _handed_off(lock: InstrumentedLock, waiting: list, site: str) -> None:
     try:
         if now - lock._charged < waits.rate_ns:
             return
-    except Exception:  # a broken subscriber: tell it, never the application
+    except Exception as error:  # a broken subscriber: tell it, never the application
+        if signal_context.raised_by_a_handler(error):
+            raise
         call_waits("failed")
         return
     lock._charged = now
@@ -508,7 +518,9 @@ class InstrumentedSimpleQueue(queue.SimpleQueue):
         if edges is not None:
             try:
                 edges.release_into(self, "_labotel_clock")
-            except Exception:
+            except Exception as error:
+                if signal_context.raised_by_a_handler(error):
+                    raise
                 edge_failed()
         super().put(item, block, timeout)
 
@@ -526,7 +538,9 @@ class InstrumentedSimpleQueue(queue.SimpleQueue):
         if edges is not None:
             try:
                 edges.acquire_from(self, "_labotel_clock")
-            except Exception:
+            except Exception as error:
+                if signal_context.raised_by_a_handler(error):
+                    raise
                 edge_failed()
         return item
 
