@@ -87,3 +87,59 @@ def test_an_instrumented_finalizer_or_handler_inside_the_detectors_bookkeeping(
         assert seen["freed"] == 20000, seen
     else:
         assert seen["signals"] >= 100, seen
+
+
+_COUNTERS = textwrap.dedent("""
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+    counter = Counter()
+    by_kind = {"all": 0}
+
+    def on_signal(signum, frame):
+        counter.n += 1
+        by_kind["all"] += 1
+
+    def work(loops):
+        for _ in range(loops):
+            counter.n += 1  # no check point between the read and the write, as written
+            by_kind["all"] += 1
+""")
+
+_BUMPS = r"""
+import faulthandler, json, signal, sys
+faulthandler.dump_traceback_later(60, exit=True)
+sys.path.insert(0, sys.argv[1])
+import labotel
+labotel.start(admin_address="", metrics_exporter="none", traces_exporter="none",
+              leak_detection=False, race_detection=True, race_instrument="bumps_app",
+              race_sample_floor=1)
+import bumps_app
+calls = [0]
+def handler(signum, frame):
+    calls[0] += 1
+    bumps_app.on_signal(signum, frame)
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+bumps_app.work(300000)
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+expected = 300000 + calls[0]
+print(json.dumps({"handler_calls": calls[0],
+                  "attribute_lost": expected - bumps_app.counter.n,
+                  "item_lost": expected - bumps_app.by_kind["all"]}))
+"""
+
+
+def test_an_instrumented_read_modify_write_loses_no_handlers_bump(tmp_path):
+    """``counter.n += 1`` has no check point between its read and its write, so a signal
+    handler's own ``counter.n += 1`` never lands in between and no bump is lost. The
+    instrumented form read, called the detector, then wrote: a handler ran in between,
+    and its bump was overwritten (about 1 in 6 of them)."""
+    (tmp_path / "bumps_app.py").write_text(_COUNTERS)
+    done = subprocess.run([sys.executable, "-c", _BUMPS, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["handler_calls"] >= 200, seen
+    assert seen["attribute_lost"] == 0 and seen["item_lost"] == 0, seen
