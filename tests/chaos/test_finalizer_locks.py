@@ -80,3 +80,60 @@ def test_a_finalizer_taking_the_lock_its_thread_holds_in_labotels_bookkeeping(fe
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome == {"finalized": 300, "count": 0}, outcome
+
+
+_POOL = r"""
+import faulthandler, gc, json, queue, sys, threading, time
+pool = queue.Queue()  # made before start(): plain locks inside, seen through their
+permits = threading.Semaphore(1 << 30)  # Conditions' hooks
+import labotel
+labotel.start(admin_address="", metrics_exporter="none", traces_exporter="none",
+              leak_detection=False, race_detection=True)
+faulthandler.dump_traceback_later(40, exit=True)  # a hang fails the test, saying where
+kind = sys.argv[1]
+returned = [0]
+
+class Connection:
+    def __init__(self):
+        self.me = self  # a cycle: only a collection frees it
+    def __del__(self):  # gives its slot back, wherever the collection runs
+        returned[0] += 1
+        if kind == "queue":
+            pool.put(1)
+        else:
+            permits.release()
+
+for _ in range(10):
+    pool.put(1)
+gc.set_threshold(5)
+made = 0
+end = time.monotonic() + 2
+while time.monotonic() < end:
+    if kind == "queue":
+        try:
+            pool.get_nowait()
+        except queue.Empty:
+            pass
+    else:
+        permits.acquire(blocking=False)
+    Connection()
+    made += 1
+gc.set_threshold(700, 10, 10)
+gc.collect()
+print(json.dumps({"made": made, "returned": returned[0]}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["semaphore", "queue"])
+def test_a_finalizer_giving_back_to_a_pool_made_before_start(kind):
+    """A Semaphore or queue made before start() holds a plain lock, and the race
+    detector records its edges while that lock is held: a collection there ran a
+    finalizer that gave its slot back to the same pool and waited for ever for its own
+    thread (every run hung). And a finalizer run while the detector held its lock for
+    an Event's or queue's clock, blocked on a pool lock whose holder waited for that
+    lock, stopped both threads (1 run in 20)."""
+    done = subprocess.run([sys.executable, "-c", _POOL, kind], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["made"] > 1000 and outcome["returned"] == outcome["made"], outcome

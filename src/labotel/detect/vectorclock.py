@@ -262,7 +262,11 @@ def final_snapshot(thread: threading.Thread) -> Snapshot | None:
 class AccumulatedClock:
     """The clock of a sync object many threads release into (an Event, a queue, a token).
 
-    Joins are done under one raw lock: unlike a mutex, several threads may release at once.
+    Its dict is never changed in place: a release merges into a copy and swaps it in under
+    one raw lock (several threads may release at once), and an acquire reads the current
+    one with no lock at all. Nothing is allocated while the lock is held, so no garbage
+    collection, and no application finalizer, runs under it: one that did, blocked on an
+    application lock whose holder waited for this lock, stopped both threads.
     """
 
     __slots__ = ("vc", "__weakref__")
@@ -274,27 +278,26 @@ class AccumulatedClock:
     def release(self, state: ThreadState) -> None:
         busy, state.busy = state.busy, True  # see quiet(): a finalizer must not re-enter _mu
         try:
-            with self._mu:
-                vc = self.vc
+            while True:
+                current = self.vc
+                merged = dict(current)
                 for k, v in state.vc.items():
-                    if vc.get(k, 0) < v:
-                        vc[k] = v
-                if vc.get(state.tid, 0) < state.clock:
-                    vc[state.tid] = state.clock
+                    if merged.get(k, 0) < v:
+                        merged[k] = v
+                if merged.get(state.tid, 0) < state.clock:
+                    merged[state.tid] = state.clock
+                with self._mu:
+                    if self.vc is current:  # no other release came in between
+                        self.vc = merged
+                        break
         finally:
             state.busy = busy
         state.advance()
 
     def acquire(self, state: ThreadState) -> None:
-        busy, state.busy = state.busy, True
-        try:
-            with self._mu:
-                if not self.vc:
-                    return
-                snapshot = (0, 0, dict(self.vc))
-        finally:
-            state.busy = busy
-        state.acquire(snapshot)
+        vc = self.vc  # a whole clock: never changed once swapped in
+        if vc:
+            state.acquire((0, 0, vc))
 
 
 def attach(holder: Any, attribute: str = "_labotel_clock") -> AccumulatedClock:

@@ -136,6 +136,31 @@ def _patch_event(replace: Replace) -> None:
     replace(threading.Event, "wait", wait)
 
 
+# The edges of an early Condition are recorded while its plain lock is held (after taking
+# it, before letting it go), and that bookkeeping allocates: a garbage collection there ran
+# an application finalizer that took the same lock (a pool's ``__del__`` giving a permit
+# back to a Semaphore made at import) and waited for ever for its own thread. So for that
+# while the thread notes the lock (``active.local.lending``: [lock, acquires lent]), and a
+# Condition over it entered there is lent it (its exit gives it back), as the
+# instrumented lock does (primitives._lend).
+def _edge_lent(method: str, condition: threading.Condition) -> None:
+    local = active.local
+    outer = getattr(local, "lending", None)
+    local.lending = [cpython.condition_lock(condition), 0]
+    try:
+        _edge(method, condition, "_labotel_clock")
+    finally:
+        local.lending = outer
+
+
+def _lent(condition: threading.Condition) -> list | None:
+    """This thread's lending, if ``condition``'s lock is the one lent."""
+    lending = getattr(active.local, "lending", None)
+    if lending is not None and lending[0] is cpython.condition_lock(condition):
+        return lending
+    return None
+
+
 def _patch_condition_edges(replace: Replace) -> None:
     """Conditions made before start() (and the Semaphores, BoundedSemaphores and Barriers
     built on one) hold a plain lock: ``with cond:`` and ``wait()`` (below) get the edges of
@@ -146,21 +171,33 @@ def _patch_condition_edges(replace: Replace) -> None:
     previous_exit = threading.Condition.__exit__
 
     def __enter__(self: threading.Condition) -> bool:
+        plain = (active.edges is not None
+                 and not primitives.instrumented(cpython.condition_lock(self)))
+        if plain:
+            lending = _lent(self)
+            if lending is not None:  # inside this lock's own edge bookkeeping: lent
+                lending[1] += 1
+                return True
         entered = previous_enter(self)
         try:
-            if active.edges is not None and \
-                    not primitives.instrumented(cpython.condition_lock(self)):
-                _edge("acquire_from", self, "_labotel_clock")
+            if plain:
+                _edge_lent("acquire_from", self)
         except BaseException:  # a signal handler's: the block will not run, let the lock go
             previous_exit(self, None, None, None)
             raise
         return entered
 
     def __exit__(self: threading.Condition, *exc_info: Any) -> None:
+        plain = (active.edges is not None
+                 and not primitives.instrumented(cpython.condition_lock(self)))
+        if plain:
+            lending = _lent(self)
+            if lending is not None and lending[1]:  # a lent one: given back
+                lending[1] -= 1
+                return None
         try:
-            if active.edges is not None and \
-                    not primitives.instrumented(cpython.condition_lock(self)):
-                _edge("release_into", self, "_labotel_clock")
+            if plain:
+                _edge_lent("release_into", self)
         except BaseException:  # a signal handler's: the lock is let go all the same
             previous_exit(self, *exc_info)
             raise
@@ -179,14 +216,14 @@ def _patch_condition_wait(replace: Replace) -> None:
         plain = (active.edges is not None
                  and not primitives.instrumented(cpython.condition_lock(self)))
         if plain:  # wait() lets go of the lock...
-            _edge("release_into", self, "_labotel_clock")
+            _edge_lent("release_into", self)
         if active.waits is not None and timeout != 0:
             notified = timed_wait(CONDITION_WAIT, cpython.getframe(1), previous_wait, self,
                                   timeout)
         else:
             notified = previous_wait(self, timeout)
         if plain:  # ...and takes it again, notified or not
-            _edge("acquire_from", self, "_labotel_clock")
+            _edge_lent("acquire_from", self)
         return notified
 
     replace(threading.Condition, "wait", wait)
