@@ -337,6 +337,7 @@ _current: Monitor | None = None
 # makes them, in order, before it returns.
 _inside = 0
 _nested: list[tuple[str, Monitor | None, bool]] = []
+_calls = 0  # start() and shutdown() calls made so far (counted under _lock)
 
 
 def current() -> Monitor | None:
@@ -344,14 +345,14 @@ def current() -> Monitor | None:
 
 
 def start(**options: Any) -> Monitor:
-    global _inside
+    global _inside, _calls
     settings = Settings.load(options)
     if _inside == _thread.get_ident():  # nested in start()/shutdown() on this thread
         monitor = Monitor(settings)
         _nested.append(("start", monitor, bool(options)))
         return monitor  # started (or not) by the interrupted call, as it ends
     with _lock:
-        _inside = _thread.get_ident()
+        _inside, _calls = _thread.get_ident(), _calls + 1
         try:
             monitor = _start(Monitor(settings), bool(options))
             _run_nested()
@@ -363,7 +364,7 @@ def start(**options: Any) -> Monitor:
 
 def shutdown() -> None:
     """Stop the running monitor; waits at most ``shutdown_timeout`` (+0.2 s) for exports."""
-    global _inside
+    global _inside, _calls
     if _inside == _thread.get_ident():  # nested in start()/shutdown() on this thread
         _nested.append(("shutdown", None, False))
         return
@@ -372,12 +373,12 @@ def shutdown() -> None:
         # takes: the stop runs on a thread of its own once the handler has returned (a
         # raw one: threading's start handshake could wait on that very lock)
         try:
-            _thread.start_new_thread(_shutdown_aside, ())
+            _thread.start_new_thread(_shutdown_aside, (_calls,))
             return
         except RuntimeError:  # no thread can start: stop here, as before
             pass
     with _lock:
-        _inside = _thread.get_ident()
+        _inside, _calls = _thread.get_ident(), _calls + 1
         try:
             _stop_current()
             _run_nested()
@@ -386,9 +387,13 @@ def shutdown() -> None:
             _nested.clear()
 
 
-def _shutdown_aside() -> None:
+def _shutdown_aside(calls_before: int) -> None:
+    """The stop a signal handler asked for, unless a later start() or shutdown() has
+    decided the state meanwhile (the handler's call came first: the last call wins)."""
     try:
-        shutdown()
+        with _lock:
+            if _calls == calls_before:
+                shutdown()
     except Exception:
         log.exception("labotel: shutdown() asked by a signal handler failed")
 

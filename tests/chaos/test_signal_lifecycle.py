@@ -108,6 +108,27 @@ async def main():
 asyncio.run(main())
 """
 
+_SHUTDOWN_ASIDE = _PRELUDE + r"""
+import asyncio
+from labotel import monitor
+from labotel.runtime import loops
+signal.signal(signal.SIGTERM, lambda *_: labotel.shutdown())
+later_start = sys.argv[1] == "later-start"
+
+async def main():
+    pass
+
+labotel.start(**OPTIONS)
+with monitor._lock:  # the handler's stop, on a thread of its own, waits for this block
+    signal_inside(loops, "_known", signal.SIGTERM)  # under the loop registry's lock
+    asyncio.run(main())
+    if later_start:
+        labotel.start(**OPTIONS)  # a later call: it decides the state
+time.sleep(0.5)
+print(json.dumps(state()))
+"""
+
+
 _SHUTDOWN_DURING_IMPORT = r"""
 import builtins, faulthandler, json, os, signal
 faulthandler.dump_traceback_later(30, exit=True)
@@ -170,9 +191,9 @@ print(json.dumps({"parent": outcome}), flush=True)
 """
 
 
-def _run(script: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+def _run(script: str, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return done, lines
 
@@ -208,6 +229,18 @@ def test_a_handlers_shutdown_while_labotels_code_holds_its_lock_does_not_hang():
     done, _ = _run(_SHUTDOWN_WHILE_A_LOOP_REGISTERS)
     assert done.returncode == 3, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("then", ["nothing", "later-start"])
+def test_a_handlers_shutdown_set_aside_stops_labotel_unless_a_later_call_came(then):
+    """The stop a handler asked for inside labotel's code runs on a thread of its own
+    once the lifecycle lock is free; a start() made after the handler's call decides."""
+    done, lines = _run(_SHUTDOWN_ASIDE, then)
+    assert done.returncode == 0, done.stderr[-3000:]
+    running = then == "later-start"
+    assert lines == [{"running": running, "lock_patched": running, "detector": running,
+                      "threads": lines[0]["threads"]}], done.stderr[-3000:]
+    assert bool(lines[0]["threads"]) == running, lines
 
 
 def test_a_handlers_shutdown_while_labotel_is_first_imported():
