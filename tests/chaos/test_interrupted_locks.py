@@ -6,9 +6,11 @@ the block, so such an exception never leaves the lock held. labotel's lock is Py
 exception came right after the lock was taken, inside ``__enter__``, and the lock stayed
 held for ever (6 in 10 interrupted blocks in a tight loop, about 1 in 10 in a loop doing
 other work too). Now nothing that raises once labotel has taken the lock leaves it held.
-What stays is the first line of ``__exit__``/``release()``, a check point every Python
-function has on entry: a signal that arrived in the last few instructions of the block
-is raised there, before the release (see the README). A Condition made before start()
+Nor does the first line of ``__exit__``/``release()``, a check point every Python
+function has on entry, where a signal that arrived in the block's last instructions is
+raised before the release: the handlers are wrapped (hooks/signals.py), and a wrapper
+whose handler raised there lets the lock go first (16-29% of interrupts in a loop of bare
+``with`` blocks left the lock held there before). A Condition made before start()
 is CPython's own Python code, with those check points too, labotel's bookkeeping around
 it (race detection) now lets its lock go whatever raises.
 """
@@ -27,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _CHILD = r"""
 import json, os, random, signal, subprocess, sys, threading, time
 import labotel
-from labotel.hooks import patches, primitives
+from labotel.hooks import patches, primitives, signals
 
 mode = sys.argv[1]
 early = threading.Condition()  # made before start(): a plain RLock inside
@@ -98,8 +100,9 @@ for kind, pattern in cases + [("early Condition", "with")]:
             if held():
                 tb = interrupt.__traceback__
                 while tb.tb_next is not None and \
-                        tb.tb_next.tb_frame.f_code is not handler.__code__:
-                    tb = tb.tb_next  # the frame the handler's exception came from
+                        tb.tb_next.tb_frame.f_code is not handler.__code__ and \
+                        tb.tb_next.tb_frame.f_code.co_filename != signals.__file__:
+                    tb = tb.tb_next  # the frame the handler (or its wrapper) interrupted
                 code = tb.tb_frame.f_code
                 if code.co_filename not in own:  # the application's, or CPython's own
                     where = f"{os.path.basename(code.co_filename)} {code.co_name}"
@@ -128,6 +131,9 @@ def test_a_raising_signal_handler_never_leaves_a_lock_labotel_took_held(mode):
     print(json.dumps(report, indent=1))
     for case, seen in report.items():
         assert seen["interrupts"] >= 100, (case, report)  # the signals did land
-        taken_then_raised = {place: count for place, count in seen["left held at"].items()
-                             if place.startswith("labotel ")}
-        assert not taken_then_raised, (case, report)
+        if case.startswith("early Condition"):  # CPython's own Python code holds its lock
+            taken_then_raised = {place: count for place, count in seen["left held at"].items()
+                                 if place.startswith("labotel ")}
+            assert not taken_then_raised, (case, report)
+        else:  # labotel's lock: nowhere, the start of __exit__/release() included
+            assert not seen["left held at"], (case, report)

@@ -103,14 +103,15 @@ def trial() -> str:
 def trials() -> dict:
     # in a function: CPython 3.13.0 let a handler's exception raised at a module-level
     # loop's jump back escape the module's own ``try`` (labotel not started, too)
-    seen = {"timed_out": 0, "lost": 0}
+    seen = {"timed_out": 0, "lost": 0, "left_held": 0}
     for _ in range(300):
         try:
             seen[trial()] += 1
         except TimeoutError:
             seen["timed_out"] += 1
         signal.setitimer(signal.ITIMER_REAL, 0)
-        while lock.locked():  # the residual at __exit__'s first line (README): not here
+        if lock.locked():  # the next trial would hang
+            seen["left_held"] += 1
             lock.release()
     return seen
 
@@ -118,14 +119,18 @@ print(json.dumps(trials()))
 """
 
 
-def test_a_signal_handlers_exception_inside_labotels_bookkeeping_reaches_the_application():
+@pytest.mark.parametrize("mode", ["contention", "races"])
+def test_a_signal_handlers_exception_reaches_the_application_and_leaves_no_lock_held(mode):
     """A SIGALRM time limit raising TimeoutError: the handler runs at a check point inside
     labotel's bookkeeping, whose catch-alls (keeping labotel's own failures from the
     application) took it for one and logged it: with race detection 35% of the
     application's TimeoutErrors were lost, and a loop with no deadline of its own would
-    have spun for ever."""
-    done = subprocess.run([sys.executable, "-c", _TIME_LIMIT, "races"], cwd=ROOT,
+    have spun for ever. And raised at the first check point of ``__exit__`` (every
+    Python function has one, the C lock's ``with`` none), it left the lock held for good:
+    142 of 1000 such trials with race detection, 513 with contention profiling; the
+    handlers are now wrapped to let it go (hooks/signals.py)."""
+    done = subprocess.run([sys.executable, "-c", _TIME_LIMIT, mode], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.splitlines()[-1])
-    assert seen == {"timed_out": 300, "lost": 0}, (seen, done.stderr[-2000:])
+    assert seen == {"timed_out": 300, "lost": 0, "left_held": 0}, (seen, done.stderr[-2000:])

@@ -11,7 +11,7 @@ from typing import Any
 
 from labotel import fork_safe
 from labotel.compat import cpython
-from labotel.hooks import active, patches, primitives
+from labotel.hooks import active, patches, primitives, signals
 from labotel.hooks.adopt import LockAdopter
 from labotel.patching import Patcher, say_left_in_place
 from labotel.runtime import loop_classes
@@ -41,6 +41,9 @@ def subscribe(name: str, *, edges: Any = None, waits: Any = None, adopt: bool = 
         try:
             classes = loop_classes.watch(_loop_class_imported)
             patches.install(kinds, _installed, _patcher.replace, _patcher.holds, classes)
+            if "signals" not in _installed:
+                signals.install(_patcher.replace)
+                _installed.add("signals")
             _subscribers[name] = (edges, waits, adopt)
             _publish()
             if adopt and _adopted is None:
@@ -92,6 +95,7 @@ def _undo() -> list[str]:
     _adopter.undo()
     _adopted = None
     left = _patcher.undo()
+    signals.uninstall()
     _installed.clear()
     return left
 

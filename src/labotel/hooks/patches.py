@@ -188,18 +188,20 @@ def _patch_condition_edges(replace: Replace) -> None:
         return entered
 
     def __exit__(self: threading.Condition, *exc_info: Any) -> None:
-        plain = (active.edges is not None
-                 and not primitives.instrumented(cpython.condition_lock(self)))
-        if plain:
-            lending = _lent(self)
-            if lending is not None and lending[1]:  # a lent one: given back
-                lending[1] -= 1
-                return None
+        lending = None
         try:
-            if plain:
+            if active.edges is not None and \
+                    not primitives.instrumented(cpython.condition_lock(self)):
+                lending = _lent(self)
+                if lending is not None and lending[1]:  # a lent one: given back
+                    lending[1] -= 1
+                    return None
                 _edge_lent("release_into", self)
         except BaseException:  # a signal handler's: the lock is let go all the same
-            previous_exit(self, *exc_info)
+            if lending is not None and lending[1]:  # (a lent one's is given back)
+                lending[1] -= 1
+            else:
+                previous_exit(self, *exc_info)
             raise
         return previous_exit(self, *exc_info)
 

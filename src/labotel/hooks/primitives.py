@@ -455,6 +455,29 @@ _OWN_METHODS = frozenset(method.__code__ for method in (
 _OWN_METHODS_DEPTH = 64
 
 
+_LETTING_GO = (InstrumentedLock.__exit__.__code__, InstrumentedLock.release.__code__)
+
+
+def let_go_of_an_interrupted_release(frame: FrameType | None) -> None:
+    """A signal handler raised in ``frame``: if that is an instrumented lock's
+    ``__exit__``/``release()`` at its very first check point (none of its code ran), let
+    the lock go as that call would have (see hooks/signals.py). Never raises."""
+    try:
+        if frame is None or frame.f_code not in _LETTING_GO or frame.f_lasti != 0:
+            return
+        interrupted: Any = frame.f_locals.get("self")
+        if instrumented(interrupted):
+            _let_go_of(interrupted)
+    except Exception:  # the handler's exception is what the application hears of
+        pass
+
+
+def _let_go_of(lock: InstrumentedLock) -> None:
+    if not lock._lent and lock._owner == _thread.get_ident():
+        lock._owner = 0
+        lock._lock.release()
+
+
 class InstrumentedRLock(InstrumentedLock):
     """``threading.RLock``; Condition uses ``_release_save``/``_acquire_restore`` in wait()."""
 
