@@ -418,3 +418,50 @@ def test_forked_child_can_profile_while_the_parent_is_profiling(url):
     request.join(10)
     assert os.waitstatus_to_exitcode(status) == 0
     assert replies[0].status == 200
+
+
+def test_gc_param_collects_even_while_another_threads_collection_is_under_way():
+    """``gc.collect()`` does nothing while another thread's collection runs (here held
+    open by a slow ``gc.callbacks`` entry, as any Python callback can let other threads
+    in): the ``?gc=1`` profile kept the garbage (seen once in CI on 3.12). The route now
+    collects again once that collection is over."""
+    from labotel.profile import heap
+
+    inside, release = threading.Event(), threading.Event()
+    collector_thread: list = []
+
+    def slow_callback(phase: str, info: dict) -> None:
+        if phase == "start" and threading.current_thread() in collector_thread:
+            inside.set()
+            release.wait(5)  # the collection stays under way meanwhile
+
+    def collect_elsewhere() -> None:
+        gc.collect()
+
+    gc.disable()
+    gc.callbacks.append(slow_callback)
+    try:
+        tracemalloc.start(8)
+        try:
+            make_cyclic_garbage()
+            other = threading.Thread(target=collect_elsewhere)
+            collector_thread.append(other)
+            other.start()
+            assert inside.wait(5)
+            threading.Timer(0.05, release.set).start()  # that collection ends a bit later
+            snapshot = heap.snapshot(collect=True)
+            other.join(5)
+            assert not [trace for trace in snapshot.traces
+                        if any(frame.filename == __file__
+                               and frame.lineno in _CYCLIC_GARBAGE_LINES
+                               for frame in trace.traceback)]
+        finally:
+            tracemalloc.stop()
+    finally:
+        gc.callbacks.remove(slow_callback)
+        gc.enable()
+        release.set()
+
+
+_CYCLIC_GARBAGE_LINES = range(make_cyclic_garbage.__code__.co_firstlineno,
+                              make_cyclic_garbage.__code__.co_firstlineno + 4)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import gc
+import time
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,8 +83,25 @@ def reset_after_fork(held: int) -> None:
 def snapshot(collect: bool) -> tracemalloc.Snapshot:
     """Every live trace; labotel's own are left out per stack, once grouped (see ``own``)."""
     if collect:
-        gc.collect()
+        collect_fully()
     return tracemalloc.take_snapshot()
+
+
+COLLECT_WAIT = 1.0  # seconds ``collect_fully`` waits out another thread's collection
+
+
+def collect_fully() -> None:
+    """A full collection that really ran. ``gc.collect()`` does nothing while another
+    thread's collection is under way (its ``gc.callbacks``, Python code, let this thread
+    in): a ``?gc=1`` profile then kept the garbage. Tried again until the oldest
+    generation's count of collections moves, for at most ``COLLECT_WAIT``."""
+    deadline = time.monotonic() + COLLECT_WAIT
+    while True:
+        before = gc.get_stats()[-1]["collections"]
+        gc.collect()
+        if gc.get_stats()[-1]["collections"] != before or time.monotonic() > deadline:
+            return
+        time.sleep(0.001)  # let that collection end
 
 
 Frames = tuple[tuple[str, int], ...]  # (filename, lineno), the allocation site first
