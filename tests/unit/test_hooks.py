@@ -472,18 +472,47 @@ def test_an_acquire_interrupted_right_after_it_took_the_lock_leaves_it_unlent(mo
     assert current_primitives() == ORIGINALS
 
 
-def _taking_the_lock_at_a_call_of(code, lock: threading.Lock, seen: list):
-    """A trace function whose call event, at the start of ``code``, takes ``lock`` as a
-    signal handler or a finalizer run at that function's first check point would."""
-    def tracer(frame, event, arg):
-        if event == "call" and frame.f_code is code and not seen:
-            seen.append(lock.acquire(False))
-            if seen[-1]:
-                lock.release()
+_AT_THE_START_OF = r"""
+import json, sys, threading
+import labotel
+from labotel.hooks.primitives import InstrumentedLock
+feature, method = sys.argv[1], sys.argv[2]
+labotel.start(admin_address="", metrics_exporter="none", traces_exporter="none",
+              leak_detection=False, runtime_metrics=False,
+              contention_profiling=feature == "contention", race_detection=feature == "races")
+lock = threading.Lock()
+seen = []
+code = getattr(InstrumentedLock, method).__code__
+
+def tracer(frame, event, arg):  # its call event runs where a handler would: the start
+    if event == "call" and frame.f_code is code and not seen:
+        seen.append(lock.acquire(False))
+        if seen[-1]:
+            lock.release()
+        with lock:
+            seen.append("handler")
+    return None
+
+def app():
+    sys.settrace(tracer)
+    try:
+        if method == "__exit__":
             with lock:
-                seen.append("handler")
-        return None
-    return tracer
+                pass
+        else:
+            lock.acquire()
+            lock.release()
+    finally:
+        sys.settrace(None)
+
+worker = threading.Thread(target=app, daemon=True)
+worker.start()
+worker.join(5)
+hung = worker.is_alive()
+free = not lock.locked()
+works = lock.acquire(False)
+print(json.dumps({"hung": hung, "seen": seen, "free": free, "works": works}), flush=True)
+"""
 
 
 @pytest.mark.parametrize("feature", ["contention", "races"])
@@ -494,39 +523,17 @@ def test_a_handler_at_the_start_of_the_release_gets_the_lock_its_thread_still_ho
     from 3.12, a garbage collection's finalizer) runs: there labotel's ``__exit__`` still
     holds the lock, where the C lock's has no such point. A handler taking that lock waited
     for its own thread for ever; now it is lent the lock. A trace function's call event
-    runs at that same place, on demand."""
-    if feature == "races":
-        start(contention_profiling=False, race_detection=True)
-    else:
-        start()
-    try:
-        lock = threading.Lock()
-        seen: list = []
-        tracer = _taking_the_lock_at_a_call_of(getattr(InstrumentedLock, method).__code__,
-                                               lock, seen)
+    runs at that same place, on demand (in a child process: on 3.12 a trace function
+    leaves the interpreter instrumented, which kept a later test's garbage alive)."""
+    import subprocess
 
-        def app() -> None:
-            sys.settrace(tracer)
-            try:
-                if method == "__exit__":
-                    with lock:
-                        pass
-                else:
-                    lock.acquire()
-                    lock.release()
-            finally:
-                sys.settrace(None)
-
-        worker = threading.Thread(target=app, daemon=True)
-        worker.start()
-        worker.join(5)
-        assert not worker.is_alive(), "the handler waited for its own thread"
-        assert seen == [True, "handler"]
-        assert not lock.locked()  # the lent acquires were given back, the block let go
-        assert lock.acquire(False)  # and the lock works as before
-        lock.release()
-    finally:
-        labotel.shutdown()
+    done = subprocess.run([sys.executable, "-c", _AT_THE_START_OF, feature, method],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert not seen["hung"], "the handler waited for its own thread"
+    # lent at once, given back; the block let go; the lock works as before
+    assert seen == {"hung": False, "seen": [True, "handler"], "free": True, "works": True}
 
 
 def test_the_holders_own_block_still_cannot_take_its_lock():
